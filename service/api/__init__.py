@@ -1,0 +1,1 @@
+"""HTTP only: decode the request, call the domain, encode the answer."""

@@ -1,0 +1,96 @@
+"""HTTP routes for the DID pool (scope ops)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import asyncpg
+import msgspec
+from litestar import Controller, Response, get, patch, post
+
+from service.api.deps import Runtime
+from service.broker import dids as broker
+from service.broker.models import Did, DidStatus
+from service.broker.sessions import Pool
+from service.broker.tenants import Principal
+
+BULK_MAX_BODY = 1024 * 1024
+
+
+class AddDid(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The body of POST /v1/dids."""
+
+    number: str
+    pool: Pool = "default"
+    max_concurrent_calls: Annotated[int, msgspec.Meta(ge=1)] | None = None
+
+
+class BulkDid(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One entry of a bulk add."""
+
+    number: str
+    pool: str = "default"
+
+
+class AddDids(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The body of POST /v1/dids/bulk."""
+
+    dids: Annotated[list[BulkDid], msgspec.Meta(max_length=broker.MAX_BULK)]
+
+
+class BulkResult(msgspec.Struct, frozen=True):
+    """What a bulk add did."""
+
+    created: int
+    existing: int
+
+
+class ChangeDid(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The body of PATCH /v1/dids/{number}."""
+
+    status: DidStatus | None = None
+    pool: Pool | None = None
+
+
+class DidList(msgspec.Struct, frozen=True):
+    """The tenant's DIDs."""
+
+    items: list[Did]
+
+
+class DidController(Controller):
+    """Add, list and change the tenant's DIDs."""
+
+    path = "/v1/dids"
+    tags = ["dids"]
+    opt = {"scope": "ops"}
+
+    @post("/", status_code=201, summary="Add a DID (200 unchanged when already yours)")
+    async def add(self, data: AddDid, principal: Principal, conn: asyncpg.Connection, runtime: Runtime) -> Response[Did]:
+        did, created = await broker.add_did(
+            conn, principal.tenant_id, data.number, data.pool, data.max_concurrent_calls, runtime.clock()
+        )
+        return Response(did, status_code=201 if created else 200)
+
+    @post("/bulk", status_code=200, request_max_body_size=BULK_MAX_BODY, summary="Add up to 10,000 DIDs")
+    async def bulk(self, data: AddDids, principal: Principal, conn: asyncpg.Connection) -> BulkResult:
+        entries = [broker.NewDid(d.number, d.pool) for d in data.dids]
+        created, existing = await broker.add_dids(conn, principal.tenant_id, entries)
+        return BulkResult(created=created, existing=existing)
+
+    @get("/", summary="List DIDs with their active sessions")
+    async def list(
+        self,
+        principal: Principal,
+        conn: asyncpg.Connection,
+        runtime: Runtime,
+        pool: str | None = None,
+        status: DidStatus | None = None,
+    ) -> DidList:
+        return DidList(await broker.list_dids(conn, principal.tenant_id, runtime.clock(), pool, status))
+
+    @patch("/{number:str}", summary="Drain, retire or re-activate a DID, or move it to another pool")
+    async def change(
+        self, number: str, data: ChangeDid, principal: Principal, conn: asyncpg.Connection, runtime: Runtime
+    ) -> Did:
+        return await broker.change_did(conn, principal.tenant_id, number, data.status, data.pool, runtime.clock())

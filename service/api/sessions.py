@@ -1,0 +1,118 @@
+"""HTTP routes for masking sessions."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import asyncpg
+import msgspec
+from litestar import Controller, Request, Response, get, patch, post
+from litestar.params import Parameter
+
+from service.api.deps import Runtime
+from service.broker import sessions as broker
+from service.broker.idempotency import run_once
+from service.broker.models import Session
+from service.broker.tenants import Principal
+
+JSON = "application/json"
+
+
+class ChangeTtl(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The body of PATCH /v1/sessions/{id}."""
+
+    ttl_seconds: broker.Ttl
+
+
+class CloseSession(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The body of POST /v1/sessions/{id}/close (optional)."""
+
+    reason: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+
+
+class Expired(msgspec.Struct, frozen=True):
+    """How many sessions a bulk expiry ended."""
+
+    expired: int
+
+
+class SessionController(Controller):
+    """Create, read, extend, close and expire sessions."""
+
+    path = "/v1/sessions"
+    tags = ["sessions"]
+
+    @post("/", status_code=201, summary="Create a masking session (200 with the live one on a repeat)")
+    async def create(
+        self,
+        request: Request[Principal, None, None],
+        data: broker.CreateSession,
+        principal: Principal,
+        conn: asyncpg.Connection,
+        runtime: Runtime,
+        idempotency_key: Annotated[str | None, Parameter(header="Idempotency-Key", required=False)] = None,
+    ) -> Response[Session]:
+        async def produce() -> tuple[int, bytes]:
+            session, created = await broker.create_session(
+                conn, principal.tenant_id, data, runtime.rules, runtime.clock
+            )
+            return (201 if created else 200), msgspec.json.encode(session)
+
+        if idempotency_key is None:
+            status, body = await produce()
+        else:
+            raw = await request.body()
+            status, body = await run_once(
+                conn, principal.tenant_id, idempotency_key, raw, runtime.clock(), produce
+            )
+        return Response(body, status_code=status, media_type=JSON)  # type: ignore[arg-type]
+
+    @get("/", summary="List sessions, newest first")
+    async def list(
+        self,
+        principal: Principal,
+        conn: asyncpg.Connection,
+        runtime: Runtime,
+        order_id: str | None = None,
+        status: Literal["active", "closed", "expired"] | None = None,
+        customer: str | None = None,
+        limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
+        cursor: str | None = None,
+    ) -> broker.Page:
+        return await broker.list_sessions(
+            conn,
+            principal.tenant_id,
+            runtime.clock(),
+            order_id=order_id,
+            customer=customer,
+            status=status,
+            limit=limit,
+            cursor=cursor,
+        )
+
+    @get("/{session_id:str}", summary="One session")
+    async def read(self, session_id: str, principal: Principal, conn: asyncpg.Connection, runtime: Runtime) -> Session:
+        return await broker.get_session(conn, principal.tenant_id, session_id, runtime.clock())
+
+    @patch("/{session_id:str}", summary="Change an active session's TTL, from now")
+    async def change_ttl(
+        self, session_id: str, data: ChangeTtl, principal: Principal, conn: asyncpg.Connection, runtime: Runtime
+    ) -> Session:
+        return await broker.change_ttl(conn, principal.tenant_id, session_id, data.ttl_seconds, runtime.clock())
+
+    @post("/{session_id:str}/close", status_code=200, summary="Close a session")
+    async def close(
+        self,
+        session_id: str,
+        principal: Principal,
+        conn: asyncpg.Connection,
+        runtime: Runtime,
+        data: CloseSession | None = None,
+    ) -> Session:
+        return await broker.close_session(conn, principal.tenant_id, session_id, runtime.clock())
+
+    @post("/expire", status_code=200, opt={"scope": "ops"}, summary="Expire every active session matching all filters")
+    async def expire(
+        self, data: broker.ExpireFilter, principal: Principal, conn: asyncpg.Connection, runtime: Runtime
+    ) -> Expired:
+        return Expired(await broker.expire_sessions(conn, principal.tenant_id, data, runtime.clock()))

@@ -1,0 +1,138 @@
+"""The DID pool: adding numbers (one, many, from CSV), listing them, draining and retiring them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+import asyncpg
+import msgspec
+
+from service.broker.models import Did, DidStatus
+from service.broker.phones import parse_with_region
+from service.db import dids as q
+from service.errors import DidInUse, DidTaken, InvalidPhoneNumber, InvalidRequest, NotFound
+
+MAX_BULK = 10_000
+
+
+class NewDid(msgspec.Struct, frozen=True):
+    """One DID to add: its number and pool."""
+
+    number: str
+    pool: str = "default"
+
+
+def _did(row: asyncpg.Record) -> Did:
+    return Did(
+        number=row["number"],
+        pool=row["pool"],
+        country=row["country"],
+        status=row["status"],
+        max_concurrent_calls=row["max_concurrent_calls"],
+        active_sessions=row["active_sessions"],
+        created_at=row["created_at"],
+    )
+
+
+async def add_did(
+    conn: asyncpg.Connection,
+    tenant_id: int,
+    number: str,
+    pool: str,
+    max_concurrent_calls: int | None,
+    now: datetime,
+) -> tuple[Did, bool]:
+    """Add a DID to the tenant's pool; (the DID, True) when created, (unchanged DID, False) when it was there."""
+    e164, country = parse_with_region(number, "number")
+    created = await q.insert_did(conn, tenant_id, e164, pool, country, max_concurrent_calls)
+    row = await q.select_did(conn, tenant_id, e164, now)
+    if row is None:
+        raise DidTaken(f"{e164} belongs to another tenant; it cannot be added to your pool.", number=e164)
+    return _did(row), created
+
+
+def validate_entries(entries: Sequence[NewDid], line_of: Sequence[int] | None = None) -> list[tuple[str, str, str]]:
+    """Normalize every entry or raise 422 naming each bad one (by index, or by line with line_of)."""
+    if len(entries) > MAX_BULK:
+        raise InvalidRequest(f"At most {MAX_BULK} DIDs can be added at once; split the list.", field="dids")
+    problems: list[dict[str, object]] = []
+    rows: list[tuple[str, str, str]] = []
+    seen: set[str] = set()
+    for i, entry in enumerate(entries):
+        where = {"line": line_of[i]} if line_of is not None else {"index": i}
+        try:
+            e164, country = parse_with_region(entry.number, "number")
+        except InvalidPhoneNumber:
+            problems.append({**where, "number": entry.number, "error": "not a valid phone number"})
+            continue
+        if not 1 <= len(entry.pool) <= 64:
+            problems.append({**where, "number": entry.number, "error": "pool must be 1 to 64 characters"})
+            continue
+        if e164 in seen:
+            continue
+        seen.add(e164)
+        rows.append((e164, entry.pool, country))
+    if problems:
+        first = problems[0]
+        place = f"line {first['line']}" if "line" in first else f"entry {first['index']}"
+        raise InvalidRequest(
+            f"{len(problems)} of {len(entries)} entries are invalid (first: {place}, {first['error']}); "
+            "nothing was added.",
+            field="dids",
+            invalid=problems[:100],
+        )
+    return rows
+
+
+async def add_dids(
+    conn: asyncpg.Connection, tenant_id: int, entries: Sequence[NewDid], line_of: Sequence[int] | None = None
+) -> tuple[int, int]:
+    """Add many DIDs in one transaction, all or nothing; return (created, existing)."""
+    rows = validate_entries(entries, line_of)
+    numbers = [r[0] for r in rows]
+    async with conn.transaction():
+        created = await q.insert_dids(conn, tenant_id, numbers, [r[1] for r in rows], [r[2] for r in rows])
+        if created < len(rows):
+            taken = sorted(n for n, owner in (await q.select_owners(conn, numbers)).items() if owner != tenant_id)
+            if taken:
+                raise DidTaken(
+                    f"{len(taken)} of these numbers belong to another tenant; nothing was added.",
+                    numbers=taken[:100],
+                )
+    if created:
+        await conn.execute("ANALYZE dids")
+    return created, len(rows) - created
+
+
+async def list_dids(
+    conn: asyncpg.Connection, tenant_id: int, now: datetime, pool: str | None, status: str | None
+) -> list[Did]:
+    """The tenant's DIDs with their active session counts."""
+    return [_did(r) for r in await q.select_dids(conn, tenant_id, now, pool, status)]
+
+
+async def change_did(
+    conn: asyncpg.Connection,
+    tenant_id: int,
+    number: str,
+    status: DidStatus | None,
+    pool: str | None,
+    now: datetime,
+) -> Did:
+    """Set a DID's status (retired only when no active session uses it) and pool."""
+    try:
+        e164, _ = parse_with_region(number, "number")
+    except InvalidPhoneNumber:
+        raise NotFound("No DID with that number in your pools.") from None
+    async with conn.transaction():
+        if not await q.lock_did(conn, tenant_id, e164):
+            raise NotFound(f"No DID {e164} in your pools.")
+        if status == "retired" and await q.count_active_bindings(conn, e164, now):
+            raise DidInUse(
+                f"{e164} still carries active sessions; set it to draining, wait for them to end, then retire it."
+            )
+        await q.update_did(conn, tenant_id, e164, status, pool)
+        row = await q.select_did(conn, tenant_id, e164, now)
+    assert row is not None
+    return _did(row)

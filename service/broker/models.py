@@ -1,0 +1,78 @@
+"""The resources the service hands out: frozen msgspec Structs, encoded as the contract shows."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+import msgspec
+
+DidStatus = Literal["active", "draining", "retired"]
+SessionStatus = Literal["active", "closed", "expired"]
+CloseReason = Literal["ttl", "closed_by_client", "expired_by_ops", "max_calls_reached"]
+CallStatus = Literal["initiated", "completed", "missed", "failed", "unknown"]
+Party = Literal["agent", "customer"]
+
+
+class Did(msgspec.Struct, frozen=True, kw_only=True):
+    """A bridge number in a tenant's pool."""
+
+    number: str
+    pool: str
+    country: str
+    status: DidStatus
+    max_concurrent_calls: int | None
+    active_sessions: int
+    created_at: datetime
+
+
+class Session(msgspec.Struct, frozen=True, kw_only=True):
+    """A masked pair bound to one DID for a while."""
+
+    id: str
+    order_id: str
+    customer: str
+    agent: str
+    masked_number: str
+    pool: str
+    status: SessionStatus
+    close_reason: CloseReason | None
+    created_at: datetime
+    expires_at: datetime
+    closed_at: datetime | None
+    record: bool
+    max_call_minutes: int | None
+    max_calls: int | None
+    calls_made: int
+    metadata: dict[str, Any]
+
+
+class ProviderOutcome(msgspec.Struct, frozen=True, kw_only=True):
+    """The provider's own words about a call."""
+
+    status: str | None
+    status1: str | None
+    status2: str | None
+    message: str | None
+
+
+class Call(msgspec.Struct, frozen=True, kw_only=True, rename={"from_": "from"}):
+    """One click-to-call attempt inside a session."""
+
+    id: str
+    session_id: str
+    first: Party
+    from_: str
+    to: str
+    bridge: str
+    flow: str | None
+    status: CallStatus
+    record: bool
+    created_at: datetime
+    started_at: datetime | None
+    ended_at: datetime | None
+    duration_seconds: int | None
+    billing_seconds: int | None
+    recording_url: str | None
+    hangup_by: str | None
+    provider: ProviderOutcome

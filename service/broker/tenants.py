@@ -1,0 +1,71 @@
+"""Tenants and their API keys: keys are shown once and kept only as SHA-256 hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from typing import Literal
+
+import asyncpg
+import msgspec
+
+from service.db import tenants as q
+
+KEY_PREFIX = "msk_"
+PREFIX_LENGTH = 12  # "msk_" and 8 random characters: shown in listings, never enough to use
+Scope = Literal["sessions", "ops"]
+
+
+class Principal(msgspec.Struct, frozen=True):
+    """Who is calling: a tenant and the scopes of its key."""
+
+    tenant_id: int
+    tenant: str
+    scopes: frozenset[str]
+
+    def allows(self, scope: Scope) -> bool:
+        """`ops` includes everything `sessions` allows."""
+        return scope in self.scopes or "ops" in self.scopes
+
+
+class NewKey(msgspec.Struct, frozen=True):
+    """The one moment a key is shown: the CLI prints this."""
+
+    tenant: str
+    api_key: str
+    scopes: list[str]
+
+
+def hash_key(api_key: str) -> bytes:
+    """The SHA-256 digest under which a key is stored and looked up."""
+    return hashlib.sha256(api_key.encode()).digest()
+
+
+async def create_key(conn: asyncpg.Connection, tenant: str, scopes: list[Scope]) -> NewKey:
+    """Create the tenant if needed and a new key with the given scopes."""
+    wanted = sorted(set(scopes or ["sessions"]))
+    api_key = KEY_PREFIX + secrets.token_urlsafe(32)
+    async with conn.transaction():
+        tenant_id = await q.upsert_tenant(conn, tenant)
+        await q.insert_api_key(conn, tenant_id, hash_key(api_key), api_key[:PREFIX_LENGTH], wanted)
+    return NewKey(tenant=tenant, api_key=api_key, scopes=wanted)
+
+
+async def authenticate(db: asyncpg.Pool | asyncpg.Connection, api_key: str) -> Principal | None:
+    """The principal of a key, or None when the key is unknown or revoked."""
+    if not api_key.startswith(KEY_PREFIX) or len(api_key) > 128:
+        return None
+    digest = hash_key(api_key)
+    # Look up by the non-secret prefix, then compare hashes in constant time.
+    for row in await q.select_keys_by_prefix(db, api_key[:PREFIX_LENGTH]):
+        if hmac.compare_digest(bytes(row["key_hash"]), digest):
+            return Principal(tenant_id=row["tenant_id"], tenant=row["tenant"], scopes=frozenset(row["scopes"]))
+    return None
+
+
+async def callback_token(db: asyncpg.Pool | asyncpg.Connection, configured: str | None) -> str:
+    """The callback token: the configured one, else one generated once and kept in the database."""
+    if configured:
+        return configured
+    return await q.get_or_create_secret(db, "callback_token", secrets.token_urlsafe(24))

@@ -1,0 +1,242 @@
+"""The `masking` command line: serve, migrate, tenant, dids, sessions, reports and provider-urls."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import csv
+import json
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import asyncpg
+import msgspec
+import structlog
+
+from service.settings import Settings, SettingsError, load_settings
+
+T = TypeVar("T")
+log = structlog.get_logger("service.cli")
+
+
+@contextlib.contextmanager
+def database(settings: Settings) -> Iterator[str]:
+    """The DSN to use: MASKING_DATABASE_URL, or an embedded PostgreSQL started (or joined) for the duration."""
+    if settings.database_url:
+        yield settings.database_url
+        return
+    from service.embedded import EmbeddedPostgres
+
+    with EmbeddedPostgres(settings.data_dir) as dsn:
+        yield dsn
+
+
+def describe_database(settings: Settings) -> str:
+    """Where the data lives, without credentials."""
+    if not settings.database_url:
+        return f"embedded PostgreSQL in {Path(settings.data_dir).resolve() / 'pg'}"
+    url = urlsplit(settings.database_url)
+    return f"PostgreSQL at {url.hostname or 'local socket'}:{url.port or 5432}{url.path}"
+
+
+def run_with_db(settings: Settings, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    """Open the database (migrated), run work on one connection, close everything."""
+    from service.db.pool import create_pool
+    from service.db.schema import migrate
+
+    async def main(dsn: str) -> T:
+        pool = await create_pool(dsn, 2)
+        try:
+            async with pool.acquire() as conn:
+                await migrate(conn)
+                return await work(conn)
+        finally:
+            await pool.close()
+
+    with database(settings) as dsn:
+        return asyncio.run(main(dsn))
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.app import create_app
+    from service.db.pool import create_pool
+    from service.db.schema import migrate
+
+    async def prepare(dsn: str) -> int:
+        pool = await create_pool(dsn, 1)
+        try:
+            async with pool.acquire() as conn:
+                return await migrate(conn)
+        finally:
+            await pool.close()
+
+    with database(settings) as dsn:
+        version = asyncio.run(prepare(dsn))
+        app = create_app(settings, dsn=dsn)
+        config = uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            server_header=False,
+        )
+        server = uvicorn.Server(config)
+        log.info(
+            "serving",
+            url=f"http://{settings.host}:{settings.port}",
+            database=describe_database(settings),
+            schema_version=version,
+            provider=settings.provider_kind,
+        )
+        server.run()
+    log.info("stopped")
+    return 0
+
+
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from service.db.schema import migrate
+
+    version = run_with_db(settings, migrate)
+    print(json.dumps({"schema_version": version, "database": describe_database(settings)}))
+    return 0
+
+
+def cmd_tenant_create(settings: Settings, args: argparse.Namespace) -> int:
+    from service.broker.tenants import create_key
+
+    key = run_with_db(settings, lambda conn: create_key(conn, args.name, args.scope or ["sessions"]))
+    sys.stdout.write(msgspec.json.encode(key).decode() + "\n")
+    return 0
+
+
+async def _tenant_id(conn: asyncpg.Connection, name: str | None) -> int:
+    from service.db import tenants as q
+
+    if name is None:
+        names = await q.select_tenant_names(conn)
+        if len(names) != 1:
+            raise SystemExit("masking: give --tenant NAME (there is not exactly one tenant)")
+        name = names[0]
+    tenant_id = await q.select_tenant_id(conn, name)
+    if tenant_id is None:
+        raise SystemExit(f"masking: no tenant named {name!r}; create it with `masking tenant create`")
+    return tenant_id
+
+
+def cmd_dids_import(settings: Settings, args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from service.broker.dids import NewDid, add_dids, validate_entries
+    from service.errors import DomainError
+
+    entries: list[NewDid] = []
+    lines: list[int] = []
+    with open(args.file, newline="", encoding="utf-8") as f:
+        for line, row in enumerate(csv.reader(f), start=1):
+            if not row or not row[0].strip() or row[0].strip().startswith("#"):
+                continue
+            if line == 1 and not any(ch.isdigit() for ch in row[0]):
+                continue  # a header
+            pool = row[1].strip() if len(row) > 1 and row[1].strip() else args.pool
+            entries.append(NewDid(row[0].strip(), pool))
+            lines.append(line)
+
+    async def work(conn: asyncpg.Connection) -> tuple[int, int]:
+        tenant_id = await _tenant_id(conn, args.tenant)
+        with Progress(transient=True, disable=len(entries) < 1000) as progress:
+            task = progress.add_task("checking numbers", total=len(entries))
+            step = 500
+            for i in range(0, len(entries), step):
+                validate_entries(entries[i : i + step], lines[i : i + step])
+                progress.advance(task, len(entries[i : i + step]))
+            progress.update(task, description="adding")
+            return await add_dids(conn, tenant_id, entries, lines)
+
+    try:
+        created, existing = run_with_db(settings, work)
+    except DomainError as exc:
+        print(json.dumps({"error": exc.code, "detail": exc.detail, **exc.extra}), file=sys.stderr)
+        return 1
+    print(json.dumps({"created": created, "existing": existing}))
+    return 0
+
+
+def cmd_sessions_expire(settings: Settings, args: argparse.Namespace) -> int:
+    from service.app import utc_now
+    from service.broker.sessions import ExpireFilter, expire_sessions
+
+    async def work(conn: asyncpg.Connection) -> int:
+        tenant_id = await _tenant_id(conn, args.tenant) if args.tenant else None
+        return await expire_sessions(conn, tenant_id, ExpireFilter(order_id=args.order_id), utc_now())
+
+    print(json.dumps({"expired": run_with_db(settings, work)}))
+    return 0
+
+
+def cmd_provider_urls(settings: Settings, args: argparse.Namespace) -> int:
+    from service.broker.tenants import callback_token
+
+    token = run_with_db(settings, lambda conn: callback_token(conn, settings.callback_token))
+    base = (args.base_url or f"http://{settings.host}:{settings.port}").rstrip("/")
+    print(json.dumps({
+        "callback_url": f"{base}/v1/provider/thundersms/callback/{token}",
+        "route_url": f"{base}/v1/provider/thundersms/route/{token}",
+    }, indent=2))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line's grammar."""
+    top = argparse.ArgumentParser(prog="masking", description="Number-masking service.")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("serve", help="apply the schema and run the HTTP service").set_defaults(run=cmd_serve)
+    sub.add_parser("migrate", help="apply schema.sql (idempotent)").set_defaults(run=cmd_migrate)
+
+    tenant = sub.add_parser("tenant", help="tenants and API keys").add_subparsers(dest="action", required=True)
+    create = tenant.add_parser("create", help="create a tenant (if needed) and a new API key")
+    create.add_argument("name")
+    create.add_argument("--scope", action="append", choices=["sessions", "ops"], help="repeatable")
+    create.set_defaults(run=cmd_tenant_create)
+
+    dids = sub.add_parser("dids", help="the DID pool").add_subparsers(dest="action", required=True)
+    imp = dids.add_parser("import", help="add DIDs from a CSV file: number[,pool] per line")
+    imp.add_argument("file")
+    imp.add_argument("--pool", default="default", help="pool for rows that name none")
+    imp.add_argument("--tenant", help="owner (needed when there is more than one tenant)")
+    imp.set_defaults(run=cmd_dids_import)
+
+    sessions = sub.add_parser("sessions", help="sessions").add_subparsers(dest="action", required=True)
+    exp = sessions.add_parser("expire", help="expire active sessions of an order")
+    exp.add_argument("--order-id", required=True)
+    exp.add_argument("--tenant", help="only this tenant's (default: every tenant's)")
+    exp.set_defaults(run=cmd_sessions_expire)
+
+    urls = sub.add_parser("provider-urls", help="print the callback and routing URLs to give the provider")
+    urls.add_argument("--base-url", help="the service's public base URL (default: its listen address)")
+    urls.set_defaults(run=cmd_provider_urls)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line."""
+    args = parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"masking: configuration error: {exc}", file=sys.stderr)
+        return 2
+    from service.logging import configure_logging
+
+    configure_logging(settings.log_renderer, settings.log_level)
+    run: Callable[[Settings, argparse.Namespace], int] = args.run
+    result: Any = run(settings, args)
+    return int(result)

@@ -1,0 +1,1 @@
+"""SQL only, one module per aggregate; every function takes the connection first."""

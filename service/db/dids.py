@@ -1,0 +1,122 @@
+"""SQL for the DID pool."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import asyncpg
+
+_DID_COLUMNS = """
+    d.number, d.pool, d.country, d.status, d.max_concurrent_calls, d.created_at,
+    (SELECT count(*) FROM sessions s
+      WHERE s.did = d.number AND s.status = 'active' AND s.expires_at > $2)::int AS active_sessions
+"""
+
+
+async def insert_did(
+    conn: asyncpg.Connection,
+    tenant_id: int,
+    number: str,
+    pool: str,
+    country: str,
+    max_concurrent_calls: int | None,
+) -> bool:
+    """Insert a DID; False when the number already exists (for any tenant)."""
+    inserted = await conn.fetchval(
+        """
+        INSERT INTO dids (number, tenant_id, pool, country, max_concurrent_calls) VALUES ($1, $2, $3, $4, $5)
+        ON CONFLICT (number) DO NOTHING RETURNING true
+        """,
+        number,
+        tenant_id,
+        pool,
+        country,
+        max_concurrent_calls,
+    )
+    return bool(inserted)
+
+
+async def select_did(conn: asyncpg.Connection, tenant_id: int, number: str, now: datetime) -> asyncpg.Record | None:
+    """One of the tenant's DIDs with its active session count."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        f"SELECT {_DID_COLUMNS} FROM dids d WHERE d.tenant_id = $1 AND d.number = $3", tenant_id, now, number
+    )
+    return row
+
+
+async def select_owners(conn: asyncpg.Connection, numbers: list[str]) -> dict[str, int]:
+    """The owning tenant of each of these numbers that is already a DID."""
+    rows = await conn.fetch("SELECT number, tenant_id FROM dids WHERE number = ANY($1::text[])", numbers)
+    return {r["number"]: r["tenant_id"] for r in rows}
+
+
+async def insert_dids(
+    conn: asyncpg.Connection, tenant_id: int, numbers: list[str], pools: list[str], countries: list[str]
+) -> int:
+    """Insert many DIDs at once, skipping numbers that exist; return how many were created."""
+    created: int = await conn.fetchval(
+        """
+        WITH new AS (
+            INSERT INTO dids (number, tenant_id, pool, country)
+            SELECT n, $1, p, c FROM unnest($2::text[], $3::text[], $4::text[]) AS u(n, p, c)
+            ON CONFLICT (number) DO NOTHING RETURNING 1)
+        SELECT count(*)::int FROM new
+        """,
+        tenant_id,
+        numbers,
+        pools,
+        countries,
+    )
+    return created
+
+
+async def select_dids(
+    conn: asyncpg.Connection, tenant_id: int, now: datetime, pool: str | None, status: str | None
+) -> list[asyncpg.Record]:
+    """The tenant's DIDs, optionally of one pool or status, with their active session counts."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        f"""
+        SELECT {_DID_COLUMNS} FROM dids d
+        WHERE d.tenant_id = $1 AND ($3::text IS NULL OR d.pool = $3) AND ($4::text IS NULL OR d.status = $4)
+        ORDER BY d.pool, d.number
+        """,
+        tenant_id,
+        now,
+        pool,
+        status,
+    )
+    return rows
+
+
+async def update_did(
+    conn: asyncpg.Connection, tenant_id: int, number: str, status: str | None, pool: str | None
+) -> bool:
+    """Change a DID's status and pool; False when the tenant has no such DID."""
+    result: str = await conn.execute(
+        """
+        UPDATE dids SET status = coalesce($3, status), pool = coalesce($4, pool)
+        WHERE tenant_id = $1 AND number = $2
+        """,
+        tenant_id,
+        number,
+        status,
+        pool,
+    )
+    return result != "UPDATE 0"
+
+
+async def lock_did(conn: asyncpg.Connection, tenant_id: int, number: str) -> bool:
+    """Lock a DID row for a status change; False when the tenant has no such DID."""
+    return bool(
+        await conn.fetchval(
+            "SELECT true FROM dids WHERE tenant_id = $1 AND number = $2 FOR UPDATE", tenant_id, number
+        )
+    )
+
+
+async def count_active_bindings(conn: asyncpg.Connection, number: str, now: datetime) -> int:
+    """How many live bindings a DID holds (two per active session)."""
+    count: int = await conn.fetchval(
+        "SELECT count(*)::int FROM bindings WHERE did = $1 AND ends_at > $2", number, now
+    )
+    return count

@@ -1,0 +1,61 @@
+"""SQL for Idempotency-Key records."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import asyncpg
+
+REPLAY_WINDOW = timedelta(hours=24)
+# A claim whose request never finished (the process died) may be taken over after this.
+ABANDONED_AFTER = timedelta(seconds=60)
+
+
+async def claim(conn: asyncpg.Connection, tenant_id: int, key: str, request_hash: bytes, now: datetime) -> bool:
+    """Claim the key for a request; False when another request holds it (finished or in flight)."""
+    claimed = await conn.fetchval(
+        """
+        INSERT INTO idempotency_keys (tenant_id, key, request_hash, created_at) VALUES ($1, $2, $3, $4)
+        ON CONFLICT (tenant_id, key) DO UPDATE
+            SET request_hash = excluded.request_hash, created_at = excluded.created_at,
+                status_code = NULL, body = NULL
+            WHERE idempotency_keys.created_at <= $4 - $5::interval
+               OR (idempotency_keys.status_code IS NULL AND idempotency_keys.created_at <= $4 - $6::interval)
+        RETURNING true
+        """,
+        tenant_id,
+        key,
+        request_hash,
+        now,
+        REPLAY_WINDOW,
+        ABANDONED_AFTER,
+    )
+    return bool(claimed)
+
+
+async def select(conn: asyncpg.Connection, tenant_id: int, key: str) -> asyncpg.Record | None:
+    """The record held under a key."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "SELECT request_hash, status_code, body FROM idempotency_keys WHERE tenant_id = $1 AND key = $2",
+        tenant_id,
+        key,
+    )
+    return row
+
+
+async def store(conn: asyncpg.Connection, tenant_id: int, key: str, status_code: int, body: bytes) -> None:
+    """Keep the first response under its key."""
+    await conn.execute(
+        "UPDATE idempotency_keys SET status_code = $3, body = $4 WHERE tenant_id = $1 AND key = $2",
+        tenant_id,
+        key,
+        status_code,
+        body,
+    )
+
+
+async def release(conn: asyncpg.Connection, tenant_id: int, key: str) -> None:
+    """Forget a claim whose request failed, so that a retry runs again."""
+    await conn.execute(
+        "DELETE FROM idempotency_keys WHERE tenant_id = $1 AND key = $2 AND status_code IS NULL", tenant_id, key
+    )

@@ -1,0 +1,68 @@
+"""SQL for tenants, API keys and the service's own secrets."""
+
+from __future__ import annotations
+
+import asyncpg
+
+
+async def upsert_tenant(conn: asyncpg.Connection, name: str) -> int:
+    """Create the tenant if needed and return its id."""
+    tenant_id: int = await conn.fetchval(
+        """
+        WITH new AS (INSERT INTO tenants (name) VALUES ($1) ON CONFLICT (name) DO NOTHING RETURNING id)
+        SELECT id FROM new UNION ALL SELECT id FROM tenants WHERE name = $1 LIMIT 1
+        """,
+        name,
+    )
+    return tenant_id
+
+
+async def insert_api_key(
+    conn: asyncpg.Connection, tenant_id: int, key_hash: bytes, prefix: str, scopes: list[str]
+) -> None:
+    """Store a new key's hash."""
+    await conn.execute(
+        "INSERT INTO api_keys (tenant_id, key_hash, prefix, scopes) VALUES ($1, $2, $3, $4)",
+        tenant_id,
+        key_hash,
+        prefix,
+        scopes,
+    )
+
+
+async def select_keys_by_prefix(conn: asyncpg.Connection | asyncpg.Pool, prefix: str) -> list[asyncpg.Record]:
+    """The live keys whose shown prefix is this one, with their hash, tenant and scopes."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        """
+        SELECT k.key_hash, k.tenant_id, t.name AS tenant, k.scopes
+        FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
+        WHERE k.prefix = $1 AND k.revoked_at IS NULL
+        """,
+        prefix,
+    )
+    return rows
+
+
+async def select_tenant_id(conn: asyncpg.Connection, name: str) -> int | None:
+    """A tenant's id by name."""
+    tenant_id: int | None = await conn.fetchval("SELECT id FROM tenants WHERE name = $1", name)
+    return tenant_id
+
+
+async def select_tenant_names(conn: asyncpg.Connection) -> list[str]:
+    """Every tenant's name."""
+    return [r["name"] for r in await conn.fetch("SELECT name FROM tenants ORDER BY name")]
+
+
+async def get_or_create_secret(conn: asyncpg.Connection | asyncpg.Pool, name: str, candidate: str) -> str:
+    """The stored secret of that name, storing candidate first if there is none yet."""
+    value: str = await conn.fetchval(
+        """
+        WITH new AS (INSERT INTO service_secrets (name, value) VALUES ($1, $2)
+                     ON CONFLICT (name) DO NOTHING RETURNING value)
+        SELECT value FROM new UNION ALL SELECT value FROM service_secrets WHERE name = $1 LIMIT 1
+        """,
+        name,
+        candidate,
+    )
+    return value

@@ -1,0 +1,183 @@
+"""Domain errors (an HTTP status and a stable code each) and their rendering as RFC 9457 problem+json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsException, ProblemDetailsPlugin
+
+log = structlog.get_logger("service.errors")
+
+PROBLEM_BASE = "https://masking.dev/problems/"
+
+
+class DomainError(Exception):
+    """A failure the caller can act on; subclasses fix the status, code and title."""
+
+    status = 400
+    code = "invalid_request"
+    title = "Invalid request"
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+        self.headers: dict[str, str] = {}
+
+
+class InvalidRequest(DomainError):
+    status, code, title = 422, "invalid_request", "Invalid request"
+
+
+class InvalidPhoneNumber(DomainError):
+    status, code, title = 422, "invalid_phone_number", "Invalid phone number"
+
+
+class Unauthorized(DomainError):
+    status, code, title = 401, "unauthorized", "Unauthorized"
+
+
+class Forbidden(DomainError):
+    status, code, title = 403, "forbidden", "Forbidden"
+
+
+class NotFound(DomainError):
+    status, code, title = 404, "not_found", "Not found"
+
+
+class PoolExhausted(DomainError):
+    status, code, title = 409, "pool_exhausted", "Pool exhausted"
+
+
+class SessionNotActive(DomainError):
+    status, code, title = 409, "session_not_active", "Session not active"
+
+
+class CallInProgress(DomainError):
+    status, code, title = 409, "call_in_progress", "Call in progress"
+
+
+class DidTaken(DomainError):
+    status, code, title = 409, "did_taken", "DID owned by another tenant"
+
+
+class DidInUse(DomainError):
+    status, code, title = 409, "did_in_use", "DID in use"
+
+
+class IdempotencyConflict(DomainError):
+    status, code, title = 409, "idempotency_in_flight", "Request still in progress"
+
+
+class ProviderRejected(DomainError):
+    status, code, title = 502, "provider_rejected", "Provider rejected the call"
+
+
+class ProviderUnavailable(DomainError):
+    status, code, title = 503, "provider_unavailable", "Provider unavailable"
+
+
+class ProviderTimeout(DomainError):
+    status, code, title = 504, "provider_timeout", "Provider timeout"
+
+
+class RateLimited(DomainError):
+    status, code, title = 429, "rate_limited", "Rate limited"
+
+
+class NoSession(DomainError):
+    status, code, title = 404, "no_session", "No session"
+
+
+class DatabaseUnavailable(DomainError):
+    status, code, title = 503, "database_unavailable", "Database unavailable"
+
+
+def problem(status: int, code: str, title: str, detail: str, **extra: Any) -> ProblemDetailsException:
+    """Build the one problem+json shape every error of the service takes."""
+    return ProblemDetailsException(
+        status_code=status,
+        type_=PROBLEM_BASE + code,
+        title=title,
+        detail=detail,
+        extra={"code": code, **extra},
+    )
+
+
+def _from_domain(exc: DomainError) -> ProblemDetailsException:
+    result = problem(exc.status, exc.code, exc.title, exc.detail, **exc.extra)
+    result.headers = exc.headers or None
+    return result
+
+
+_HTTP_CODES = {
+    400: ("invalid_request", "Invalid request"),
+    401: ("unauthorized", "Unauthorized"),
+    403: ("forbidden", "Forbidden"),
+    404: ("not_found", "Not found"),
+    405: ("method_not_allowed", "Method not allowed"),
+    413: ("payload_too_large", "Request body too large"),
+    429: ("rate_limited", "Rate limited"),
+}
+
+
+def _field_of(key: str) -> str:
+    return "body" if key == "data" else key
+
+
+def _from_http(exc: HTTPException) -> ProblemDetailsException:
+    if isinstance(exc, ValidationException):
+        errors = exc.extra if isinstance(exc.extra, list) else []
+        fields = [
+            {"field": _field_of(str(e.get("key", ""))), "source": e.get("source"), "message": e.get("message")}
+            for e in errors
+            if isinstance(e, dict)
+        ]
+        if fields:
+            first = fields[0]
+            where = "the request body" if first["field"] == "body" else f"`{first['field']}`"
+            detail = f"{where}: {first['message']}."
+            return problem(422, "invalid_request", "Invalid request", detail, errors=fields)
+        return problem(400, "invalid_request", "Invalid request", f"{exc.detail}. Send a valid JSON body.")
+    code, title = _HTTP_CODES.get(exc.status_code, ("http_error", "HTTP error"))
+    details = {
+        404: "No such resource: check the path and the id.",
+        405: "This route does not accept that method.",
+        413: "The request body is larger than this route accepts (64 KiB; 1 MiB for bulk DID uploads).",
+    }
+    detail = details.get(exc.status_code, str(exc.detail))
+    if exc.status_code == 400:
+        detail = f"{exc.detail}. Send a valid JSON body."
+    result = problem(exc.status_code, code, title, detail)
+    result.headers = dict(exc.headers) if exc.headers else None
+    return result
+
+
+def problem_response(request: Request[Any, Any, Any], exc: DomainError) -> Response[Any]:
+    """Render a domain error outside the plugin's handlers."""
+    return _from_domain(exc).to_response(request)
+
+
+def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """Log an unexpected exception with the request id and answer 500 with no internals."""
+    log.exception("unhandled_error", method=request.method, path=request.url.path, error=type(exc).__name__)
+    request_id = request.scope.get("state", {}).get("request_id")
+    return problem(
+        500,
+        "internal_error",
+        "Internal error",
+        "Something went wrong on our side; retry later and quote the request id if it persists.",
+        request_id=request_id,
+    ).to_response(request)
+
+
+def problem_details_plugin() -> ProblemDetailsPlugin:
+    """The Litestar plugin that renders domain and HTTP errors as problem+json."""
+    return ProblemDetailsPlugin(
+        ProblemDetailsConfig(
+            exception_to_problem_detail_map={DomainError: _from_domain, HTTPException: _from_http},
+        )
+    )

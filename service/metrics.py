@@ -1,0 +1,22 @@
+"""Prometheus metrics of the service (the process-wide registry that Litestar's Prometheus plugin serves)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+SESSIONS_CREATED = Counter("masking_sessions_created", "Sessions created", ["pool"])
+SESSIONS_REFUSED = Counter("masking_sessions_refused", "Session creations refused", ["reason"])
+ACTIVE_SESSIONS = Gauge("masking_active_sessions", "Active sessions", ["tenant", "pool"])
+POOL_DIDS = Gauge("masking_pool_dids", "DIDs in a pool by status", ["tenant", "pool", "status"])
+POOL_HEADROOM = Gauge(
+    "masking_pool_headroom", "Active DIDs minus the busiest party's active sessions", ["tenant", "pool"]
+)
+CALLS = Counter("masking_calls", "Calls by the status they reached", ["status"])
+PROVIDER_LATENCY = Histogram(
+    "masking_provider_request_seconds",
+    "Click-to-call request latency by outcome",
+    ["outcome"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+)
+REPORTS = Counter("masking_reports_received", "Provider reports by outcome", ["outcome"])
+SWEPT = Counter("masking_swept", "Rows tidied by background sweepers", ["job"])

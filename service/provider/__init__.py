@@ -1,0 +1,1 @@
+"""The telephony provider: the thundersms client and its simulator."""

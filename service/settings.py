@@ -1,0 +1,84 @@
+"""Settings: one frozen msgspec Struct read from the MASKING_* environment variables."""
+
+from __future__ import annotations
+
+import os
+import sys
+import zoneinfo
+from collections.abc import Mapping
+from typing import Annotated, Literal
+
+import msgspec
+
+PREFIX = "MASKING_"
+
+Seconds = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class SettingsError(ValueError):
+    """A MASKING_* variable has a value the service cannot use."""
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Everything the service reads from its environment, with the contract's defaults."""
+
+    database_url: str | None = None
+    data_dir: str = "./.masking"
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8000
+    provider: Literal["simulator", "thundersms"] | None = None
+    thundersms_url: str = "http://portal.thundersms.com/api/v2/"
+    thundersms_token: str | None = None
+    thundersms_webhook_id: str | None = None
+    callback_token: Annotated[str, msgspec.Meta(min_length=16)] | None = None
+    provider_timezone: str = "Asia/Kolkata"
+    provider_timeout_seconds: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0
+    default_ttl_seconds: Annotated[int, msgspec.Meta(ge=60, le=2_592_000)] = 86_400
+    cooloff_seconds: Annotated[int, msgspec.Meta(ge=0)] = 3600
+    call_report_timeout_seconds: Seconds = 7200
+    log_format: Literal["console", "json"] | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    db_pool_size: Annotated[int, msgspec.Meta(ge=1, le=500)] = 10
+
+    @property
+    def provider_kind(self) -> Literal["simulator", "thundersms"]:
+        """The provider in use: `simulator` unless a thundersms token is set, unless chosen explicitly."""
+        if self.provider is not None:
+            return self.provider
+        return "thundersms" if self.thundersms_token else "simulator"
+
+    @property
+    def log_renderer(self) -> Literal["console", "json"]:
+        """Console output on a terminal, JSON lines otherwise, unless chosen explicitly."""
+        if self.log_format is not None:
+            return self.log_format
+        return "console" if sys.stderr.isatty() else "json"
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read Settings from MASKING_* variables; a bad value raises SettingsError naming the variable."""
+    env = os.environ if environ is None else environ
+    raw = {
+        key[len(PREFIX) :].lower(): value
+        for key, value in env.items()
+        if key.startswith(PREFIX) and value != "" and key[len(PREFIX) :].lower() in Settings.__struct_fields__
+    }
+    try:
+        settings = msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        field = message.rsplit("$.", 1)[-1].rstrip("`") if "$." in message else ""
+        variable = PREFIX + field.upper() if field else "a MASKING_* variable"
+        raise SettingsError(f"{variable}: {message.split(' - at ')[0]}") from None
+    try:
+        zoneinfo.ZoneInfo(settings.provider_timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise SettingsError(
+            f"MASKING_PROVIDER_TIMEZONE: unknown time zone {settings.provider_timezone!r} "
+            "(use an IANA name such as Asia/Kolkata)"
+        ) from None
+    if settings.provider_kind == "thundersms" and not settings.thundersms_token:
+        raise SettingsError("MASKING_THUNDERSMS_TOKEN: required when MASKING_PROVIDER is thundersms")
+    if not settings.thundersms_url.endswith("/"):
+        settings = msgspec.structs.replace(settings, thundersms_url=settings.thundersms_url + "/")
+    return settings
