@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import csv
 import json
+import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -96,9 +97,18 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
             schema_version=version,
             provider=settings.provider_kind,
         )
-        server.run()
+        # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; make that an exception so the
+        # embedded PostgreSQL is stopped on the way out instead of the process dying on the spot.
+        signal.signal(signal.SIGTERM, _exit_quietly)
+        signal.signal(signal.SIGINT, _exit_quietly)
+        with contextlib.suppress(SystemExit):
+            server.run()
     log.info("stopped")
     return 0
+
+
+def _exit_quietly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:

