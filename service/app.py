@@ -50,7 +50,10 @@ def utc_now() -> datetime:
 
 
 def request_context(app: ASGIApp) -> ASGIApp:
-    """ASGI middleware: a request id on every log line of a request, and one access line at its end."""
+    """ASGI wrapper: a request id on every log line of a request, and one access line at its end.
+
+    It wraps the whole app rather than being Litestar middleware, which never sees unrouted requests.
+    """
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -142,7 +145,7 @@ def create_app(
         },
         plugins=[problem_details_plugin()],
         exception_handlers={Exception: internal_error_handler, **dict.fromkeys(_DB_DOWN, _database_down)},
-        middleware=[request_context, prometheus.middleware],
+        middleware=[prometheus.middleware],
         request_max_body_size=MAX_BODY,
         openapi_config=OpenAPIConfig(
             title="Number masking",

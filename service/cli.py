@@ -65,7 +65,7 @@ def run_with_db(settings: Settings, work: Callable[[asyncpg.Connection], Awaitab
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
-    from service.app import create_app
+    from service.app import create_app, request_context
     from service.db.pool import create_pool
     from service.db.schema import migrate
 
@@ -81,7 +81,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         version = asyncio.run(prepare(dsn))
         app = create_app(settings, dsn=dsn)
         config = uvicorn.Config(
-            app,
+            request_context(app),
             host=settings.host,
             port=settings.port,
             log_config=None,

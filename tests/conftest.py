@@ -16,7 +16,7 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
-from service.app import create_app
+from service.app import create_app, request_context
 from service.broker.tenants import create_key
 from service.db.schema import migrate
 from service.embedded import EmbeddedPostgres
@@ -126,7 +126,7 @@ async def client(settings: Settings, dsn: str, clock: FakeClock) -> AsyncIterato
     # The raw app, not manager.app: asgi-lifespan hands every request the same state dict, which
     # would share Litestar's per-request state between requests.
     async with LifespanManager(app):
-        transport = httpx.ASGITransport(app=app)
+        transport = httpx.ASGITransport(app=request_context(app))
         async with httpx.AsyncClient(transport=transport, base_url="http://masking.test") as http:
             yield http
 

@@ -1,0 +1,91 @@
+"""Real `masking` processes for end-to-end tests: started on a free port, always stopped."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def masking_env(**overrides: str) -> dict[str, str]:
+    """The environment for a masking process: this one's, minus MASKING_*, plus the overrides."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MASKING_")}
+    env.update({"MASKING_LOG_FORMAT": "json", **overrides})
+    return env
+
+
+def run_cli(*args: str, env: dict[str, str], cwd: str | Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run `masking ARGS` to completion."""
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+
+
+class ServeProcess:
+    """`masking serve` on a free port; a context manager that waits for /readyz and stops it on exit."""
+
+    def __init__(self, env: dict[str, str], cwd: str | Path | None = None, log_path: Path | None = None) -> None:
+        self.port = free_port()
+        self.env = {**env, "MASKING_HOST": "127.0.0.1", "MASKING_PORT": str(self.port)}
+        self.cwd = cwd
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60) -> ServeProcess:
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        self._log = out if self.log_path else None
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "service", "serve"], env=self.env, cwd=self.cwd, stdout=out, stderr=out
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"masking serve exited with {self.proc.returncode}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("masking serve did not become ready")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self._log:
+            self._log.close()
+            self._log = None
+        return self.proc.returncode
+
+    def __enter__(self) -> ServeProcess:
+        return self.start()
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()

@@ -1,0 +1,47 @@
+"""No real phone number, API key or token reaches a log line."""
+
+import json
+import re
+from pathlib import Path
+
+import httpx
+
+from service.logging import mask_number, scrub
+from tests.processes import ServeProcess, masking_env, run_cli
+
+CUSTOMER, AGENT, DID = "+919870001234", "+919870005678", "+918068200042"
+
+
+def test_numbers_are_masked_keeping_country_code_and_last_four() -> None:
+    """+919876543210 is logged as +91******3210; ids and short numbers are left alone."""
+    assert mask_number("call +919876543210 now") == "call +91******3210 now"
+    assert mask_number("919876543210") == "+91******3210"
+    assert mask_number("id 0c9a1e2b-1234-4f00-8a00-123456789012 and 42") == "id 0c9a1e2b-1234-4f00-8a00-123456789012 and 42"
+    assert scrub("Bearer msk_abcdefghijklmnop") == "Bearer [redacted]"
+    assert scrub("/v1/provider/thundersms/callback/s3cr3t-token?x=1") == "/v1/provider/thundersms/callback/[redacted]?x=1"
+
+
+def test_a_whole_request_flow_logs_no_number_key_or_token(tmp_path: Path, dsn: str) -> None:
+    """Requests carrying numbers and keys, good and bad, leave JSON lines with request ids and no secrets."""
+    env = masking_env(MASKING_DATABASE_URL=dsn, MASKING_CALLBACK_TOKEN="callback-token-0123456789", MASKING_LOG_LEVEL="debug")
+    key = json.loads(run_cli("tenant", "create", "acme", "--scope", "ops", env=env).stdout)["api_key"]
+    log_path = tmp_path / "serve.log"
+    with ServeProcess(env, log_path=log_path) as service:
+        auth = {"Authorization": f"Bearer {key}"}
+        with httpx.Client(base_url=service.url, headers=auth) as http:
+            assert http.post("/v1/dids", json={"number": DID}).status_code == 201
+            body = {"order_id": "ORD-1", "customer": CUSTOMER, "agent": AGENT}
+            assert http.post("/v1/sessions", json=body).status_code == 201
+            assert http.post("/v1/sessions", json={**body, "agent": "+91123"}).status_code == 422
+            assert http.get(f"/v1/sessions?customer={CUSTOMER}").status_code == 200
+            assert http.get(f"/v1/dids/{DID}").status_code in (404, 405)
+            assert http.get("/v1/sessions", headers={"Authorization": "Bearer msk_wrong_key_000000"}).status_code == 401
+            http.get("/v1/provider/thundersms/callback/callback-token-0123456789")
+    lines = log_path.read_text().splitlines()
+    records = [json.loads(line) for line in lines if line.startswith("{")]
+    requests = [r for r in records if r.get("event") == "request"]
+    assert len(requests) >= 7 and all(r.get("request_id") for r in requests)
+    text = log_path.read_text()
+    for secret in (CUSTOMER, AGENT, DID, CUSTOMER[1:], key, "callback-token-0123456789", "msk_wrong_key_000000"):
+        assert secret not in text, f"{secret[:6]}... leaked into the log"
+    assert re.search(r"\\+91\\*+1234", text) or "+91" in text

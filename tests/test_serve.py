@@ -1,0 +1,79 @@
+"""`masking serve` runs on its own embedded PostgreSQL, stops it on SIGTERM, and reuses its data."""
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import psutil
+
+from tests.processes import ServeProcess, masking_env, run_cli
+
+
+def postgres_processes_for(data_dir: Path) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if proc.info["name"] == "postgres" and any(str(data_dir) in part for part in cmdline):
+            found.append(proc)
+    return found
+
+
+def test_serve_on_the_embedded_database_stops_it_on_sigterm_and_reuses_data(tmp_path: Path) -> None:
+    """From an empty folder: ready, a tenant made, SIGTERM leaves no PostgreSQL, the next start still has it."""
+    env = masking_env()
+    data = tmp_path / ".masking"
+    with ServeProcess(env, cwd=tmp_path, log_path=tmp_path / "serve.log") as service:
+        assert httpx.get(service.url + "/readyz").json() == {"status": "ok"}
+        created = run_cli("tenant", "create", "acme", "--scope", "ops", env=env, cwd=tmp_path)
+        assert created.returncode == 0, created.stderr
+        key = json.loads(created.stdout)["api_key"]
+        added = httpx.post(service.url + "/v1/dids", json={"number": "+918068200001"},
+                           headers={"Authorization": f"Bearer {key}"})
+        assert added.status_code == 201, added.text
+        assert postgres_processes_for(data)
+    assert service.proc is not None and service.proc.returncode == 0
+    assert postgres_processes_for(data) == []
+    log = (tmp_path / "serve.log").read_text()
+    assert "serving" in log and "embedded PostgreSQL" in log and "simulator" in log
+
+    with ServeProcess(env, cwd=tmp_path) as again:
+        listed = httpx.get(again.url + "/v1/dids", headers={"Authorization": f"Bearer {key}"})
+        assert [d["number"] for d in listed.json()["items"]] == ["+918068200001"]
+    assert postgres_processes_for(data) == []
+
+
+def test_tenant_create_prints_the_contract_json_and_stores_only_a_hash(dsn: str) -> None:
+    """The CLI prints tenant, key and scopes once; the database holds a SHA-256 hash, never the key."""
+    result = run_cli("tenant", "create", "shop", "--scope", "sessions", "--scope", "ops",
+                     env=masking_env(MASKING_DATABASE_URL=dsn))
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)
+    assert set(printed) == {"tenant", "api_key", "scopes"}
+    assert printed["tenant"] == "shop" and printed["scopes"] == ["ops", "sessions"]
+    assert printed["api_key"].startswith("msk_")
+    dump = subprocess.run([sys.executable, "-c", DUMP, dsn], capture_output=True, text=True, check=True).stdout
+    assert printed["api_key"] not in dump
+    assert printed["api_key"][12:] not in dump
+    assert hashlib.sha256(printed["api_key"].encode()).hexdigest() in dump
+
+
+# Every row of every table as text, to look for secrets anywhere in the database.
+DUMP = """
+import asyncio, sys, asyncpg
+async def main():
+    c = await asyncpg.connect(sys.argv[1])
+    for t in await c.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'"):
+        for r in await c.fetch(f'SELECT * FROM {t["tablename"]}'):
+            print(t["tablename"], [v.hex() if isinstance(v, bytes) else v for v in r.values()])
+asyncio.run(main())
+"""
+
+
+def test_a_bad_setting_stops_the_command_with_the_variable_named(tmp_path: Path) -> None:
+    """A bad MASKING_* value: exit code 2 and a message naming the variable."""
+    result = run_cli("migrate", env=masking_env(MASKING_COOLOFF_SECONDS="soon"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "MASKING_COOLOFF_SECONDS" in result.stderr
