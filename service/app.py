@@ -18,6 +18,7 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.prometheus import PrometheusConfig
+from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.deps import Runtime, provide_conn, provide_principal, provide_runtime, require_key
@@ -56,7 +57,7 @@ def request_context(app: ASGIApp) -> ASGIApp:
     """
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
             return
         headers = dict(scope.get("headers", ()))
@@ -78,7 +79,7 @@ def request_context(app: ASGIApp) -> ASGIApp:
         finally:
             log.info(
                 "request",
-                method=scope["method"],
+                method=scope.get("method"),
                 path=scope["path"],
                 status=status,
                 ms=round((time.perf_counter() - started) * 1000, 2),

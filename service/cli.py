@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-import asyncpg
 import msgspec
 import structlog
 
+from service.db import Conn
 from service.settings import Settings, SettingsError, load_settings
 
 T = TypeVar("T")
@@ -44,7 +44,7 @@ def describe_database(settings: Settings) -> str:
     return f"PostgreSQL at {url.hostname or 'local socket'}:{url.port or 5432}{url.path}"
 
 
-def run_with_db(settings: Settings, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+def run_with_db(settings: Settings, work: Callable[[Conn], Awaitable[T]]) -> T:
     """Open the database (migrated), run work on one connection, close everything."""
     from service.db.pool import create_pool
     from service.db.schema import migrate
@@ -127,7 +127,7 @@ def cmd_tenant_create(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _tenant_id(conn: asyncpg.Connection, name: str | None) -> int:
+async def _tenant_id(conn: Conn, name: str | None) -> int:
     from service.db import tenants as q
 
     if name is None:
@@ -159,7 +159,7 @@ def cmd_dids_import(settings: Settings, args: argparse.Namespace) -> int:
             entries.append(NewDid(row[0].strip(), pool))
             lines.append(line)
 
-    async def work(conn: asyncpg.Connection) -> tuple[int, int]:
+    async def work(conn: Conn) -> tuple[int, int]:
         tenant_id = await _tenant_id(conn, args.tenant)
         with Progress(transient=True, disable=len(entries) < 1000) as progress:
             task = progress.add_task("checking numbers", total=len(entries))
@@ -183,7 +183,7 @@ def cmd_sessions_expire(settings: Settings, args: argparse.Namespace) -> int:
     from service.app import utc_now
     from service.broker.sessions import ExpireFilter, expire_sessions
 
-    async def work(conn: asyncpg.Connection) -> int:
+    async def work(conn: Conn) -> int:
         tenant_id = await _tenant_id(conn, args.tenant) if args.tenant else None
         return await expire_sessions(conn, tenant_id, ExpireFilter(order_id=args.order_id), utc_now())
 
@@ -196,10 +196,15 @@ def cmd_provider_urls(settings: Settings, args: argparse.Namespace) -> int:
 
     token = run_with_db(settings, lambda conn: callback_token(conn, settings.callback_token))
     base = (args.base_url or f"http://{settings.host}:{settings.port}").rstrip("/")
-    print(json.dumps({
-        "callback_url": f"{base}/v1/provider/thundersms/callback/{token}",
-        "route_url": f"{base}/v1/provider/thundersms/route/{token}",
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "callback_url": f"{base}/v1/provider/thundersms/callback/{token}",
+                "route_url": f"{base}/v1/provider/thundersms/route/{token}",
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

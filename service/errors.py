@@ -8,8 +8,8 @@ from typing import Any
 import msgspec
 import structlog
 from litestar import Request, Response
-from litestar.openapi import ResponseSpec
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi import ResponseSpec
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsException, ProblemDetailsPlugin
 
 log = structlog.get_logger("service.errors")

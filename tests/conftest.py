@@ -160,7 +160,9 @@ async def keys(db: asyncpg.Connection) -> Keys:
     return Keys(*(k.api_key for k in made))
 
 
-async def add_dids(client: httpx.AsyncClient, headers: dict[str, str], numbers: list[str], pool: str = "default") -> None:
+async def add_dids(
+    client: httpx.AsyncClient, headers: dict[str, str], numbers: list[str], pool: str = "default"
+) -> None:
     """Add DIDs to a pool through the API."""
     response = await client.post(
         "/v1/dids/bulk", json={"dids": [{"number": n, "pool": pool} for n in numbers]}, headers=headers
@@ -178,14 +180,14 @@ def mobile_numbers(count: int, start: int = 0, prefix: str = "+91987") -> list[s
     return [f"{prefix}{start + i:07d}" for i in range(count)]
 
 
-async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02):  # type: ignore[no-untyped-def]
+async def wait_for(predicate, within: float = 10.0, interval: float = 0.02):  # type: ignore[no-untyped-def]
     """Poll an async predicate until it returns something truthy, or fail after timeout."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within
     while True:
         result = await predicate()
         if result:
             return result
         if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
+            raise AssertionError(f"condition not met within {within}s")
         await asyncio.sleep(interval)

@@ -28,7 +28,9 @@ def masking_env(**overrides: str) -> dict[str, str]:
     return env
 
 
-def run_cli(*args: str, env: dict[str, str], cwd: str | Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str], cwd: str | Path | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     """Run `masking ARGS` to completion."""
     return subprocess.run(
         [sys.executable, "-m", "service", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout

@@ -55,13 +55,18 @@ async def test_malformed_json_is_400(client: httpx.AsyncClient, keys: Keys) -> N
     ("body", "field"),
     [
         ({"order_id": 5, "customer": "+919870000000", "agent": "+919870000001"}, "order_id"),
-        ({"order_id": "o", "customer": "+919870000000", "agent": "+919870000001", "ttl_seconds": "long"}, "ttl_seconds"),
+        (
+            {"order_id": "o", "customer": "+919870000000", "agent": "+919870000001", "ttl_seconds": "long"},
+            "ttl_seconds",
+        ),
         ({"order_id": "o", "customer": "+919870000000", "agent": "+919870000001", "ttl_seconds": 10}, "ttl_seconds"),
         ({"order_id": "", "customer": "+919870000000", "agent": "+919870000001"}, "order_id"),
         ({"customer": "+919870000000", "agent": "+919870000001"}, "order_id"),
     ],
 )
-async def test_wrong_types_are_422_naming_the_field(client: httpx.AsyncClient, keys: Keys, body: dict, field: str) -> None:
+async def test_wrong_types_are_422_naming_the_field(
+    client: httpx.AsyncClient, keys: Keys, body: dict, field: str
+) -> None:
     """A field of the wrong type or out of range: 422 invalid_request naming it."""
     problem = assert_problem(await client.post("/v1/sessions", json=body, headers=keys.a), 422, "invalid_request")
     assert field in problem["detail"]

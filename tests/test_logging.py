@@ -16,14 +16,21 @@ def test_numbers_are_masked_keeping_country_code_and_last_four() -> None:
     """+919876543210 is logged as +91******3210; ids and short numbers are left alone."""
     assert mask_number("call +919876543210 now") == "call +91******3210 now"
     assert mask_number("919876543210") == "+91******3210"
-    assert mask_number("id 0c9a1e2b-1234-4f00-8a00-123456789012 and 42") == "id 0c9a1e2b-1234-4f00-8a00-123456789012 and 42"
+    assert (
+        mask_number("id 0c9a1e2b-1234-4f00-8a00-123456789012 and 42")
+        == "id 0c9a1e2b-1234-4f00-8a00-123456789012 and 42"
+    )
     assert scrub("Bearer msk_abcdefghijklmnop") == "Bearer [redacted]"
-    assert scrub("/v1/provider/thundersms/callback/s3cr3t-token?x=1") == "/v1/provider/thundersms/callback/[redacted]?x=1"
+    assert (
+        scrub("/v1/provider/thundersms/callback/s3cr3t-token?x=1") == "/v1/provider/thundersms/callback/[redacted]?x=1"
+    )
 
 
 def test_a_whole_request_flow_logs_no_number_key_or_token(tmp_path: Path, dsn: str) -> None:
     """Requests carrying numbers and keys, good and bad, leave JSON lines with request ids and no secrets."""
-    env = masking_env(MASKING_DATABASE_URL=dsn, MASKING_CALLBACK_TOKEN="callback-token-0123456789", MASKING_LOG_LEVEL="debug")
+    env = masking_env(
+        MASKING_DATABASE_URL=dsn, MASKING_CALLBACK_TOKEN="callback-token-0123456789", MASKING_LOG_LEVEL="debug"
+    )
     key = json.loads(run_cli("tenant", "create", "acme", "--scope", "ops", env=env).stdout)["api_key"]
     log_path = tmp_path / "serve.log"
     with ServeProcess(env, log_path=log_path) as service:

@@ -30,8 +30,9 @@ def test_serve_on_the_embedded_database_stops_it_on_sigterm_and_reuses_data(tmp_
         created = run_cli("tenant", "create", "acme", "--scope", "ops", env=env, cwd=tmp_path)
         assert created.returncode == 0, created.stderr
         key = json.loads(created.stdout)["api_key"]
-        added = httpx.post(service.url + "/v1/dids", json={"number": "+918068200001"},
-                           headers={"Authorization": f"Bearer {key}"})
+        added = httpx.post(
+            service.url + "/v1/dids", json={"number": "+918068200001"}, headers={"Authorization": f"Bearer {key}"}
+        )
         assert added.status_code == 201, added.text
         assert postgres_processes_for(data)
     assert service.proc is not None and service.proc.returncode == 0
@@ -47,8 +48,9 @@ def test_serve_on_the_embedded_database_stops_it_on_sigterm_and_reuses_data(tmp_
 
 def test_tenant_create_prints_the_contract_json_and_stores_only_a_hash(dsn: str) -> None:
     """The CLI prints tenant, key and scopes once; the database holds a SHA-256 hash, never the key."""
-    result = run_cli("tenant", "create", "shop", "--scope", "sessions", "--scope", "ops",
-                     env=masking_env(MASKING_DATABASE_URL=dsn))
+    result = run_cli(
+        "tenant", "create", "shop", "--scope", "sessions", "--scope", "ops", env=masking_env(MASKING_DATABASE_URL=dsn)
+    )
     assert result.returncode == 0, result.stderr
     printed = json.loads(result.stdout)
     assert set(printed) == {"tenant", "api_key", "scopes"}

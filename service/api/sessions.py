@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-import asyncpg
 import msgspec
 from litestar import Controller, Request, Response, get, patch, post
 from litestar.params import Parameter
@@ -14,6 +13,7 @@ from service.broker import sessions as broker
 from service.broker.idempotency import run_once
 from service.broker.models import Session
 from service.broker.tenants import Principal
+from service.db import Conn
 
 JSON = "application/json"
 
@@ -45,10 +45,10 @@ class SessionController(Controller):
     @post("/", status_code=201, summary="Create a masking session (200 with the live one on a repeat)")
     async def create(
         self,
-        request: Request[Principal, None, None],
+        request: Request[Any, Any, Any],
         data: broker.CreateSession,
         principal: Principal,
-        conn: asyncpg.Connection,
+        conn: Conn,
         runtime: Runtime,
         idempotency_key: Annotated[str | None, Parameter(header="Idempotency-Key", required=False)] = None,
     ) -> Response[Session]:
@@ -62,16 +62,14 @@ class SessionController(Controller):
             status, body = await produce()
         else:
             raw = await request.body()
-            status, body = await run_once(
-                conn, principal.tenant_id, idempotency_key, raw, runtime.clock(), produce
-            )
+            status, body = await run_once(conn, principal.tenant_id, idempotency_key, raw, runtime.clock(), produce)
         return Response(body, status_code=status, media_type=JSON)  # type: ignore[arg-type]
 
     @get("/", summary="List sessions, newest first")
     async def list(
         self,
         principal: Principal,
-        conn: asyncpg.Connection,
+        conn: Conn,
         runtime: Runtime,
         order_id: str | None = None,
         status: Literal["active", "closed", "expired"] | None = None,
@@ -91,12 +89,12 @@ class SessionController(Controller):
         )
 
     @get("/{session_id:str}", summary="One session")
-    async def read(self, session_id: str, principal: Principal, conn: asyncpg.Connection, runtime: Runtime) -> Session:
+    async def read(self, session_id: str, principal: Principal, conn: Conn, runtime: Runtime) -> Session:
         return await broker.get_session(conn, principal.tenant_id, session_id, runtime.clock())
 
     @patch("/{session_id:str}", summary="Change an active session's TTL, from now")
     async def change_ttl(
-        self, session_id: str, data: ChangeTtl, principal: Principal, conn: asyncpg.Connection, runtime: Runtime
+        self, session_id: str, data: ChangeTtl, principal: Principal, conn: Conn, runtime: Runtime
     ) -> Session:
         return await broker.change_ttl(conn, principal.tenant_id, session_id, data.ttl_seconds, runtime.clock())
 
@@ -105,14 +103,12 @@ class SessionController(Controller):
         self,
         session_id: str,
         principal: Principal,
-        conn: asyncpg.Connection,
+        conn: Conn,
         runtime: Runtime,
         data: CloseSession | None = None,
     ) -> Session:
         return await broker.close_session(conn, principal.tenant_id, session_id, runtime.clock())
 
     @post("/expire", status_code=200, opt={"scope": "ops"}, summary="Expire every active session matching all filters")
-    async def expire(
-        self, data: broker.ExpireFilter, principal: Principal, conn: asyncpg.Connection, runtime: Runtime
-    ) -> Expired:
+    async def expire(self, data: broker.ExpireFilter, principal: Principal, conn: Conn, runtime: Runtime) -> Expired:
         return Expired(await broker.expire_sessions(conn, principal.tenant_id, data, runtime.clock()))

@@ -10,6 +10,7 @@ import msgspec
 
 from service.broker.models import Did, DidStatus
 from service.broker.phones import parse_with_region
+from service.db import Conn
 from service.db import dids as q
 from service.errors import DidInUse, DidTaken, InvalidPhoneNumber, InvalidRequest, NotFound
 
@@ -36,7 +37,7 @@ def _did(row: asyncpg.Record) -> Did:
 
 
 async def add_did(
-    conn: asyncpg.Connection,
+    conn: Conn,
     tenant_id: int,
     number: str,
     pool: str,
@@ -86,7 +87,7 @@ def validate_entries(entries: Sequence[NewDid], line_of: Sequence[int] | None = 
 
 
 async def add_dids(
-    conn: asyncpg.Connection, tenant_id: int, entries: Sequence[NewDid], line_of: Sequence[int] | None = None
+    conn: Conn, tenant_id: int, entries: Sequence[NewDid], line_of: Sequence[int] | None = None
 ) -> tuple[int, int]:
     """Add many DIDs in one transaction, all or nothing; return (created, existing)."""
     rows = validate_entries(entries, line_of)
@@ -105,15 +106,13 @@ async def add_dids(
     return created, len(rows) - created
 
 
-async def list_dids(
-    conn: asyncpg.Connection, tenant_id: int, now: datetime, pool: str | None, status: str | None
-) -> list[Did]:
+async def list_dids(conn: Conn, tenant_id: int, now: datetime, pool: str | None, status: str | None) -> list[Did]:
     """The tenant's DIDs with their active session counts."""
     return [_did(r) for r in await q.select_dids(conn, tenant_id, now, pool, status)]
 
 
 async def change_did(
-    conn: asyncpg.Connection,
+    conn: Conn,
     tenant_id: int,
     number: str,
     status: DidStatus | None,

@@ -6,8 +6,7 @@ import hashlib
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 
-import asyncpg
-
+from service.db import Conn
 from service.db import idempotency as q
 from service.errors import IdempotencyConflict, InvalidRequest
 
@@ -15,7 +14,7 @@ Produce = Callable[[], Awaitable[tuple[int, bytes]]]
 
 
 async def run_once(
-    conn: asyncpg.Connection, tenant_id: int, key: str, request: bytes, now: datetime, produce: Produce
+    conn: Conn, tenant_id: int, key: str, request: bytes, now: datetime, produce: Produce
 ) -> tuple[int, bytes]:
     """Run produce() once per (tenant, key) and request body; repeats get the stored (status, body)."""
     if not 1 <= len(key) <= 255:

@@ -17,6 +17,7 @@ import structlog
 from service import metrics
 from service.broker.models import Session
 from service.broker.phones import normalize, parse_with_region
+from service.db import Conn
 from service.db import sessions as q
 from service.errors import InvalidRequest, NotFound, PoolExhausted, SessionNotActive
 
@@ -83,7 +84,7 @@ class _LostRace(Exception):
 
 
 async def create_session(
-    conn: asyncpg.Connection, tenant_id: int, body: CreateSession, rules: Rules, clock: Clock
+    conn: Conn, tenant_id: int, body: CreateSession, rules: Rules, clock: Clock
 ) -> tuple[Session, bool]:
     """Create a session on a DID the rules allow; (session, True), or (the live one, False) on a repeat."""
     customer, country = parse_with_region(body.customer, "customer")
@@ -159,7 +160,7 @@ def _exhausted(pool: str, why: asyncpg.Record) -> PoolExhausted:
     return PoolExhausted(detail, pool=pool, pool_dids=why["pool_dids"], ruled_out=ruled_out)
 
 
-async def get_session(conn: asyncpg.Connection, tenant_id: int, session_id: str, now: datetime) -> Session:
+async def get_session(conn: Conn, tenant_id: int, session_id: str, now: datetime) -> Session:
     """One of the tenant's sessions, or not_found."""
     row = await q.select_session(conn, tenant_id, _uuid(session_id))
     if row is None:
@@ -175,7 +176,7 @@ class Page(msgspec.Struct, frozen=True):
 
 
 async def list_sessions(
-    conn: asyncpg.Connection,
+    conn: Conn,
     tenant_id: int,
     now: datetime,
     *,
@@ -209,7 +210,9 @@ def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         created, sid = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
         return datetime.fromisoformat(created), uuid.UUID(sid)
     except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidRequest("`cursor` is not one this service gave out; start again without it.", field="cursor") from None
+        raise InvalidRequest(
+            "`cursor` is not one this service gave out; start again without it.", field="cursor"
+        ) from None
 
 
 def _uuid(value: str) -> uuid.UUID:
@@ -219,16 +222,14 @@ def _uuid(value: str) -> uuid.UUID:
         raise NotFound("No session with that id.") from None
 
 
-async def _live_or_raise(conn: asyncpg.Connection, tenant_id: int, session_id: uuid.UUID, now: datetime) -> Session:
+async def _live_or_raise(conn: Conn, tenant_id: int, session_id: uuid.UUID, now: datetime) -> Session:
     row = await q.select_session(conn, tenant_id, session_id)
     if row is None:
         raise NotFound("No session with that id.")
     return session_of(row, now)
 
 
-async def change_ttl(
-    conn: asyncpg.Connection, tenant_id: int, session_id: str, ttl_seconds: int, now: datetime
-) -> Session:
+async def change_ttl(conn: Conn, tenant_id: int, session_id: str, ttl_seconds: int, now: datetime) -> Session:
     """Make a live session end ttl_seconds from now."""
     sid = _uuid(session_id)
     row = await q.update_expiry(conn, tenant_id, sid, now, now + timedelta(seconds=ttl_seconds))
@@ -238,7 +239,7 @@ async def change_ttl(
     return session_of(row, now)
 
 
-async def close_session(conn: asyncpg.Connection, tenant_id: int, session_id: str, now: datetime) -> Session:
+async def close_session(conn: Conn, tenant_id: int, session_id: str, now: datetime) -> Session:
     """Close a live session (closed_by_client); a session already ended comes back unchanged."""
     sid = _uuid(session_id)
     row = await q.close_session(conn, tenant_id, sid, now, "closed", "closed_by_client")
@@ -256,14 +257,10 @@ class ExpireFilter(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     masked_number: str | None = None
 
 
-async def expire_sessions(
-    conn: asyncpg.Connection, tenant_id: int | None, filters: ExpireFilter, now: datetime
-) -> int:
+async def expire_sessions(conn: Conn, tenant_id: int | None, filters: ExpireFilter, now: datetime) -> int:
     """Expire (expired_by_ops) every live session matching all given filters."""
     if not any(msgspec.structs.astuple(filters)):
-        raise InvalidRequest(
-            "Give at least one filter: order_id, customer, agent or masked_number.", field="body"
-        )
+        raise InvalidRequest("Give at least one filter: order_id, customer, agent or masked_number.", field="body")
     return await q.expire_matching(
         conn,
         tenant_id,
@@ -275,7 +272,7 @@ async def expire_sessions(
     )
 
 
-async def sweep_expired(conn: asyncpg.Connection, now: datetime, batch: int = 500) -> int:
+async def sweep_expired(conn: Conn, now: datetime, batch: int = 500) -> int:
     """Mark every session past its expiry as expired, a batch per transaction; safe in many processes."""
     total = 0
     while True:
@@ -302,7 +299,7 @@ class PoolStats(msgspec.Struct, frozen=True, kw_only=True):
     headroom: int
 
 
-async def pool_stats(conn: asyncpg.Connection, tenant_id: int | None, now: datetime) -> list[PoolStats]:
+async def pool_stats(conn: Conn, tenant_id: int | None, now: datetime) -> list[PoolStats]:
     """Per pool: DIDs, active sessions and headroom."""
     return [
         PoolStats(

@@ -10,6 +10,7 @@ from typing import Literal
 import asyncpg
 import msgspec
 
+from service.db import Conn
 from service.db import tenants as q
 
 KEY_PREFIX = "msk_"
@@ -42,7 +43,7 @@ def hash_key(api_key: str) -> bytes:
     return hashlib.sha256(api_key.encode()).digest()
 
 
-async def create_key(conn: asyncpg.Connection, tenant: str, scopes: list[Scope]) -> NewKey:
+async def create_key(conn: Conn, tenant: str, scopes: list[Scope]) -> NewKey:
     """Create the tenant if needed and a new key with the given scopes."""
     wanted = sorted(set(scopes or ["sessions"]))
     api_key = KEY_PREFIX + secrets.token_urlsafe(32)
@@ -52,7 +53,7 @@ async def create_key(conn: asyncpg.Connection, tenant: str, scopes: list[Scope])
     return NewKey(tenant=tenant, api_key=api_key, scopes=wanted)
 
 
-async def authenticate(db: asyncpg.Pool | asyncpg.Connection, api_key: str) -> Principal | None:
+async def authenticate(db: asyncpg.Pool | Conn, api_key: str) -> Principal | None:
     """The principal of a key, or None when the key is unknown or revoked."""
     if not api_key.startswith(KEY_PREFIX) or len(api_key) > 128:
         return None
@@ -64,7 +65,7 @@ async def authenticate(db: asyncpg.Pool | asyncpg.Connection, api_key: str) -> P
     return None
 
 
-async def callback_token(db: asyncpg.Pool | asyncpg.Connection, configured: str | None) -> str:
+async def callback_token(db: asyncpg.Pool | Conn, configured: str | None) -> str:
     """The callback token: the configured one, else one generated once and kept in the database."""
     if configured:
         return configured

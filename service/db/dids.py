@@ -6,6 +6,8 @@ from datetime import datetime
 
 import asyncpg
 
+from service.db import Conn
+
 _DID_COLUMNS = """
     d.number, d.pool, d.country, d.status, d.max_concurrent_calls, d.created_at,
     (SELECT count(*) FROM sessions s
@@ -14,7 +16,7 @@ _DID_COLUMNS = """
 
 
 async def insert_did(
-    conn: asyncpg.Connection,
+    conn: Conn,
     tenant_id: int,
     number: str,
     pool: str,
@@ -36,7 +38,7 @@ async def insert_did(
     return bool(inserted)
 
 
-async def select_did(conn: asyncpg.Connection, tenant_id: int, number: str, now: datetime) -> asyncpg.Record | None:
+async def select_did(conn: Conn, tenant_id: int, number: str, now: datetime) -> asyncpg.Record | None:
     """One of the tenant's DIDs with its active session count."""
     row: asyncpg.Record | None = await conn.fetchrow(
         f"SELECT {_DID_COLUMNS} FROM dids d WHERE d.tenant_id = $1 AND d.number = $3", tenant_id, now, number
@@ -44,15 +46,13 @@ async def select_did(conn: asyncpg.Connection, tenant_id: int, number: str, now:
     return row
 
 
-async def select_owners(conn: asyncpg.Connection, numbers: list[str]) -> dict[str, int]:
+async def select_owners(conn: Conn, numbers: list[str]) -> dict[str, int]:
     """The owning tenant of each of these numbers that is already a DID."""
     rows = await conn.fetch("SELECT number, tenant_id FROM dids WHERE number = ANY($1::text[])", numbers)
     return {r["number"]: r["tenant_id"] for r in rows}
 
 
-async def insert_dids(
-    conn: asyncpg.Connection, tenant_id: int, numbers: list[str], pools: list[str], countries: list[str]
-) -> int:
+async def insert_dids(conn: Conn, tenant_id: int, numbers: list[str], pools: list[str], countries: list[str]) -> int:
     """Insert many DIDs at once, skipping numbers that exist; return how many were created."""
     created: int = await conn.fetchval(
         """
@@ -71,7 +71,7 @@ async def insert_dids(
 
 
 async def select_dids(
-    conn: asyncpg.Connection, tenant_id: int, now: datetime, pool: str | None, status: str | None
+    conn: Conn, tenant_id: int, now: datetime, pool: str | None, status: str | None
 ) -> list[asyncpg.Record]:
     """The tenant's DIDs, optionally of one pool or status, with their active session counts."""
     rows: list[asyncpg.Record] = await conn.fetch(
@@ -88,9 +88,7 @@ async def select_dids(
     return rows
 
 
-async def update_did(
-    conn: asyncpg.Connection, tenant_id: int, number: str, status: str | None, pool: str | None
-) -> bool:
+async def update_did(conn: Conn, tenant_id: int, number: str, status: str | None, pool: str | None) -> bool:
     """Change a DID's status and pool; False when the tenant has no such DID."""
     result: str = await conn.execute(
         """
@@ -105,18 +103,14 @@ async def update_did(
     return result != "UPDATE 0"
 
 
-async def lock_did(conn: asyncpg.Connection, tenant_id: int, number: str) -> bool:
+async def lock_did(conn: Conn, tenant_id: int, number: str) -> bool:
     """Lock a DID row for a status change; False when the tenant has no such DID."""
     return bool(
-        await conn.fetchval(
-            "SELECT true FROM dids WHERE tenant_id = $1 AND number = $2 FOR UPDATE", tenant_id, number
-        )
+        await conn.fetchval("SELECT true FROM dids WHERE tenant_id = $1 AND number = $2 FOR UPDATE", tenant_id, number)
     )
 
 
-async def count_active_bindings(conn: asyncpg.Connection, number: str, now: datetime) -> int:
+async def count_active_bindings(conn: Conn, number: str, now: datetime) -> int:
     """How many live bindings a DID holds (two per active session)."""
-    count: int = await conn.fetchval(
-        "SELECT count(*)::int FROM bindings WHERE did = $1 AND ends_at > $2", number, now
-    )
+    count: int = await conn.fetchval("SELECT count(*)::int FROM bindings WHERE did = $1 AND ends_at > $2", number, now)
     return count

@@ -6,12 +6,14 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
+from service.db import Conn
+
 REPLAY_WINDOW = timedelta(hours=24)
 # A claim whose request never finished (the process died) may be taken over after this.
 ABANDONED_AFTER = timedelta(seconds=60)
 
 
-async def claim(conn: asyncpg.Connection, tenant_id: int, key: str, request_hash: bytes, now: datetime) -> bool:
+async def claim(conn: Conn, tenant_id: int, key: str, request_hash: bytes, now: datetime) -> bool:
     """Claim the key for a request; False when another request holds it (finished or in flight)."""
     claimed = await conn.fetchval(
         """
@@ -33,7 +35,7 @@ async def claim(conn: asyncpg.Connection, tenant_id: int, key: str, request_hash
     return bool(claimed)
 
 
-async def select(conn: asyncpg.Connection, tenant_id: int, key: str) -> asyncpg.Record | None:
+async def select(conn: Conn, tenant_id: int, key: str) -> asyncpg.Record | None:
     """The record held under a key."""
     row: asyncpg.Record | None = await conn.fetchrow(
         "SELECT request_hash, status_code, body FROM idempotency_keys WHERE tenant_id = $1 AND key = $2",
@@ -43,7 +45,7 @@ async def select(conn: asyncpg.Connection, tenant_id: int, key: str) -> asyncpg.
     return row
 
 
-async def store(conn: asyncpg.Connection, tenant_id: int, key: str, status_code: int, body: bytes) -> None:
+async def store(conn: Conn, tenant_id: int, key: str, status_code: int, body: bytes) -> None:
     """Keep the first response under its key."""
     await conn.execute(
         "UPDATE idempotency_keys SET status_code = $3, body = $4 WHERE tenant_id = $1 AND key = $2",
@@ -54,7 +56,7 @@ async def store(conn: asyncpg.Connection, tenant_id: int, key: str, status_code:
     )
 
 
-async def release(conn: asyncpg.Connection, tenant_id: int, key: str) -> None:
+async def release(conn: Conn, tenant_id: int, key: str) -> None:
     """Forget a claim whose request failed, so that a retry runs again."""
     await conn.execute(
         "DELETE FROM idempotency_keys WHERE tenant_id = $1 AND key = $2 AND status_code IS NULL", tenant_id, key

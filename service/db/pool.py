@@ -17,7 +17,7 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
-class _Connection(asyncpg.Connection):  # type: ignore[misc]
+class _Connection(asyncpg.Connection):
     """No handler leaves session state behind (no LISTEN, SET or session locks), so skip the reset query."""
 
     def get_reset_query(self) -> str:

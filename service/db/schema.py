@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-import asyncpg
+from service.db import Conn
 
 # Any fixed number: the advisory lock that makes concurrent migrations take turns.
 _MIGRATION_LOCK = 7_305_118_422
@@ -19,7 +19,7 @@ def schema_sql() -> str:
     return (Path(__file__).resolve().parents[2] / "schema.sql").read_text(encoding="utf-8")
 
 
-async def migrate(conn: asyncpg.Connection) -> int:
+async def migrate(conn: Conn) -> int:
     """Apply the schema in one transaction under an advisory lock; return the schema version."""
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)

@@ -8,6 +8,8 @@ from uuid import UUID
 
 import asyncpg
 
+from service.db import Conn
+
 # Which DIDs the two numbers rule out: the ones where either is bound now (no crossed lines), and the
 # ones where either ended a session with somebody else less than the cool-off ago. $3 customer,
 # $4 agent, $6 now, $7 cool-off.
@@ -113,7 +115,7 @@ WHERE tenant_id = $1 AND order_id = $2 AND customer = $3 AND agent = $4
 
 
 async def find_repeat(
-    conn: asyncpg.Connection, tenant_id: int, order_id: str, customer: str, agent: str, now: datetime
+    conn: Conn, tenant_id: int, order_id: str, customer: str, agent: str, now: datetime
 ) -> asyncpg.Record | None:
     """The tenant's live session for this order and pair, if any."""
     row: asyncpg.Record | None = await conn.fetchrow(FIND_REPEAT, tenant_id, order_id, customer, agent, now)
@@ -121,7 +123,7 @@ async def find_repeat(
 
 
 async def allocate(
-    conn: asyncpg.Connection,
+    conn: Conn,
     *,
     tenant_id: int,
     pool: str,
@@ -142,7 +144,7 @@ async def allocate(
     metadata: dict[str, Any],
 ) -> asyncpg.Record:
     """One allocation attempt: `picked` (None: nothing eligible), `bound`, and the session if created."""
-    row: asyncpg.Record = await conn.fetchrow(
+    row: asyncpg.Record | None = await conn.fetchrow(
         ALLOCATE,
         tenant_id,
         pool,
@@ -162,11 +164,12 @@ async def allocate(
         max_calls,
         metadata,
     )
+    assert row is not None
     return row
 
 
 async def exhaustion(
-    conn: asyncpg.Connection,
+    conn: Conn,
     tenant_id: int,
     pool: str,
     customer: str,
@@ -176,13 +179,12 @@ async def exhaustion(
     cooloff: timedelta,
 ) -> asyncpg.Record:
     """Why a pool has no DID for a pair: counts of DIDs ruled out by each rule."""
-    row: asyncpg.Record = await conn.fetchrow(
-        EXHAUSTION, tenant_id, pool, customer, agent, country, now, cooloff
-    )
+    row: asyncpg.Record | None = await conn.fetchrow(EXHAUSTION, tenant_id, pool, customer, agent, country, now, cooloff)
+    assert row is not None
     return row
 
 
-async def select_session(conn: asyncpg.Connection, tenant_id: int, session_id: UUID) -> asyncpg.Record | None:
+async def select_session(conn: Conn, tenant_id: int, session_id: UUID) -> asyncpg.Record | None:
     """One of the tenant's sessions."""
     row: asyncpg.Record | None = await conn.fetchrow(
         "SELECT * FROM sessions WHERE id = $1 AND tenant_id = $2", session_id, tenant_id
@@ -191,7 +193,7 @@ async def select_session(conn: asyncpg.Connection, tenant_id: int, session_id: U
 
 
 async def select_sessions(
-    conn: asyncpg.Connection,
+    conn: Conn,
     tenant_id: int,
     now: datetime,
     *,
@@ -230,7 +232,7 @@ async def select_sessions(
 
 
 async def update_expiry(
-    conn: asyncpg.Connection, tenant_id: int, session_id: UUID, now: datetime, expires_at: datetime
+    conn: Conn, tenant_id: int, session_id: UUID, now: datetime, expires_at: datetime
 ) -> asyncpg.Record | None:
     """Move a live session's expiry and its bindings'; None when it is not live."""
     row: asyncpg.Record | None = await conn.fetchrow(
@@ -250,7 +252,7 @@ async def update_expiry(
 
 
 async def close_session(
-    conn: asyncpg.Connection, tenant_id: int, session_id: UUID, now: datetime, status: str, reason: str
+    conn: Conn, tenant_id: int, session_id: UUID, now: datetime, status: str, reason: str
 ) -> asyncpg.Record | None:
     """End a live session now and free its bindings; None when it is not live."""
     row: asyncpg.Record | None = await conn.fetchrow(
@@ -271,7 +273,7 @@ async def close_session(
 
 
 async def expire_matching(
-    conn: asyncpg.Connection,
+    conn: Conn,
     tenant_id: int | None,
     now: datetime,
     *,
@@ -312,12 +314,12 @@ RETURNING s.id
 """
 
 
-async def sweep_expired(conn: asyncpg.Connection, now: datetime, batch: int) -> list[UUID]:
+async def sweep_expired(conn: Conn, now: datetime, batch: int) -> list[UUID]:
     """Mark one batch of sessions past their expiry as expired (ttl); return their ids."""
     return [r["id"] for r in await conn.fetch(SWEEP_EXPIRED, now, batch)]
 
 
-async def pool_stats(conn: asyncpg.Connection, tenant_id: int | None, now: datetime) -> list[asyncpg.Record]:
+async def pool_stats(conn: Conn, tenant_id: int | None, now: datetime) -> list[asyncpg.Record]:
     """Per tenant and pool: DIDs by status, active sessions, and the busiest party's active sessions."""
     rows: list[asyncpg.Record] = await conn.fetch(
         """

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncpg
 
+from service.db import Conn
 
-async def upsert_tenant(conn: asyncpg.Connection, name: str) -> int:
+
+async def upsert_tenant(conn: Conn, name: str) -> int:
     """Create the tenant if needed and return its id."""
     tenant_id: int = await conn.fetchval(
         """
@@ -17,9 +19,7 @@ async def upsert_tenant(conn: asyncpg.Connection, name: str) -> int:
     return tenant_id
 
 
-async def insert_api_key(
-    conn: asyncpg.Connection, tenant_id: int, key_hash: bytes, prefix: str, scopes: list[str]
-) -> None:
+async def insert_api_key(conn: Conn, tenant_id: int, key_hash: bytes, prefix: str, scopes: list[str]) -> None:
     """Store a new key's hash."""
     await conn.execute(
         "INSERT INTO api_keys (tenant_id, key_hash, prefix, scopes) VALUES ($1, $2, $3, $4)",
@@ -30,7 +30,7 @@ async def insert_api_key(
     )
 
 
-async def select_keys_by_prefix(conn: asyncpg.Connection | asyncpg.Pool, prefix: str) -> list[asyncpg.Record]:
+async def select_keys_by_prefix(conn: Conn | asyncpg.Pool, prefix: str) -> list[asyncpg.Record]:
     """The live keys whose shown prefix is this one, with their hash, tenant and scopes."""
     rows: list[asyncpg.Record] = await conn.fetch(
         """
@@ -43,18 +43,18 @@ async def select_keys_by_prefix(conn: asyncpg.Connection | asyncpg.Pool, prefix:
     return rows
 
 
-async def select_tenant_id(conn: asyncpg.Connection, name: str) -> int | None:
+async def select_tenant_id(conn: Conn, name: str) -> int | None:
     """A tenant's id by name."""
     tenant_id: int | None = await conn.fetchval("SELECT id FROM tenants WHERE name = $1", name)
     return tenant_id
 
 
-async def select_tenant_names(conn: asyncpg.Connection) -> list[str]:
+async def select_tenant_names(conn: Conn) -> list[str]:
     """Every tenant's name."""
     return [r["name"] for r in await conn.fetch("SELECT name FROM tenants ORDER BY name")]
 
 
-async def get_or_create_secret(conn: asyncpg.Connection | asyncpg.Pool, name: str, candidate: str) -> str:
+async def get_or_create_secret(conn: Conn | asyncpg.Pool, name: str, candidate: str) -> str:
     """The stored secret of that name, storing candidate first if there is none yet."""
     value: str = await conn.fetchval(
         """
