@@ -15,10 +15,10 @@ import httpx
 import structlog
 from litestar import Litestar, Request, Response, Router
 from litestar.di import Provide
+from litestar.enums import ScopeType
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.prometheus import PrometheusConfig
-from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.deps import Runtime, provide_conn, provide_principal, provide_runtime, require_key

@@ -9,13 +9,13 @@ from typing import Any
 import asyncpg
 import httpx
 import msgspec
+from asyncpg.pool import PoolConnectionProxy
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.handlers.base import BaseRouteHandler
 
 from service.broker.sessions import Rules
 from service.broker.tenants import Principal, authenticate
-from service.db import Conn
 from service.errors import Forbidden, Unauthorized
 from service.settings import Settings
 
@@ -43,7 +43,7 @@ def provide_runtime(state: State) -> Runtime:
     return runtime
 
 
-async def provide_conn(state: State) -> AsyncGenerator[Conn, None]:
+async def provide_conn(state: State) -> AsyncGenerator[PoolConnectionProxy, None]:
     """A pooled connection for the request; transactions are the domain's to open."""
     runtime: Runtime = state.runtime
     async with runtime.db.acquire(timeout=5) as conn:

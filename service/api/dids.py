@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import msgspec
+from asyncpg.pool import PoolConnectionProxy
 from litestar import Controller, Response, get, patch, post
 
 from service.api.deps import Runtime
@@ -12,7 +13,6 @@ from service.broker import dids as broker
 from service.broker.models import Did, DidStatus
 from service.broker.sessions import Pool
 from service.broker.tenants import Principal
-from service.db import Conn
 
 BULK_MAX_BODY = 1024 * 1024
 
@@ -66,14 +66,16 @@ class DidController(Controller):
     opt = {"scope": "ops"}
 
     @post("/", status_code=201, summary="Add a DID (200 unchanged when already yours)")
-    async def add(self, data: AddDid, principal: Principal, conn: Conn, runtime: Runtime) -> Response[Did]:
+    async def add(
+        self, data: AddDid, principal: Principal, conn: PoolConnectionProxy, runtime: Runtime
+    ) -> Response[Did]:
         did, created = await broker.add_did(
             conn, principal.tenant_id, data.number, data.pool, data.max_concurrent_calls, runtime.clock()
         )
         return Response(did, status_code=201 if created else 200)
 
     @post("/bulk", status_code=200, request_max_body_size=BULK_MAX_BODY, summary="Add up to 10,000 DIDs")
-    async def bulk(self, data: AddDids, principal: Principal, conn: Conn) -> BulkResult:
+    async def bulk(self, data: AddDids, principal: Principal, conn: PoolConnectionProxy) -> BulkResult:
         entries = [broker.NewDid(d.number, d.pool) for d in data.dids]
         created, existing = await broker.add_dids(conn, principal.tenant_id, entries)
         return BulkResult(created=created, existing=existing)
@@ -82,7 +84,7 @@ class DidController(Controller):
     async def list(
         self,
         principal: Principal,
-        conn: Conn,
+        conn: PoolConnectionProxy,
         runtime: Runtime,
         pool: str | None = None,
         status: DidStatus | None = None,
@@ -90,5 +92,7 @@ class DidController(Controller):
         return DidList(await broker.list_dids(conn, principal.tenant_id, runtime.clock(), pool, status))
 
     @patch("/{number:str}", summary="Drain, retire or re-activate a DID, or move it to another pool")
-    async def change(self, number: str, data: ChangeDid, principal: Principal, conn: Conn, runtime: Runtime) -> Did:
+    async def change(
+        self, number: str, data: ChangeDid, principal: Principal, conn: PoolConnectionProxy, runtime: Runtime
+    ) -> Did:
         return await broker.change_did(conn, principal.tenant_id, number, data.status, data.pool, runtime.clock())

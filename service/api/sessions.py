@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import msgspec
+from asyncpg.pool import PoolConnectionProxy
 from litestar import Controller, Request, Response, get, patch, post
 from litestar.params import Parameter
 
@@ -13,7 +14,6 @@ from service.broker import sessions as broker
 from service.broker.idempotency import run_once
 from service.broker.models import Session
 from service.broker.tenants import Principal
-from service.db import Conn
 
 JSON = "application/json"
 
@@ -48,7 +48,7 @@ class SessionController(Controller):
         request: Request[Any, Any, Any],
         data: broker.CreateSession,
         principal: Principal,
-        conn: Conn,
+        conn: PoolConnectionProxy,
         runtime: Runtime,
         idempotency_key: Annotated[str | None, Parameter(header="Idempotency-Key", required=False)] = None,
     ) -> Response[Session]:
@@ -69,7 +69,7 @@ class SessionController(Controller):
     async def list(
         self,
         principal: Principal,
-        conn: Conn,
+        conn: PoolConnectionProxy,
         runtime: Runtime,
         order_id: str | None = None,
         status: Literal["active", "closed", "expired"] | None = None,
@@ -89,12 +89,12 @@ class SessionController(Controller):
         )
 
     @get("/{session_id:str}", summary="One session")
-    async def read(self, session_id: str, principal: Principal, conn: Conn, runtime: Runtime) -> Session:
+    async def read(self, session_id: str, principal: Principal, conn: PoolConnectionProxy, runtime: Runtime) -> Session:
         return await broker.get_session(conn, principal.tenant_id, session_id, runtime.clock())
 
     @patch("/{session_id:str}", summary="Change an active session's TTL, from now")
     async def change_ttl(
-        self, session_id: str, data: ChangeTtl, principal: Principal, conn: Conn, runtime: Runtime
+        self, session_id: str, data: ChangeTtl, principal: Principal, conn: PoolConnectionProxy, runtime: Runtime
     ) -> Session:
         return await broker.change_ttl(conn, principal.tenant_id, session_id, data.ttl_seconds, runtime.clock())
 
@@ -103,12 +103,14 @@ class SessionController(Controller):
         self,
         session_id: str,
         principal: Principal,
-        conn: Conn,
+        conn: PoolConnectionProxy,
         runtime: Runtime,
         data: CloseSession | None = None,
     ) -> Session:
         return await broker.close_session(conn, principal.tenant_id, session_id, runtime.clock())
 
     @post("/expire", status_code=200, opt={"scope": "ops"}, summary="Expire every active session matching all filters")
-    async def expire(self, data: broker.ExpireFilter, principal: Principal, conn: Conn, runtime: Runtime) -> Expired:
+    async def expire(
+        self, data: broker.ExpireFilter, principal: Principal, conn: PoolConnectionProxy, runtime: Runtime
+    ) -> Expired:
         return Expired(await broker.expire_sessions(conn, principal.tenant_id, data, runtime.clock()))

@@ -179,7 +179,9 @@ async def exhaustion(
     cooloff: timedelta,
 ) -> asyncpg.Record:
     """Why a pool has no DID for a pair: counts of DIDs ruled out by each rule."""
-    row: asyncpg.Record | None = await conn.fetchrow(EXHAUSTION, tenant_id, pool, customer, agent, country, now, cooloff)
+    row: asyncpg.Record | None = await conn.fetchrow(
+        EXHAUSTION, tenant_id, pool, customer, agent, country, now, cooloff
+    )
     assert row is not None
     return row
 
