@@ -89,7 +89,7 @@ def request_context(app: ASGIApp) -> ASGIApp:
     return middleware
 
 
-async def _sweep_forever(runtime: Runtime) -> None:
+async def _sweep_forever(runtime: Runtime, interval: float) -> None:
     while True:
         try:
             async with runtime.db.acquire() as conn:
@@ -98,7 +98,7 @@ async def _sweep_forever(runtime: Runtime) -> None:
             raise
         except Exception:
             log.exception("sweep_failed")
-        await asyncio.sleep(SWEEP_INTERVAL_SECONDS)
+        await asyncio.sleep(interval)
 
 
 def create_app(
@@ -107,6 +107,7 @@ def create_app(
     dsn: str,
     clock: Callable[[], datetime] = utc_now,
     background: bool = True,
+    sweep_interval: float = SWEEP_INTERVAL_SECONDS,
 ) -> Litestar:
     """Build the app for these settings and database; background=False leaves sweeping to the caller."""
     runtime = Runtime(
@@ -120,7 +121,7 @@ def create_app(
         runtime.pool = await create_pool(dsn, settings.db_pool_size)
         runtime.http = httpx.AsyncClient(timeout=settings.provider_timeout_seconds)
         runtime.callback_token = await callback_token(runtime.pool, settings.callback_token)
-        tasks = [asyncio.create_task(_sweep_forever(runtime))] if background else []
+        tasks = [asyncio.create_task(_sweep_forever(runtime, sweep_interval))] if background else []
         try:
             yield
         finally:

@@ -149,15 +149,19 @@ def cmd_dids_import(settings: Settings, args: argparse.Namespace) -> int:
 
     entries: list[NewDid] = []
     lines: list[int] = []
-    with open(args.file, newline="", encoding="utf-8") as f:
-        for line, row in enumerate(csv.reader(f), start=1):
-            if not row or not row[0].strip() or row[0].strip().startswith("#"):
-                continue
-            if line == 1 and not any(ch.isdigit() for ch in row[0]):
-                continue  # a header
-            pool = row[1].strip() if len(row) > 1 and row[1].strip() else args.pool
-            entries.append(NewDid(row[0].strip(), pool))
-            lines.append(line)
+    try:
+        with open(args.file, newline="", encoding="utf-8") as f:
+            for line, row in enumerate(csv.reader(f), start=1):
+                if not row or not row[0].strip() or row[0].strip().startswith("#"):
+                    continue
+                if line == 1 and not any(ch.isdigit() for ch in row[0]):
+                    continue  # a header
+                pool = row[1].strip() if len(row) > 1 and row[1].strip() else args.pool
+                entries.append(NewDid(row[0].strip(), pool))
+                lines.append(line)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        print(f"masking: cannot read {args.file}: {exc}", file=sys.stderr)
+        return 1
 
     async def work(conn: Conn) -> tuple[int, int]:
         tenant_id = await _tenant_id(conn, args.tenant)

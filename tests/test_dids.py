@@ -27,9 +27,7 @@ async def test_adding_a_did_is_201_then_200_unchanged_and_taken_for_another_tena
 async def test_bulk_add_counts_created_and_existing(client: httpx.AsyncClient, keys: Keys) -> None:
     """A bulk add reports what it created and what was already there."""
     await add_dids(client, keys.a, did_numbers(3))
-    r = await client.post(
-        "/v1/dids/bulk", json={"dids": [{"number": n} for n in did_numbers(5)]}, headers=keys.a
-    )
+    r = await client.post("/v1/dids/bulk", json={"dids": [{"number": n} for n in did_numbers(5)]}, headers=keys.a)
     assert r.json() == {"created": 2, "existing": 3}
 
 
@@ -58,9 +56,7 @@ async def test_bulk_add_with_another_tenants_number_adds_nothing(
 
 async def test_bulk_add_takes_ten_thousand(client: httpx.AsyncClient, keys: Keys) -> None:
     """10,000 DIDs in one request (over 64 KiB of JSON) are all added."""
-    r = await client.post(
-        "/v1/dids/bulk", json={"dids": [{"number": n} for n in did_numbers(10_000)]}, headers=keys.a
-    )
+    r = await client.post("/v1/dids/bulk", json={"dids": [{"number": n} for n in did_numbers(10_000)]}, headers=keys.a)
     assert r.json() == {"created": 10_000, "existing": 0}
     too_many = [{"number": n} for n in did_numbers(10_001)]
     assert (await client.post("/v1/dids/bulk", json={"dids": too_many}, headers=keys.a)).status_code in (413, 422)
@@ -87,7 +83,9 @@ async def test_a_draining_did_gets_no_new_sessions_but_keeps_its_current_ones(
     await add_dids(client, keys.a, [did])
     session = (
         await client.post(
-            "/v1/sessions", json={"order_id": "o1", "customer": "+919870000001", "agent": "+919870000002"}, headers=keys.a
+            "/v1/sessions",
+            json={"order_id": "o1", "customer": "+919870000001", "agent": "+919870000002"},
+            headers=keys.a,
         )
     ).json()
     r = await client.patch(f"/v1/dids/{did}", json={"status": "draining"}, headers=keys.a)
@@ -108,7 +106,9 @@ async def test_changing_a_did_of_another_tenant_is_404(client: httpx.AsyncClient
     did = did_numbers(1)[0]
     await add_dids(client, keys.a, [did])
     assert_problem(await client.patch(f"/v1/dids/{did}", json={"status": "draining"}, headers=keys.b), 404, "not_found")
-    assert_problem(await client.patch("/v1/dids/garbage", json={"status": "draining"}, headers=keys.a), 404, "not_found")
+    assert_problem(
+        await client.patch("/v1/dids/garbage", json={"status": "draining"}, headers=keys.a), 404, "not_found"
+    )
 
 
 def test_csv_import_adds_ten_thousand_rows_in_one_go(tmp_path: Path, dsn: str) -> None:
