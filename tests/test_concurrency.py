@@ -39,9 +39,7 @@ async def test_forty_concurrent_creates_for_one_customer_on_five_dids(
 ) -> None:
     """Exactly 5 of 40 simultaneous sessions for one customer succeed, on 5 distinct DIDs; 35 are exhausted."""
     await add_dids(client, keys.a, did_numbers(5))
-    responses = await asyncio.gather(
-        *(client.post("/v1/sessions", json=b, headers=keys.a) for b in storm_bodies(40))
-    )
+    responses = await asyncio.gather(*(client.post("/v1/sessions", json=b, headers=keys.a) for b in storm_bodies(40)))
     assert_storm_outcome(list(responses), dids=5, attempts=40)
     assert await db.fetchval(CROSSED_LINES) == 0
 
