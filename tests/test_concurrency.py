@@ -50,7 +50,9 @@ async def test_five_hundred_pairs_on_twenty_dids_spread_evenly(
     """500 distinct pairs, 50 at a time, all get sessions; the busiest DID carries at most 1.5x the mean."""
     await add_dids(client, keys.a, did_numbers(20))
     customers, agents = mobile_numbers(500, prefix="+91987"), mobile_numbers(500, prefix="+91876")
-    bodies = [session_body(order=f"o{i}", customer=c, agent=a) for i, (c, a) in enumerate(zip(customers, agents))]
+    bodies = [
+        session_body(order=f"o{i}", customer=c, agent=a) for i, (c, a) in enumerate(zip(customers, agents, strict=True))
+    ]
     results = []
     for i in range(0, 500, 50):
         results += await asyncio.gather(
