@@ -9,11 +9,12 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import httpx
 import structlog
-from litestar import Litestar, Request, Response, Router
+from litestar import Litestar, Request, Response, Router, asgi
 from litestar.di import Provide
 from litestar.enums import ScopeType
 from litestar.openapi import OpenAPIConfig
@@ -21,14 +22,19 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.prometheus import PrometheusConfig
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.calls import CallController, ReportController
 from service.api.deps import Runtime, provide_conn, provide_principal, provide_runtime, require_key
 from service.api.dids import DidController
 from service.api.ops import MetricsController, StatsController, healthz, readyz
+from service.api.provider import ProviderController
 from service.api.sessions import SessionController
+from service.broker.calls import rematch_pending, time_out_calls
 from service.broker.sessions import Rules, sweep_expired
 from service.broker.tenants import callback_token
 from service.db.pool import create_pool
 from service.errors import DatabaseUnavailable, internal_error_handler, problem_details_plugin, problem_response
+from service.provider.simulator import Simulator, simulator_app
+from service.provider.thundersms import ThunderSMS
 from service.settings import Settings
 
 log = structlog.get_logger("service.app")
@@ -89,11 +95,21 @@ def request_context(app: ASGIApp) -> ASGIApp:
     return middleware
 
 
+async def sweep_once(runtime: Runtime) -> None:
+    """One round of background tidying; every step is safe with many processes doing it at once."""
+    settings = runtime.settings
+    async with runtime.db.acquire() as conn:
+        await sweep_expired(conn, runtime.clock())
+        await time_out_calls(conn, runtime.clock(), settings.call_report_timeout_seconds)
+        await rematch_pending(
+            conn, ZoneInfo(settings.provider_timezone), runtime.clock(), settings.call_report_timeout_seconds
+        )
+
+
 async def _sweep_forever(runtime: Runtime, interval: float) -> None:
     while True:
         try:
-            async with runtime.db.acquire() as conn:
-                await sweep_expired(conn, runtime.clock())
+            await sweep_once(runtime)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -108,8 +124,12 @@ def create_app(
     clock: Callable[[], datetime] = utc_now,
     background: bool = True,
     sweep_interval: float = SWEEP_INTERVAL_SECONDS,
+    simulator: Simulator | None = None,
 ) -> Litestar:
-    """Build the app for these settings and database; background=False leaves sweeping to the caller."""
+    """Build the app for these settings and database; background=False leaves sweeping to the caller.
+
+    With a simulator, its routes are mounted at /_simulator and its reports come back to this app.
+    """
     runtime = Runtime(
         settings=settings,
         clock=clock,
@@ -121,6 +141,19 @@ def create_app(
         runtime.pool = await create_pool(dsn, settings.db_pool_size)
         runtime.http = httpx.AsyncClient(timeout=settings.provider_timeout_seconds)
         runtime.callback_token = await callback_token(runtime.pool, settings.callback_token)
+        provider_url, provider_token = settings.thundersms_url, settings.thundersms_token or ""
+        if simulator is not None:
+            here = f"http://{_reachable(settings.host)}:{settings.port}"
+            provider_url, provider_token = here + "/_simulator/api/v2/", "simulator"
+            simulator.callback_url = f"{here}/v1/provider/thundersms/callback/{runtime.callback_token}"
+            simulator.http = runtime.http
+        runtime.thundersms = ThunderSMS(
+            runtime.http,
+            provider_url,
+            provider_token,
+            settings.thundersms_webhook_id,
+            settings.provider_timeout_seconds,
+        )
         tasks = [asyncio.create_task(_sweep_forever(runtime, sweep_interval))] if background else []
         try:
             yield
@@ -128,18 +161,23 @@ def create_app(
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if simulator is not None:
+                await simulator.close()
             await runtime.http.aclose()
             await runtime.pool.close()
 
     v1 = Router(
         path="/",
-        route_handlers=[SessionController, DidController, StatsController],
+        route_handlers=[SessionController, DidController, StatsController, CallController, ReportController],
         guards=[require_key],
         dependencies={"principal": Provide(provide_principal, sync_to_thread=False)},
     )
     prometheus = PrometheusConfig(app_name="masking", group_path=True, exclude=["/metrics"])
+    handlers: list[Any] = [healthz, readyz, MetricsController, ProviderController, v1]
+    if simulator is not None:
+        handlers.append(_mount_simulator(simulator))
     app = Litestar(
-        route_handlers=[healthz, readyz, MetricsController, v1],
+        route_handlers=handlers,
         lifespan=[lifespan],
         dependencies={
             "runtime": Provide(provide_runtime, sync_to_thread=False),
@@ -162,6 +200,20 @@ def create_app(
     )
     app.state.runtime = runtime
     return app
+
+
+def _reachable(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104
+
+
+def _mount_simulator(simulator: Simulator) -> Any:
+    inner = simulator_app(simulator)
+
+    @asgi("/_simulator", is_mount=True, include_in_schema=False)
+    async def simulator_mount(scope: Scope, receive: Receive, send: Send) -> None:
+        await inner(scope, receive, send)
+
+    return simulator_mount
 
 
 def _database_down(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:

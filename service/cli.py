@@ -79,7 +79,12 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
     with database(settings) as dsn:
         version = asyncio.run(prepare(dsn))
-        app = create_app(settings, dsn=dsn)
+        simulator = None
+        if settings.provider_kind == "simulator":
+            from service.provider.simulator import Simulator
+
+            simulator = Simulator(timezone=settings.provider_timezone)
+        app = create_app(settings, dsn=dsn, simulator=simulator)
         config = uvicorn.Config(
             request_context(app),
             host=settings.host,

@@ -17,6 +17,7 @@ from litestar.handlers.base import BaseRouteHandler
 from service.broker.sessions import Rules
 from service.broker.tenants import Principal, authenticate
 from service.errors import Forbidden, Unauthorized
+from service.provider.thundersms import ThunderSMS
 from service.settings import Settings
 
 
@@ -28,6 +29,7 @@ class Runtime(msgspec.Struct, kw_only=True):
     rules: Rules
     pool: asyncpg.Pool | None = None
     http: httpx.AsyncClient | None = None
+    thundersms: ThunderSMS | None = None
     callback_token: str = ""
 
     @property
@@ -35,6 +37,12 @@ class Runtime(msgspec.Struct, kw_only=True):
         """The connection pool (open while the app runs)."""
         assert self.pool is not None, "the app's lifespan has not opened the pool"
         return self.pool
+
+    @property
+    def provider(self) -> ThunderSMS:
+        """The provider client (open while the app runs)."""
+        assert self.thundersms is not None, "the app's lifespan has not opened the provider client"
+        return self.thundersms
 
 
 def provide_runtime(state: State) -> Runtime:

@@ -28,9 +28,9 @@ OrderId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 Pool = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 Ttl = Annotated[int, msgspec.Meta(ge=60, le=2_592_000)]
 MAX_METADATA_BYTES = 4096
-# Candidates sampled on each side of a random slot: the least loaded of ~2k wins ("power of k choices"),
-# which keeps the busiest DID close to the mean without counting the load of the whole pool.
-SAMPLE_PER_SIDE = 3
+# Candidates sampled on each side of a random slot; a lightly loaded one of these ~2k wins ("power of k
+# choices"), which keeps the busiest DID close to the mean without counting the load of the whole pool.
+SAMPLE_PER_SIDE = 8
 
 
 class CreateSession(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

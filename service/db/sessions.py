@@ -26,7 +26,7 @@ _GEO = """
 """
 
 # One statement per attempt: sample a few eligible DIDs around a random slot ($9, $10 per side), add the
-# pair's previous DID (sticky), pick the sticky one or the least loaded, bind both numbers to it and
+# pair's previous DID (sticky), pick the sticky one or a lightly loaded one, bind both numbers to it and
 # insert the session. The binding upsert only takes over a row that has ended, and only after the
 # cool-off unless the peer is the same: so the database itself enforces rules 1 and 3 whatever the
 # candidate query saw. `bound` < 2 or no session row means the attempt lost a race and must roll back.
@@ -49,11 +49,17 @@ sample AS (
        AND d.tenant_id = $1 AND d.pool = $2 AND d.status = 'active'
        AND (NOT geo.only OR d.country = $5) AND d.number NOT IN (SELECT did FROM ruled))
 ),
+loads AS (
+    SELECT s.number, s.sticky,
+           (SELECT count(*) FROM bindings b WHERE b.did = s.number AND b.ends_at > $6) / 2 AS load
+    FROM sample s
+),
+-- Weighted random choice (an exponential race), favouring the least loaded strongly but not
+-- absolutely: concurrent requests see the same committed loads, and a strict minimum would send
+-- them all to one DID.
 pick AS (
-    SELECT s.number FROM sample s
-    ORDER BY s.sticky DESC,
-             (SELECT count(*) FROM bindings b WHERE b.did = s.number AND b.ends_at > $6),
-             random()
+    SELECT number FROM loads
+    ORDER BY sticky DESC, -ln(1 - random()) / power((SELECT max(load) FROM loads) - load + 1, 2)
     LIMIT 1
 ),
 bound AS (

@@ -1,0 +1,70 @@
+"""HTTP routes for click-to-call and reading calls."""
+
+from __future__ import annotations
+
+import msgspec
+from asyncpg.pool import PoolConnectionProxy
+from litestar import Controller, get, post
+
+from service.api.deps import Runtime
+from service.broker import calls as broker
+from service.broker.models import Call
+from service.broker.tenants import Principal
+from service.errors import problem_responses
+
+
+class CallList(msgspec.Struct, frozen=True):
+    """A session's calls, oldest first."""
+
+    items: list[Call]
+
+
+class CallController(Controller):
+    """Start a call in a session and follow it."""
+
+    path = "/v1"
+    tags = ["calls"]
+
+    @post(
+        "/sessions/{session_id:str}/calls",
+        status_code=202,
+        summary="Call: ring `first`, then bridge the other party through the session's DID",
+        responses=problem_responses(404, 409, 422, 502, 503, 504),
+    )
+    async def start(
+        self, session_id: str, principal: Principal, runtime: Runtime, data: broker.StartCall | None = None
+    ) -> Call:
+        return await broker.place_call(
+            runtime.db, runtime.provider, principal.tenant_id, session_id, data or broker.StartCall(), runtime.clock
+        )
+
+    @get("/sessions/{session_id:str}/calls", summary="A session's calls", responses=problem_responses(404))
+    async def of_session(
+        self, session_id: str, principal: Principal, conn: PoolConnectionProxy, runtime: Runtime
+    ) -> CallList:
+        return CallList(await broker.list_calls(conn, principal.tenant_id, session_id, runtime.clock()))
+
+    @get("/calls/{call_id:str}", summary="One call", responses=problem_responses(404))
+    async def read(self, call_id: str, principal: Principal, conn: PoolConnectionProxy) -> Call:
+        return await broker.get_call(conn, principal.tenant_id, call_id)
+
+
+class ReportController(Controller):
+    """Reports from the provider that matched no call (scope ops)."""
+
+    path = "/v1/reports"
+    tags = ["ops"]
+    opt = {"scope": "ops"}
+
+    @get("/", summary="Unmatched reports whose bridge is one of your DIDs, newest first")
+    async def unmatched(
+        self,
+        principal: Principal,
+        conn: PoolConnectionProxy,
+        matched: bool = False,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> broker.ReportPage:
+        if matched:
+            return broker.ReportPage([], None)
+        return await broker.unmatched_reports(conn, principal.tenant_id, cursor, max(1, min(limit, 200)))

@@ -1,0 +1,212 @@
+"""A thundersms stand-in: answers click-to-calls as the provider does and posts realistic reports back."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import deque
+from datetime import datetime, timedelta
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
+
+import httpx
+import msgspec
+import structlog
+from litestar import Litestar, Request, Response, get, post
+from litestar.types import Receive, Scope, Send
+
+log = structlog.get_logger("service.simulator")
+
+Answering = Literal["ok", "reject", "http_500", "hang", "drop"]
+Reporting = Literal["answered", "missed", "busy", "none", "duplicate", "before_answer"]
+REQUIRED = ("bridge", "from", "to")
+DROP_HEADER = "x-simulator-drop"
+
+
+class Fault(msgspec.Struct, kw_only=True):
+    """How the simulator treats the next click: its answer, the report it sends, and the report's delay."""
+
+    answer: Answering = "ok"
+    report: Reporting = "answered"
+    count: int = 1
+
+
+class Simulator:
+    """The provider's behaviour, with a queue of faults for tests and a log of what it received."""
+
+    def __init__(self, callback_url: str = "", timezone: str = "Asia/Kolkata", delay: float = 0.5) -> None:
+        self.callback_url = callback_url
+        self.zone = ZoneInfo(timezone)
+        self.delay = delay
+        self.faults: deque[Fault] = deque()
+        self.requests: list[dict[str, Any]] = []
+        self.reports_sent: list[dict[str, Any]] = []
+        self.http: httpx.AsyncClient | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def inject(self, fault: Fault) -> None:
+        """Apply this fault to the next `count` clicks."""
+        self.faults.append(fault)
+
+    def _next_fault(self) -> Fault:
+        if not self.faults:
+            return Fault()
+        fault = self.faults[0]
+        fault.count -= 1
+        if fault.count <= 0:
+            self.faults.popleft()
+        return fault
+
+    def report_for(self, click: dict[str, Any], outcome: Reporting) -> dict[str, Any]:
+        """A report shaped like the provider's example: numbers unquoted, times in its zone."""
+        end = datetime.now(self.zone)
+        talked = outcome in ("answered", "duplicate", "before_answer")
+        billing = random.randint(5, 120) if talked else 0
+        duration = billing + random.randint(3, 15) if outcome != "busy" else 0
+        start = end - timedelta(seconds=duration)
+        statuses = {
+            True: ("COMPLETED", "ANSWER", "ANSWER"),
+            False: ("NOANSWER", "ANSWER", "NOANSWER") if outcome == "missed" else ("BUSY", "BUSY", ""),
+        }[talked]
+        fmt = "%Y-%m-%d %H:%M:%S"
+        report: dict[str, Any] = {
+            "bridge": int(click["bridge"]) if str(click["bridge"]).isdigit() else click["bridge"],
+            "from": int(click["from"]) if str(click["from"]).isdigit() else click["from"],
+            "to": int(click["to"]) if str(click["to"]).isdigit() else click["to"],
+            "source": "C2C",
+            "start_at": start.strftime(fmt),
+            "end_at": end.strftime(fmt),
+            "date": end.strftime(fmt),
+            "unixtime": str(int(time.time())),
+            "duration": str(duration),
+            "billing": str(billing),
+            "status": statuses[0],
+            "status1": statuses[1],
+            "status2": statuses[2],
+            "recording_url": f"https://recordings.example/{click.get('mid', 'call')}.mp3"
+            if talked and str(click.get("record")) == "1"
+            else "",
+            "hangup_by": random.choice(["caller", "agent"]) if talked else "",
+        }
+        if click.get("webhook_id"):
+            report["webhook_id"] = click["webhook_id"]
+        return report
+
+    async def post_report(self, report: dict[str, Any]) -> None:
+        """Deliver a report to the callback URL, as the provider does (retrying a few times on failure)."""
+        assert self.http is not None
+        for _ in range(5):
+            try:
+                response = await self.http.post(self.callback_url, json=report, timeout=10)
+                if response.status_code in (200, 202):
+                    self.reports_sent.append(report)
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.5)
+        log.warning("simulator_report_undelivered")
+
+    def _later(self, report: dict[str, Any], copies: int) -> None:
+        async def deliver() -> None:
+            await asyncio.sleep(self.delay)
+            for _ in range(copies):
+                await self.post_report(report)
+
+        task = asyncio.create_task(deliver())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def handle_click(self, request: Request[Any, Any, Any]) -> Response[Any]:
+        """POST voice/c2c: check the request as the provider documents it, then act out the next fault."""
+        try:
+            click = msgspec.json.decode(await request.body())
+        except msgspec.DecodeError:
+            return Response({"status": 400, "message": "Invalid JSON"}, status_code=400)
+        if not request.headers.get("authorization", "").startswith("Bearer "):
+            return Response({"status": 401, "message": "Unauthenticated"}, status_code=401)
+        if not isinstance(click, dict) or any(not click.get(k) for k in REQUIRED):
+            return Response({"status": 422, "message": "bridge, from and to are mandatory"}, status_code=422)
+        if str(click.get("record", "0")) not in ("0", "1"):
+            return Response({"status": 422, "message": "record must be 0 or 1"}, status_code=422)
+        self.requests.append(click)
+        fault = self._next_fault()
+        if fault.answer == "hang":
+            await asyncio.sleep(3600)
+        if fault.answer == "reject":
+            return Response({"status": 400, "message": "Insufficient balance"}, status_code=200)
+        if fault.answer == "http_500":
+            return Response({"status": 500, "message": "Internal Server Error"}, status_code=500)
+        report = self.report_for(click, fault.report)
+        if fault.report == "before_answer":
+            await self.post_report(report)
+        elif fault.report != "none":
+            self._later(report, 3 if fault.report == "duplicate" else 1)
+        if fault.answer == "drop":
+            return Response({"status": 200}, status_code=200, headers={DROP_HEADER: "1"})
+        return Response({"status": 200, "message": "Call initiated successfully"}, status_code=200)
+
+    async def close(self) -> None:
+        """Stop pending report deliveries."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class _DropConnection(Exception):
+    """Raised after the provider has acted, to make the server cut the connection without an answer."""
+
+
+def simulator_app(sim: Simulator) -> Any:
+    """The simulator as an ASGI app: the provider's route, plus /_sim routes for faults and inspection."""
+
+    @post("/api/v2/voice/c2c", status_code=200)
+    async def c2c(request: Request[Any, Any, Any]) -> Response[Any]:
+        return await sim.handle_click(request)
+
+    @post("/_sim/faults", status_code=204)
+    async def faults(data: Fault) -> None:
+        sim.inject(data)
+
+    @get("/_sim/requests")
+    async def requests() -> list[dict[str, Any]]:
+        return sim.requests
+
+    async def lifespan_http(app: Litestar) -> Any:
+        sim.http = httpx.AsyncClient()
+
+    async def close_http(app: Litestar) -> None:
+        await sim.close()
+        if sim.http is not None:
+            await sim.http.aclose()
+
+    app = Litestar(
+        [c2c, faults, requests],
+        on_startup=[lifespan_http],
+        on_shutdown=[close_http],
+        openapi_config=None,
+        logging_config=None,
+    )
+
+    async def dropping(scope: Scope, receive: Receive, send: Send) -> None:
+        dropped = False
+
+        async def cut(message: Any) -> None:
+            # An answer marked for dropping is started but never completed: the client sees the
+            # connection cut mid-response, after the provider has acted on the request.
+            nonlocal dropped
+            if message["type"] == "http.response.start" and (DROP_HEADER.encode(), b"1") in message["headers"]:
+                dropped = True
+                message = {**message, "headers": [(b"content-length", b"100")]}
+            elif dropped:
+                raise _DropConnection
+            await send(message)
+
+        try:
+            await app(scope, receive, cut)
+        except Exception:
+            if not dropped:
+                raise
+            raise _DropConnection from None
+
+    return dropping
