@@ -200,6 +200,23 @@ def cmd_sessions_expire(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reports(settings: Settings, args: argparse.Namespace) -> int:
+    from service.broker.calls import unmatched_reports
+
+    if not args.unmatched:
+        print("masking: only `masking reports --unmatched` is available", file=sys.stderr)
+        return 2
+
+    async def work(conn: asyncpg.Connection) -> list[dict[str, Any]]:
+        tenant_id = await _tenant_id(conn, args.tenant) if args.tenant else None
+        page = await unmatched_reports(conn, tenant_id, None, args.limit)
+        return [msgspec.to_builtins(item) for item in page.items]
+
+    for item in run_with_db(settings, work):
+        print(json.dumps(item))
+    return 0
+
+
 def cmd_provider_urls(settings: Settings, args: argparse.Namespace) -> int:
     from service.broker.tenants import callback_token
 
@@ -243,6 +260,12 @@ def parser() -> argparse.ArgumentParser:
     exp.add_argument("--order-id", required=True)
     exp.add_argument("--tenant", help="only this tenant's (default: every tenant's)")
     exp.set_defaults(run=cmd_sessions_expire)
+
+    reports = sub.add_parser("reports", help="provider reports that matched no call")
+    reports.add_argument("--unmatched", action="store_true", required=True)
+    reports.add_argument("--tenant", help="a tenant's (default: those on no known DID, the operator's own)")
+    reports.add_argument("--limit", type=int, default=100)
+    reports.set_defaults(run=cmd_reports)
 
     urls = sub.add_parser("provider-urls", help="print the callback and routing URLs to give the provider")
     urls.add_argument("--base-url", help="the service's public base URL (default: its listen address)")

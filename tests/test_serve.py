@@ -4,6 +4,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -79,3 +80,30 @@ def test_a_bad_setting_stops_the_command_with_the_variable_named(tmp_path: Path)
     result = run_cli("migrate", env=masking_env(MASKING_COOLOFF_SECONDS="soon"), cwd=tmp_path)
     assert result.returncode == 2
     assert "MASKING_COOLOFF_SECONDS" in result.stderr
+
+
+def test_the_readme_demo_places_a_simulated_call_end_to_end(tmp_path: Path, dsn: str) -> None:
+    """`masking serve` on defaults runs the simulator in-process: a click completes within seconds."""
+    env = masking_env(MASKING_DATABASE_URL=dsn)
+    key = json.loads(run_cli("tenant", "create", "acme", "--scope", "ops", env=env).stdout)["api_key"]
+    with (
+        ServeProcess(env, cwd=tmp_path) as service,
+        httpx.Client(base_url=service.url, headers={"Authorization": f"Bearer {key}"}) as http,
+    ):
+        assert http.post("/v1/dids/bulk", json={"dids": [{"number": "+918068281234"}]}).status_code == 200
+        session = http.post(
+            "/v1/sessions", json={"order_id": "ORD-1042", "customer": "+919876543210", "agent": "+918765432109"}
+        ).json()
+        call = http.post(f"/v1/sessions/{session['id']}/calls", json={"first": "agent"})
+        assert call.status_code == 202, call.text
+        deadline = time.monotonic() + 15
+        while http.get(f"/v1/calls/{call.json()['id']}").json()["status"] != "completed":
+            assert time.monotonic() < deadline, "the simulated call did not complete"
+            time.sleep(0.1)
+        urls = json.loads(run_cli("provider-urls", "--base-url", "https://masking.example.com", env=env).stdout)
+        assert urls["callback_url"].startswith("https://masking.example.com/v1/provider/thundersms/callback/")
+        token = urls["callback_url"].rsplit("/", 1)[1]
+        route = http.get(
+            f"/v1/provider/thundersms/route/{token}", params={"did": "918068281234", "caller": "918765432109"}
+        )
+        assert route.json() == {"session_id": session["id"], "connect_to": "919876543210"}

@@ -22,6 +22,7 @@ Answering = Literal["ok", "reject", "http_500", "hang", "drop"]
 Reporting = Literal["answered", "missed", "busy", "none", "duplicate", "before_answer"]
 REQUIRED = ("bridge", "from", "to")
 DROP_HEADER = "x-simulator-drop"
+HANG_SECONDS = 120  # longer than any client timeout; bounded so a stuck test still ends
 
 
 class Fault(msgspec.Struct, kw_only=True):
@@ -41,6 +42,7 @@ class Simulator:
         self.delay = delay
         self.faults: deque[Fault] = deque()
         self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
         self.reports_sent: list[dict[str, Any]] = []
         self.http: httpx.AsyncClient | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -130,9 +132,10 @@ class Simulator:
         if str(click.get("record", "0")) not in ("0", "1"):
             return Response({"status": 422, "message": "record must be 0 or 1"}, status_code=422)
         self.requests.append(click)
+        self.headers.append(dict(request.headers))
         fault = self._next_fault()
         if fault.answer == "hang":
-            await asyncio.sleep(3600)
+            await asyncio.sleep(HANG_SECONDS)
         if fault.answer == "reject":
             return Response({"status": 400, "message": "Insufficient balance"}, status_code=200)
         if fault.answer == "http_500":

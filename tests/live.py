@@ -1,0 +1,71 @@
+"""The service and the provider simulator as real HTTP servers on loopback, in the test's event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import uvicorn
+
+from service.app import create_app, request_context
+from service.provider.simulator import Simulator, simulator_app
+from tests.conftest import make_settings
+from tests.processes import free_port
+
+CALLBACK_TOKEN = "cb-token-0123456789abcdef"
+
+
+@asynccontextmanager
+async def serve(app: Any) -> AsyncIterator[str]:
+    """Run an ASGI app with uvicorn on a free loopback port until the block ends."""
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on", timeout_graceful_shutdown=1)
+    )
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]  # leave pytest's signals be
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+class Live:
+    """A running service wired to a running simulator."""
+
+    def __init__(self, url: str, sim: Simulator, http: httpx.AsyncClient, sim_url: str) -> None:
+        self.url, self.sim, self.http, self.sim_url = url, sim, http, sim_url
+
+    @property
+    def callback(self) -> str:
+        return f"/v1/provider/thundersms/callback/{CALLBACK_TOKEN}"
+
+
+@asynccontextmanager
+async def live_service(dsn: str, provider_url: str | None = None, **settings: Any) -> AsyncIterator[Live]:
+    """The service on loopback, its provider the simulator (or provider_url), reports flowing back."""
+    sim = Simulator(delay=0.05)
+    async with serve(simulator_app(sim)) as sim_url:
+        config = make_settings(
+            dsn,
+            provider="thundersms",
+            thundersms_token="provider-token-xyz",
+            thundersms_url=(provider_url or sim_url) + "/api/v2/",
+            thundersms_webhook_id="77",
+            callback_token=CALLBACK_TOKEN,
+            provider_timeout_seconds=1.0,
+            **settings,
+        )
+        async with serve(request_context(create_app(config, dsn=dsn, background=False))) as url:
+            sim.callback_url = url + f"/v1/provider/thundersms/callback/{CALLBACK_TOKEN}"
+            async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+                yield Live(url, sim, http, sim_url)

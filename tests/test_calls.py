@@ -1,0 +1,332 @@
+"""Click-to-call through the simulator over real HTTP, callback reports, report timeouts and routing."""
+
+import asyncio
+import json
+from collections import Counter
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import pytest
+
+from service.broker.calls import time_out_calls
+from service.provider.simulator import Fault
+from tests.conftest import Keys, did_numbers, wait_for
+from tests.live import CALLBACK_TOKEN, Live, live_service
+from tests.processes import free_port, masking_env, run_cli
+
+CUSTOMER, AGENT, DID = "+919876543210", "+918765432109", "+918068281234"
+
+# The provider's own example report, exactly as its document shows it (numbers unquoted).
+DOC_REPORT = """{
+      "bridge": 918068281234,
+      "from": 918765432109,
+      "to": 919876543210,
+      "source": "C2C",
+      "start_at": "2021-04-09 16:27:39",
+      "end_at": "2021-04-09 16:27:55",
+      "date": "2021-04-09 16:27:55",
+      "unixtime": "1653455555",
+      "duration": "23",
+      "billing": "23",
+      "status": "COMPLETED",
+      "status1": "RECEIVED",
+      "status2": "ANSWER",
+      "recording_url": "https://youraudiofilelocation/",
+      "hangup_by": "caller"
+}"""
+
+
+@pytest.fixture
+async def live(dsn: str) -> Any:
+    async with live_service(dsn) as service:
+        yield service
+
+
+async def open_session(live: Live, keys: Keys, **extra: Any) -> dict[str, Any]:
+    r = await live.http.post("/v1/dids", json={"number": DID}, headers=keys.a)
+    assert r.status_code in (200, 201)
+    body = {"order_id": "ORD-1", "customer": CUSTOMER, "agent": AGENT, **extra}
+    r = await live.http.post("/v1/sessions", json=body, headers=keys.a)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+async def call_status(live: Live, keys: Keys, call_id: str, want: str) -> dict[str, Any]:
+    async def reached() -> dict[str, Any] | None:
+        call = (await live.http.get(f"/v1/calls/{call_id}", headers=keys.a)).json()
+        return call if call["status"] == want else None
+
+    result: dict[str, Any] = await wait_for(reached)
+    return result
+
+
+async def test_the_provider_receives_its_documented_request_and_the_report_completes_the_call(
+    live: Live, keys: Keys
+) -> None:
+    """Field by field as the provider documents it; its report completes the call."""
+    session = await open_session(live, keys, record=True, max_call_minutes=5)
+    r = await live.http.post(f"/v1/sessions/{session['id']}/calls", json={"first": "agent"}, headers=keys.a)
+    assert r.status_code == 202, r.text
+    call = r.json()
+    assert (call["status"], call["from"], call["to"], call["bridge"]) == ("initiated", AGENT, CUSTOMER, DID)
+    assert live.sim.requests == [
+        {"bridge": "918068281234", "from": "918765432109", "to": "919876543210", "record": "1", "duration": 5,
+         "mid": call["id"], "webhook_id": "77"}
+    ]  # fmt: skip
+    headers = live.sim.headers[0]
+    assert headers["authorization"] == "Bearer provider-token-xyz"
+    assert headers["content-type"] == "application/json" and headers["accept"] == "application/json"
+    done = await call_status(live, keys, call["id"], "completed")
+    assert done["billing_seconds"] > 0 and done["duration_seconds"] >= done["billing_seconds"]
+    assert done["recording_url"] and done["provider"]["status"] == "COMPLETED" and done["ended_at"]
+    listed = (await live.http.get(f"/v1/sessions/{session['id']}/calls", headers=keys.a)).json()["items"]
+    assert [c["id"] for c in listed] == [call["id"]]
+
+
+async def test_a_flow_call_sends_flow_and_variables(live: Live, keys: Keys) -> None:
+    """With a flow, `to` is flow:<id> and variables go as variables[Name]; customer first rings the customer."""
+    session = await open_session(live, keys)
+    body = {"first": "customer", "flow": "220", "variables": {"Name": "YourName", "otp": "12344"}}
+    r = await live.http.post(f"/v1/sessions/{session['id']}/calls", json=body, headers=keys.a)
+    assert r.status_code == 202, r.text
+    assert live.sim.requests[0] == {
+        "bridge": "918068281234", "from": "919876543210", "to": "flow:220", "record": "0",
+        "mid": r.json()["id"], "webhook_id": "77", "variables[Name]": "YourName", "variables[otp]": "12344",
+    }  # fmt: skip
+    assert r.json()["to"] == "flow:220" and r.json()["flow"] == "220"
+
+
+async def test_the_documents_example_report_completes_the_call(live: Live, keys: Keys) -> None:
+    """The provider's example report, numbers unquoted, completes the call with its durations and times."""
+    session = await open_session(live, keys)
+    live.sim.inject(Fault(report="none"))
+    call = (await live.http.post(f"/v1/sessions/{session['id']}/calls", headers=keys.a)).json()
+    r = await live.http.post(live.callback, content=DOC_REPORT.encode(), headers={"content-type": "application/json"})
+    assert r.status_code == 200 and r.json() == {"received": True}
+    done = (await live.http.get(f"/v1/calls/{call['id']}", headers=keys.a)).json()
+    assert (done["status"], done["duration_seconds"], done["billing_seconds"]) == ("completed", 23, 23)
+    assert datetime.fromisoformat(done["started_at"]) == datetime.fromisoformat("2021-04-09T16:27:39+05:30")
+    assert datetime.fromisoformat(done["ended_at"]) == datetime.fromisoformat("2021-04-09T16:27:55+05:30")
+    assert (done["recording_url"], done["hangup_by"]) == ("https://youraudiofilelocation/", "caller")
+    assert done["provider"] == {"status": "COMPLETED", "status1": "RECEIVED", "status2": "ANSWER",
+                                "message": "Call initiated successfully"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("answer", "status", "code", "call_status"),
+    [
+        ("reject", 502, "provider_rejected", "failed"),
+        ("http_500", 502, "provider_rejected", "failed"),
+        ("hang", 504, "provider_timeout", "unknown"),
+        ("drop", 504, "provider_timeout", "unknown"),
+    ],
+)
+async def test_provider_faults_give_the_contracts_answers(
+    live: Live, keys: Keys, answer: str, status: int, code: str, call_status: str
+) -> None:
+    """Rejections, 5xx, hangs and dropped connections: the contract's status, code and call status; one dial."""
+    session = await open_session(live, keys)
+    live.sim.inject(Fault(answer=answer, report="none"))  # type: ignore[arg-type]
+    r = await live.http.post(f"/v1/sessions/{session['id']}/calls", headers=keys.a)
+    assert r.status_code == status, r.text
+    problem = r.json()
+    assert problem["code"] == code and problem["call_id"]
+    assert r.headers["content-type"].startswith("application/problem+json")
+    call = (await live.http.get(f"/v1/calls/{problem['call_id']}", headers=keys.a)).json()
+    assert call["status"] == call_status
+    assert len(live.sim.requests) == 1
+    if answer == "reject":
+        assert call["provider"]["message"] == "Insufficient balance"
+
+
+async def test_a_refused_connection_is_503_and_the_call_failed(dsn: str, keys: Keys) -> None:
+    """Nobody listening at the provider's address: 503 provider_unavailable, the call failed, safe to retry."""
+    async with live_service(dsn, provider_url=f"http://127.0.0.1:{free_port()}") as live:
+        session = await open_session(live, keys)
+        r = await live.http.post(f"/v1/sessions/{session['id']}/calls", headers=keys.a)
+        assert r.status_code == 503 and r.json()["code"] == "provider_unavailable"
+        call = (await live.http.get(f"/v1/calls/{r.json()['call_id']}", headers=keys.a)).json()
+        assert call["status"] == "failed"
+        again = await live.http.post(f"/v1/sessions/{session['id']}/calls", headers=keys.a)
+        assert again.status_code == 503, "a failed call must not block the next one"
+
+
+async def test_a_hundred_concurrent_clicks_reach_the_provider_once(live: Live, keys: Keys) -> None:
+    """100 clicks at once on one session: one call placed, 99 call_in_progress."""
+    session = await open_session(live, keys)
+    live.sim.inject(Fault(report="none"))
+    responses = await asyncio.gather(
+        *(live.http.post(f"/v1/sessions/{session['id']}/calls", headers=keys.a) for _ in range(100))
+    )
+    assert Counter(r.status_code for r in responses) == {202: 1, 409: 99}
+    assert {r.json()["code"] for r in responses if r.status_code == 409} == {"call_in_progress"}
+    assert len(live.sim.requests) == 1
+
+
+async def test_a_report_before_the_providers_answer_still_completes_the_call(live: Live, keys: Keys) -> None:
+    """The report can beat the provider's HTTP answer: the call was recorded before dialling, so it matches."""
+    session = await open_session(live, keys)
+    live.sim.inject(Fault(report="before_answer"))
+    r = await live.http.post(f"/v1/sessions/{session['id']}/calls", headers=keys.a)
+    assert r.status_code == 202
+    assert r.json()["status"] == "completed"
+    assert (await live.http.get(f"/v1/calls/{r.json()['id']}", headers=keys.a)).json()["status"] == "completed"
+
+
+async def test_repeated_and_out_of_order_reports_have_one_effect(
+    live: Live, keys: Keys, db: asyncpg.Connection
+) -> None:
+    """Each report three times, and an earlier 'missed' after the final one: one effect, all answered 200."""
+    session = await open_session(live, keys)
+    live.sim.inject(Fault(report="none"))
+    call = (await live.http.post(f"/v1/sessions/{session['id']}/calls", headers=keys.a)).json()
+    answers = [await live.http.post(live.callback, content=DOC_REPORT.encode()) for _ in range(3)]
+    missed = DOC_REPORT.replace('"billing": "23"', '"billing": "0"').replace('"COMPLETED"', '"NOANSWER"')
+    answers += [await live.http.post(live.callback, content=missed.encode()) for _ in range(3)]
+    assert [a.status_code for a in answers] == [200] * 6
+    done = (await live.http.get(f"/v1/calls/{call['id']}", headers=keys.a)).json()
+    assert (done["status"], done["billing_seconds"]) == ("completed", 23)
+    outcomes = Counter(r["outcome"] for r in await db.fetch("SELECT outcome FROM provider_reports"))
+    assert outcomes == {"matched": 1, "duplicate": 5}
+    metrics = (await live.http.get("/metrics")).text
+    assert 'masking_reports_received_total{outcome="duplicate"}' in metrics
+
+
+async def test_max_calls_closes_the_session(live: Live, keys: Keys) -> None:
+    """When completed calls reach max_calls, the session closes with max_calls_reached."""
+    session = await open_session(live, keys, max_calls=1)
+    call = (await live.http.post(f"/v1/sessions/{session['id']}/calls", headers=keys.a)).json()
+    await call_status(live, keys, call["id"], "completed")
+    read = (await live.http.get(f"/v1/sessions/{session['id']}", headers=keys.a)).json()
+    assert (read["status"], read["close_reason"], read["calls_made"]) == ("closed", "max_calls_reached", 1)
+    again = await live.http.post(f"/v1/sessions/{session['id']}/calls", headers=keys.a)
+    assert again.status_code == 409 and again.json()["code"] == "session_not_active"
+
+
+async def test_a_missed_call_does_not_count_toward_max_calls(live: Live, keys: Keys) -> None:
+    """A report with no talk time marks the call missed and leaves the session open."""
+    session = await open_session(live, keys, max_calls=1)
+    live.sim.inject(Fault(report="missed"))
+    call = (await live.http.post(f"/v1/sessions/{session['id']}/calls", headers=keys.a)).json()
+    missed = await call_status(live, keys, call["id"], "missed")
+    assert missed["billing_seconds"] == 0
+    assert (await live.http.get(f"/v1/sessions/{session['id']}", headers=keys.a)).json()["status"] == "active"
+
+
+async def test_a_call_with_no_report_times_out_to_unknown_and_frees_the_session(
+    live: Live, keys: Keys, db: asyncpg.Connection
+) -> None:
+    """After the report timeout the call is unknown and the session may call again."""
+    session = await open_session(live, keys)
+    live.sim.inject(Fault(report="none"))
+    call = (await live.http.post(f"/v1/sessions/{session['id']}/calls", headers=keys.a)).json()
+    blocked = await live.http.post(f"/v1/sessions/{session['id']}/calls", headers=keys.a)
+    assert blocked.status_code == 409 and blocked.json()["code"] == "call_in_progress"
+    now = await db.fetchval("SELECT now()")
+    assert await time_out_calls(db, now, 7200) == 0
+    from datetime import timedelta
+
+    assert await time_out_calls(db, now + timedelta(seconds=7201), 7200) == 1
+    assert (await live.http.get(f"/v1/calls/{call['id']}", headers=keys.a)).json()["status"] == "unknown"
+    assert (await live.http.post(f"/v1/sessions/{session['id']}/calls", headers=keys.a)).status_code == 202
+
+
+async def test_callbacks_store_everything_with_a_good_token_and_nothing_without(
+    live: Live, keys: Keys, db: asyncpg.Connection
+) -> None:
+    """A wrong token is 404 and stores nothing; garbage with the right token is stored and acknowledged."""
+    bad = await live.http.post("/v1/provider/thundersms/callback/wrong-token", content=DOC_REPORT.encode())
+    assert bad.status_code == 404 and bad.json()["code"] == "not_found"
+    assert await db.fetchval("SELECT count(*) FROM provider_reports") == 0
+    for body in (b"not json at all", b"[1, 2]", b"\xff\xfe\x00", b"", b'{"bridge": "x"}', b"[" * 5000 + b"]" * 5000):
+        r = await live.http.post(live.callback, content=body)
+        assert r.status_code == 200, (body[:20], r.text)
+    rows = await db.fetch("SELECT body, outcome FROM provider_reports ORDER BY id")
+    assert len(rows) == 6 and {r["outcome"] for r in rows} == {"unparseable"}
+    assert bytes(rows[2]["body"]) == b"\xff\xfe\x00"
+    assert (await live.http.get(live.callback)).status_code == 405
+
+
+async def test_unmatched_reports_are_listed_to_the_did_owner_only(live: Live, keys: Keys, dsn: str) -> None:
+    """A report on tenant A's DID matching no call shows in A's list, not B's; one on no DID in neither."""
+    await open_session(live, keys)
+    stray = DOC_REPORT.replace("918765432109", "918765400000")
+    nowhere = DOC_REPORT.replace("918068281234", "918068299999")
+    for body in (stray, nowhere):
+        assert (await live.http.post(live.callback, content=body.encode())).status_code == 200
+    mine = (await live.http.get("/v1/reports", params={"matched": "false"}, headers=keys.a)).json()["items"]
+    assert len(mine) == 1 and mine[0]["bridge"] == DID and "918765400000" in mine[0]["body"]
+    theirs = (await live.http.get("/v1/reports", params={"matched": "false"}, headers=keys.b)).json()["items"]
+    assert theirs == []
+    assert (await live.http.get("/v1/reports", headers=Keys.auth(keys.a_sessions))).status_code == 403
+    operator = run_cli("reports", "--unmatched", env=masking_env(MASKING_DATABASE_URL=dsn))
+    assert operator.returncode == 0, operator.stderr
+    listed = [json.loads(line) for line in operator.stdout.splitlines()]
+    assert len(listed) == 1 and "918068299999" in listed[0]["body"]
+
+
+async def test_inbound_routing_connects_a_party_to_the_other(live: Live, keys: Keys) -> None:
+    """A party calling the masked number back is routed to the other party; a stranger gets no_session."""
+    session = await open_session(live, keys)
+    route = f"/v1/provider/thundersms/route/{CALLBACK_TOKEN}"
+    r = await live.http.get(route, params={"did": "918068281234", "caller": "919876543210"})
+    assert r.status_code == 200 and r.json() == {"session_id": session["id"], "connect_to": "918765432109"}
+    r = await live.http.get(route, params={"did": DID, "caller": AGENT})
+    assert r.json()["connect_to"] == "919876543210"
+    stranger = await live.http.get(route, params={"did": DID, "caller": "+919999911111"})
+    assert stranger.status_code == 404 and stranger.json()["code"] == "no_session"
+    assert (
+        await live.http.get("/v1/provider/thundersms/route/nope", params={"did": DID, "caller": AGENT})
+    ).status_code == 404
+    await live.http.post(f"/v1/sessions/{session['id']}/close", headers=keys.a)
+    closed = await live.http.get(route, params={"did": DID, "caller": AGENT})
+    assert closed.status_code == 404 and closed.json()["code"] == "no_session"
+
+
+async def test_tenant_b_sees_none_of_tenant_as_calls(live: Live, keys: Keys) -> None:
+    """Another tenant's call and session calls answer 404, and it cannot place a call in A's session."""
+    session = await open_session(live, keys)
+    call = (await live.http.post(f"/v1/sessions/{session['id']}/calls", headers=keys.a)).json()
+    for r in (
+        await live.http.get(f"/v1/calls/{call['id']}", headers=keys.b),
+        await live.http.get(f"/v1/sessions/{session['id']}/calls", headers=keys.b),
+        await live.http.post(f"/v1/sessions/{session['id']}/calls", headers=keys.b),
+    ):
+        assert r.status_code == 404 and r.json()["code"] == "not_found"
+    assert len(live.sim.requests) == 1
+
+
+async def test_a_thousand_concurrent_reports_are_all_stored_and_each_call_completed_once(
+    live: Live, keys: Keys, db: asyncpg.Connection
+) -> None:
+    """1,000 reports posted 50 at a time while calls are placed: every one stored; each matched call done once."""
+    dids = did_numbers(20)
+    await live.http.post("/v1/dids/bulk", json={"dids": [{"number": n} for n in dids]}, headers=keys.a)
+    sessions = []
+    for i in range(20):
+        body = {"order_id": f"o{i}", "customer": f"+9198700{i:05d}", "agent": f"+9187600{i:05d}"}
+        sessions.append((await live.http.post("/v1/sessions", json=body, headers=keys.a)).json())
+    live.sim.inject(Fault(report="none", count=20))
+    calls = await asyncio.gather(*(live.http.post(f"/v1/sessions/{s['id']}/calls", headers=keys.a) for s in sessions))
+    reports = []
+    for c in calls:
+        call = c.json()
+        reports.append(
+            DOC_REPORT.replace("918068281234", call["bridge"][1:])
+            .replace("918765432109", call["from"][1:])
+            .replace("919876543210", call["to"][1:])
+        )
+    bodies = [reports[(i // 2) % 20] if i % 2 == 0 else f'{{"noise": {i}}}' for i in range(1000)]
+    limit = asyncio.Semaphore(50)
+
+    async def post(body: str) -> int:
+        async with limit:
+            return (await live.http.post(live.callback, content=body.encode())).status_code
+
+    statuses = await asyncio.gather(*(post(b) for b in bodies))
+    assert Counter(statuses) == {200: 1000}
+    assert await db.fetchval("SELECT count(*) FROM provider_reports") == 1000
+    outcomes = Counter(r["outcome"] for r in await db.fetch("SELECT outcome FROM provider_reports"))
+    assert outcomes == {"matched": 20, "duplicate": 480, "unparseable": 500}
+    assert await db.fetchval("SELECT count(*) FROM calls WHERE status = 'completed' AND report_id IS NOT NULL") == 20
