@@ -207,7 +207,7 @@ def cmd_reports(settings: Settings, args: argparse.Namespace) -> int:
         print("masking: only `masking reports --unmatched` is available", file=sys.stderr)
         return 2
 
-    async def work(conn: asyncpg.Connection) -> list[dict[str, Any]]:
+    async def work(conn: Conn) -> list[dict[str, Any]]:
         tenant_id = await _tenant_id(conn, args.tenant) if args.tenant else None
         page = await unmatched_reports(conn, tenant_id, None, args.limit)
         return [msgspec.to_builtins(item) for item in page.items]
