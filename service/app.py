@@ -19,11 +19,10 @@ from litestar.di import Provide
 from litestar.enums import ScopeType
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
-from litestar.plugins.prometheus import PrometheusConfig
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.calls import CallController, ReportController
-from service.api.deps import Runtime, provide_conn, provide_principal, provide_runtime, require_key
+from service.api.deps import MaskingRequest, Runtime, provide_conn, require_key
 from service.api.dids import DidController
 from service.api.ops import MetricsController, StatsController, healthz, readyz
 from service.api.provider import ProviderController
@@ -170,22 +169,17 @@ def create_app(
         path="/",
         route_handlers=[SessionController, DidController, StatsController, CallController, ReportController],
         guards=[require_key],
-        dependencies={"principal": Provide(provide_principal, sync_to_thread=False)},
     )
-    prometheus = PrometheusConfig(app_name="masking", group_path=True, exclude=["/metrics"])
     handlers: list[Any] = [healthz, readyz, MetricsController, ProviderController, v1]
     if simulator is not None:
         handlers.append(_mount_simulator(simulator))
     app = Litestar(
         route_handlers=handlers,
         lifespan=[lifespan],
-        dependencies={
-            "runtime": Provide(provide_runtime, sync_to_thread=False),
-            "conn": Provide(provide_conn),
-        },
+        dependencies={"conn": Provide(provide_conn)},
+        request_class=MaskingRequest,
         plugins=[problem_details_plugin()],
         exception_handlers={Exception: internal_error_handler, **dict.fromkeys(_DB_DOWN, _database_down)},
-        middleware=[prometheus.middleware],
         request_max_body_size=MAX_BODY,
         openapi_config=OpenAPIConfig(
             title="Number masking",
@@ -221,3 +215,15 @@ def _database_down(request: Request[Any, Any, Any], exc: Exception) -> Response[
     return problem_response(
         request, DatabaseUnavailable("The database is unavailable right now; retry in a few seconds.")
     )
+
+
+def app_from_env() -> ASGIApp:
+    """The app for one of several worker processes of `masking serve`: settings and DSN from the environment."""
+    from service.logging import configure_logging
+    from service.settings import load_settings
+
+    settings = load_settings()
+    configure_logging(settings.log_renderer, settings.log_level)
+    assert settings.database_url, "masking serve passes the database to its workers"
+    simulator = Simulator(timezone=settings.provider_timezone) if settings.provider_kind == "simulator" else None
+    return request_context(create_app(settings, dsn=settings.database_url, simulator=simulator))

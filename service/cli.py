@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import csv
 import json
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator
@@ -79,35 +80,39 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
     with database(settings) as dsn:
         version = asyncio.run(prepare(dsn))
-        simulator = None
-        if settings.provider_kind == "simulator":
-            from service.provider.simulator import Simulator
-
-            simulator = Simulator(timezone=settings.provider_timezone)
-        app = create_app(settings, dsn=dsn, simulator=simulator)
-        config = uvicorn.Config(
-            request_context(app),
-            host=settings.host,
-            port=settings.port,
-            log_config=None,
-            access_log=False,
-            lifespan="on",
-            server_header=False,
-        )
-        server = uvicorn.Server(config)
         log.info(
             "serving",
             url=f"http://{settings.host}:{settings.port}",
             database=describe_database(settings),
             schema_version=version,
             provider=settings.provider_kind,
+            workers=settings.workers,
         )
+        common: dict[str, Any] = {
+            "host": settings.host,
+            "port": settings.port,
+            "log_config": None,
+            "access_log": False,
+            "lifespan": "on",
+            "server_header": False,
+        }
         # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; make that an exception so the
         # embedded PostgreSQL is stopped on the way out instead of the process dying on the spot.
         signal.signal(signal.SIGTERM, _exit_quietly)
         signal.signal(signal.SIGINT, _exit_quietly)
         with contextlib.suppress(SystemExit):
-            server.run()
+            if settings.workers > 1:
+                # Each worker process builds its own app from the environment, on this database.
+                os.environ["MASKING_DATABASE_URL"] = dsn
+                uvicorn.run("service.app:app_from_env", factory=True, workers=settings.workers, **common)
+            else:
+                simulator = None
+                if settings.provider_kind == "simulator":
+                    from service.provider.simulator import Simulator
+
+                    simulator = Simulator(timezone=settings.provider_timezone)
+                app = create_app(settings, dsn=dsn, simulator=simulator)
+                uvicorn.Server(uvicorn.Config(request_context(app), **common)).run()
     log.info("stopped")
     return 0
 

@@ -8,6 +8,7 @@ import sys
 from collections.abc import MutableMapping
 from typing import Any, Literal
 
+import msgspec
 import structlog
 
 _PHONE = re.compile(r"(?<![\w-])\+?(\d{2})(\d{4,9})(\d{4})(?![\w-])")
@@ -47,39 +48,56 @@ def _is_secret_name(name: object) -> bool:
     return any(part in lowered for part in _SECRET_NAMES)
 
 
+_SAFE_KEYS = frozenset({"event", "level", "timestamp", "logger", "request_id", "method", "status", "ms"})
+
+
 def privacy_processor(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor: drop secret-named fields and mask numbers and secrets in every value."""
     for name in [k for k in event if _is_secret_name(k)]:
         del event[name]
     for name, value in event.items():
-        event[name] = _scrub_value(value)
+        if name not in _SAFE_KEYS or name == "event":
+            event[name] = _scrub_value(value)
     return event
 
 
+def _json_bytes(obj: Any, **_: Any) -> bytes:
+    return msgspec.json.encode(obj, enc_hook=str) + b"\n"
+
+
 def configure_logging(renderer: Literal["console", "json"], level: str = "info") -> None:
-    """Route structlog and the standard library's logging through one privacy-safe pipeline."""
+    """Route structlog and the standard library's logging through one privacy-safe pipeline.
+
+    The service's own events take structlog's fast path (a filtering logger writing straight to
+    stderr); other libraries' standard-library records get the same processors through a formatter.
+    """
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
-        structlog.stdlib.add_log_level,
-        structlog.stdlib.add_logger_name,
+        structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
         privacy_processor,
     ]
-    final: Any = (
-        structlog.processors.JSONRenderer()
-        if renderer == "json"
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-    )
-    structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
-        cache_logger_on_first_use=False,
-    )
+    colors = sys.stderr.isatty()
+    if renderer == "json":
+        structlog.configure(
+            processors=[*shared, structlog.processors.JSONRenderer(serializer=_json_bytes)],
+            wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+            logger_factory=structlog.BytesLoggerFactory(sys.stderr.buffer),
+            cache_logger_on_first_use=False,
+        )
+        text_renderer: Any = structlog.processors.JSONRenderer()
+    else:
+        structlog.configure(
+            processors=[*shared, structlog.dev.ConsoleRenderer(colors=colors)],
+            wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+            logger_factory=structlog.WriteLoggerFactory(sys.stderr),
+            cache_logger_on_first_use=False,
+        )
+        text_renderer = structlog.dev.ConsoleRenderer(colors=colors)
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, final],
+        foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, text_renderer],
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)

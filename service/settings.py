@@ -39,6 +39,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     log_format: Literal["console", "json"] | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     db_pool_size: Annotated[int, msgspec.Meta(ge=1, le=500)] = 10
+    workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
 
     @property
     def provider_kind(self) -> Literal["simulator", "thundersms"]:

@@ -7,6 +7,7 @@ import signal
 import asyncpg
 import httpx
 
+from tests.conftest import wait_for
 from tests.processes import ServeProcess, masking_env
 
 TOKEN = "durability-token-0123456789"
@@ -33,8 +34,7 @@ async def test_no_acknowledged_report_is_lost_across_a_sigkill(dsn: str, db: asy
                 await asyncio.sleep(0.05)
 
     async def kill_midway() -> None:
-        while len(acknowledged) < 300:
-            await asyncio.sleep(0.01)
+        await wait_for(lambda: asyncio.sleep(0, len(acknowledged) >= 300), within=60, interval=0.01)
         service.stop(signal.SIGKILL)
         await asyncio.to_thread(service.start)
 

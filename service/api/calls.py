@@ -6,10 +6,9 @@ import msgspec
 from asyncpg.pool import PoolConnectionProxy
 from litestar import Controller, get, post
 
-from service.api.deps import Runtime
+from service.api.deps import MaskingRequest
 from service.broker import calls as broker
 from service.broker.models import Call
-from service.broker.tenants import Principal
 from service.errors import problem_responses
 
 
@@ -31,22 +30,28 @@ class CallController(Controller):
         summary="Call: ring `first`, then bridge the other party through the session's DID",
         responses=problem_responses(404, 409, 422, 502, 503, 504),
     )
-    async def start(
-        self, session_id: str, principal: Principal, runtime: Runtime, data: broker.StartCall | None = None
-    ) -> Call:
+    async def start(self, request: MaskingRequest, session_id: str, data: broker.StartCall | None = None) -> Call:
         return await broker.place_call(
-            runtime.db, runtime.provider, principal.tenant_id, session_id, data or broker.StartCall(), runtime.clock
+            request.runtime.db,
+            request.runtime.provider,
+            request.principal.tenant_id,
+            session_id,
+            data or broker.StartCall(),
+            request.runtime.clock,
         )
 
     @get("/sessions/{session_id:str}/calls", summary="A session's calls", responses=problem_responses(404))
     async def of_session(
-        self, session_id: str, principal: Principal, conn: PoolConnectionProxy, runtime: Runtime
+        self,
+        request: MaskingRequest,
+        session_id: str,
+        conn: PoolConnectionProxy,
     ) -> CallList:
-        return CallList(await broker.list_calls(conn, principal.tenant_id, session_id, runtime.clock()))
+        return CallList(await broker.list_calls(conn, request.principal.tenant_id, session_id, request.runtime.clock()))
 
     @get("/calls/{call_id:str}", summary="One call", responses=problem_responses(404))
-    async def read(self, call_id: str, principal: Principal, conn: PoolConnectionProxy) -> Call:
-        return await broker.get_call(conn, principal.tenant_id, call_id)
+    async def read(self, request: MaskingRequest, call_id: str, conn: PoolConnectionProxy) -> Call:
+        return await broker.get_call(conn, request.principal.tenant_id, call_id)
 
 
 class ReportController(Controller):
@@ -59,7 +64,7 @@ class ReportController(Controller):
     @get("/", summary="Unmatched reports whose bridge is one of your DIDs, newest first")
     async def unmatched(
         self,
-        principal: Principal,
+        request: MaskingRequest,
         conn: PoolConnectionProxy,
         matched: bool = False,
         limit: int = 50,
@@ -67,4 +72,4 @@ class ReportController(Controller):
     ) -> broker.ReportPage:
         if matched:
             return broker.ReportPage([], None)
-        return await broker.unmatched_reports(conn, principal.tenant_id, cursor, max(1, min(limit, 200)))
+        return await broker.unmatched_reports(conn, request.principal.tenant_id, cursor, max(1, min(limit, 200)))

@@ -10,12 +10,13 @@ import asyncpg
 import httpx
 import msgspec
 from asyncpg.pool import PoolConnectionProxy
+from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.handlers.base import BaseRouteHandler
 
 from service.broker.sessions import Rules
-from service.broker.tenants import Principal, authenticate
+from service.broker.tenants import KeyCache, Principal
 from service.errors import Forbidden, Unauthorized
 from service.provider.thundersms import ThunderSMS
 from service.settings import Settings
@@ -31,6 +32,7 @@ class Runtime(msgspec.Struct, kw_only=True):
     http: httpx.AsyncClient | None = None
     thundersms: ThunderSMS | None = None
     callback_token: str = ""
+    keys: KeyCache = msgspec.field(default_factory=KeyCache)
 
     @property
     def db(self) -> asyncpg.Pool:
@@ -45,10 +47,24 @@ class Runtime(msgspec.Struct, kw_only=True):
         return self.thundersms
 
 
-def provide_runtime(state: State) -> Runtime:
-    """The app's runtime."""
-    runtime: Runtime = state.runtime
-    return runtime
+class MaskingRequest(Request[Any, Any, Any]):
+    """A request that knows the app's runtime and, on guarded routes, the authenticated principal.
+
+    Handlers read these as properties rather than as injected dependencies: Litestar resolves
+    sibling dependencies in an anyio task group, which costs more than the handler itself.
+    """
+
+    @property
+    def runtime(self) -> Runtime:
+        """The app's runtime."""
+        runtime: Runtime = self.app.state.runtime
+        return runtime
+
+    @property
+    def principal(self) -> Principal:
+        """The principal the auth guard found for this request."""
+        principal: Principal = self.state.principal
+        return principal
 
 
 async def provide_conn(state: State) -> AsyncGenerator[PoolConnectionProxy, None]:
@@ -58,12 +74,6 @@ async def provide_conn(state: State) -> AsyncGenerator[PoolConnectionProxy, None
         yield conn
 
 
-def provide_principal(request: ASGIConnection[Any, Any, Any, Any]) -> Principal:
-    """The principal that the auth guard put on the request."""
-    principal: Principal = request.state.principal
-    return principal
-
-
 async def require_key(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
     """Guard: a live API key whose scopes include the route's (`opt={"scope": ...}`, default sessions)."""
     header = connection.headers.get("authorization", "")
@@ -71,7 +81,7 @@ async def require_key(connection: ASGIConnection[Any, Any, Any, Any], handler: B
     if scheme.lower() != "bearer" or not key.strip():
         raise Unauthorized("Send your API key as `Authorization: Bearer <key>`.")
     runtime: Runtime = connection.app.state.runtime
-    principal = await authenticate(runtime.db, key.strip())
+    principal = await runtime.keys.authenticate(runtime.db, key.strip())
     if principal is None:
         raise Unauthorized("This API key is unknown or revoked; check it or create a new one.")
     scope = handler.opt.get("scope", "sessions")

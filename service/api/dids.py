@@ -8,11 +8,10 @@ import msgspec
 from asyncpg.pool import PoolConnectionProxy
 from litestar import Controller, Response, get, patch, post
 
-from service.api.deps import Runtime
+from service.api.deps import MaskingRequest
 from service.broker import dids as broker
 from service.broker.models import Did, DidStatus
 from service.broker.sessions import Pool
-from service.broker.tenants import Principal
 
 BULK_MAX_BODY = 1024 * 1024
 
@@ -67,32 +66,45 @@ class DidController(Controller):
 
     @post("/", status_code=201, summary="Add a DID (200 unchanged when already yours)")
     async def add(
-        self, data: AddDid, principal: Principal, conn: PoolConnectionProxy, runtime: Runtime
+        self,
+        request: MaskingRequest,
+        data: AddDid,
+        conn: PoolConnectionProxy,
     ) -> Response[Did]:
         did, created = await broker.add_did(
-            conn, principal.tenant_id, data.number, data.pool, data.max_concurrent_calls, runtime.clock()
+            conn,
+            request.principal.tenant_id,
+            data.number,
+            data.pool,
+            data.max_concurrent_calls,
+            request.runtime.clock(),
         )
         return Response(did, status_code=201 if created else 200)
 
     @post("/bulk", status_code=200, request_max_body_size=BULK_MAX_BODY, summary="Add up to 10,000 DIDs")
-    async def bulk(self, data: AddDids, principal: Principal, conn: PoolConnectionProxy) -> BulkResult:
+    async def bulk(self, request: MaskingRequest, data: AddDids, conn: PoolConnectionProxy) -> BulkResult:
         entries = [broker.NewDid(d.number, d.pool) for d in data.dids]
-        created, existing = await broker.add_dids(conn, principal.tenant_id, entries)
+        created, existing = await broker.add_dids(conn, request.principal.tenant_id, entries)
         return BulkResult(created=created, existing=existing)
 
     @get("/", summary="List DIDs with their active sessions")
     async def list(
         self,
-        principal: Principal,
+        request: MaskingRequest,
         conn: PoolConnectionProxy,
-        runtime: Runtime,
         pool: str | None = None,
         status: DidStatus | None = None,
     ) -> DidList:
-        return DidList(await broker.list_dids(conn, principal.tenant_id, runtime.clock(), pool, status))
+        return DidList(await broker.list_dids(conn, request.principal.tenant_id, request.runtime.clock(), pool, status))
 
     @patch("/{number:str}", summary="Drain, retire or re-activate a DID, or move it to another pool")
     async def change(
-        self, number: str, data: ChangeDid, principal: Principal, conn: PoolConnectionProxy, runtime: Runtime
+        self,
+        request: MaskingRequest,
+        number: str,
+        data: ChangeDid,
+        conn: PoolConnectionProxy,
     ) -> Did:
-        return await broker.change_did(conn, principal.tenant_id, number, data.status, data.pool, runtime.clock())
+        return await broker.change_did(
+            conn, request.principal.tenant_id, number, data.status, data.pool, request.runtime.clock()
+        )

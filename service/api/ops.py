@@ -10,9 +10,8 @@ from litestar.openapi import ResponseSpec
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from service import metrics
-from service.api.deps import Runtime
+from service.api.deps import MaskingRequest
 from service.broker.sessions import PoolStats, pool_stats
-from service.broker.tenants import Principal
 
 
 class Health(msgspec.Struct, frozen=True):
@@ -32,10 +31,12 @@ async def healthz() -> Health:
     tags=["ops"],
     responses={503: ResponseSpec(data_container=Health, description="The database does not answer")},
 )
-async def readyz(runtime: Runtime) -> Response[Health]:
+async def readyz(
+    request: MaskingRequest,
+) -> Response[Health]:
     try:
         async with asyncio.timeout(2):
-            await runtime.db.fetchval("SELECT 1")
+            await request.runtime.db.fetchval("SELECT 1")
     except Exception:
         return Response(Health("database unavailable"), status_code=503, media_type=MediaType.JSON)
     return Response(Health("ok"), status_code=200)
@@ -55,9 +56,12 @@ class StatsController(Controller):
     opt = {"scope": "ops"}
 
     @get("/", summary="Per pool: DIDs, active sessions and headroom")
-    async def stats(self, principal: Principal, runtime: Runtime) -> Stats:
-        async with runtime.db.acquire() as conn:
-            return Stats(await pool_stats(conn, principal.tenant_id, runtime.clock()))
+    async def stats(
+        self,
+        request: MaskingRequest,
+    ) -> Stats:
+        async with request.runtime.db.acquire() as conn:
+            return Stats(await pool_stats(conn, request.principal.tenant_id, request.runtime.clock()))
 
 
 class MetricsController(Controller):
@@ -67,10 +71,13 @@ class MetricsController(Controller):
     include_in_schema = False
 
     @get()
-    async def metrics(self, runtime: Runtime) -> Response[bytes]:
+    async def metrics(
+        self,
+        request: MaskingRequest,
+    ) -> Response[bytes]:
         try:
-            async with runtime.db.acquire(timeout=2) as conn:
-                pools = await pool_stats(conn, None, runtime.clock())
+            async with request.runtime.db.acquire(timeout=2) as conn:
+                pools = await pool_stats(conn, None, request.runtime.clock())
         except Exception:
             pools = []
         for p in pools:

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import hmac
-from typing import Any
 from zoneinfo import ZoneInfo
 
 import msgspec
 import structlog
 from asyncpg.pool import PoolConnectionProxy
-from litestar import Controller, Request, get, post
+from litestar import Controller, get, post
 
-from service.api.deps import Runtime
+from service.api.deps import MaskingRequest
 from service.broker import calls as broker
 from service.errors import NotFound, problem_responses
 
@@ -24,8 +23,8 @@ class Received(msgspec.Struct, frozen=True):
     received: bool
 
 
-def _check(token: str, runtime: Runtime) -> None:
-    if not hmac.compare_digest(token.encode(), runtime.callback_token.encode()):
+def _check(token: str, request: MaskingRequest) -> None:
+    if not hmac.compare_digest(token.encode(), request.runtime.callback_token.encode()):
         raise NotFound("No such resource: check the path and the id.")
 
 
@@ -42,18 +41,21 @@ class ProviderController(Controller):
         responses=problem_responses(404, 413, 503),
     )
     async def callback(
-        self, token: str, request: Request[Any, Any, Any], conn: PoolConnectionProxy, runtime: Runtime
+        self,
+        token: str,
+        request: MaskingRequest,
+        conn: PoolConnectionProxy,
     ) -> Received:
-        _check(token, runtime)
+        _check(token, request)
         body = await request.body()
-        report_id = await broker.store_report(conn, body, runtime.clock())
+        report_id = await broker.store_report(conn, body, request.runtime.clock())
         try:
             await broker.match_report(
                 conn,
                 report_id,
-                ZoneInfo(runtime.settings.provider_timezone),
-                runtime.clock(),
-                runtime.settings.call_report_timeout_seconds,
+                ZoneInfo(request.runtime.settings.provider_timezone),
+                request.runtime.clock(),
+                request.runtime.settings.call_report_timeout_seconds,
             )
         except Exception:
             # Stored is what the provider needs to hear about; matching is retried in the background.
@@ -66,7 +68,12 @@ class ProviderController(Controller):
         responses=problem_responses(404, 422),
     )
     async def route(
-        self, token: str, did: str, caller: str, conn: PoolConnectionProxy, runtime: Runtime
+        self,
+        request: MaskingRequest,
+        token: str,
+        did: str,
+        caller: str,
+        conn: PoolConnectionProxy,
     ) -> broker.Route:
-        _check(token, runtime)
-        return await broker.route(conn, did, caller, runtime.clock())
+        _check(token, request)
+        return await broker.route(conn, did, caller, request.runtime.clock())

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import msgspec
 from asyncpg.pool import PoolConnectionProxy
-from litestar import Controller, Request, Response, get, patch, post
+from litestar import Controller, Response, get, patch, post
 from litestar.params import Parameter
 
-from service.api.deps import Runtime
+from service.api.deps import MaskingRequest
 from service.broker import sessions as broker
 from service.broker.idempotency import run_once
 from service.broker.models import Session
-from service.broker.tenants import Principal
 
 JSON = "application/json"
 
@@ -45,16 +44,14 @@ class SessionController(Controller):
     @post("/", status_code=201, summary="Create a masking session (200 with the live one on a repeat)")
     async def create(
         self,
-        request: Request[Any, Any, Any],
+        request: MaskingRequest,
         data: broker.CreateSession,
-        principal: Principal,
         conn: PoolConnectionProxy,
-        runtime: Runtime,
         idempotency_key: Annotated[str | None, Parameter(header="Idempotency-Key", required=False)] = None,
     ) -> Response[Session]:
         async def produce() -> tuple[int, bytes]:
             session, created = await broker.create_session(
-                conn, principal.tenant_id, data, runtime.rules, runtime.clock
+                conn, request.principal.tenant_id, data, request.runtime.rules, request.runtime.clock
             )
             return (201 if created else 200), msgspec.json.encode(session)
 
@@ -62,15 +59,16 @@ class SessionController(Controller):
             status, body = await produce()
         else:
             raw = await request.body()
-            status, body = await run_once(conn, principal.tenant_id, idempotency_key, raw, runtime.clock(), produce)
+            status, body = await run_once(
+                conn, request.principal.tenant_id, idempotency_key, raw, request.runtime.clock(), produce
+            )
         return Response(body, status_code=status, media_type=JSON)  # type: ignore[arg-type]
 
     @get("/", summary="List sessions, newest first")
     async def list(
         self,
-        principal: Principal,
+        request: MaskingRequest,
         conn: PoolConnectionProxy,
-        runtime: Runtime,
         order_id: str | None = None,
         status: Literal["active", "closed", "expired"] | None = None,
         customer: str | None = None,
@@ -79,8 +77,8 @@ class SessionController(Controller):
     ) -> broker.Page:
         return await broker.list_sessions(
             conn,
-            principal.tenant_id,
-            runtime.clock(),
+            request.principal.tenant_id,
+            request.runtime.clock(),
             order_id=order_id,
             customer=customer,
             status=status,
@@ -89,28 +87,41 @@ class SessionController(Controller):
         )
 
     @get("/{session_id:str}", summary="One session")
-    async def read(self, session_id: str, principal: Principal, conn: PoolConnectionProxy, runtime: Runtime) -> Session:
-        return await broker.get_session(conn, principal.tenant_id, session_id, runtime.clock())
+    async def read(
+        self,
+        request: MaskingRequest,
+        session_id: str,
+        conn: PoolConnectionProxy,
+    ) -> Session:
+        return await broker.get_session(conn, request.principal.tenant_id, session_id, request.runtime.clock())
 
     @patch("/{session_id:str}", summary="Change an active session's TTL, from now")
     async def change_ttl(
-        self, session_id: str, data: ChangeTtl, principal: Principal, conn: PoolConnectionProxy, runtime: Runtime
+        self,
+        request: MaskingRequest,
+        session_id: str,
+        data: ChangeTtl,
+        conn: PoolConnectionProxy,
     ) -> Session:
-        return await broker.change_ttl(conn, principal.tenant_id, session_id, data.ttl_seconds, runtime.clock())
+        return await broker.change_ttl(
+            conn, request.principal.tenant_id, session_id, data.ttl_seconds, request.runtime.clock()
+        )
 
     @post("/{session_id:str}/close", status_code=200, summary="Close a session")
     async def close(
         self,
+        request: MaskingRequest,
         session_id: str,
-        principal: Principal,
         conn: PoolConnectionProxy,
-        runtime: Runtime,
         data: CloseSession | None = None,
     ) -> Session:
-        return await broker.close_session(conn, principal.tenant_id, session_id, runtime.clock())
+        return await broker.close_session(conn, request.principal.tenant_id, session_id, request.runtime.clock())
 
     @post("/expire", status_code=200, opt={"scope": "ops"}, summary="Expire every active session matching all filters")
     async def expire(
-        self, data: broker.ExpireFilter, principal: Principal, conn: PoolConnectionProxy, runtime: Runtime
+        self,
+        request: MaskingRequest,
+        data: broker.ExpireFilter,
+        conn: PoolConnectionProxy,
     ) -> Expired:
-        return Expired(await broker.expire_sessions(conn, principal.tenant_id, data, runtime.clock()))
+        return Expired(await broker.expire_sessions(conn, request.principal.tenant_id, data, request.runtime.clock()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 from typing import Literal
 
 import asyncpg
@@ -70,3 +71,25 @@ async def callback_token(db: asyncpg.Pool | Conn, configured: str | None) -> str
     if configured:
         return configured
     return await q.get_or_create_secret(db, "callback_token", secrets.token_urlsafe(24))
+
+
+class KeyCache:
+    """Principals of recently seen keys, by key hash, for a few seconds (a revoked key dies within ttl)."""
+
+    def __init__(self, ttl: float = 10.0, size: int = 10_000) -> None:
+        self.ttl, self.size = ttl, size
+        self._seen: dict[bytes, tuple[float, Principal]] = {}
+
+    async def authenticate(self, db: asyncpg.Pool | Conn, api_key: str) -> Principal | None:
+        """Like authenticate(), answered from memory while fresh; unknown keys are never cached."""
+        digest = hash_key(api_key)
+        now = time.monotonic()
+        hit = self._seen.get(digest)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        principal = await authenticate(db, api_key)
+        if principal is not None:
+            if len(self._seen) >= self.size:
+                self._seen.clear()
+            self._seen[digest] = (now + self.ttl, principal)
+        return principal

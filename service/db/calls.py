@@ -81,20 +81,32 @@ async def select_session_calls(conn: Conn, tenant_id: int, session_id: UUID) -> 
     return rows
 
 
+INSERT_REPORT = "INSERT INTO provider_reports (body, received_at) VALUES ($1, $2) RETURNING id"
+LOCK_REPORT = "SELECT id, body FROM provider_reports WHERE id = $1 AND outcome = 'pending' FOR UPDATE SKIP LOCKED"
+FIND_CALL_BY_ROUTE = """
+SELECT * FROM calls WHERE bridge = $1 AND from_number = $2 AND to_number = $3 AND in_flight
+ORDER BY created_at DESC LIMIT 1 FOR UPDATE
+"""
+FINISHED_CALL_EXISTS = """
+SELECT EXISTS (SELECT 1 FROM calls WHERE bridge = $1 AND from_number = $2 AND to_number = $3
+               AND report_id IS NOT NULL AND created_at > $4)
+"""
+SETTLE_REPORT = """
+UPDATE provider_reports SET outcome = $2, bridge = $3, call_id = $4,
+    tenant_id = coalesce($5, (SELECT tenant_id FROM dids WHERE number = $3))
+WHERE id = $1
+"""
+
+
 async def insert_report(conn: Conn, body: bytes, received_at: datetime) -> int:
     """Store a report's raw body, durably, before anything else; return its id."""
-    report_id: int = await conn.fetchval(
-        "INSERT INTO provider_reports (body, received_at) VALUES ($1, $2) RETURNING id", body, received_at
-    )
+    report_id: int = await conn.fetchval(INSERT_REPORT, body, received_at)
     return report_id
 
 
 async def lock_report(conn: Conn, report_id: int) -> asyncpg.Record | None:
     """A pending report, locked for matching (None if another process has it or it is done)."""
-    row: asyncpg.Record | None = await conn.fetchrow(
-        "SELECT id, body FROM provider_reports WHERE id = $1 AND outcome = 'pending' FOR UPDATE SKIP LOCKED",
-        report_id,
-    )
+    row: asyncpg.Record | None = await conn.fetchrow(LOCK_REPORT, report_id)
     return row
 
 
@@ -108,32 +120,13 @@ async def find_call_for_report(
         )
         if by_mid is not None:
             return by_mid
-    row: asyncpg.Record | None = await conn.fetchrow(
-        """
-        SELECT * FROM calls WHERE bridge = $1 AND from_number = $2 AND to_number = $3 AND in_flight
-        ORDER BY created_at DESC LIMIT 1 FOR UPDATE
-        """,
-        bridge,
-        from_number,
-        to_number,
-    )
+    row: asyncpg.Record | None = await conn.fetchrow(FIND_CALL_BY_ROUTE, bridge, from_number, to_number)
     return row
 
 
 async def finished_call_exists(conn: Conn, bridge: str, from_number: str, to_number: str, since: datetime) -> bool:
     """Whether a call on (bridge, from, to) already got its report recently (a later report is a duplicate)."""
-    return bool(
-        await conn.fetchval(
-            """
-            SELECT EXISTS (SELECT 1 FROM calls WHERE bridge = $1 AND from_number = $2 AND to_number = $3
-                           AND report_id IS NOT NULL AND created_at > $4)
-            """,
-            bridge,
-            from_number,
-            to_number,
-            since,
-        )
-    )
+    return bool(await conn.fetchval(FINISHED_CALL_EXISTS, bridge, from_number, to_number, since))
 
 
 async def complete_call(conn: Conn, call_id: UUID, report_id: int, fields: dict[str, Any]) -> asyncpg.Record:
@@ -185,11 +178,7 @@ async def settle_report(
 ) -> None:
     """Record what a report turned out to be."""
     await conn.execute(
-        """
-        UPDATE provider_reports SET outcome = $2, bridge = $3, call_id = $4,
-            tenant_id = coalesce($5, (SELECT tenant_id FROM dids WHERE number = $3))
-        WHERE id = $1
-        """,
+        SETTLE_REPORT,
         report_id,
         outcome,
         bridge,

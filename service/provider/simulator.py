@@ -213,3 +213,24 @@ def simulator_app(sim: Simulator) -> Any:
             raise _DropConnection from None
 
     return dropping
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the simulator on its own: `python -m service.provider.simulator --port 9000 --callback-url URL`."""
+    import argparse
+
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description="thundersms simulator")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9000)
+    parser.add_argument("--callback-url", required=True, help="the service's callback URL, token included")
+    parser.add_argument("--delay", type=float, default=0.5, help="seconds before a report is posted")
+    parser.add_argument("--timezone", default="Asia/Kolkata")
+    args = parser.parse_args(argv)
+    sim = Simulator(args.callback_url, args.timezone, args.delay)
+    uvicorn.run(simulator_app(sim), host=args.host, port=args.port, log_config=None, access_log=False)
+
+
+if __name__ == "__main__":
+    main()

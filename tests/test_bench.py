@@ -1,0 +1,33 @@
+"""The benchmark's quick path runs end to end, so the benchmark cannot rot."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="the benchmark needs wrk (apt-get install wrk)")
+def test_the_quick_benchmark_writes_its_figures_and_chart(tmp_path: Path) -> None:
+    """`python -m tests.bench --quick` measures every scenario and writes the JSON and the PNG."""
+    out, chart = tmp_path / "bench-results.json", tmp_path / "chart.png"
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.bench", "--quick", "--seconds", "1", "--out", str(out), "--chart", str(chart)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    figures = json.loads(out.read_text())
+    assert [f["name"].split(" (")[0] for f in figures] == [
+        "create-session", "create-session", "report ingest", "get-session", "click-to-call",
+    ]  # fmt: skip
+    for f in figures:
+        assert f["rps"] > 0 and f["p50_ms"] > 0 and f["p99_ms"] >= f["p50_ms"]
+    assert all(f["limit_rps"] > 0 for f in figures[:3])
+    assert figures[0]["errors"] == 0
+    assert chart.read_bytes().startswith(b"\x89PNG")
+    assert "ratio" in result.stdout
