@@ -64,7 +64,9 @@ CREATE TABLE IF NOT EXISTS sessions (
     max_calls         integer CHECK (max_calls >= 1),
     calls_made        integer NOT NULL DEFAULT 0 CHECK (calls_made >= 0),
     metadata          jsonb NOT NULL DEFAULT '{}',
-    CHECK (customer <> agent),
+    -- set when retention replaced the real numbers with masked ones
+    redacted_at       timestamptz,
+    CHECK (customer <> agent OR redacted_at IS NOT NULL),
     CHECK ((status = 'active') = (close_reason IS NULL)),
     CHECK ((status = 'active') = (closed_at IS NULL))
 );
@@ -76,6 +78,7 @@ CREATE INDEX IF NOT EXISTS sessions_by_order ON sessions (tenant_id, order_id);
 CREATE INDEX IF NOT EXISTS sessions_by_customer ON sessions (tenant_id, customer);
 CREATE INDEX IF NOT EXISTS sessions_due ON sessions (expires_at) WHERE status = 'active';
 CREATE INDEX IF NOT EXISTS sessions_on_did ON sessions (did) WHERE status = 'active';
+CREATE INDEX IF NOT EXISTS sessions_to_redact ON sessions (closed_at) WHERE redacted_at IS NULL AND status <> 'active';
 
 -- "No crossed lines": one row per (phone number, DID) holding that number's latest session there.
 -- The primary key is the guarantee: a number cannot be bound to a DID twice at once, whatever its role,
@@ -140,6 +143,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS calls_one_in_flight ON calls (session_id) WHER
 CREATE INDEX IF NOT EXISTS calls_match ON calls (bridge, from_number, to_number) WHERE in_flight;
 CREATE INDEX IF NOT EXISTS calls_by_session ON calls (session_id, created_at);
 CREATE INDEX IF NOT EXISTS calls_overdue ON calls (created_at) WHERE in_flight;
+CREATE INDEX IF NOT EXISTS calls_by_tenant ON calls (tenant_id, created_at);
 
 -- Every body the provider posts with a good token, stored before it is answered.
 CREATE TABLE IF NOT EXISTS provider_reports (
@@ -154,5 +158,9 @@ CREATE TABLE IF NOT EXISTS provider_reports (
 );
 CREATE INDEX IF NOT EXISTS provider_reports_pending ON provider_reports (id) WHERE outcome = 'pending';
 CREATE INDEX IF NOT EXISTS provider_reports_unmatched ON provider_reports (tenant_id, id) WHERE outcome = 'unmatched';
+
+-- The masked form of a number kept after retention: +919876543210 becomes +91******3210.
+CREATE OR REPLACE FUNCTION mask_number(number text) RETURNS text LANGUAGE sql IMMUTABLE
+    RETURN regexp_replace(number, '^(\+[0-9]{2})[0-9]*([0-9]{4})$', '\1******\2');
 
 INSERT INTO schema_version (version) VALUES (1) ON CONFLICT DO NOTHING;

@@ -28,6 +28,8 @@ from service.api.ops import MetricsController, StatsController, healthz, readyz
 from service.api.provider import ProviderController
 from service.api.sessions import SessionController
 from service.broker.calls import rematch_pending, time_out_calls
+from service.broker.limits import CallLimits, TokenBuckets
+from service.broker.retention import redact_old_sessions
 from service.broker.sessions import Rules, sweep_expired
 from service.broker.tenants import callback_token
 from service.db.pool import create_pool
@@ -39,7 +41,6 @@ from service.settings import Settings
 log = structlog.get_logger("service.app")
 
 MAX_BODY = 64 * 1024
-SWEEP_INTERVAL_SECONDS = 15.0
 _DB_DOWN = (
     OSError,
     TimeoutError,
@@ -103,6 +104,8 @@ async def sweep_once(runtime: Runtime) -> None:
         await rematch_pending(
             conn, ZoneInfo(settings.provider_timezone), runtime.clock(), settings.call_report_timeout_seconds
         )
+        if settings.retention_days:
+            await redact_old_sessions(conn, runtime.clock(), settings.retention_days)
 
 
 async def _sweep_forever(runtime: Runtime, interval: float) -> None:
@@ -122,7 +125,7 @@ def create_app(
     dsn: str,
     clock: Callable[[], datetime] = utc_now,
     background: bool = True,
-    sweep_interval: float = SWEEP_INTERVAL_SECONDS,
+    sweep_interval: float | None = None,
     simulator: Simulator | None = None,
 ) -> Litestar:
     """Build the app for these settings and database; background=False leaves sweeping to the caller.
@@ -133,6 +136,12 @@ def create_app(
         settings=settings,
         clock=clock,
         rules=Rules(default_ttl_seconds=settings.default_ttl_seconds, cooloff_seconds=settings.cooloff_seconds),
+        call_limits=CallLimits(
+            per_tenant_per_minute=settings.calls_per_minute,
+            per_session=settings.session_calls_per_window,
+            session_window_seconds=settings.session_call_window_seconds,
+        ),
+        session_buckets=TokenBuckets(settings.sessions_per_minute),
     )
 
     @contextlib.asynccontextmanager
@@ -153,7 +162,8 @@ def create_app(
             settings.thundersms_webhook_id,
             settings.provider_timeout_seconds,
         )
-        tasks = [asyncio.create_task(_sweep_forever(runtime, sweep_interval))] if background else []
+        interval = sweep_interval or settings.sweep_interval_seconds
+        tasks = [asyncio.create_task(_sweep_forever(runtime, interval))] if background else []
         try:
             yield
         finally:

@@ -40,6 +40,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     db_pool_size: Annotated[int, msgspec.Meta(ge=1, le=500)] = 10
     workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    sweep_interval_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 15.0
+    calls_per_minute: Annotated[int, msgspec.Meta(ge=0)] = 600
+    session_calls_per_window: Annotated[int, msgspec.Meta(ge=0)] = 3
+    session_call_window_seconds: Annotated[int, msgspec.Meta(ge=1)] = 600
+    sessions_per_minute: Annotated[int, msgspec.Meta(ge=0)] = 6000
+    retention_days: Annotated[int, msgspec.Meta(ge=1)] | None = None
 
     @property
     def provider_kind(self) -> Literal["simulator", "thundersms"]:

@@ -28,16 +28,19 @@ class CallController(Controller):
         "/sessions/{session_id:str}/calls",
         status_code=202,
         summary="Call: ring `first`, then bridge the other party through the session's DID",
-        responses=problem_responses(404, 409, 422, 502, 503, 504),
+        responses=problem_responses(404, 409, 422, 429, 502, 503, 504),
     )
     async def start(self, request: MaskingRequest, session_id: str, data: broker.StartCall | None = None) -> Call:
+        runtime = request.runtime
+        assert runtime.call_limits is not None
         return await broker.place_call(
-            request.runtime.db,
-            request.runtime.provider,
+            runtime.db,
+            runtime.provider,
             request.principal.tenant_id,
             session_id,
             data or broker.StartCall(),
-            request.runtime.clock,
+            runtime.clock,
+            runtime.call_limits,
         )
 
     @get("/sessions/{session_id:str}/calls", summary="A session's calls", responses=problem_responses(404))

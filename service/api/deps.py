@@ -15,6 +15,7 @@ from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.handlers.base import BaseRouteHandler
 
+from service.broker.limits import CallLimits, TokenBuckets
 from service.broker.sessions import Rules
 from service.broker.tenants import KeyCache, Principal
 from service.errors import Forbidden, Unauthorized
@@ -33,6 +34,8 @@ class Runtime(msgspec.Struct, kw_only=True):
     thundersms: ThunderSMS | None = None
     callback_token: str = ""
     keys: KeyCache = msgspec.field(default_factory=KeyCache)
+    call_limits: CallLimits | None = None
+    session_buckets: TokenBuckets | None = None
 
     @property
     def db(self) -> asyncpg.Pool:

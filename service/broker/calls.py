@@ -13,6 +13,7 @@ import msgspec
 import structlog
 
 from service import metrics
+from service.broker.limits import CallLimits, check_call_caps
 from service.broker.models import Call, ProviderOutcome
 from service.broker.phones import normalize, provider_digits
 from service.db import Conn
@@ -82,7 +83,13 @@ def _uuid(value: str, what: str) -> uuid.UUID:
 
 
 async def place_call(
-    db: asyncpg.Pool, provider: ThunderSMS, tenant_id: int, session_id: str, body: StartCall, clock: Clock
+    db: asyncpg.Pool,
+    provider: ThunderSMS,
+    tenant_id: int,
+    session_id: str,
+    body: StartCall,
+    clock: Clock,
+    limits: CallLimits,
 ) -> Call:
     """Record the call, then ask the provider; the call's status says what the provider answered."""
     if body.variables and body.flow is None:
@@ -90,6 +97,7 @@ async def place_call(
     sid = _uuid(session_id, "session")
     call_id = uuid.uuid4()
     async with db.acquire() as conn:
+        await check_call_caps(conn, tenant_id, sid, limits, clock())
         try:
             row = await q.insert_call(
                 conn,

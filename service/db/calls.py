@@ -47,6 +47,27 @@ async def insert_call(
     return row
 
 
+async def recent_calls(
+    conn: Conn, tenant_id: int, session_id: object, now: datetime, window: timedelta
+) -> asyncpg.Record:
+    """Calls of the tenant in the last minute and of the session in the window, with the oldest of each."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        """
+        SELECT t.n AS tenant_calls, t.oldest AS tenant_oldest, s.n AS session_calls, s.oldest AS session_oldest
+        FROM (SELECT count(*) AS n, min(created_at) AS oldest FROM calls
+              WHERE tenant_id = $1 AND created_at > $3::timestamptz - interval '1 minute') t,
+             (SELECT count(*) AS n, min(created_at) AS oldest FROM calls
+              WHERE session_id = $2 AND created_at > $3::timestamptz - $4::interval) s
+        """,
+        tenant_id,
+        session_id,
+        now,
+        window,
+    )
+    assert row is not None
+    return row
+
+
 async def record_answer(conn: Conn, call_id: UUID, status: str, in_flight: bool, message: str | None) -> asyncpg.Record:
     """Apply the provider's answer to a call that no report has finished yet; return the call as it is."""
     row: asyncpg.Record | None = await conn.fetchrow(

@@ -1,0 +1,85 @@
+"""Cost caps answer 429 with Retry-After; retention masks the numbers of long-ended sessions."""
+
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+
+from service.broker.retention import redact_old_sessions
+from tests.conftest import Keys, did_numbers, mobile_numbers
+from tests.live import live_service
+from tests.test_calls import call_status
+
+
+async def _sessions(live: Any, keys: Keys, count: int) -> list[dict[str, Any]]:
+    await live.http.post("/v1/dids/bulk", json={"dids": [{"number": n} for n in did_numbers(count)]}, headers=keys.a)
+    made = []
+    for i, (c, a) in enumerate(zip(mobile_numbers(count), mobile_numbers(count, prefix="+91876"), strict=True)):
+        r = await live.http.post("/v1/sessions", json={"order_id": f"o{i}", "customer": c, "agent": a}, headers=keys.a)
+        assert r.status_code == 201, r.text
+        made.append(r.json())
+    return made
+
+
+async def test_a_session_may_place_only_so_many_calls_per_window(dsn: str, keys: Keys) -> None:
+    """Per-session cap: the third click within the window is 429 rate_limited with Retry-After."""
+    async with live_service(dsn, session_calls_per_window=2, session_call_window_seconds=600) as live:
+        (session,) = await _sessions(live, keys, 1)
+        for _ in range(2):
+            r = await live.http.post(f"/v1/sessions/{session['id']}/calls", headers=keys.a)
+            assert r.status_code == 202
+            await call_status(live, keys, r.json()["id"], "completed")
+        refused = await live.http.post(f"/v1/sessions/{session['id']}/calls", headers=keys.a)
+        assert refused.status_code == 429 and refused.json()["code"] == "rate_limited"
+        assert 590 <= int(refused.headers["retry-after"]) <= 600
+        assert len(live.sim.requests) == 2
+
+
+async def test_a_tenant_may_place_only_so_many_calls_per_minute(dsn: str, keys: Keys) -> None:
+    """Per-tenant cap: the fourth click in a minute, on any session, is refused before the provider sees it."""
+    async with live_service(dsn, calls_per_minute=3) as live:
+        sessions = await _sessions(live, keys, 4)
+        answers = [await live.http.post(f"/v1/sessions/{s['id']}/calls", headers=keys.a) for s in sessions]
+        assert [a.status_code for a in answers] == [202, 202, 202, 429]
+        assert 1 <= int(answers[3].headers["retry-after"]) <= 60
+        assert len(live.sim.requests) == 3
+
+
+async def test_session_creation_is_rate_limited_per_tenant(dsn: str, keys: Keys) -> None:
+    """Past the per-minute budget a create is 429; another tenant is unaffected."""
+    async with live_service(dsn, sessions_per_minute=3) as live:
+        await live.http.post("/v1/dids/bulk", json={"dids": [{"number": n} for n in did_numbers(5)]}, headers=keys.a)
+        await live.http.post("/v1/dids", json={"number": did_numbers(1, start=90)[0]}, headers=keys.b)
+        statuses = []
+        for i in range(4):
+            body = {"order_id": f"o{i}", "customer": f"+9198700000{i:02d}", "agent": "+918760000000"}
+            statuses.append((await live.http.post("/v1/sessions", json=body, headers=keys.a)).status_code)
+        assert statuses == [201, 201, 201, 429]
+        other = {"order_id": "b", "customer": "+919870000099", "agent": "+918760000099"}
+        assert (await live.http.post("/v1/sessions", json=other, headers=keys.b)).status_code == 201
+
+
+async def test_retention_masks_numbers_and_drops_recordings_but_keeps_counts(
+    dsn: str, keys: Keys, db: asyncpg.Connection
+) -> None:
+    """After the retention period an ended session, its calls and reports keep no real number."""
+    async with live_service(dsn) as live:
+        old, recent = await _sessions(live, keys, 2)
+        for s in (old, recent):
+            r = await live.http.post(f"/v1/sessions/{s['id']}/calls", json={"record": True}, headers=keys.a)
+            await call_status(live, keys, r.json()["id"], "completed")
+            await live.http.post(f"/v1/sessions/{s['id']}/close", headers=keys.a)
+        now = await db.fetchval("SELECT now()")
+        await db.execute("UPDATE sessions SET closed_at = $2 WHERE id = $1::uuid", old["id"], now - timedelta(days=31))
+        assert await redact_old_sessions(db, now, days=30) == 1
+        assert await redact_old_sessions(db, now, days=30) == 0
+        masked = (await live.http.get(f"/v1/sessions/{old['id']}", headers=keys.a)).json()
+        assert masked["customer"] == old["customer"][:3] + "******" + old["customer"][-4:]
+        assert masked["agent"].count("*") == 6 and masked["calls_made"] == 1
+        call = (await live.http.get(f"/v1/sessions/{old['id']}/calls", headers=keys.a)).json()["items"][0]
+        assert "*" in call["from"] and "*" in call["to"] and call["recording_url"] is None
+        assert call["status"] == "completed" and call["billing_seconds"] > 0
+        body = bytes(await db.fetchval("SELECT body FROM provider_reports WHERE call_id = $1::uuid", call["id"]))
+        assert old["customer"][1:] not in body.decode() and old["agent"][1:] not in body.decode()
+        kept = (await live.http.get(f"/v1/sessions/{recent['id']}", headers=keys.a)).json()
+        assert kept["customer"] == recent["customer"]
