@@ -33,7 +33,13 @@ from service.broker.retention import redact_old_sessions
 from service.broker.sessions import Rules, sweep_expired
 from service.broker.tenants import callback_token
 from service.db.pool import create_pool
-from service.errors import DatabaseUnavailable, internal_error_handler, problem_details_plugin, problem_response
+from service.errors import (
+    DatabaseUnavailable,
+    InvalidRequest,
+    internal_error_handler,
+    problem_details_plugin,
+    problem_response,
+)
 from service.provider.simulator import Simulator, simulator_app
 from service.provider.thundersms import ThunderSMS
 from service.settings import Settings
@@ -189,7 +195,11 @@ def create_app(
         dependencies={"conn": Provide(provide_conn)},
         request_class=MaskingRequest,
         plugins=[problem_details_plugin()],
-        exception_handlers={Exception: internal_error_handler, **dict.fromkeys(_DB_DOWN, _database_down)},
+        exception_handlers={
+            Exception: internal_error_handler,
+            asyncpg.DataError: _bad_text,
+            **dict.fromkeys(_DB_DOWN, _database_down),
+        },
         request_max_body_size=MAX_BODY,
         openapi_config=OpenAPIConfig(
             title="Number masking",
@@ -218,6 +228,13 @@ def _mount_simulator(simulator: Simulator) -> Any:
         await inner(scope, receive, send)
 
     return simulator_mount
+
+
+def _bad_text(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    # PostgreSQL refuses some text outright (a NUL character, say): the input is at fault, not the service.
+    return problem_response(
+        request, InvalidRequest("A value in the request cannot be stored (it contains a NUL or invalid character).")
+    )
 
 
 def _database_down(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:

@@ -17,6 +17,11 @@ log = structlog.get_logger("service.errors")
 PROBLEM_BASE = "https://masking.dev/problems/"
 
 
+# Every guarded route can answer these (bad body, key, scope, id, size, rate, database down).
+API_ERRORS = (400, 401, 403, 404, 405, 409, 413, 422, 429, 503)
+PUBLIC_ERRORS = (400, 404, 405, 413, 422, 503)
+
+
 class Problem(msgspec.Struct, frozen=True, kw_only=True):
     """The RFC 9457 body of every error (documented in OpenAPI; extra members vary by code)."""
 
@@ -35,6 +40,10 @@ def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:
         )
         for status in statuses
     }
+
+
+API_RESPONSES = problem_responses(*API_ERRORS)
+PUBLIC_RESPONSES = problem_responses(*PUBLIC_ERRORS)
 
 
 class DomainError(Exception):

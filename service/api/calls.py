@@ -9,7 +9,7 @@ from litestar import Controller, get, post
 from service.api.deps import MaskingRequest
 from service.broker import calls as broker
 from service.broker.models import Call
-from service.errors import problem_responses
+from service.errors import API_RESPONSES, problem_responses
 
 
 class CallList(msgspec.Struct, frozen=True):
@@ -28,7 +28,7 @@ class CallController(Controller):
         "/sessions/{session_id:str}/calls",
         status_code=202,
         summary="Call: ring `first`, then bridge the other party through the session's DID",
-        responses=problem_responses(404, 409, 422, 429, 502, 503, 504),
+        responses={**API_RESPONSES, **problem_responses(502, 504)},
     )
     async def start(self, request: MaskingRequest, session_id: str, data: broker.StartCall | None = None) -> Call:
         runtime = request.runtime
@@ -43,7 +43,7 @@ class CallController(Controller):
             runtime.call_limits,
         )
 
-    @get("/sessions/{session_id:str}/calls", summary="A session's calls", responses=problem_responses(404))
+    @get("/sessions/{session_id:str}/calls", summary="A session's calls", responses=API_RESPONSES)
     async def of_session(
         self,
         request: MaskingRequest,
@@ -52,7 +52,7 @@ class CallController(Controller):
     ) -> CallList:
         return CallList(await broker.list_calls(conn, request.principal.tenant_id, session_id, request.runtime.clock()))
 
-    @get("/calls/{call_id:str}", summary="One call", responses=problem_responses(404))
+    @get("/calls/{call_id:str}", summary="One call", responses=API_RESPONSES)
     async def read(self, request: MaskingRequest, call_id: str, conn: PoolConnectionProxy) -> Call:
         return await broker.get_call(conn, request.principal.tenant_id, call_id)
 
@@ -64,7 +64,11 @@ class ReportController(Controller):
     tags = ["ops"]
     opt = {"scope": "ops"}
 
-    @get("/", summary="Unmatched reports whose bridge is one of your DIDs, newest first")
+    @get(
+        "/",
+        summary="Unmatched reports whose bridge is one of your DIDs, newest first",
+        responses=API_RESPONSES,
+    )
     async def unmatched(
         self,
         request: MaskingRequest,

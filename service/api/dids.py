@@ -12,6 +12,7 @@ from service.api.deps import MaskingRequest
 from service.broker import dids as broker
 from service.broker.models import Did, DidStatus
 from service.broker.sessions import Pool
+from service.errors import API_RESPONSES
 
 BULK_MAX_BODY = 1024 * 1024
 
@@ -64,7 +65,12 @@ class DidController(Controller):
     tags = ["dids"]
     opt = {"scope": "ops"}
 
-    @post("/", status_code=201, summary="Add a DID (200 unchanged when already yours)")
+    @post(
+        "/",
+        status_code=201,
+        summary="Add a DID (200 unchanged when already yours)",
+        responses=API_RESPONSES,
+    )
     async def add(
         self,
         request: MaskingRequest,
@@ -81,13 +87,19 @@ class DidController(Controller):
         )
         return Response(did, status_code=201 if created else 200)
 
-    @post("/bulk", status_code=200, request_max_body_size=BULK_MAX_BODY, summary="Add up to 10,000 DIDs")
+    @post(
+        "/bulk",
+        status_code=200,
+        request_max_body_size=BULK_MAX_BODY,
+        summary="Add up to 10,000 DIDs",
+        responses=API_RESPONSES,
+    )
     async def bulk(self, request: MaskingRequest, data: AddDids, conn: PoolConnectionProxy) -> BulkResult:
         entries = [broker.NewDid(d.number, d.pool) for d in data.dids]
         created, existing = await broker.add_dids(conn, request.principal.tenant_id, entries)
         return BulkResult(created=created, existing=existing)
 
-    @get("/", summary="List DIDs with their active sessions")
+    @get("/", summary="List DIDs with their active sessions", responses=API_RESPONSES)
     async def list(
         self,
         request: MaskingRequest,
@@ -97,7 +109,11 @@ class DidController(Controller):
     ) -> DidList:
         return DidList(await broker.list_dids(conn, request.principal.tenant_id, request.runtime.clock(), pool, status))
 
-    @patch("/{number:str}", summary="Drain, retire or re-activate a DID, or move it to another pool")
+    @patch(
+        "/{number:str}",
+        summary="Drain, retire or re-activate a DID, or move it to another pool",
+        responses=API_RESPONSES,
+    )
     async def change(
         self,
         request: MaskingRequest,

@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from service import metrics
 from service.api.deps import MaskingRequest
 from service.broker.sessions import PoolStats, pool_stats
+from service.errors import API_RESPONSES
 
 
 class Health(msgspec.Struct, frozen=True):
@@ -20,7 +21,7 @@ class Health(msgspec.Struct, frozen=True):
     status: str
 
 
-@get("/healthz", summary="200 while the process runs", tags=["ops"])
+@get("/healthz", summary="200 while the process runs", tags=["ops"], security=[{}])
 async def healthz() -> Health:
     return Health("ok")
 
@@ -29,6 +30,7 @@ async def healthz() -> Health:
     "/readyz",
     summary="200 when the database answers, else 503",
     tags=["ops"],
+    security=[{}],
     responses={503: ResponseSpec(data_container=Health, description="The database does not answer")},
 )
 async def readyz(
@@ -55,7 +57,7 @@ class StatsController(Controller):
     tags = ["ops"]
     opt = {"scope": "ops"}
 
-    @get("/", summary="Per pool: DIDs, active sessions and headroom")
+    @get("/", summary="Per pool: DIDs, active sessions and headroom", responses=API_RESPONSES)
     async def stats(
         self,
         request: MaskingRequest,

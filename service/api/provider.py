@@ -12,7 +12,7 @@ from litestar import Controller, get, post
 
 from service.api.deps import MaskingRequest
 from service.broker import calls as broker
-from service.errors import NotFound, problem_responses
+from service.errors import PUBLIC_RESPONSES, NotFound
 
 log = structlog.get_logger("service.provider_api")
 
@@ -38,7 +38,8 @@ class ProviderController(Controller):
         "/callback/{token:str}",
         status_code=200,
         summary="The provider's call report: stored first, then matched",
-        responses=problem_responses(404, 413, 503),
+        responses=PUBLIC_RESPONSES,
+        security=[{}],
     )
     async def callback(
         self,
@@ -65,7 +66,8 @@ class ProviderController(Controller):
     @get(
         "/route/{token:str}",
         summary="Where to connect a call arriving on a DID from a caller",
-        responses=problem_responses(404, 422),
+        responses=PUBLIC_RESPONSES,
+        security=[{}],
     )
     async def route(
         self,

@@ -13,6 +13,7 @@ from service.api.deps import MaskingRequest
 from service.broker import sessions as broker
 from service.broker.idempotency import run_once
 from service.broker.models import Session
+from service.errors import API_RESPONSES
 
 JSON = "application/json"
 
@@ -41,7 +42,12 @@ class SessionController(Controller):
     path = "/v1/sessions"
     tags = ["sessions"]
 
-    @post("/", status_code=201, summary="Create a masking session (200 with the live one on a repeat)")
+    @post(
+        "/",
+        status_code=201,
+        summary="Create a masking session (200 with the live one on a repeat)",
+        responses=API_RESPONSES,
+    )
     async def create(
         self,
         request: MaskingRequest,
@@ -67,7 +73,7 @@ class SessionController(Controller):
             )
         return Response(body, status_code=status, media_type=JSON)  # type: ignore[arg-type]
 
-    @get("/", summary="List sessions, newest first")
+    @get("/", summary="List sessions, newest first", responses=API_RESPONSES)
     async def list(
         self,
         request: MaskingRequest,
@@ -89,7 +95,7 @@ class SessionController(Controller):
             cursor=cursor,
         )
 
-    @get("/{session_id:str}", summary="One session")
+    @get("/{session_id:str}", summary="One session", responses=API_RESPONSES)
     async def read(
         self,
         request: MaskingRequest,
@@ -98,7 +104,11 @@ class SessionController(Controller):
     ) -> Session:
         return await broker.get_session(conn, request.principal.tenant_id, session_id, request.runtime.clock())
 
-    @patch("/{session_id:str}", summary="Change an active session's TTL, from now")
+    @patch(
+        "/{session_id:str}",
+        summary="Change an active session's TTL, from now",
+        responses=API_RESPONSES,
+    )
     async def change_ttl(
         self,
         request: MaskingRequest,
@@ -110,7 +120,7 @@ class SessionController(Controller):
             conn, request.principal.tenant_id, session_id, data.ttl_seconds, request.runtime.clock()
         )
 
-    @post("/{session_id:str}/close", status_code=200, summary="Close a session")
+    @post("/{session_id:str}/close", status_code=200, summary="Close a session", responses=API_RESPONSES)
     async def close(
         self,
         request: MaskingRequest,
@@ -120,7 +130,13 @@ class SessionController(Controller):
     ) -> Session:
         return await broker.close_session(conn, request.principal.tenant_id, session_id, request.runtime.clock())
 
-    @post("/expire", status_code=200, opt={"scope": "ops"}, summary="Expire every active session matching all filters")
+    @post(
+        "/expire",
+        status_code=200,
+        opt={"scope": "ops"},
+        summary="Expire every active session matching all filters",
+        responses=API_RESPONSES,
+    )
     async def expire(
         self,
         request: MaskingRequest,
