@@ -54,6 +54,7 @@ _DB_DOWN = (
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
     asyncpg.TooManyConnectionsError,
+    asyncpg.InterfaceError,  # "connection is closed" while the server is away
 )
 
 
