@@ -65,7 +65,7 @@ def _json_bytes(obj: Any, **_: Any) -> bytes:
     return msgspec.json.encode(obj, enc_hook=str) + b"\n"
 
 
-def configure_logging(renderer: Literal["console", "json"], level: str = "info") -> None:
+def configure_logging(renderer: Literal["console", "json"], level: str = "info", path: str | None = None) -> None:
     """Route structlog and the standard library's logging through one privacy-safe pipeline.
 
     The service's own events take structlog's fast path (a filtering logger writing straight to
@@ -78,12 +78,14 @@ def configure_logging(renderer: Literal["console", "json"], level: str = "info")
         structlog.processors.format_exc_info,
         privacy_processor,
     ]
-    colors = sys.stderr.isatty()
+    colors = sys.stderr.isatty() and path is None
+    binary: Any = open(path, "ab", buffering=0) if path else sys.stderr.buffer  # noqa: SIM115
+    text: Any = open(path, "a", buffering=1) if path else sys.stderr  # noqa: SIM115
     if renderer == "json":
         structlog.configure(
             processors=[*shared, structlog.processors.JSONRenderer(serializer=_json_bytes)],
             wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-            logger_factory=structlog.BytesLoggerFactory(sys.stderr.buffer),
+            logger_factory=structlog.BytesLoggerFactory(binary),
             cache_logger_on_first_use=False,
         )
         text_renderer: Any = structlog.processors.JSONRenderer()
@@ -91,7 +93,7 @@ def configure_logging(renderer: Literal["console", "json"], level: str = "info")
         structlog.configure(
             processors=[*shared, structlog.dev.ConsoleRenderer(colors=colors)],
             wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-            logger_factory=structlog.WriteLoggerFactory(sys.stderr),
+            logger_factory=structlog.WriteLoggerFactory(text),
             cache_logger_on_first_use=False,
         )
         text_renderer = structlog.dev.ConsoleRenderer(colors=colors)
@@ -99,7 +101,7 @@ def configure_logging(renderer: Literal["console", "json"], level: str = "info")
         foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, text_renderer],
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(text)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers = [handler]

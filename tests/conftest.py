@@ -31,6 +31,15 @@ def dsn_for(base: str, dbname: str) -> str:
     return urlunsplit(parts._replace(path="/" + dbname))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def privacy_checked_logs() -> None:
+    """In-process apps log through the service's own pipeline into the run's log folder."""
+    from service.logging import configure_logging
+    from tests.processes import LOG_DIR
+
+    configure_logging("json", "debug", path=str(LOG_DIR / "in-process.log"))
+
+
 @pytest.fixture(scope="session")
 def server_dsn() -> Iterator[str]:
     """A PostgreSQL for the whole run: MASKING_DATABASE_URL, or an embedded one in a temporary folder."""

@@ -7,11 +7,16 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
 from pathlib import Path
 from types import TracebackType
 
 import httpx
+
+# Every log line of the run lands here, for the privacy scan at its end (test_zz_privacy_scan.py).
+LOG_DIR = Path(os.environ.setdefault("MASKING_TEST_LOG_DIR", tempfile.mkdtemp(prefix="masking-test-logs-")))
 
 
 def free_port() -> int:
@@ -32,9 +37,12 @@ def run_cli(
     *args: str, env: dict[str, str], cwd: str | Path | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
     """Run `masking ARGS` to completion."""
-    return subprocess.run(
+    result = subprocess.run(
         [sys.executable, "-m", "service", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
     )
+    with open(LOG_DIR / "cli.log", "a") as log:
+        log.write(result.stderr)
+    return result
 
 
 class ServeProcess:
@@ -44,7 +52,7 @@ class ServeProcess:
         self.port = free_port()
         self.env = {**env, "MASKING_HOST": "127.0.0.1", "MASKING_PORT": str(self.port)}
         self.cwd = cwd
-        self.log_path = log_path
+        self.log_path = log_path or LOG_DIR / f"serve-{self.port}-{uuid.uuid4().hex[:8]}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self._log = None
 
@@ -53,8 +61,8 @@ class ServeProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 60) -> ServeProcess:
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        self._log = out if self.log_path else None
+        out = open(self.log_path, "ab")  # noqa: SIM115
+        self._log = out
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "service", "serve"], env=self.env, cwd=self.cwd, stdout=out, stderr=out
         )
@@ -84,6 +92,9 @@ class ServeProcess:
         if self._log:
             self._log.close()
             self._log = None
+            if LOG_DIR not in self.log_path.parents:
+                with open(LOG_DIR / "serve-elsewhere.log", "ab") as copy:
+                    copy.write(self.log_path.read_bytes())
         return self.proc.returncode
 
     def __enter__(self) -> ServeProcess:
