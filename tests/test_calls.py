@@ -330,3 +330,39 @@ async def test_a_thousand_concurrent_reports_are_all_stored_and_each_call_comple
     outcomes = Counter(r["outcome"] for r in await db.fetch("SELECT outcome FROM provider_reports"))
     assert outcomes == {"matched": 20, "duplicate": 480, "unparseable": 500}
     assert await db.fetchval("SELECT count(*) FROM calls WHERE status = 'completed' AND report_id IS NOT NULL") == 20
+
+
+async def test_a_slow_answer_just_inside_the_timeout_is_one_accepted_dial(live: Live, keys: Keys) -> None:
+    """The provider answering 0.8 s into a 1 s timeout: accepted, and dialled once."""
+    session = await open_session(live, keys)
+    live.sim.inject(Fault(answer_after=0.8))
+    r = await live.http.post(f"/v1/sessions/{session['id']}/calls", headers=keys.a)
+    assert r.status_code == 202 and r.json()["status"] in ("initiated", "completed")
+    assert len(live.sim.requests) == 1
+
+
+async def test_other_endpoints_stay_fast_while_the_provider_hangs(live: Live, keys: Keys) -> None:
+    """Ten clicks hanging on the provider do not slow reads and creates: their p99 stays under 300 ms."""
+    await live.http.post("/v1/dids/bulk", json={"dids": [{"number": n} for n in did_numbers(20)]}, headers=keys.a)
+    sessions = []
+    for i in range(10):
+        body = {"order_id": f"h{i}", "customer": f"+91987000{i:04d}", "agent": f"+91876000{i:04d}"}
+        sessions.append((await live.http.post("/v1/sessions", json=body, headers=keys.a)).json())
+    live.sim.inject(Fault(answer="hang", report="none", count=10))
+    clicks = [asyncio.create_task(live.http.post(f"/v1/sessions/{s['id']}/calls", headers=keys.a)) for s in sessions]
+    await wait_for(lambda: asyncio.sleep(0, len(live.sim.requests) == 10))
+    timings = []
+    for i in range(40):
+        started = asyncio.get_running_loop().time()
+        if i % 2:
+            r = await live.http.get(f"/v1/sessions/{sessions[i % 10]['id']}", headers=keys.a)
+        else:
+            body = {"order_id": f"x{i}", "customer": f"+91987100{i:04d}", "agent": f"+91876100{i:04d}"}
+            r = await live.http.post("/v1/sessions", json=body, headers=keys.a)
+        assert r.status_code in (200, 201)
+        timings.append(asyncio.get_running_loop().time() - started)
+    hung = await asyncio.gather(*clicks)
+    assert {r.status_code for r in hung} == {504} and len(live.sim.requests) == 10
+    p99 = sorted(timings)[int(len(timings) * 0.99) - 1]
+    print(f"\nwhile 10 clicks hung on the provider: p99 of 40 reads and creates {p99 * 1000:.0f} ms")
+    assert p99 < 0.3

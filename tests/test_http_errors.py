@@ -98,3 +98,23 @@ async def test_health_and_openapi_answer(client: httpx.AsyncClient) -> None:
     assert (await client.get("/readyz")).json() == {"status": "ok"}
     spec = (await client.get("/schema/openapi.json")).json()
     assert "/v1/sessions" in spec["paths"] and "/v1/dids" in spec["paths"]
+
+
+async def test_error_bodies_never_echo_a_partys_number(client: httpx.AsyncClient, keys: Keys) -> None:
+    """Refusals about a session name fields and rules, never the customer's or agent's number."""
+    from tests.conftest import add_dids, did_numbers
+
+    await add_dids(client, keys.a, did_numbers(1))
+    customer, agent = "+919876543210", "+918765432109"
+    ok = {"order_id": "o", "customer": customer, "agent": agent}
+    assert (await client.post("/v1/sessions", json=ok, headers=keys.a)).status_code == 201
+    refusals = [
+        await client.post("/v1/sessions", json={**ok, "order_id": "o2", "agent": "+918765432100"}, headers=keys.a),
+        await client.post("/v1/sessions", json={**ok, "agent": customer}, headers=keys.a),
+        await client.post("/v1/sessions", json={**ok, "agent": "+91876"}, headers=keys.a),
+        await client.post("/v1/sessions/expire", json={"customer": "+91987"}, headers=keys.a),
+        await client.get("/v1/sessions", params={"customer": "98765"}, headers=keys.a),
+    ]
+    assert [r.status_code for r in refusals] == [409, 422, 422, 422, 422]
+    for r in refusals:
+        assert "9876543210" not in r.text and "8765432109" not in r.text and "8765432100" not in r.text

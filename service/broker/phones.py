@@ -36,7 +36,7 @@ def parse_with_region(text: str, field: str) -> tuple[str, str]:
     result = _parse(text) if len(text) <= 32 else None
     if result is None:
         raise InvalidPhoneNumber(
-            f"`{field}` is not a valid phone number: give it in E.164 with its country code, such as +919876543210.",
+            f"`{field}` is not a valid phone number: give it in E.164 with its country code, such as +14155550123.",
             field=field,
         )
     return result

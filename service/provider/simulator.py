@@ -31,6 +31,7 @@ class Fault(msgspec.Struct, kw_only=True):
     answer: Answering = "ok"
     report: Reporting = "answered"
     count: int = 1
+    answer_after: float = 0.0  # seconds the provider takes to answer
 
 
 class Simulator:
@@ -134,6 +135,8 @@ class Simulator:
         self.requests.append(click)
         self.headers.append(dict(request.headers))
         fault = self._next_fault()
+        if fault.answer_after:
+            await asyncio.sleep(fault.answer_after)
         if fault.answer == "hang":
             await asyncio.sleep(HANG_SECONDS)
         if fault.answer == "reject":
