@@ -21,6 +21,7 @@ from service.db import calls as q
 from service.db import sessions as sessions_q
 from service.errors import (
     CallInProgress,
+    InvalidPhoneNumber,
     InvalidRequest,
     NoSession,
     NotFound,
@@ -374,7 +375,11 @@ class Route(msgspec.Struct, frozen=True):
 
 async def route(conn: Conn, did: str, caller: str, now: datetime) -> Route:
     """The other party of the caller's live session on this DID, or no_session."""
-    row = await q.select_route(conn, normalize(did, "did"), normalize(caller, "caller"), now)
+    try:
+        did_e164, caller_e164 = normalize(did, "did"), normalize(caller, "caller")
+    except InvalidPhoneNumber:
+        raise NoSession("The caller has no active session on this number.") from None
+    row = await q.select_route(conn, did_e164, caller_e164, now)
     if row is None:
         raise NoSession("The caller has no active session on this number.")
     return Route(session_id=str(row["id"]), connect_to=provider_digits(row["other"]))
