@@ -1,0 +1,1 @@
+"""Tests of the number-masking service, its harness and its benchmark."""

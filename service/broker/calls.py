@@ -14,7 +14,7 @@ import structlog
 
 from service import metrics
 from service.broker.limits import CallLimits, check_call_caps
-from service.broker.models import Call, ProviderOutcome
+from service.broker.models import Call, ProviderOutcome, parse_id
 from service.broker.phones import normalize, provider_digits
 from service.db import Conn
 from service.db import calls as q
@@ -76,13 +76,6 @@ def call_of(row: asyncpg.Record) -> Call:
     )
 
 
-def _uuid(value: str, what: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise NotFound(f"No {what} with that id.") from None
-
-
 async def place_call(
     db: asyncpg.Pool,
     provider: ThunderSMS,
@@ -95,7 +88,7 @@ async def place_call(
     """Record the call, then ask the provider; the call's status says what the provider answered."""
     if body.variables and body.flow is None:
         raise InvalidRequest("`variables` are only sent with a `flow`.", field="variables")
-    sid = _uuid(session_id, "session")
+    sid = parse_id(session_id, "session")
     call_id = uuid.uuid4()
     async with db.acquire() as conn:
         await check_call_caps(conn, tenant_id, sid, limits, clock())
@@ -158,7 +151,7 @@ async def place_call(
 
 async def get_call(conn: Conn, tenant_id: int, call_id: str) -> Call:
     """One of the tenant's calls."""
-    row = await q.select_call(conn, tenant_id, _uuid(call_id, "call"))
+    row = await q.select_call(conn, tenant_id, parse_id(call_id, "call"))
     if row is None:
         raise NotFound("No call with that id.")
     return call_of(row)
@@ -166,7 +159,7 @@ async def get_call(conn: Conn, tenant_id: int, call_id: str) -> Call:
 
 async def list_calls(conn: Conn, tenant_id: int, session_id: str, now: datetime) -> list[Call]:
     """A session's calls, oldest first."""
-    sid = _uuid(session_id, "session")
+    sid = parse_id(session_id, "session")
     if await sessions_q.select_session(conn, tenant_id, sid) is None:
         raise NotFound("No session with that id.")
     return [call_of(r) for r in await q.select_session_calls(conn, tenant_id, sid)]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Any, Literal
 
 import msgspec
+
+from service.errors import NotFound
 
 DidStatus = Literal["active", "draining", "retired"]
 SessionStatus = Literal["active", "closed", "expired"]
@@ -76,3 +79,11 @@ class Call(msgspec.Struct, frozen=True, kw_only=True, rename={"from_": "from"}):
     recording_url: str | None
     hangup_by: str | None
     provider: ProviderOutcome
+
+
+def parse_id(value: str, what: str) -> uuid.UUID:
+    """A resource id from a path; anything that is not a UUID is simply not found."""
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise NotFound(f"No {what} with that id.") from None

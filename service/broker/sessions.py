@@ -15,7 +15,7 @@ import msgspec
 import structlog
 
 from service import metrics
-from service.broker.models import Session
+from service.broker.models import Session, parse_id
 from service.broker.phones import normalize, parse_with_region
 from service.db import Conn
 from service.db import sessions as q
@@ -162,7 +162,7 @@ def _exhausted(pool: str, why: asyncpg.Record) -> PoolExhausted:
 
 async def get_session(conn: Conn, tenant_id: int, session_id: str, now: datetime) -> Session:
     """One of the tenant's sessions, or not_found."""
-    row = await q.select_session(conn, tenant_id, _uuid(session_id))
+    row = await q.select_session(conn, tenant_id, parse_id(session_id, "session"))
     if row is None:
         raise NotFound("No session with that id.")
     return session_of(row, now)
@@ -215,13 +215,6 @@ def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         ) from None
 
 
-def _uuid(value: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise NotFound("No session with that id.") from None
-
-
 async def _live_or_raise(conn: Conn, tenant_id: int, session_id: uuid.UUID, now: datetime) -> Session:
     row = await q.select_session(conn, tenant_id, session_id)
     if row is None:
@@ -231,7 +224,7 @@ async def _live_or_raise(conn: Conn, tenant_id: int, session_id: uuid.UUID, now:
 
 async def change_ttl(conn: Conn, tenant_id: int, session_id: str, ttl_seconds: int, now: datetime) -> Session:
     """Make a live session end ttl_seconds from now."""
-    sid = _uuid(session_id)
+    sid = parse_id(session_id, "session")
     row = await q.update_expiry(conn, tenant_id, sid, now, now + timedelta(seconds=ttl_seconds))
     if row is None:
         session = await _live_or_raise(conn, tenant_id, sid, now)
@@ -241,7 +234,7 @@ async def change_ttl(conn: Conn, tenant_id: int, session_id: str, ttl_seconds: i
 
 async def close_session(conn: Conn, tenant_id: int, session_id: str, now: datetime) -> Session:
     """Close a live session (closed_by_client); a session already ended comes back unchanged."""
-    sid = _uuid(session_id)
+    sid = parse_id(session_id, "session")
     row = await q.close_session(conn, tenant_id, sid, now, "closed", "closed_by_client")
     if row is None:
         return await _live_or_raise(conn, tenant_id, sid, now)
