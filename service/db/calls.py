@@ -182,7 +182,7 @@ async def close_if_max_calls(conn: Conn, session_id: UUID, now: datetime) -> boo
         """
         WITH s AS (
             UPDATE sessions SET status = 'closed', close_reason = 'max_calls_reached', closed_at = $2
-            WHERE id = $1 AND status = 'active' AND max_calls IS NOT NULL
+            WHERE id = $1 AND status = 'active' AND expires_at > $2 AND max_calls IS NOT NULL
               AND (SELECT count(*) FROM calls WHERE session_id = $1 AND status = 'completed') >= max_calls
             RETURNING id),
         b AS (UPDATE bindings SET ends_at = $2 FROM s WHERE bindings.session_id = s.id AND bindings.ends_at > $2)
