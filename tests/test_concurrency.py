@@ -157,3 +157,19 @@ async def test_the_storm_over_two_service_processes(tmp_path: Path, dsn: str, db
     assert_storm_outcome(list(responses), dids=5, attempts=40)
     assert await db.fetchval(CROSSED_LINES) == 0
     assert await db.fetchval("SELECT count(DISTINCT did) FROM sessions WHERE customer = $1", CUSTOMER) == 5
+
+
+async def test_retiring_a_did_never_strands_a_session_on_it(client: httpx.AsyncClient, keys: Keys) -> None:
+    """A retire racing a create on a one-DID pool: either the retire is refused or the create went elsewhere."""
+    outcomes = Counter()
+    for i in range(40):
+        did = did_numbers(1, start=100 + i)[0]
+        await add_dids(client, keys.a, [did], pool=f"race-{i}")
+        body = session_body(order=f"race-{i}", customer=f"+91987{i:07d}", pool=f"race-{i}")
+        created, retired = await asyncio.gather(
+            client.post("/v1/sessions", json=body, headers=keys.a),
+            client.patch(f"/v1/dids/{did}", json={"status": "retired"}, headers=keys.a),
+        )
+        outcomes[(created.status_code, retired.status_code)] += 1
+        assert (created.status_code, retired.status_code) != (201, 200), "a session was left on a retired DID"
+    print(f"\nrace outcomes (create, retire): {dict(outcomes)}")

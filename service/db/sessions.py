@@ -78,6 +78,9 @@ created AS (
                           record, max_call_minutes, max_calls, metadata)
     SELECT $11, $1, $12, $3, $4, pick.number, $2, $6, $13, $14, $15, $16, $17 FROM pick
     WHERE (SELECT count(*) FROM bound) = 2
+      -- A share lock on the DID row: a concurrent retire (which locks the row for update) either
+      -- waits for this session and sees it, or wins, and then this re-check of the status fails.
+      AND EXISTS (SELECT 1 FROM dids d WHERE d.number = pick.number AND d.status = 'active' FOR KEY SHARE)
     ON CONFLICT (tenant_id, order_id, customer, agent) WHERE status = 'active' DO NOTHING
     RETURNING *
 )
