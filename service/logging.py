@@ -48,7 +48,8 @@ def _is_secret_name(name: object) -> bool:
     return any(part in lowered for part in _SECRET_NAMES)
 
 
-_SAFE_KEYS = frozenset({"event", "level", "timestamp", "logger", "request_id", "method", "status", "ms"})
+# Fields the service fills itself, never from input: no need to scrub them.
+_SAFE_KEYS = frozenset({"level", "timestamp", "logger", "method", "status", "ms"})
 
 
 def privacy_processor(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -56,7 +57,7 @@ def privacy_processor(_: Any, __: str, event: MutableMapping[str, Any]) -> Mutab
     for name in [k for k in event if _is_secret_name(k)]:
         del event[name]
     for name, value in event.items():
-        if name not in _SAFE_KEYS or name == "event":
+        if name not in _SAFE_KEYS:
             event[name] = _scrub_value(value)
     return event
 

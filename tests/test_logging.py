@@ -44,6 +44,10 @@ def test_a_whole_request_flow_logs_no_number_key_or_token(tmp_path: Path, dsn: s
             assert http.get(f"/v1/dids/{DID}").status_code in (404, 405)
             assert http.get("/v1/sessions", headers={"Authorization": "Bearer msk_wrong_key_000000"}).status_code == 401
             http.get("/v1/provider/thundersms/callback/callback-token-0123456789")
+            http.get("/healthz", headers={"X-Request-ID": CUSTOMER[1:]})
+            echoed = http.get("/healthz", headers={"X-Request-ID": "bad id\twith spaces"})
+            assert echoed.headers["x-request-id"] != "bad id\twith spaces"
+            assert http.get("/healthz", headers={"X-Request-ID": "trace-42"}).headers["x-request-id"] == "trace-42"
     lines = log_path.read_text().splitlines()
     records = [json.loads(line) for line in lines if line.startswith("{")]
     requests = [r for r in records if r.get("event") == "request"]
