@@ -366,3 +366,24 @@ async def test_other_endpoints_stay_fast_while_the_provider_hangs(live: Live, ke
     p99 = sorted(timings)[int(len(timings) * 0.99) - 1]
     print(f"\nwhile 10 clicks hung on the provider: p99 of 40 reads and creates {p99 * 1000:.0f} ms")
     assert p99 < 0.3
+
+
+async def test_a_did_carries_at_most_its_max_concurrent_calls(live: Live, keys: Keys) -> None:
+    """With max_concurrent_calls 1, a second session on the same DID cannot click while the first call is live."""
+    r = await live.http.post("/v1/dids", json={"number": DID, "max_concurrent_calls": 1}, headers=keys.a)
+    assert r.status_code == 201 and r.json()["max_concurrent_calls"] == 1
+    first = (await live.http.post("/v1/sessions", json={"order_id": "a", "customer": CUSTOMER, "agent": AGENT},
+                                  headers=keys.a)).json()  # fmt: skip
+    second = (await live.http.post("/v1/sessions", json={"order_id": "b", "customer": "+919800000001",
+                                   "agent": "+918700000001"}, headers=keys.a)).json()  # fmt: skip
+    assert first["masked_number"] == second["masked_number"] == DID
+    live.sim.inject(Fault(report="none"))
+    assert (await live.http.post(f"/v1/sessions/{first['id']}/calls", headers=keys.a)).status_code == 202
+    busy = await live.http.post(f"/v1/sessions/{second['id']}/calls", headers=keys.a)
+    assert busy.status_code == 409 and busy.json()["code"] == "call_in_progress"
+    assert "maximum of concurrent calls" in busy.json()["detail"]
+    assert (await live.http.get(f"/v1/sessions/{second['id']}", headers=keys.a)).json()["calls_made"] == 0
+    r = await live.http.post(live.callback, content=DOC_REPORT.encode())
+    assert r.status_code == 200
+    assert (await live.http.post(f"/v1/sessions/{second['id']}/calls", headers=keys.a)).status_code == 202
+    assert len(live.sim.requests) == 2

@@ -112,6 +112,10 @@ async def place_call(
             session = await sessions_q.select_session(conn, tenant_id, sid)
             if session is None:
                 raise NotFound("No session with that id.")
+            if session["status"] == "active" and session["expires_at"] > clock():
+                raise CallInProgress(
+                    "This session's DID is carrying its maximum of concurrent calls; try again when one ends."
+                )
             raise SessionNotActive("The session is no longer active; create a new one to call.")
     # No transaction is open from here on: the provider may take seconds.
     answer = await provider.click_to_call(

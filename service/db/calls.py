@@ -10,13 +10,24 @@ import asyncpg
 
 from service.db import Conn
 
-# Record the call before dialling. The session must be live; one call in flight per session is the
-# partial unique index calls_one_in_flight (a concurrent click gets a unique violation).
+# Record the call before dialling. The session must be live, and its DID below its
+# max_concurrent_calls (the DID row is locked so that clicks on one DID count in turn). One call in
+# flight per session is the partial unique index calls_one_in_flight: a concurrent click on the same
+# session gets a unique violation.
 INSERT_CALL = """
-WITH s AS (
-    UPDATE sessions SET calls_made = calls_made + 1
-    WHERE id = $2 AND tenant_id = $1 AND status = 'active' AND expires_at > $8
-    RETURNING id, did, customer, agent, record, max_call_minutes)
+WITH target AS (
+    SELECT did FROM sessions
+    WHERE id = $2 AND tenant_id = $1 AND status = 'active' AND expires_at > $8),
+room AS (
+    SELECT d.number FROM dids d JOIN target t ON d.number = t.did
+    WHERE d.max_concurrent_calls IS NULL
+       OR (SELECT count(*) FROM calls c WHERE c.bridge = d.number AND c.in_flight) < d.max_concurrent_calls
+    FOR NO KEY UPDATE OF d),
+s AS (
+    UPDATE sessions SET calls_made = calls_made + 1 FROM room
+    WHERE sessions.id = $2 AND sessions.did = room.number
+    RETURNING sessions.id, sessions.did, sessions.customer, sessions.agent, sessions.record,
+              sessions.max_call_minutes)
 INSERT INTO calls (id, tenant_id, session_id, first, from_number, to_number, bridge, flow, record,
                    max_call_minutes, created_at)
 SELECT $3, $1, s.id, $4,
@@ -40,7 +51,7 @@ async def insert_call(
     max_call_minutes: int | None,
     now: datetime,
 ) -> asyncpg.Record | None:
-    """Record a call in a live session; None when the session is not live."""
+    """Record a call in a live session; None when the session is not live or its DID is at its call limit."""
     row: asyncpg.Record | None = await conn.fetchrow(
         INSERT_CALL, tenant_id, session_id, call_id, first, flow, record, max_call_minutes, now
     )
