@@ -206,7 +206,7 @@ def cmd_sessions_expire(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_reports(settings: Settings, args: argparse.Namespace) -> int:
-    from service.broker.calls import unmatched_reports
+    from service.broker.calls import list_reports
 
     if not args.unmatched:
         print("masking: only `masking reports --unmatched` is available", file=sys.stderr)
@@ -214,7 +214,7 @@ def cmd_reports(settings: Settings, args: argparse.Namespace) -> int:
 
     async def work(conn: Conn) -> list[dict[str, Any]]:
         tenant_id = await _tenant_id(conn, args.tenant) if args.tenant else None
-        page = await unmatched_reports(conn, tenant_id, None, args.limit)
+        page = await list_reports(conn, tenant_id, False, None, args.limit)
         return [msgspec.to_builtins(item) for item in page.items]
 
     for item in run_with_db(settings, work):

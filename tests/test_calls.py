@@ -260,6 +260,16 @@ async def test_unmatched_reports_are_listed_to_the_did_owner_only(live: Live, ke
     theirs = (await live.http.get("/v1/reports", params={"matched": "false"}, headers=keys.b)).json()["items"]
     assert theirs == []
     assert (await live.http.get("/v1/reports", headers=Keys.auth(keys.a_sessions))).status_code == 403
+    call = (
+        await live.http.post(
+            f"/v1/sessions/{(await live.http.get('/v1/sessions', headers=keys.a)).json()['items'][0]['id']}/calls",
+            headers=keys.a,
+        )
+    ).json()
+    await call_status(live, keys, call["id"], "completed")
+    matched = (await live.http.get("/v1/reports", params={"matched": "true"}, headers=keys.a)).json()["items"]
+    assert [(r["outcome"], r["call_id"]) for r in matched] == [("matched", call["id"])]
+    assert (await live.http.get("/v1/reports", params={"limit": 0}, headers=keys.a)).status_code == 422
     operator = run_cli("reports", "--unmatched", env=masking_env(MASKING_DATABASE_URL=dsn))
     assert operator.returncode == 0, operator.stderr
     listed = [json.loads(line) for line in operator.stdout.splitlines()]

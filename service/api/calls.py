@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 from asyncpg.pool import PoolConnectionProxy
 from litestar import Controller, get, post
+from litestar.params import Parameter
 
 from service.api.deps import MaskingRequest
 from service.broker import calls as broker
@@ -32,7 +35,6 @@ class CallController(Controller):
     )
     async def start(self, request: MaskingRequest, session_id: str, data: broker.StartCall | None = None) -> Call:
         runtime = request.runtime
-        assert runtime.call_limits is not None
         return await broker.place_call(
             runtime.db,
             runtime.provider,
@@ -58,25 +60,19 @@ class CallController(Controller):
 
 
 class ReportController(Controller):
-    """Reports from the provider that matched no call (scope ops)."""
+    """The provider's reports on the tenant's DIDs (scope ops): above all, those that matched no call."""
 
     path = "/v1/reports"
     tags = ["ops"]
     opt = {"scope": "ops"}
 
-    @get(
-        "/",
-        summary="Unmatched reports whose bridge is one of your DIDs, newest first",
-        responses=API_RESPONSES,
-    )
-    async def unmatched(
+    @get("/", summary="Reports whose bridge is one of your DIDs, newest first", responses=API_RESPONSES)
+    async def list(
         self,
         request: MaskingRequest,
         conn: PoolConnectionProxy,
         matched: bool = False,
-        limit: int = 50,
+        limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
         cursor: str | None = None,
     ) -> broker.ReportPage:
-        if matched:
-            return broker.ReportPage([], None)
-        return await broker.unmatched_reports(conn, request.principal.tenant_id, cursor, max(1, min(limit, 200)))
+        return await broker.list_reports(conn, request.principal.tenant_id, matched, cursor, limit)

@@ -34,8 +34,8 @@ class Runtime(msgspec.Struct, kw_only=True):
     thundersms: ThunderSMS | None = None
     callback_token: str = ""
     keys: KeyCache = msgspec.field(default_factory=KeyCache)
-    call_limits: CallLimits | None = None
-    session_buckets: TokenBuckets | None = None
+    call_limits: CallLimits
+    session_buckets: TokenBuckets
 
     @property
     def db(self) -> asyncpg.Pool:

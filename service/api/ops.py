@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from service import metrics
 from service.api.deps import MaskingRequest
 from service.broker.sessions import PoolStats, pool_stats
+from service.db.pool import ping
 from service.errors import API_RESPONSES
 
 
@@ -38,7 +39,7 @@ async def readyz(
 ) -> Response[Health]:
     try:
         async with asyncio.timeout(2):
-            await request.runtime.db.fetchval("SELECT 1")
+            await ping(request.runtime.db)
     except Exception:
         return Response(Health("database unavailable"), status_code=503, media_type=MediaType.JSON)
     return Response(Health("ok"), status_code=200)

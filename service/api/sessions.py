@@ -55,7 +55,6 @@ class SessionController(Controller):
         conn: PoolConnectionProxy,
         idempotency_key: Annotated[str | None, Parameter(header="Idempotency-Key", required=False)] = None,
     ) -> Response[Session]:
-        assert request.runtime.session_buckets is not None
         request.runtime.session_buckets.take(request.principal.tenant_id, "sessions")
 
         async def produce() -> tuple[int, bytes]:

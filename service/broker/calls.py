@@ -333,31 +333,41 @@ async def time_out_calls(conn: Conn, now: datetime, timeout_seconds: int) -> int
     return total
 
 
-class UnmatchedReport(msgspec.Struct, frozen=True):
-    """A stored report that matched no call, raw as the provider sent it."""
+class Report(msgspec.Struct, frozen=True):
+    """A stored provider report, raw as the provider sent it, with what it turned out to be."""
 
     id: int
     received_at: datetime
     bridge: str | None
+    outcome: str
+    call_id: str | None
     body: str
 
 
 class ReportPage(msgspec.Struct, frozen=True):
-    """A page of unmatched reports, newest first."""
+    """A page of reports, newest first."""
 
-    items: list[UnmatchedReport]
+    items: list[Report]
     next_cursor: str | None
 
 
-async def unmatched_reports(conn: Conn, tenant_id: int | None, cursor: str | None, limit: int) -> ReportPage:
-    """Reports that matched no call: a tenant's (bridge on its DIDs) or, for None, those on no known DID."""
+async def list_reports(conn: Conn, tenant_id: int | None, matched: bool, cursor: str | None, limit: int) -> ReportPage:
+    """Reports that matched a call (or, matched=False, matched none): a tenant's, or for None, on no known DID."""
     try:
         after = int(cursor) if cursor else None
     except ValueError:
         raise InvalidRequest("`cursor` is not one this service gave out.", field="cursor") from None
-    rows = await q.select_unmatched_reports(conn, tenant_id, after, limit + 1)
+    outcomes = ["matched", "duplicate"] if matched else ["unmatched", "unparseable"]
+    rows = await q.select_reports(conn, tenant_id, outcomes, after, limit + 1)
     items = [
-        UnmatchedReport(r["id"], r["received_at"], r["bridge"], bytes(r["body"]).decode("utf-8", "replace"))
+        Report(
+            id=r["id"],
+            received_at=r["received_at"],
+            bridge=r["bridge"],
+            outcome=r["outcome"],
+            call_id=str(r["call_id"]) if r["call_id"] else None,
+            body=bytes(r["body"]).decode("utf-8", "replace"),
+        )
         for r in rows[:limit]
     ]
     return ReportPage(items, str(rows[limit - 1]["id"]) if len(rows) > limit else None)

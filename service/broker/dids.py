@@ -102,7 +102,7 @@ async def add_dids(
                     numbers=taken[:100],
                 )
     if created:
-        await conn.execute("ANALYZE dids")
+        await q.analyze(conn)
     return created, len(rows) - created
 
 

@@ -243,19 +243,20 @@ async def time_out_calls(conn: Conn, before: datetime, limit: int) -> list[UUID]
     return [r["id"] for r in rows]
 
 
-async def select_unmatched_reports(
-    conn: Conn, tenant_id: int | None, after_id: int | None, limit: int
+async def select_reports(
+    conn: Conn, tenant_id: int | None, outcomes: list[str], after_id: int | None, limit: int
 ) -> list[asyncpg.Record]:
-    """Unmatched reports: a tenant's (bridge on its DIDs), or with tenant_id None those on no known DID."""
+    """Reports with these outcomes: a tenant's (bridge on its DIDs), or with tenant_id None those on no DID."""
     rows: list[asyncpg.Record] = await conn.fetch(
         """
-        SELECT id, received_at, body, bridge FROM provider_reports
-        WHERE outcome IN ('unmatched', 'unparseable')
+        SELECT id, received_at, body, bridge, outcome, call_id FROM provider_reports
+        WHERE outcome = ANY($2::text[])
           AND (tenant_id = $1 OR ($1::bigint IS NULL AND tenant_id IS NULL))
-          AND ($2::bigint IS NULL OR id < $2)
-        ORDER BY id DESC LIMIT $3
+          AND ($3::bigint IS NULL OR id < $3)
+        ORDER BY id DESC LIMIT $4
         """,
         tenant_id,
+        outcomes,
         after_id,
         limit,
     )

@@ -70,6 +70,11 @@ async def insert_dids(conn: Conn, tenant_id: int, numbers: list[str], pools: lis
     return created
 
 
+async def analyze(conn: Conn) -> None:
+    """Refresh the planner's statistics of the DID table after a bulk load."""
+    await conn.execute("ANALYZE dids")
+
+
 async def select_dids(
     conn: Conn, tenant_id: int, now: datetime, pool: str | None, status: str | None
 ) -> list[asyncpg.Record]:

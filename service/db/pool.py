@@ -24,6 +24,11 @@ class _Connection(asyncpg.Connection):
         return ""
 
 
+async def ping(pool: asyncpg.Pool) -> None:
+    """Raise unless the database answers."""
+    await pool.fetchval("SELECT 1")
+
+
 async def create_pool(dsn: str, size: int = 10, **kwargs: Any) -> asyncpg.Pool:
     """Open a pool of connections to dsn with the service's codecs."""
     pool: asyncpg.Pool = await asyncpg.create_pool(
