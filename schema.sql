@@ -1,26 +1,27 @@
--- The whole schema of the masking service: tables, constraints and indexes.
--- Applied idempotently (every statement IF NOT EXISTS) by `masking migrate` and every `masking serve`,
--- under an advisory lock so that concurrent starts are safe. Bump schema_version when it changes.
+-- The whole current schema of the masking service: tables, constraints and indexes, readable in one place.
+-- A new database starts from this file and is stamped with the latest migration's number; a database
+-- made by an older version gets the numbered files of service/db/migrations/ it lacks, in order.
+-- Change this file and add a migration in the same commit: tests/test_migrations.py proves they agree.
 
-CREATE TABLE IF NOT EXISTS schema_version (
+CREATE TABLE schema_version (
     version     integer PRIMARY KEY,
     applied_at  timestamptz NOT NULL DEFAULT now()
 );
 
 -- Secrets the service generates for itself once (the provider callback token).
-CREATE TABLE IF NOT EXISTS service_secrets (
+CREATE TABLE service_secrets (
     name   text PRIMARY KEY,
     value  text NOT NULL
 );
 
-CREATE TABLE IF NOT EXISTS tenants (
+CREATE TABLE tenants (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     name        text NOT NULL UNIQUE CHECK (length(name) BETWEEN 1 AND 128),
     created_at  timestamptz NOT NULL DEFAULT now()
 );
 
 -- API keys are stored only as SHA-256 hashes; `prefix` is the shown, non-secret start of the key.
-CREATE TABLE IF NOT EXISTS api_keys (
+CREATE TABLE api_keys (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     tenant_id   bigint NOT NULL REFERENCES tenants ON DELETE CASCADE,
     key_hash    bytea NOT NULL UNIQUE CHECK (length(key_hash) = 32),
@@ -30,10 +31,10 @@ CREATE TABLE IF NOT EXISTS api_keys (
     revoked_at  timestamptz
 );
 
-CREATE INDEX IF NOT EXISTS api_keys_prefix ON api_keys (prefix);
+CREATE INDEX api_keys_prefix ON api_keys (prefix);
 
 -- A DID belongs to one tenant. `slot` is a fixed random position used to sample candidates cheaply.
-CREATE TABLE IF NOT EXISTS dids (
+CREATE TABLE dids (
     number                text PRIMARY KEY CHECK (number ~ '^\+[1-9][0-9]{5,14}$'),
     tenant_id             bigint NOT NULL REFERENCES tenants ON DELETE CASCADE,
     pool                  text NOT NULL CHECK (length(pool) BETWEEN 1 AND 64),
@@ -43,10 +44,10 @@ CREATE TABLE IF NOT EXISTS dids (
     slot                  double precision NOT NULL DEFAULT random(),
     created_at            timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX IF NOT EXISTS dids_pick ON dids (tenant_id, pool, status, slot);
-CREATE INDEX IF NOT EXISTS dids_list ON dids (tenant_id, pool, number);
+CREATE INDEX dids_pick ON dids (tenant_id, pool, status, slot);
+CREATE INDEX dids_list ON dids (tenant_id, pool, number);
 
-CREATE TABLE IF NOT EXISTS sessions (
+CREATE TABLE sessions (
     id                uuid PRIMARY KEY,
     tenant_id         bigint NOT NULL REFERENCES tenants ON DELETE CASCADE,
     order_id          text NOT NULL CHECK (length(order_id) BETWEEN 1 AND 128),
@@ -71,21 +72,21 @@ CREATE TABLE IF NOT EXISTS sessions (
     CHECK ((status = 'active') = (closed_at IS NULL))
 );
 -- A retried create never makes a second active session for the same order and pair.
-CREATE UNIQUE INDEX IF NOT EXISTS sessions_one_active_per_order
+CREATE UNIQUE INDEX sessions_one_active_per_order
     ON sessions (tenant_id, order_id, customer, agent) WHERE status = 'active';
-CREATE INDEX IF NOT EXISTS sessions_newest ON sessions (tenant_id, created_at DESC, id DESC);
-CREATE INDEX IF NOT EXISTS sessions_by_order ON sessions (tenant_id, order_id);
-CREATE INDEX IF NOT EXISTS sessions_by_customer ON sessions (tenant_id, customer);
-CREATE INDEX IF NOT EXISTS sessions_due ON sessions (expires_at) WHERE status = 'active';
-CREATE INDEX IF NOT EXISTS sessions_on_did ON sessions (did) WHERE status = 'active';
-CREATE INDEX IF NOT EXISTS sessions_to_redact ON sessions (closed_at) WHERE redacted_at IS NULL AND status <> 'active';
+CREATE INDEX sessions_newest ON sessions (tenant_id, created_at DESC, id DESC);
+CREATE INDEX sessions_by_order ON sessions (tenant_id, order_id);
+CREATE INDEX sessions_by_customer ON sessions (tenant_id, customer);
+CREATE INDEX sessions_due ON sessions (expires_at) WHERE status = 'active';
+CREATE INDEX sessions_on_did ON sessions (did) WHERE status = 'active';
+CREATE INDEX sessions_to_redact ON sessions (closed_at) WHERE redacted_at IS NULL AND status <> 'active';
 
 -- "No crossed lines": one row per (phone number, DID) holding that number's latest session there.
 -- The primary key is the guarantee: a number cannot be bound to a DID twice at once, whatever its role,
 -- whatever process inserts. A row is active while ends_at is in the future; an ended row is taken over
 -- by the next session of that number on that DID, and meanwhile remembers the peer for cool-off and
 -- sticky re-use.
-CREATE TABLE IF NOT EXISTS bindings (
+CREATE TABLE bindings (
     number      text NOT NULL,
     did         text NOT NULL REFERENCES dids,
     peer        text NOT NULL,
@@ -94,11 +95,11 @@ CREATE TABLE IF NOT EXISTS bindings (
     PRIMARY KEY (number, did),
     CHECK (number <> peer)
 );
-CREATE INDEX IF NOT EXISTS bindings_load ON bindings (did, ends_at);
-CREATE INDEX IF NOT EXISTS bindings_session ON bindings (session_id);
+CREATE INDEX bindings_load ON bindings (did, ends_at);
+CREATE INDEX bindings_session ON bindings (session_id);
 
 -- Idempotency-Key: the first response to a keyed request, replayed for 24 hours.
-CREATE TABLE IF NOT EXISTS idempotency_keys (
+CREATE TABLE idempotency_keys (
     tenant_id     bigint NOT NULL REFERENCES tenants ON DELETE CASCADE,
     key           text NOT NULL CHECK (length(key) BETWEEN 1 AND 255),
     request_hash  bytea NOT NULL,
@@ -109,7 +110,7 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     CHECK ((status_code IS NULL) = (body IS NULL))
 );
 
-CREATE TABLE IF NOT EXISTS calls (
+CREATE TABLE calls (
     id                uuid PRIMARY KEY,
     tenant_id         bigint NOT NULL REFERENCES tenants ON DELETE CASCADE,
     session_id        uuid NOT NULL REFERENCES sessions ON DELETE CASCADE,
@@ -139,14 +140,14 @@ CREATE TABLE IF NOT EXISTS calls (
     CHECK (NOT in_flight OR status IN ('initiated', 'unknown'))
 );
 -- One call in flight per session, so a report always matches exactly one call.
-CREATE UNIQUE INDEX IF NOT EXISTS calls_one_in_flight ON calls (session_id) WHERE in_flight;
-CREATE INDEX IF NOT EXISTS calls_match ON calls (bridge, from_number, to_number) WHERE in_flight;
-CREATE INDEX IF NOT EXISTS calls_by_session ON calls (session_id, created_at);
-CREATE INDEX IF NOT EXISTS calls_overdue ON calls (created_at) WHERE in_flight;
-CREATE INDEX IF NOT EXISTS calls_by_tenant ON calls (tenant_id, created_at);
+CREATE UNIQUE INDEX calls_one_in_flight ON calls (session_id) WHERE in_flight;
+CREATE INDEX calls_match ON calls (bridge, from_number, to_number) WHERE in_flight;
+CREATE INDEX calls_by_session ON calls (session_id, created_at);
+CREATE INDEX calls_overdue ON calls (created_at) WHERE in_flight;
+CREATE INDEX calls_by_tenant ON calls (tenant_id, created_at);
 
 -- Every body the provider posts with a good token, stored before it is answered.
-CREATE TABLE IF NOT EXISTS provider_reports (
+CREATE TABLE provider_reports (
     id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     received_at  timestamptz NOT NULL DEFAULT now(),
     body         bytea NOT NULL,
@@ -156,11 +157,9 @@ CREATE TABLE IF NOT EXISTS provider_reports (
     tenant_id    bigint REFERENCES tenants ON DELETE SET NULL,
     call_id      uuid REFERENCES calls ON DELETE SET NULL
 );
-CREATE INDEX IF NOT EXISTS provider_reports_pending ON provider_reports (id) WHERE outcome = 'pending';
-CREATE INDEX IF NOT EXISTS provider_reports_unmatched ON provider_reports (tenant_id, id) WHERE outcome = 'unmatched';
+CREATE INDEX provider_reports_pending ON provider_reports (id) WHERE outcome = 'pending';
+CREATE INDEX provider_reports_unmatched ON provider_reports (tenant_id, id) WHERE outcome = 'unmatched';
 
 -- The masked form of a number kept after retention: +919876543210 becomes +91******3210.
 CREATE OR REPLACE FUNCTION mask_number(number text) RETURNS text LANGUAGE sql IMMUTABLE
     RETURN regexp_replace(number, '^(\+[0-9]{2})[0-9]*([0-9]{4})$', '\1******\2');
-
-INSERT INTO schema_version (version) VALUES (1) ON CONFLICT DO NOTHING;

@@ -1,0 +1,166 @@
+-- The whole schema of the masking service: tables, constraints and indexes.
+-- Applied idempotently (every statement IF NOT EXISTS) by `masking migrate` and every `masking serve`,
+-- under an advisory lock so that concurrent starts are safe. Bump schema_version when it changes.
+
+CREATE TABLE IF NOT EXISTS schema_version (
+    version     integer PRIMARY KEY,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- Secrets the service generates for itself once (the provider callback token).
+CREATE TABLE IF NOT EXISTS service_secrets (
+    name   text PRIMARY KEY,
+    value  text NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS tenants (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name        text NOT NULL UNIQUE CHECK (length(name) BETWEEN 1 AND 128),
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- API keys are stored only as SHA-256 hashes; `prefix` is the shown, non-secret start of the key.
+CREATE TABLE IF NOT EXISTS api_keys (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    tenant_id   bigint NOT NULL REFERENCES tenants ON DELETE CASCADE,
+    key_hash    bytea NOT NULL UNIQUE CHECK (length(key_hash) = 32),
+    prefix      text NOT NULL,
+    scopes      text[] NOT NULL CHECK (cardinality(scopes) > 0 AND scopes <@ ARRAY['sessions', 'ops']),
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    revoked_at  timestamptz
+);
+
+CREATE INDEX IF NOT EXISTS api_keys_prefix ON api_keys (prefix);
+
+-- A DID belongs to one tenant. `slot` is a fixed random position used to sample candidates cheaply.
+CREATE TABLE IF NOT EXISTS dids (
+    number                text PRIMARY KEY CHECK (number ~ '^\+[1-9][0-9]{5,14}$'),
+    tenant_id             bigint NOT NULL REFERENCES tenants ON DELETE CASCADE,
+    pool                  text NOT NULL CHECK (length(pool) BETWEEN 1 AND 64),
+    country               text NOT NULL,
+    status                text NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'draining', 'retired')),
+    max_concurrent_calls  integer CHECK (max_concurrent_calls > 0),
+    slot                  double precision NOT NULL DEFAULT random(),
+    created_at            timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS dids_pick ON dids (tenant_id, pool, status, slot);
+CREATE INDEX IF NOT EXISTS dids_list ON dids (tenant_id, pool, number);
+
+CREATE TABLE IF NOT EXISTS sessions (
+    id                uuid PRIMARY KEY,
+    tenant_id         bigint NOT NULL REFERENCES tenants ON DELETE CASCADE,
+    order_id          text NOT NULL CHECK (length(order_id) BETWEEN 1 AND 128),
+    customer          text NOT NULL,
+    agent             text NOT NULL,
+    did               text NOT NULL REFERENCES dids,
+    pool              text NOT NULL,
+    status            text NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'closed', 'expired')),
+    close_reason      text CHECK (close_reason IN ('ttl', 'closed_by_client', 'expired_by_ops', 'max_calls_reached')),
+    created_at        timestamptz NOT NULL,
+    expires_at        timestamptz NOT NULL,
+    closed_at         timestamptz,
+    record            boolean NOT NULL DEFAULT false,
+    max_call_minutes  integer CHECK (max_call_minutes BETWEEN 1 AND 240),
+    max_calls         integer CHECK (max_calls >= 1),
+    calls_made        integer NOT NULL DEFAULT 0 CHECK (calls_made >= 0),
+    metadata          jsonb NOT NULL DEFAULT '{}',
+    -- set when retention replaced the real numbers with masked ones
+    redacted_at       timestamptz,
+    CHECK (customer <> agent OR redacted_at IS NOT NULL),
+    CHECK ((status = 'active') = (close_reason IS NULL)),
+    CHECK ((status = 'active') = (closed_at IS NULL))
+);
+-- A retried create never makes a second active session for the same order and pair.
+CREATE UNIQUE INDEX IF NOT EXISTS sessions_one_active_per_order
+    ON sessions (tenant_id, order_id, customer, agent) WHERE status = 'active';
+CREATE INDEX IF NOT EXISTS sessions_newest ON sessions (tenant_id, created_at DESC, id DESC);
+CREATE INDEX IF NOT EXISTS sessions_by_order ON sessions (tenant_id, order_id);
+CREATE INDEX IF NOT EXISTS sessions_by_customer ON sessions (tenant_id, customer);
+CREATE INDEX IF NOT EXISTS sessions_due ON sessions (expires_at) WHERE status = 'active';
+CREATE INDEX IF NOT EXISTS sessions_on_did ON sessions (did) WHERE status = 'active';
+CREATE INDEX IF NOT EXISTS sessions_to_redact ON sessions (closed_at) WHERE redacted_at IS NULL AND status <> 'active';
+
+-- "No crossed lines": one row per (phone number, DID) holding that number's latest session there.
+-- The primary key is the guarantee: a number cannot be bound to a DID twice at once, whatever its role,
+-- whatever process inserts. A row is active while ends_at is in the future; an ended row is taken over
+-- by the next session of that number on that DID, and meanwhile remembers the peer for cool-off and
+-- sticky re-use.
+CREATE TABLE IF NOT EXISTS bindings (
+    number      text NOT NULL,
+    did         text NOT NULL REFERENCES dids,
+    peer        text NOT NULL,
+    session_id  uuid NOT NULL,  -- back-reference to the owning session (no FK: written in the same statement)
+    ends_at     timestamptz NOT NULL,
+    PRIMARY KEY (number, did),
+    CHECK (number <> peer)
+);
+CREATE INDEX IF NOT EXISTS bindings_load ON bindings (did, ends_at);
+CREATE INDEX IF NOT EXISTS bindings_session ON bindings (session_id);
+
+-- Idempotency-Key: the first response to a keyed request, replayed for 24 hours.
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    tenant_id     bigint NOT NULL REFERENCES tenants ON DELETE CASCADE,
+    key           text NOT NULL CHECK (length(key) BETWEEN 1 AND 255),
+    request_hash  bytea NOT NULL,
+    status_code   integer,
+    body          bytea,
+    created_at    timestamptz NOT NULL,
+    PRIMARY KEY (tenant_id, key),
+    CHECK ((status_code IS NULL) = (body IS NULL))
+);
+
+CREATE TABLE IF NOT EXISTS calls (
+    id                uuid PRIMARY KEY,
+    tenant_id         bigint NOT NULL REFERENCES tenants ON DELETE CASCADE,
+    session_id        uuid NOT NULL REFERENCES sessions ON DELETE CASCADE,
+    first             text NOT NULL CHECK (first IN ('agent', 'customer')),
+    from_number       text NOT NULL,
+    to_number         text NOT NULL,
+    bridge            text NOT NULL,
+    flow              text,
+    status            text NOT NULL DEFAULT 'initiated'
+                      CHECK (status IN ('initiated', 'completed', 'missed', 'failed', 'unknown')),
+    -- true until a report arrives, the provider refuses, or the report timeout passes
+    in_flight         boolean NOT NULL DEFAULT true,
+    record            boolean NOT NULL DEFAULT false,
+    max_call_minutes  integer CHECK (max_call_minutes BETWEEN 1 AND 240),
+    created_at        timestamptz NOT NULL,
+    started_at        timestamptz,
+    ended_at          timestamptz,
+    duration_seconds  integer,
+    billing_seconds   integer,
+    recording_url     text,
+    hangup_by         text,
+    provider_status   text,
+    provider_status1  text,
+    provider_status2  text,
+    provider_message  text,
+    report_id         bigint,
+    CHECK (NOT in_flight OR status IN ('initiated', 'unknown'))
+);
+-- One call in flight per session, so a report always matches exactly one call.
+CREATE UNIQUE INDEX IF NOT EXISTS calls_one_in_flight ON calls (session_id) WHERE in_flight;
+CREATE INDEX IF NOT EXISTS calls_match ON calls (bridge, from_number, to_number) WHERE in_flight;
+CREATE INDEX IF NOT EXISTS calls_by_session ON calls (session_id, created_at);
+CREATE INDEX IF NOT EXISTS calls_overdue ON calls (created_at) WHERE in_flight;
+CREATE INDEX IF NOT EXISTS calls_by_tenant ON calls (tenant_id, created_at);
+
+-- Every body the provider posts with a good token, stored before it is answered.
+CREATE TABLE IF NOT EXISTS provider_reports (
+    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    received_at  timestamptz NOT NULL DEFAULT now(),
+    body         bytea NOT NULL,
+    outcome      text NOT NULL DEFAULT 'pending'
+                 CHECK (outcome IN ('pending', 'matched', 'unmatched', 'duplicate', 'unparseable')),
+    bridge       text,
+    tenant_id    bigint REFERENCES tenants ON DELETE SET NULL,
+    call_id      uuid REFERENCES calls ON DELETE SET NULL
+);
+CREATE INDEX IF NOT EXISTS provider_reports_pending ON provider_reports (id) WHERE outcome = 'pending';
+CREATE INDEX IF NOT EXISTS provider_reports_unmatched ON provider_reports (tenant_id, id) WHERE outcome = 'unmatched';
+
+-- The masked form of a number kept after retention: +919876543210 becomes +91******3210.
+CREATE OR REPLACE FUNCTION mask_number(number text) RETURNS text LANGUAGE sql IMMUTABLE
+    RETURN regexp_replace(number, '^(\+[0-9]{2})[0-9]*([0-9]{4})$', '\1******\2');
+
+INSERT INTO schema_version (version) VALUES (1) ON CONFLICT DO NOTHING;
