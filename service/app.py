@@ -10,7 +10,6 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import asyncpg
 import httpx
@@ -26,21 +25,15 @@ from service.api.calls import CallController, ReportController
 from service.api.deps import MaskingRequest, Runtime, provide_conn, require_key
 from service.api.dids import DidController
 from service.api.ops import MetricsController, StatsController, healthz, readyz
+from service.api.problems import internal_error_handler, problem_details_plugin, problem_response
 from service.api.provider import ProviderController
 from service.api.sessions import SessionController
-from service.broker.calls import rematch_pending, time_out_calls
+from service.broker.errors import DatabaseUnavailable, InvalidRequest
 from service.broker.limits import CallLimits, TokenBuckets
-from service.broker.retention import redact_old_sessions
-from service.broker.sessions import Rules, sweep_expired
-from service.broker.tenants import callback_token
+from service.broker.sessions import Rules
+from service.broker.sweeps import sweep_once
+from service.broker.tenants import KeyCache, callback_token
 from service.db.pool import create_pool
-from service.errors import (
-    DatabaseUnavailable,
-    InvalidRequest,
-    internal_error_handler,
-    problem_details_plugin,
-    problem_response,
-)
 from service.provider.simulator import Simulator, simulator_app
 from service.provider.thundersms import ThunderSMS
 from service.settings import Settings
@@ -104,23 +97,11 @@ def request_context(app: ASGIApp) -> ASGIApp:
     return middleware
 
 
-async def sweep_once(runtime: Runtime) -> None:
-    """One round of background tidying; every step is safe with many processes doing it at once."""
-    settings = runtime.settings
-    async with runtime.db.acquire() as conn:
-        await sweep_expired(conn, runtime.clock())
-        await time_out_calls(conn, runtime.clock(), settings.call_report_timeout_seconds)
-        await rematch_pending(
-            conn, ZoneInfo(settings.provider_timezone), runtime.clock(), settings.call_report_timeout_seconds
-        )
-        if settings.retention_days:
-            await redact_old_sessions(conn, runtime.clock(), settings.retention_days)
-
-
 async def _sweep_forever(runtime: Runtime, interval: float) -> None:
     while True:
         try:
-            await sweep_once(runtime)
+            async with runtime.db.acquire() as conn:
+                await sweep_once(conn, runtime.settings, runtime.clock())
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -141,36 +122,37 @@ def create_app(
 
     With a simulator, its routes are mounted at /_simulator and its reports come back to this app.
     """
-    runtime = Runtime(
-        settings=settings,
-        clock=clock,
-        rules=Rules(default_ttl_seconds=settings.default_ttl_seconds, cooloff_seconds=settings.cooloff_seconds),
-        call_limits=CallLimits(
-            per_tenant_per_minute=settings.calls_per_minute,
-            per_session=settings.session_calls_per_window,
-            session_window_seconds=settings.session_call_window_seconds,
-        ),
-        session_buckets=TokenBuckets(settings.sessions_per_minute),
-    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        runtime.pool = await create_pool(dsn, settings.db_pool_size)
-        runtime.http = httpx.AsyncClient(timeout=settings.provider_timeout_seconds)
-        runtime.callback_token = await callback_token(runtime.pool, settings.callback_token)
+        db = await create_pool(dsn, settings.db_pool_size)
+        http = httpx.AsyncClient(timeout=settings.provider_timeout_seconds)
+        token = await callback_token(db, settings.callback_token)
         provider_url, provider_token = settings.thundersms_url, settings.thundersms_token or ""
         if simulator is not None:
             here = f"http://{_reachable(settings.host)}:{settings.port}"
             provider_url, provider_token = here + "/_simulator/api/v2/", "simulator"
-            simulator.callback_url = f"{here}/v1/provider/thundersms/callback/{runtime.callback_token}"
-            simulator.http = runtime.http
-        runtime.thundersms = ThunderSMS(
-            runtime.http,
-            provider_url,
-            provider_token,
-            settings.thundersms_webhook_id,
-            settings.provider_timeout_seconds,
+            simulator.callback_url = f"{here}/v1/provider/thundersms/callback/{token}"
+            simulator.http = http
+        runtime = Runtime(
+            settings=settings,
+            clock=clock,
+            rules=Rules(default_ttl_seconds=settings.default_ttl_seconds, cooloff_seconds=settings.cooloff_seconds),
+            db=db,
+            http=http,
+            provider=ThunderSMS(
+                http, provider_url, provider_token, settings.thundersms_webhook_id, settings.provider_timeout_seconds
+            ),
+            callback_token=token,
+            keys=KeyCache(),
+            call_limits=CallLimits(
+                per_tenant_per_minute=settings.calls_per_minute,
+                per_session=settings.session_calls_per_window,
+                session_window_seconds=settings.session_call_window_seconds,
+            ),
+            session_buckets=TokenBuckets(settings.sessions_per_minute),
         )
+        app.state.runtime = runtime
         interval = sweep_interval or settings.sweep_interval_seconds
         tasks = [asyncio.create_task(_sweep_forever(runtime, interval))] if background else []
         try:
@@ -181,8 +163,8 @@ def create_app(
             await asyncio.gather(*tasks, return_exceptions=True)
             if simulator is not None:
                 await simulator.close()
-            await runtime.http.aclose()
-            await runtime.pool.close()
+            await http.aclose()
+            await db.close()
 
     v1 = Router(
         path="/",
@@ -215,7 +197,6 @@ def create_app(
         ),
         logging_config=None,
     )
-    app.state.runtime = runtime
     return app
 
 

@@ -19,6 +19,7 @@ import msgspec
 import structlog
 
 from service.db import Conn
+from service.db.schema import SchemaTooNew
 from service.settings import Settings, SettingsError, load_settings
 
 T = TypeVar("T")
@@ -74,12 +75,16 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         pool = await create_pool(dsn, 1)
         try:
             async with pool.acquire() as conn:
-                return await migrate(conn)
+                return (await migrate(conn)).schema_version
         finally:
             await pool.close()
 
     with database(settings) as dsn:
-        version = asyncio.run(prepare(dsn))
+        try:
+            version = asyncio.run(prepare(dsn))
+        except SchemaTooNew as exc:
+            print(f"masking: {exc}", file=sys.stderr)
+            return 1
         log.info(
             "serving",
             url=f"http://{settings.host}:{settings.port}",
@@ -124,8 +129,12 @@ def _exit_quietly(signum: int, frame: object) -> None:
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     from service.db.schema import migrate
 
-    version = run_with_db(settings, migrate)
-    print(json.dumps({"schema_version": version, "database": describe_database(settings)}))
+    try:
+        done = run_with_db(settings, lambda conn: migrate(conn))
+    except SchemaTooNew as exc:
+        print(f"masking: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps({**msgspec.to_builtins(done), "database": describe_database(settings)}))
     return 0
 
 
@@ -155,7 +164,7 @@ def cmd_dids_import(settings: Settings, args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
     from service.broker.dids import NewDid, add_dids, validate_entries
-    from service.errors import DomainError
+    from service.broker.errors import DomainError
 
     entries: list[NewDid] = []
     lines: list[int] = []
@@ -206,7 +215,7 @@ def cmd_sessions_expire(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_reports(settings: Settings, args: argparse.Namespace) -> int:
-    from service.broker.calls import list_reports
+    from service.broker.reports import list_reports
 
     if not args.unmatched:
         print("masking: only `masking reports --unmatched` is available", file=sys.stderr)
@@ -245,7 +254,9 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sub.add_parser("serve", help="apply the schema and run the HTTP service").set_defaults(run=cmd_serve)
-    sub.add_parser("migrate", help="apply schema.sql (idempotent)").set_defaults(run=cmd_migrate)
+    sub.add_parser("migrate", help="bring the database to this version's schema (says what it applied)").set_defaults(
+        run=cmd_migrate
+    )
 
     tenant = sub.add_parser("tenant", help="tenants and API keys").add_subparsers(dest="action", required=True)
     create = tenant.add_parser("create", help="create a tenant (if needed) and a new API key")

@@ -27,10 +27,11 @@ import asyncpg
 
 from service.broker.tenants import create_key
 from service.db import calls as calls_sql
+from service.db import reports as reports_sql
 from service.db import sessions as sessions_sql
 from service.db.schema import migrate
 from service.embedded import EmbeddedPostgres
-from tests.conftest import dsn_for
+from tests.helpers import dsn_for
 from tests.processes import free_port, masking_env
 
 CALLBACK_TOKEN = "bench-callback-token-0123456789"
@@ -144,8 +145,31 @@ def run_wrk(url: str, script: str, plan: Plan, workdir: Path) -> tuple[float, fl
 # --- the limit: pgbench with the service's own statements --------------------------------------------
 
 
-def as_pgbench(sql: str, params: dict[int, str]) -> str:
+ALLOCATE_ORDER = [
+    "tenant_id",
+    "pool",
+    "customer",
+    "agent",
+    "country",
+    "now",
+    "cooloff",
+    "tried",
+    "slot",
+    "sample",
+    "session_id",
+    "order_id",
+    "expires_at",
+    "record",
+    "max_call_minutes",
+    "max_calls",
+    "metadata",
+]
+
+
+def as_pgbench(sql: str, params: dict[int, str], names: list[str] | None = None) -> str:
     """The service's statement with its $n parameters replaced by pgbench expressions."""
+    if names is not None:  # a named statement: params are numbered in ALLOCATE_ORDER
+        params = {names.index(name) + 1: params[i + 1] for i, name in enumerate(ALLOCATE_ORDER)}
     text = re.sub(r"--[^\n]*", "", sql)
     text = re.sub(r"\$(\d+)", lambda m: params[int(m.group(1))], text)
     return " ".join(text.split()) + ";"
@@ -156,8 +180,9 @@ def create_script(tenant_id: int, pool: str) -> str:
     customer, agent = "('+9198' || lpad(:c::text, 8, '0'))", "('+9187' || lpad(:a::text, 8, '0'))"
     common = {1: str(tenant_id), 2: f"'{pool}'", 3: customer, 4: agent}
     repeat = as_pgbench(sessions_sql.FIND_REPEAT, {**common, 2: "('b' || :o)", 5: "now()"})
+    names = sessions_sql.ALLOCATE.names
     allocate = as_pgbench(
-        sessions_sql.ALLOCATE,
+        sessions_sql.ALLOCATE.sql,
         {
             **common,
             5: "'IN'",
@@ -174,6 +199,7 @@ def create_script(tenant_id: int, pool: str) -> str:
             16: "NULL",
             17: "'{}'::jsonb",
         },
+        names,
     )
     return "\n".join(
         [
@@ -194,7 +220,7 @@ def report_script() -> str:
     bridge = "('+9180682' || lpad(:d::text, 5, '0'))"
     route = {1: bridge, 2: "('+9187' || lpad(:f::text, 8, '0'))", 3: "('+9198' || lpad(:t::text, 8, '0'))"}
     body = 'convert_to(\'{"bridge": 918068200001, "from": 918700000000, "to": 919800000000}\', \'UTF8\')'
-    store = as_pgbench(calls_sql.INSERT_REPORT, {1: body, 2: "now()"}).rstrip(";") + " \\gset"
+    store = as_pgbench(reports_sql.INSERT_REPORT, {1: body, 2: "now()"}).rstrip(";") + " \\gset"
     return "\n".join(
         [
             r"\set d random(0, 49)",
@@ -202,10 +228,10 @@ def report_script() -> str:
             r"\set t random(0, 99999999)",
             store,
             "BEGIN;",
-            as_pgbench(calls_sql.LOCK_REPORT, {1: ":id"}),
+            as_pgbench(reports_sql.LOCK_REPORT, {1: ":id"}),
             as_pgbench(calls_sql.FIND_CALL_BY_ROUTE, route),
             as_pgbench(calls_sql.FINISHED_CALL_EXISTS, {**route, 4: "(now() - interval '1 day')"}),
-            as_pgbench(calls_sql.SETTLE_REPORT, {1: ":id", 2: "'unmatched'", 3: bridge, 4: "NULL", 5: "NULL"}),
+            as_pgbench(reports_sql.SETTLE_REPORT, {1: ":id", 2: "'unmatched'", 3: bridge, 4: "NULL", 5: "NULL"}),
             "COMMIT;",
         ]
     )

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime, timedelta
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -21,14 +18,9 @@ from service.broker.tenants import create_key
 from service.db.schema import migrate
 from service.embedded import EmbeddedPostgres
 from service.settings import Settings
+from tests.helpers import FakeClock, Keys, dsn_for, make_settings
 
 TEMPLATE = "masking_template"
-
-
-def dsn_for(base: str, dbname: str) -> str:
-    """The same server's DSN for another database."""
-    parts = urlsplit(base)
-    return urlunsplit(parts._replace(path="/" + dbname))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -98,29 +90,9 @@ async def db(dsn: str) -> AsyncIterator[asyncpg.Connection]:
         await conn.close()
 
 
-class FakeClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC).replace(microsecond=0)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
-
-
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
-
-
-def make_settings(dsn: str, **overrides: object) -> Settings:
-    """Settings for a test, pointing at its database."""
-    values: dict[str, object] = {"database_url": dsn, "log_format": "json", "cooloff_seconds": 3600}
-    values.update(overrides)
-    return Settings(**values)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -140,25 +112,6 @@ async def client(settings: Settings, dsn: str, clock: FakeClock) -> AsyncIterato
             yield http
 
 
-class Keys:
-    """API keys of two tenants, A and B, each with a sessions and an ops key."""
-
-    def __init__(self, a_sessions: str, a_ops: str, b_sessions: str, b_ops: str) -> None:
-        self.a_sessions, self.a_ops, self.b_sessions, self.b_ops = a_sessions, a_ops, b_sessions, b_ops
-
-    @staticmethod
-    def auth(key: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {key}"}
-
-    @property
-    def a(self) -> dict[str, str]:
-        return self.auth(self.a_ops)
-
-    @property
-    def b(self) -> dict[str, str]:
-        return self.auth(self.b_ops)
-
-
 @pytest.fixture
 async def keys(db: asyncpg.Connection) -> Keys:
     made = [
@@ -167,36 +120,3 @@ async def keys(db: asyncpg.Connection) -> Keys:
         for scope in ("sessions", "ops")
     ]
     return Keys(*(k.api_key for k in made))
-
-
-async def add_dids(
-    client: httpx.AsyncClient, headers: dict[str, str], numbers: list[str], pool: str = "default"
-) -> None:
-    """Add DIDs to a pool through the API."""
-    response = await client.post(
-        "/v1/dids/bulk", json={"dids": [{"number": n, "pool": pool} for n in numbers]}, headers=headers
-    )
-    assert response.status_code == 200, response.text
-
-
-def did_numbers(count: int, start: int = 0, prefix: str = "+9180682") -> list[str]:
-    """Valid Indian landline-style DIDs."""
-    return [f"{prefix}{start + i:05d}" for i in range(count)]
-
-
-def mobile_numbers(count: int, start: int = 0, prefix: str = "+91987") -> list[str]:
-    """Valid Indian mobile numbers."""
-    return [f"{prefix}{start + i:07d}" for i in range(count)]
-
-
-async def wait_for(predicate, within: float = 10.0, interval: float = 0.02):  # type: ignore[no-untyped-def]
-    """Poll an async predicate until it returns something truthy, or fail after timeout."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        result = await predicate()
-        if result:
-            return result
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {within}s")
-        await asyncio.sleep(interval)

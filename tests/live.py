@@ -13,7 +13,7 @@ import uvicorn
 
 from service.app import create_app, request_context
 from service.provider.simulator import Simulator, simulator_app
-from tests.conftest import make_settings
+from tests.helpers import make_settings
 from tests.processes import free_port
 
 CALLBACK_TOKEN = "cb-token-0123456789abcdef"

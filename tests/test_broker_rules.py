@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 from service.app import create_app, request_context
-from service.broker.sessions import sweep_expired
+from service.broker.sweeps import sweep_expired
 from service.broker.tenants import create_key
 from service.db.pool import _init_connection
-from tests.conftest import FakeClock, make_settings
+from tests.helpers import FakeClock, make_settings
 
 T = TypeVar("T")
 COOLOFF = 300

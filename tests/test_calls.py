@@ -9,9 +9,9 @@ from typing import Any
 import asyncpg
 import pytest
 
-from service.broker.calls import time_out_calls
+from service.broker.sweeps import time_out_calls
 from service.provider.simulator import Fault
-from tests.conftest import Keys, did_numbers, wait_for
+from tests.helpers import Keys, call_status, did_numbers, wait_for
 from tests.live import CALLBACK_TOKEN, Live, live_service
 from tests.processes import free_port, masking_env, run_cli
 
@@ -50,15 +50,6 @@ async def open_session(live: Live, keys: Keys, **extra: Any) -> dict[str, Any]:
     r = await live.http.post("/v1/sessions", json=body, headers=keys.a)
     assert r.status_code == 201, r.text
     return r.json()
-
-
-async def call_status(live: Live, keys: Keys, call_id: str, want: str) -> dict[str, Any]:
-    async def reached() -> dict[str, Any] | None:
-        call = (await live.http.get(f"/v1/calls/{call_id}", headers=keys.a)).json()
-        return call if call["status"] == want else None
-
-    result: dict[str, Any] = await wait_for(reached)
-    return result
 
 
 async def test_the_provider_receives_its_documented_request_and_the_report_completes_the_call(

@@ -9,18 +9,8 @@ from pathlib import Path
 import asyncpg
 import httpx
 
-from tests.conftest import Keys, add_dids, did_numbers, mobile_numbers
+from tests.helpers import CROSSED_LINES, CUSTOMER, Keys, add_dids, did_numbers, mobile_numbers, session_body
 from tests.processes import ServeProcess, masking_env, run_cli
-from tests.test_sessions import CUSTOMER, session_body
-
-CROSSED_LINES = """
-    SELECT count(*) FROM (
-        SELECT did, number FROM (
-            SELECT did, customer AS number FROM sessions WHERE status = 'active' AND expires_at > now()
-            UNION ALL
-            SELECT did, agent FROM sessions WHERE status = 'active' AND expires_at > now()) x
-        GROUP BY did, number HAVING count(*) > 1) y
-"""
 
 
 def storm_bodies(n: int) -> list[dict]:

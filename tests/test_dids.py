@@ -5,9 +5,8 @@ from pathlib import Path
 import asyncpg
 import httpx
 
-from tests.conftest import Keys, add_dids, did_numbers
+from tests.helpers import Keys, add_dids, assert_problem, did_numbers
 from tests.processes import masking_env, run_cli
-from tests.test_http_errors import assert_problem
 
 
 async def test_adding_a_did_is_201_then_200_unchanged_and_taken_for_another_tenant(

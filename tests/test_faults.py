@@ -14,9 +14,8 @@ import httpx
 import pytest
 
 from service.embedded import EmbeddedPostgres
-from tests.conftest import dsn_for, wait_for
+from tests.helpers import CROSSED_LINES, dsn_for, wait_for
 from tests.processes import ServeProcess, masking_env, run_cli
-from tests.test_concurrency import CROSSED_LINES
 
 OUTAGE_SECONDS = float(os.environ.get("MASKING_TEST_OUTAGE_SECONDS", "20"))
 TOKEN = "faults-callback-token-0123456789"

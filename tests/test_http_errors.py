@@ -4,16 +4,7 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.conftest import Keys
-
-
-def assert_problem(response: httpx.Response, status: int, code: str) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body = response.json()
-    assert body["status"] == status and body["code"] == code
-    assert body["title"] and body["detail"] and body["type"].endswith(code)
-    return body
+from tests.helpers import Keys, assert_problem
 
 
 async def test_a_missing_key_is_401(client: httpx.AsyncClient, keys: Keys) -> None:
@@ -102,7 +93,7 @@ async def test_health_and_openapi_answer(client: httpx.AsyncClient) -> None:
 
 async def test_error_bodies_never_echo_a_partys_number(client: httpx.AsyncClient, keys: Keys) -> None:
     """Refusals about a session name fields and rules, never the customer's or agent's number."""
-    from tests.conftest import add_dids, did_numbers
+    from tests.helpers import add_dids, did_numbers
 
     await add_dids(client, keys.a, did_numbers(1))
     customer, agent = "+919876543210", "+918765432109"

@@ -5,10 +5,9 @@ from typing import Any
 
 import asyncpg
 
-from service.broker.retention import redact_old_sessions
-from tests.conftest import Keys, did_numbers, mobile_numbers
+from service.broker.sweeps import redact_old_sessions
+from tests.helpers import Keys, call_status, did_numbers, mobile_numbers
 from tests.live import live_service
-from tests.test_calls import call_status
 
 
 async def _sessions(live: Any, keys: Keys, count: int) -> list[dict[str, Any]]:

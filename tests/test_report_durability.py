@@ -7,7 +7,7 @@ import signal
 import asyncpg
 import httpx
 
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 from tests.processes import ServeProcess, masking_env
 
 TOKEN = "durability-token-0123456789"

@@ -9,9 +9,8 @@ from collections import Counter
 import asyncpg
 import httpx
 
-from tests.conftest import did_numbers, mobile_numbers, wait_for
+from tests.helpers import CROSSED_LINES, did_numbers, mobile_numbers, wait_for
 from tests.processes import ServeProcess, masking_env, run_cli
-from tests.test_concurrency import CROSSED_LINES
 
 
 def swept(metrics_text: str, job: str) -> float:

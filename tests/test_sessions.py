@@ -4,14 +4,17 @@ import asyncpg
 import httpx
 
 from service.app import create_app
-from tests.conftest import FakeClock, Keys, add_dids, did_numbers, mobile_numbers
-from tests.test_http_errors import assert_problem
-
-CUSTOMER, AGENT = "+919876543210", "+918765432109"
-
-
-def session_body(order: str = "ORD-1", customer: str = CUSTOMER, agent: str = AGENT, **extra: object) -> dict:
-    return {"order_id": order, "customer": customer, "agent": agent, **extra}
+from tests.helpers import (
+    AGENT,
+    CUSTOMER,
+    FakeClock,
+    Keys,
+    add_dids,
+    assert_problem,
+    did_numbers,
+    mobile_numbers,
+    session_body,
+)
 
 
 async def create(client: httpx.AsyncClient, keys: Keys, **body: object) -> httpx.Response:
@@ -138,7 +141,7 @@ async def test_ttl_change_and_expiry_without_the_sweeper(
         "session_not_active",
     )
     assert await db.fetchval("SELECT status FROM sessions WHERE id = $1::uuid", s["id"]) == "active"
-    from service.broker.sessions import sweep_expired
+    from service.broker.sweeps import sweep_expired
 
     assert await sweep_expired(db, clock()) == 1
     assert (
@@ -233,7 +236,7 @@ async def test_the_background_sweeper_expires_sessions(settings, dsn: str, keys:
     """With background work on, a session past its TTL is marked expired without anyone asking."""
     from asgi_lifespan import LifespanManager
 
-    from tests.conftest import wait_for
+    from tests.helpers import wait_for
 
     clock = FakeClock()
     app = create_app(settings, dsn=dsn, clock=clock, sweep_interval=0.05)

@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Annotated
 
 import msgspec
-from asyncpg.pool import PoolConnectionProxy
 from litestar import Controller, get, post
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
-from service.api.deps import MaskingRequest
+from service.api.deps import Db, MaskingRequest
+from service.api.problems import API_RESPONSES, problem_responses
 from service.broker import calls as broker
-from service.broker.models import Call
-from service.errors import API_RESPONSES, problem_responses
+from service.broker import reports
+from service.models import Call
 
 
 class CallList(msgspec.Struct, frozen=True):
@@ -33,7 +33,9 @@ class CallController(Controller):
         summary="Call: ring `first`, then bridge the other party through the session's DID",
         responses={**API_RESPONSES, **problem_responses(502, 504)},
     )
-    async def start(self, request: MaskingRequest, session_id: str, data: broker.StartCall | None = None) -> Call:
+    async def start(
+        self, request: MaskingRequest, session_id: FromPath[str], data: JSONBody[broker.StartCall | None] = None
+    ) -> Call:
         runtime = request.runtime
         return await broker.place_call(
             runtime.db,
@@ -49,13 +51,13 @@ class CallController(Controller):
     async def of_session(
         self,
         request: MaskingRequest,
-        session_id: str,
-        conn: PoolConnectionProxy,
+        session_id: FromPath[str],
+        conn: Db,
     ) -> CallList:
-        return CallList(await broker.list_calls(conn, request.principal.tenant_id, session_id, request.runtime.clock()))
+        return CallList(await broker.list_calls(conn, request.principal.tenant_id, session_id))
 
     @get("/calls/{call_id:str}", summary="One call", responses=API_RESPONSES)
-    async def read(self, request: MaskingRequest, call_id: str, conn: PoolConnectionProxy) -> Call:
+    async def read(self, request: MaskingRequest, call_id: FromPath[str], conn: Db) -> Call:
         return await broker.get_call(conn, request.principal.tenant_id, call_id)
 
 
@@ -70,9 +72,9 @@ class ReportController(Controller):
     async def list(
         self,
         request: MaskingRequest,
-        conn: PoolConnectionProxy,
-        matched: bool = False,
-        limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
-        cursor: str | None = None,
-    ) -> broker.ReportPage:
-        return await broker.list_reports(conn, request.principal.tenant_id, matched, cursor, limit)
+        conn: Db,
+        matched: FromQuery[bool] = False,
+        limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
+        cursor: FromQuery[str | None] = None,
+    ) -> reports.ReportPage:
+        return await reports.list_reports(conn, request.principal.tenant_id, matched, cursor, limit)

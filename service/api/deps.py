@@ -13,41 +13,34 @@ from asyncpg.pool import PoolConnectionProxy
 from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
+from litestar.di import NamedDependency
 from litestar.handlers.base import BaseRouteHandler
 
+from service.broker.calls import Dialler
+from service.broker.errors import Forbidden, Unauthorized
 from service.broker.limits import CallLimits, TokenBuckets
 from service.broker.sessions import Rules
 from service.broker.tenants import KeyCache, Principal
-from service.errors import Forbidden, Unauthorized
-from service.provider.thundersms import ThunderSMS
 from service.settings import Settings
 
 
-class Runtime(msgspec.Struct, kw_only=True):
-    """The per-app resources opened by the lifespan, reached by handlers through dependencies."""
+class Runtime(msgspec.Struct, kw_only=True, frozen=True):
+    """The services the lifespan builds once (pool, HTTP client, provider) and every handler shares."""
 
     settings: Settings
     clock: Callable[[], datetime]
     rules: Rules
-    pool: asyncpg.Pool | None = None
-    http: httpx.AsyncClient | None = None
-    thundersms: ThunderSMS | None = None
-    callback_token: str = ""
-    keys: KeyCache = msgspec.field(default_factory=KeyCache)
+    db: asyncpg.Pool
+    http: httpx.AsyncClient
+    provider: Dialler
+    callback_token: str
+    keys: KeyCache
     call_limits: CallLimits
     session_buckets: TokenBuckets
 
-    @property
-    def db(self) -> asyncpg.Pool:
-        """The connection pool (open while the app runs)."""
-        assert self.pool is not None, "the app's lifespan has not opened the pool"
-        return self.pool
 
-    @property
-    def provider(self) -> ThunderSMS:
-        """The provider client (open while the app runs)."""
-        assert self.thundersms is not None, "the app's lifespan has not opened the provider client"
-        return self.thundersms
+# A pooled connection for the request, injected by name (the `conn` dependency of create_app).
+Db = NamedDependency[PoolConnectionProxy]
 
 
 class MaskingRequest(Request[Any, Any, Any]):

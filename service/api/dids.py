@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Annotated
 
 import msgspec
-from asyncpg.pool import PoolConnectionProxy
 from litestar import Controller, Response, get, patch, post
+from litestar.params import FromPath, FromQuery, JSONBody
 
-from service.api.deps import MaskingRequest
+from service.api.deps import Db, MaskingRequest
+from service.api.problems import API_RESPONSES
 from service.broker import dids as broker
-from service.broker.models import Did, DidStatus
 from service.broker.sessions import Pool
-from service.errors import API_RESPONSES
+from service.models import Did, DidStatus
 
 BULK_MAX_BODY = 1024 * 1024
 
@@ -74,8 +74,8 @@ class DidController(Controller):
     async def add(
         self,
         request: MaskingRequest,
-        data: AddDid,
-        conn: PoolConnectionProxy,
+        data: JSONBody[AddDid],
+        conn: Db,
     ) -> Response[Did]:
         did, created = await broker.add_did(
             conn,
@@ -94,7 +94,7 @@ class DidController(Controller):
         summary="Add up to 10,000 DIDs",
         responses=API_RESPONSES,
     )
-    async def bulk(self, request: MaskingRequest, data: AddDids, conn: PoolConnectionProxy) -> BulkResult:
+    async def bulk(self, request: MaskingRequest, data: JSONBody[AddDids], conn: Db) -> BulkResult:
         entries = [broker.NewDid(d.number, d.pool) for d in data.dids]
         created, existing = await broker.add_dids(conn, request.principal.tenant_id, entries)
         return BulkResult(created=created, existing=existing)
@@ -103,9 +103,9 @@ class DidController(Controller):
     async def list(
         self,
         request: MaskingRequest,
-        conn: PoolConnectionProxy,
-        pool: str | None = None,
-        status: DidStatus | None = None,
+        conn: Db,
+        pool: FromQuery[str | None] = None,
+        status: FromQuery[DidStatus | None] = None,
     ) -> DidList:
         return DidList(await broker.list_dids(conn, request.principal.tenant_id, request.runtime.clock(), pool, status))
 
@@ -117,9 +117,9 @@ class DidController(Controller):
     async def change(
         self,
         request: MaskingRequest,
-        number: str,
-        data: ChangeDid,
-        conn: PoolConnectionProxy,
+        number: FromPath[str],
+        data: JSONBody[ChangeDid],
+        conn: Db,
     ) -> Did:
         return await broker.change_did(
             conn, request.principal.tenant_id, number, data.status, data.pool, request.runtime.clock()

@@ -11,9 +11,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from service import metrics
 from service.api.deps import MaskingRequest
+from service.api.problems import API_RESPONSES
 from service.broker.sessions import PoolStats, pool_stats
 from service.db.pool import ping
-from service.errors import API_RESPONSES
 
 
 class Health(msgspec.Struct, frozen=True):

@@ -7,12 +7,13 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 import structlog
-from asyncpg.pool import PoolConnectionProxy
 from litestar import Controller, get, post
+from litestar.params import FromPath, FromQuery
 
-from service.api.deps import MaskingRequest
-from service.broker import calls as broker
-from service.errors import PUBLIC_RESPONSES, NotFound
+from service.api.deps import Db, MaskingRequest
+from service.api.problems import PUBLIC_RESPONSES
+from service.broker import reports, routing
+from service.broker.errors import NotFound
 
 log = structlog.get_logger("service.provider_api")
 
@@ -43,15 +44,15 @@ class ProviderController(Controller):
     )
     async def callback(
         self,
-        token: str,
+        token: FromPath[str],
         request: MaskingRequest,
-        conn: PoolConnectionProxy,
+        conn: Db,
     ) -> Received:
         _check(token, request)
         body = await request.body()
-        report_id = await broker.store_report(conn, body, request.runtime.clock())
+        report_id = await reports.store_report(conn, body, request.runtime.clock())
         try:
-            await broker.match_report(
+            await reports.match_report(
                 conn,
                 report_id,
                 ZoneInfo(request.runtime.settings.provider_timezone),
@@ -72,10 +73,10 @@ class ProviderController(Controller):
     async def route(
         self,
         request: MaskingRequest,
-        token: str,
-        did: str,
-        caller: str,
-        conn: PoolConnectionProxy,
-    ) -> broker.Route:
+        token: FromPath[str],
+        did: FromQuery[str],
+        caller: FromQuery[str],
+        conn: Db,
+    ) -> routing.Route:
         _check(token, request)
-        return await broker.route(conn, did, caller, request.runtime.clock())
+        return await routing.route(conn, did, caller, request.runtime.clock())

@@ -5,15 +5,14 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import msgspec
-from asyncpg.pool import PoolConnectionProxy
 from litestar import Controller, Response, get, patch, post
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
 
-from service.api.deps import MaskingRequest
+from service.api.deps import Db, MaskingRequest
+from service.api.idempotency import run_once
+from service.api.problems import API_RESPONSES
 from service.broker import sessions as broker
-from service.broker.idempotency import run_once
-from service.broker.models import Session
-from service.errors import API_RESPONSES
+from service.models import Session
 
 JSON = "application/json"
 
@@ -51,9 +50,9 @@ class SessionController(Controller):
     async def create(
         self,
         request: MaskingRequest,
-        data: broker.CreateSession,
-        conn: PoolConnectionProxy,
-        idempotency_key: Annotated[str | None, Parameter(header="Idempotency-Key", required=False)] = None,
+        data: JSONBody[broker.CreateSession],
+        conn: Db,
+        idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key", required=False)] = None,
     ) -> Response[Session]:
         request.runtime.session_buckets.take(request.principal.tenant_id, "sessions")
 
@@ -76,12 +75,12 @@ class SessionController(Controller):
     async def list(
         self,
         request: MaskingRequest,
-        conn: PoolConnectionProxy,
-        order_id: str | None = None,
-        status: Literal["active", "closed", "expired"] | None = None,
-        customer: str | None = None,
-        limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
-        cursor: str | None = None,
+        conn: Db,
+        order_id: FromQuery[str | None] = None,
+        status: FromQuery[Literal["active", "closed", "expired"] | None] = None,
+        customer: FromQuery[str | None] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
+        cursor: FromQuery[str | None] = None,
     ) -> broker.Page:
         return await broker.list_sessions(
             conn,
@@ -98,8 +97,8 @@ class SessionController(Controller):
     async def read(
         self,
         request: MaskingRequest,
-        session_id: str,
-        conn: PoolConnectionProxy,
+        session_id: FromPath[str],
+        conn: Db,
     ) -> Session:
         return await broker.get_session(conn, request.principal.tenant_id, session_id, request.runtime.clock())
 
@@ -111,9 +110,9 @@ class SessionController(Controller):
     async def change_ttl(
         self,
         request: MaskingRequest,
-        session_id: str,
-        data: ChangeTtl,
-        conn: PoolConnectionProxy,
+        session_id: FromPath[str],
+        data: JSONBody[ChangeTtl],
+        conn: Db,
     ) -> Session:
         return await broker.change_ttl(
             conn, request.principal.tenant_id, session_id, data.ttl_seconds, request.runtime.clock()
@@ -123,9 +122,9 @@ class SessionController(Controller):
     async def close(
         self,
         request: MaskingRequest,
-        session_id: str,
-        conn: PoolConnectionProxy,
-        data: CloseSession | None = None,
+        session_id: FromPath[str],
+        conn: Db,
+        data: JSONBody[CloseSession | None] = None,
     ) -> Session:
         return await broker.close_session(conn, request.principal.tenant_id, session_id, request.runtime.clock())
 
@@ -139,7 +138,7 @@ class SessionController(Controller):
     async def expire(
         self,
         request: MaskingRequest,
-        data: broker.ExpireFilter,
-        conn: PoolConnectionProxy,
+        data: JSONBody[broker.ExpireFilter],
+        conn: Db,
     ) -> Expired:
         return Expired(await broker.expire_sessions(conn, request.principal.tenant_id, data, request.runtime.clock()))

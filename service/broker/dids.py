@@ -5,14 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-import asyncpg
 import msgspec
 
-from service.broker.models import Did, DidStatus
+from service.broker.errors import DidInUse, DidTaken, InvalidPhoneNumber, InvalidRequest, NotFound
 from service.broker.phones import parse_with_region
 from service.db import Conn
 from service.db import dids as q
-from service.errors import DidInUse, DidTaken, InvalidPhoneNumber, InvalidRequest, NotFound
+from service.models import Did, DidStatus
 
 MAX_BULK = 10_000
 
@@ -22,18 +21,6 @@ class NewDid(msgspec.Struct, frozen=True):
 
     number: str
     pool: str = "default"
-
-
-def _did(row: asyncpg.Record) -> Did:
-    return Did(
-        number=row["number"],
-        pool=row["pool"],
-        country=row["country"],
-        status=row["status"],
-        max_concurrent_calls=row["max_concurrent_calls"],
-        active_sessions=row["active_sessions"],
-        created_at=row["created_at"],
-    )
 
 
 async def add_did(
@@ -50,7 +37,7 @@ async def add_did(
     row = await q.select_did(conn, tenant_id, e164, now)
     if row is None:
         raise DidTaken(f"{e164} belongs to another tenant; it cannot be added to your pool.", number=e164)
-    return _did(row), created
+    return row, created
 
 
 def validate_entries(entries: Sequence[NewDid], line_of: Sequence[int] | None = None) -> list[tuple[str, str, str]]:
@@ -108,7 +95,7 @@ async def add_dids(
 
 async def list_dids(conn: Conn, tenant_id: int, now: datetime, pool: str | None, status: str | None) -> list[Did]:
     """The tenant's DIDs with their active session counts."""
-    return [_did(r) for r in await q.select_dids(conn, tenant_id, now, pool, status)]
+    return await q.select_dids(conn, tenant_id, now, pool, status)
 
 
 async def change_did(
@@ -134,4 +121,4 @@ async def change_did(
         await q.update_did(conn, tenant_id, e164, status, pool)
         row = await q.select_did(conn, tenant_id, e164, now)
     assert row is not None
-    return _did(row)
+    return row

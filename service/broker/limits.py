@@ -5,12 +5,13 @@ from __future__ import annotations
 import math
 import time
 from datetime import datetime, timedelta
+from uuid import UUID
 
 import msgspec
 
+from service.broker.errors import RateLimited
 from service.db import Conn
 from service.db import calls as q
-from service.errors import RateLimited
 
 
 class CallLimits(msgspec.Struct, frozen=True):
@@ -24,20 +25,18 @@ class CallLimits(msgspec.Struct, frozen=True):
 def limited(detail: str, retry_after: float) -> RateLimited:
     """A 429 rate_limited with its Retry-After header."""
     seconds = max(1, math.ceil(retry_after))
-    error = RateLimited(f"{detail} Retry in {seconds} s.", retry_after=seconds)
-    error.headers["Retry-After"] = str(seconds)
-    return error
+    return RateLimited(f"{detail} Retry in {seconds} s.", retry_after=seconds)
 
 
-async def check_call_caps(conn: Conn, tenant_id: int, session_id: object, limits: CallLimits, now: datetime) -> None:
+async def check_call_caps(conn: Conn, tenant_id: int, session_id: UUID, limits: CallLimits, now: datetime) -> None:
     """Refuse a click over the tenant's or the session's cap, counting calls already recorded."""
     window = timedelta(seconds=limits.session_window_seconds)
     row = await q.recent_calls(conn, tenant_id, session_id, now, window)
-    if limits.per_tenant_per_minute and row["tenant_calls"] >= limits.per_tenant_per_minute:
-        wait = (row["tenant_oldest"] + timedelta(minutes=1) - now).total_seconds()
+    if limits.per_tenant_per_minute and row.tenant_oldest and row.tenant_calls >= limits.per_tenant_per_minute:
+        wait = (row.tenant_oldest + timedelta(minutes=1) - now).total_seconds()
         raise limited(f"This tenant may place {limits.per_tenant_per_minute} calls a minute.", wait)
-    if limits.per_session and row["session_calls"] >= limits.per_session:
-        wait = (row["session_oldest"] + window - now).total_seconds()
+    if limits.per_session and row.session_oldest and row.session_calls >= limits.per_session:
+        wait = (row.session_oldest + window - now).total_seconds()
         raise limited(f"A session may place {limits.per_session} calls every {limits.session_window_seconds} s.", wait)
 
 

@@ -6,7 +6,7 @@ from functools import lru_cache
 
 import phonenumbers
 
-from service.errors import InvalidPhoneNumber
+from service.broker.errors import InvalidPhoneNumber
 
 
 @lru_cache(maxsize=65_536)

@@ -10,16 +10,15 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
-import asyncpg
 import msgspec
 import structlog
 
 from service import metrics
-from service.broker.models import Session, parse_id
+from service.broker.errors import InvalidRequest, NotFound, PoolExhausted, SessionNotActive, parse_id
 from service.broker.phones import normalize, parse_with_region
 from service.db import Conn
 from service.db import sessions as q
-from service.errors import InvalidRequest, NotFound, PoolExhausted, SessionNotActive
+from service.models import Session
 
 log = structlog.get_logger("service.sessions")
 
@@ -54,33 +53,11 @@ class Rules(msgspec.Struct, frozen=True):
     cooloff_seconds: int
 
 
-def session_of(row: asyncpg.Record, now: datetime) -> Session:
-    """The resource for a session row; one past its expiry reads as expired even before the sweeper runs."""
-    status, reason, closed_at = row["status"], row["close_reason"], row["closed_at"]
-    if status == "active" and row["expires_at"] <= now:
-        status, reason, closed_at = "expired", "ttl", row["expires_at"]
-    return Session(
-        id=str(row["id"]),
-        order_id=row["order_id"],
-        customer=row["customer"],
-        agent=row["agent"],
-        masked_number=row["did"],
-        pool=row["pool"],
-        status=status,
-        close_reason=reason,
-        created_at=row["created_at"],
-        expires_at=row["expires_at"],
-        closed_at=closed_at,
-        record=row["record"],
-        max_call_minutes=row["max_call_minutes"],
-        max_calls=row["max_calls"],
-        calls_made=row["calls_made"],
-        metadata=row["metadata"],
-    )
-
-
-class _LostRace(Exception):
-    """An allocation attempt must roll back and go again."""
+def live_view(session: Session, now: datetime) -> Session:
+    """A session as of now: one past its expiry reads as expired even before the sweeper marks it."""
+    if session.status == "active" and session.expires_at <= now:
+        return msgspec.structs.replace(session, status="expired", close_reason="ttl", closed_at=session.expires_at)
+    return session
 
 
 async def create_session(
@@ -93,79 +70,72 @@ async def create_session(
         raise InvalidRequest("`agent` must differ from `customer`.", field="agent")
     if len(msgspec.json.encode(body.metadata)) > MAX_METADATA_BYTES:
         raise InvalidRequest("`metadata` must be at most 4 KiB of JSON.", field="metadata")
-    cooloff = timedelta(seconds=rules.cooloff_seconds)
     ttl = timedelta(seconds=body.ttl_seconds or rules.default_ttl_seconds)
     tried: list[str] = []
-    # Each attempt is one transaction; a lost race rolls it back and excludes that DID, so the loop
-    # ends after at most one attempt per DID of the pool, and "exhausted" is only said when true.
+    # Each attempt is one transaction. One that lost a race rolls back and goes again without the DID
+    # it lost (the loop ends after at most one attempt per DID of the pool), so "exhausted" is only
+    # said when true; one that lost to an identical request finds that request's session as a repeat.
     while True:
         now = clock()
-        try:
-            async with conn.transaction():
-                existing = await q.find_repeat(conn, tenant_id, body.order_id, customer, agent, now)
-                if existing is not None:
-                    return session_of(existing, now), False
-                row = await q.allocate(
-                    conn,
-                    tenant_id=tenant_id,
-                    pool=body.pool,
-                    customer=customer,
-                    agent=agent,
-                    country=country,
-                    now=now,
-                    cooloff=cooloff,
-                    tried=tried,
-                    slot=random.random(),
-                    sample=SAMPLE_PER_SIDE,
-                    session_id=uuid.uuid4(),
-                    order_id=body.order_id,
-                    expires_at=now + ttl,
-                    record=body.record,
-                    max_call_minutes=body.max_call_minutes,
-                    max_calls=body.max_calls,
-                    metadata=body.metadata,
-                )
-                if row["id"] is not None:
-                    metrics.SESSIONS_CREATED.labels(body.pool).inc()
-                    return session_of(row, now), True
-                if row["picked"] is None:
-                    why = await q.exhaustion(conn, tenant_id, body.pool, customer, agent, country, now, cooloff)
-                    raise _exhausted(body.pool, why)
-                if row["bound"] == 2:
-                    pass  # an identical request created the session meanwhile: the repeat check finds it
-                else:
-                    tried.append(row["picked"])
-                raise _LostRace
-        except _LostRace:
-            continue
+        async with conn.transaction():
+            existing = await q.find_repeat(conn, tenant_id, body.order_id, customer, agent, now)
+            if existing is not None:
+                return existing, False
+            request = q.Allocation(
+                tenant_id=tenant_id,
+                pool=body.pool,
+                customer=customer,
+                agent=agent,
+                country=country,
+                now=now,
+                cooloff=timedelta(seconds=rules.cooloff_seconds),
+                tried=tried,
+                slot=random.random(),
+                sample=SAMPLE_PER_SIDE,
+                session_id=uuid.uuid4(),
+                order_id=body.order_id,
+                expires_at=now + ttl,
+                record=body.record,
+                max_call_minutes=body.max_call_minutes,
+                max_calls=body.max_calls,
+                metadata=body.metadata,
+            )
+            attempt = await q.allocate(conn, request)
+            if attempt.session is not None:
+                metrics.SESSIONS_CREATED.labels(body.pool).inc()
+                return attempt.session, True
+            if attempt.picked is None:
+                raise _exhausted(body.pool, await q.exhaustion(conn, request))
+        if attempt.bound < 2:
+            tried.append(attempt.picked)
 
 
-def _exhausted(pool: str, why: asyncpg.Record) -> PoolExhausted:
-    reason = "empty_pool" if why["pool_dids"] == 0 else "no_eligible_did"
+def _exhausted(pool: str, why: q.Exhaustion) -> PoolExhausted:
+    reason = "empty_pool" if why.pool_dids == 0 else "no_eligible_did"
     metrics.SESSIONS_REFUSED.labels(reason).inc()
     ruled_out = {
-        "not_active": why["not_active"],
-        "other_country": why["other_country"],
-        "party_busy": why["party_busy"],
-        "cooling_off": why["cooling_off"],
+        "not_active": why.not_active,
+        "other_country": why.other_country,
+        "party_busy": why.party_busy,
+        "cooling_off": why.cooling_off,
     }
-    if why["pool_dids"] == 0:
+    if why.pool_dids == 0:
         detail = f"Pool {pool!r} has no DIDs: add DIDs to it with POST /v1/dids."
     else:
         parts = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in ruled_out.items() if n)
         detail = (
-            f"No DID of pool {pool!r} may serve this pair: all {why['pool_dids']} are ruled out ({parts}). "
+            f"No DID of pool {pool!r} may serve this pair: all {why.pool_dids} are ruled out ({parts}). "
             "Close finished sessions of these parties or add DIDs to the pool."
         )
-    return PoolExhausted(detail, pool=pool, pool_dids=why["pool_dids"], ruled_out=ruled_out)
+    return PoolExhausted(detail, pool=pool, pool_dids=why.pool_dids, ruled_out=ruled_out)
 
 
 async def get_session(conn: Conn, tenant_id: int, session_id: str, now: datetime) -> Session:
     """One of the tenant's sessions, or not_found."""
-    row = await q.select_session(conn, tenant_id, parse_id(session_id, "session"))
-    if row is None:
+    session = await q.select_session(conn, tenant_id, parse_id(session_id, "session"))
+    if session is None:
         raise NotFound("No session with that id.")
-    return session_of(row, now)
+    return live_view(session, now)
 
 
 class Page(msgspec.Struct, frozen=True):
@@ -197,11 +167,11 @@ async def list_sessions(
         after=_decode_cursor(cursor) if cursor else None,
         limit=limit + 1,
     )
-    items = [session_of(r, now) for r in rows[:limit]]
+    items = [live_view(r, now) for r in rows[:limit]]
     next_cursor = None
     if len(rows) > limit:
         last = rows[limit - 1]
-        next_cursor = base64.urlsafe_b64encode(f"{last['created_at'].isoformat()}|{last['id']}".encode()).decode()
+        next_cursor = base64.urlsafe_b64encode(f"{last.created_at.isoformat()}|{last.id}".encode()).decode()
     return Page(items=items, next_cursor=next_cursor)
 
 
@@ -216,29 +186,29 @@ def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 
 
 async def _live_or_raise(conn: Conn, tenant_id: int, session_id: uuid.UUID, now: datetime) -> Session:
-    row = await q.select_session(conn, tenant_id, session_id)
-    if row is None:
+    session = await q.select_session(conn, tenant_id, session_id)
+    if session is None:
         raise NotFound("No session with that id.")
-    return session_of(row, now)
+    return live_view(session, now)
 
 
 async def change_ttl(conn: Conn, tenant_id: int, session_id: str, ttl_seconds: int, now: datetime) -> Session:
     """Make a live session end ttl_seconds from now."""
     sid = parse_id(session_id, "session")
-    row = await q.update_expiry(conn, tenant_id, sid, now, now + timedelta(seconds=ttl_seconds))
-    if row is None:
+    changed = await q.update_expiry(conn, tenant_id, sid, now, now + timedelta(seconds=ttl_seconds))
+    if changed is None:
         session = await _live_or_raise(conn, tenant_id, sid, now)
         raise SessionNotActive(f"The session is {session.status}; only an active session's TTL can change.")
-    return session_of(row, now)
+    return changed
 
 
 async def close_session(conn: Conn, tenant_id: int, session_id: str, now: datetime) -> Session:
     """Close a live session (closed_by_client); a session already ended comes back unchanged."""
     sid = parse_id(session_id, "session")
-    row = await q.close_session(conn, tenant_id, sid, now, "closed", "closed_by_client")
-    if row is None:
+    closed = await q.close_session(conn, tenant_id, sid, now, "closed", "closed_by_client")
+    if closed is None:
         return await _live_or_raise(conn, tenant_id, sid, now)
-    return session_of(row, now)
+    return closed
 
 
 class ExpireFilter(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -254,7 +224,7 @@ async def expire_sessions(conn: Conn, tenant_id: int | None, filters: ExpireFilt
     """Expire (expired_by_ops) every live session matching all given filters."""
     if not any(msgspec.structs.astuple(filters)):
         raise InvalidRequest("Give at least one filter: order_id, customer, agent or masked_number.", field="body")
-    return await q.expire_matching(
+    expired = await q.expire_matching(
         conn,
         tenant_id,
         now,
@@ -263,21 +233,7 @@ async def expire_sessions(conn: Conn, tenant_id: int | None, filters: ExpireFilt
         agent=normalize(filters.agent, "agent") if filters.agent else None,
         masked_number=normalize(filters.masked_number, "masked_number") if filters.masked_number else None,
     )
-
-
-async def sweep_expired(conn: Conn, now: datetime, batch: int = 500) -> int:
-    """Mark every session past its expiry as expired, a batch per transaction; safe in many processes."""
-    total = 0
-    while True:
-        async with conn.transaction():
-            ids = await q.sweep_expired(conn, now, batch)
-        total += len(ids)
-        if len(ids) < batch:
-            break
-    if total:
-        metrics.SWEPT.labels("sessions_expired").inc(total)
-        log.info("sessions_expired", count=total)
-    return total
+    return len(expired)
 
 
 class PoolStats(msgspec.Struct, frozen=True, kw_only=True):
@@ -296,13 +252,13 @@ async def pool_stats(conn: Conn, tenant_id: int | None, now: datetime) -> list[P
     """Per pool: DIDs, active sessions and headroom."""
     return [
         PoolStats(
-            tenant=r["tenant"],
-            pool=r["pool"],
-            dids=r["dids"],
-            active_dids=r["active_dids"],
-            active_sessions=r["active_sessions"],
-            busiest_party_sessions=r["busiest_party"],
-            headroom=max(r["active_dids"] - r["busiest_party"], 0),
+            tenant=r.tenant,
+            pool=r.pool,
+            dids=r.dids,
+            active_dids=r.active_dids,
+            active_sessions=r.active_sessions,
+            busiest_party_sessions=r.busiest_party,
+            headroom=max(r.active_dids - r.busiest_party, 0),
         )
         for r in await q.pool_stats(conn, tenant_id, now)
     ]

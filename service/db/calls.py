@@ -1,4 +1,4 @@
-"""SQL for calls and the provider's reports."""
+"""SQL for calls: recorded before dialling, answered by the provider, finished by a report or a timeout."""
 
 from __future__ import annotations
 
@@ -6,9 +6,42 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-import asyncpg
+import msgspec
 
 from service.db import Conn
+from service.models import Call
+
+# The columns of a call row under the names of the Call resource.
+CALL = """id, session_id, first, from_number AS "from", to_number AS "to", bridge, flow, status, record,
+    created_at, started_at, ended_at, duration_seconds, billing_seconds, recording_url, hangup_by,
+    jsonb_build_object('status', provider_status, 'status1', provider_status1, 'status2', provider_status2,
+                       'message', provider_message) AS provider"""
+
+
+def _call(row: Any) -> Call:
+    return msgspec.convert(row, Call)
+
+
+class Dialled(msgspec.Struct, frozen=True):
+    """What the provider needs to place a recorded call."""
+
+    id: UUID
+    bridge: str
+    from_number: str
+    to_number: str
+    record: bool
+    max_call_minutes: int | None
+
+
+class CallRef(msgspec.Struct, frozen=True):
+    """The call a report is about, as matching needs it."""
+
+    id: UUID
+    tenant_id: int
+    session_id: UUID
+    status: str
+    report_id: int | None
+
 
 # Record the call before dialling. The session must be live, and its DID below its
 # max_concurrent_calls (the DID row is locked so that clicks on one DID count in turn). One call in
@@ -35,7 +68,7 @@ SELECT $3, $1, s.id, $4,
        CASE WHEN $5::text IS NOT NULL THEN 'flow:' || $5 WHEN $4 = 'agent' THEN s.customer ELSE s.agent END,
        s.did, $5, coalesce($6, s.record), coalesce($7, s.max_call_minutes), $8
 FROM s
-RETURNING *
+RETURNING id, bridge, from_number, to_number, record, max_call_minutes
 """
 
 
@@ -50,19 +83,24 @@ async def insert_call(
     record: bool | None,
     max_call_minutes: int | None,
     now: datetime,
-) -> asyncpg.Record | None:
+) -> Dialled | None:
     """Record a call in a live session; None when the session is not live or its DID is at its call limit."""
-    row: asyncpg.Record | None = await conn.fetchrow(
-        INSERT_CALL, tenant_id, session_id, call_id, first, flow, record, max_call_minutes, now
-    )
-    return row
+    row = await conn.fetchrow(INSERT_CALL, tenant_id, session_id, call_id, first, flow, record, max_call_minutes, now)
+    return None if row is None else msgspec.convert(row, Dialled)
 
 
-async def recent_calls(
-    conn: Conn, tenant_id: int, session_id: object, now: datetime, window: timedelta
-) -> asyncpg.Record:
+class RecentCalls(msgspec.Struct, frozen=True):
     """Calls of the tenant in the last minute and of the session in the window, with the oldest of each."""
-    row: asyncpg.Record | None = await conn.fetchrow(
+
+    tenant_calls: int
+    tenant_oldest: datetime | None
+    session_calls: int
+    session_oldest: datetime | None
+
+
+async def recent_calls(conn: Conn, tenant_id: int, session_id: UUID, now: datetime, window: timedelta) -> RecentCalls:
+    """Calls of the tenant in the last minute and of the session in the window, with the oldest of each."""
+    row = await conn.fetchrow(
         """
         SELECT t.n AS tenant_calls, t.oldest AS tenant_oldest, s.n AS session_calls, s.oldest AS session_oldest
         FROM (SELECT count(*) AS n, min(created_at) AS oldest FROM calls
@@ -75,85 +113,63 @@ async def recent_calls(
         now,
         window,
     )
-    assert row is not None
-    return row
+    return msgspec.convert(row, RecentCalls)
 
 
-async def record_answer(conn: Conn, call_id: UUID, status: str, in_flight: bool, message: str | None) -> asyncpg.Record:
+async def record_answer(conn: Conn, call_id: UUID, status: str, in_flight: bool, message: str | None) -> Call:
     """Apply the provider's answer to a call that no report has finished yet; return the call as it is."""
-    row: asyncpg.Record | None = await conn.fetchrow(
-        """
+    row = await conn.fetchrow(
+        f"""
         WITH u AS (
             UPDATE calls SET status = $2, in_flight = $3, provider_message = $4
             WHERE id = $1 AND report_id IS NULL AND status = 'initiated' RETURNING *)
-        SELECT * FROM u UNION ALL SELECT * FROM calls WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM u)
+        SELECT {CALL} FROM u UNION ALL SELECT {CALL} FROM calls WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM u)
         """,
         call_id,
         status,
         in_flight,
         message,
     )
-    assert row is not None
-    return row
+    return _call(row)
 
 
-async def select_call(conn: Conn, tenant_id: int, call_id: UUID) -> asyncpg.Record | None:
+async def select_call(conn: Conn, tenant_id: int, call_id: UUID) -> Call | None:
     """One of the tenant's calls."""
-    row: asyncpg.Record | None = await conn.fetchrow(
-        "SELECT * FROM calls WHERE id = $1 AND tenant_id = $2", call_id, tenant_id
-    )
-    return row
+    row = await conn.fetchrow(f"SELECT {CALL} FROM calls WHERE id = $1 AND tenant_id = $2", call_id, tenant_id)
+    return None if row is None else _call(row)
 
 
-async def select_session_calls(conn: Conn, tenant_id: int, session_id: UUID) -> list[asyncpg.Record]:
+async def select_session_calls(conn: Conn, tenant_id: int, session_id: UUID) -> list[Call]:
     """A session's calls, oldest first."""
-    rows: list[asyncpg.Record] = await conn.fetch(
-        "SELECT * FROM calls WHERE session_id = $1 AND tenant_id = $2 ORDER BY created_at, id", session_id, tenant_id
+    rows = await conn.fetch(
+        f"SELECT {CALL} FROM calls WHERE session_id = $1 AND tenant_id = $2 ORDER BY created_at, id",
+        session_id,
+        tenant_id,
     )
-    return rows
+    return [_call(r) for r in rows]
 
 
-INSERT_REPORT = "INSERT INTO provider_reports (body, received_at) VALUES ($1, $2) RETURNING id"
-LOCK_REPORT = "SELECT id, body FROM provider_reports WHERE id = $1 AND outcome = 'pending' FOR UPDATE SKIP LOCKED"
-FIND_CALL_BY_ROUTE = """
-SELECT * FROM calls WHERE bridge = $1 AND from_number = $2 AND to_number = $3 AND in_flight
+_REF = "id, tenant_id, session_id, status, report_id"
+FIND_CALL_BY_ROUTE = f"""
+SELECT {_REF} FROM calls WHERE bridge = $1 AND from_number = $2 AND to_number = $3 AND in_flight
 ORDER BY created_at DESC LIMIT 1 FOR UPDATE
 """
 FINISHED_CALL_EXISTS = """
 SELECT EXISTS (SELECT 1 FROM calls WHERE bridge = $1 AND from_number = $2 AND to_number = $3
                AND report_id IS NOT NULL AND created_at > $4)
 """
-SETTLE_REPORT = """
-UPDATE provider_reports SET outcome = $2, bridge = $3, call_id = $4,
-    tenant_id = coalesce($5, (SELECT tenant_id FROM dids WHERE number = $3))
-WHERE id = $1
-"""
-
-
-async def insert_report(conn: Conn, body: bytes, received_at: datetime) -> int:
-    """Store a report's raw body, durably, before anything else; return its id."""
-    report_id: int = await conn.fetchval(INSERT_REPORT, body, received_at)
-    return report_id
-
-
-async def lock_report(conn: Conn, report_id: int) -> asyncpg.Record | None:
-    """A pending report, locked for matching (None if another process has it or it is done)."""
-    row: asyncpg.Record | None = await conn.fetchrow(LOCK_REPORT, report_id)
-    return row
 
 
 async def find_call_for_report(
     conn: Conn, mid: UUID | None, bridge: str, from_number: str, to_number: str
-) -> asyncpg.Record | None:
+) -> CallRef | None:
     """The call a report is about, locked: by mid when given, else the in-flight call on (bridge, from, to)."""
+    row = None
     if mid is not None:
-        by_mid: asyncpg.Record | None = await conn.fetchrow(
-            "SELECT * FROM calls WHERE id = $1 AND bridge = $2 FOR UPDATE", mid, bridge
-        )
-        if by_mid is not None:
-            return by_mid
-    row: asyncpg.Record | None = await conn.fetchrow(FIND_CALL_BY_ROUTE, bridge, from_number, to_number)
-    return row
+        row = await conn.fetchrow(f"SELECT {_REF} FROM calls WHERE id = $1 AND bridge = $2 FOR UPDATE", mid, bridge)
+    if row is None:
+        row = await conn.fetchrow(FIND_CALL_BY_ROUTE, bridge, from_number, to_number)
+    return None if row is None else msgspec.convert(row, CallRef)
 
 
 async def finished_call_exists(conn: Conn, bridge: str, from_number: str, to_number: str, since: datetime) -> bool:
@@ -161,122 +177,56 @@ async def finished_call_exists(conn: Conn, bridge: str, from_number: str, to_num
     return bool(await conn.fetchval(FINISHED_CALL_EXISTS, bridge, from_number, to_number, since))
 
 
-async def complete_call(conn: Conn, call_id: UUID, report_id: int, fields: dict[str, Any]) -> asyncpg.Record:
+class Outcome(msgspec.Struct, frozen=True, kw_only=True):
+    """What a report says about a call."""
+
+    status: str
+    started_at: datetime | None
+    ended_at: datetime | None
+    duration_seconds: int | None
+    billing_seconds: int | None
+    recording_url: str | None
+    hangup_by: str | None
+    provider_status: str | None
+    provider_status1: str | None
+    provider_status2: str | None
+
+
+async def complete_call(conn: Conn, call_id: UUID, report_id: int, outcome: Outcome) -> Call:
     """Finish a call from its report."""
-    row: asyncpg.Record | None = await conn.fetchrow(
-        """
+    row = await conn.fetchrow(
+        f"""
         UPDATE calls SET status = $3, in_flight = false, report_id = $2, started_at = $4, ended_at = $5,
             duration_seconds = $6, billing_seconds = $7, recording_url = $8, hangup_by = $9,
             provider_status = $10, provider_status1 = $11, provider_status2 = $12
-        WHERE id = $1 RETURNING *
+        WHERE id = $1 RETURNING {CALL}
         """,
         call_id,
         report_id,
-        fields["status"],
-        fields["started_at"],
-        fields["ended_at"],
-        fields["duration_seconds"],
-        fields["billing_seconds"],
-        fields["recording_url"],
-        fields["hangup_by"],
-        fields["provider_status"],
-        fields["provider_status1"],
-        fields["provider_status2"],
+        *msgspec.structs.astuple(outcome),
     )
-    assert row is not None
-    return row
+    return _call(row)
 
 
-async def close_if_max_calls(conn: Conn, session_id: UUID, now: datetime) -> bool:
-    """Close the session (max_calls_reached) when its completed calls reached max_calls."""
-    row = await conn.fetchrow(
-        """
-        WITH s AS (
-            UPDATE sessions SET status = 'closed', close_reason = 'max_calls_reached', closed_at = $2
-            WHERE id = $1 AND status = 'active' AND expires_at > $2 AND max_calls IS NOT NULL
-              AND (SELECT count(*) FROM calls WHERE session_id = $1 AND status = 'completed') >= max_calls
-            RETURNING id),
-        b AS (UPDATE bindings SET ends_at = $2 FROM s WHERE bindings.session_id = s.id AND bindings.ends_at > $2)
-        SELECT id FROM s
-        """,
-        session_id,
-        now,
-    )
-    return row is not None
-
-
-async def settle_report(
-    conn: Conn, report_id: int, outcome: str, bridge: str | None, call_id: UUID | None, tenant_id: int | None
-) -> None:
-    """Record what a report turned out to be."""
-    await conn.execute(
-        SETTLE_REPORT,
-        report_id,
-        outcome,
-        bridge,
-        call_id,
-        tenant_id,
-    )
-
-
-async def select_pending_reports(conn: Conn, older_than: datetime, limit: int) -> list[int]:
-    """Reports stored but never matched (a process died in between)."""
-    rows = await conn.fetch(
-        "SELECT id FROM provider_reports WHERE outcome = 'pending' AND received_at <= $1 ORDER BY id LIMIT $2",
-        older_than,
-        limit,
-    )
-    return [r["id"] for r in rows]
-
-
-async def time_out_calls(conn: Conn, before: datetime, limit: int) -> list[UUID]:
+async def time_out_calls(conn: Conn, before: datetime, limit: int) -> list[Call]:
     """Mark one batch of calls with no report since before as unknown, freeing their sessions."""
     rows = await conn.fetch(
-        """
+        f"""
         WITH due AS (SELECT id FROM calls WHERE in_flight AND created_at <= $1
                      ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)
-        UPDATE calls c SET status = 'unknown', in_flight = false FROM due WHERE c.id = due.id RETURNING c.id
+        UPDATE calls c SET status = 'unknown', in_flight = false FROM due WHERE c.id = due.id
+        RETURNING {CALL.replace("id, session_id", "c.id, session_id", 1)}
         """,
         before,
         limit,
     )
-    return [r["id"] for r in rows]
-
-
-async def select_reports(
-    conn: Conn, tenant_id: int | None, outcomes: list[str], after_id: int | None, limit: int
-) -> list[asyncpg.Record]:
-    """Reports with these outcomes: a tenant's (bridge on its DIDs), or with tenant_id None those on no DID."""
-    rows: list[asyncpg.Record] = await conn.fetch(
-        """
-        SELECT id, received_at, body, bridge, outcome, call_id FROM provider_reports
-        WHERE outcome = ANY($2::text[])
-          AND (tenant_id = $1 OR ($1::bigint IS NULL AND tenant_id IS NULL))
-          AND ($3::bigint IS NULL OR id < $3)
-        ORDER BY id DESC LIMIT $4
-        """,
-        tenant_id,
-        outcomes,
-        after_id,
-        limit,
-    )
-    return rows
-
-
-async def select_route(conn: Conn, did: str, caller: str, now: datetime) -> asyncpg.Record | None:
-    """The live session on a DID that has the caller as a party."""
-    row: asyncpg.Record | None = await conn.fetchrow(
-        """
-        SELECT id, CASE WHEN customer = $2 THEN agent ELSE customer END AS other FROM sessions
-        WHERE did = $1 AND (customer = $2 OR agent = $2) AND status = 'active' AND expires_at > $3
-        """,
-        did,
-        caller,
-        now,
-    )
-    return row
+    return [_call(r) for r in rows]
 
 
 def report_window(now: datetime, timeout_seconds: int) -> datetime:
     """How far back a finished call can still receive a (duplicate) report."""
-    return now - timedelta(seconds=timeout_seconds) - timedelta(days=1)
+    return now - timedelta(seconds=timeout_seconds) - REPORT_GRACE
+
+
+# A report may reach us this long after its call timed out (the provider retries for up to a day).
+REPORT_GRACE = timedelta(days=1)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-import asyncpg
+import msgspec
 
 from service.db import Conn
+from service.models import Did
 
 _DID_COLUMNS = """
     d.number, d.pool, d.country, d.status, d.max_concurrent_calls, d.created_at,
@@ -38,12 +39,12 @@ async def insert_did(
     return bool(inserted)
 
 
-async def select_did(conn: Conn, tenant_id: int, number: str, now: datetime) -> asyncpg.Record | None:
+async def select_did(conn: Conn, tenant_id: int, number: str, now: datetime) -> Did | None:
     """One of the tenant's DIDs with its active session count."""
-    row: asyncpg.Record | None = await conn.fetchrow(
+    row = await conn.fetchrow(
         f"SELECT {_DID_COLUMNS} FROM dids d WHERE d.tenant_id = $1 AND d.number = $3", tenant_id, now, number
     )
-    return row
+    return None if row is None else msgspec.convert(row, Did)
 
 
 async def select_owners(conn: Conn, numbers: list[str]) -> dict[str, int]:
@@ -75,11 +76,9 @@ async def analyze(conn: Conn) -> None:
     await conn.execute("ANALYZE dids")
 
 
-async def select_dids(
-    conn: Conn, tenant_id: int, now: datetime, pool: str | None, status: str | None
-) -> list[asyncpg.Record]:
+async def select_dids(conn: Conn, tenant_id: int, now: datetime, pool: str | None, status: str | None) -> list[Did]:
     """The tenant's DIDs, optionally of one pool or status, with their active session counts."""
-    rows: list[asyncpg.Record] = await conn.fetch(
+    rows = await conn.fetch(
         f"""
         SELECT {_DID_COLUMNS} FROM dids d
         WHERE d.tenant_id = $1 AND ($3::text IS NULL OR d.pool = $3) AND ($4::text IS NULL OR d.status = $4)
@@ -90,7 +89,7 @@ async def select_dids(
         pool,
         status,
     )
-    return rows
+    return [msgspec.convert(r, Did) for r in rows]
 
 
 async def update_did(conn: Conn, tenant_id: int, number: str, status: str | None, pool: str | None) -> bool:

@@ -6,52 +6,62 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-import asyncpg
+import msgspec
 
-from service.db import Conn
+from service.db import Conn, Query
+from service.models import Session
 
-# Which DIDs the two numbers rule out: the ones where either is bound now (no crossed lines), and the
-# ones where either ended a session with somebody else less than the cool-off ago. $3 customer,
-# $4 agent, $6 now, $7 cool-off.
-_RULED = """
-    SELECT did FROM bindings
-    WHERE number IN ($3, $4)
-      AND (ends_at > $6 OR (ends_at > $6 - $7::interval AND peer NOT IN ($3, $4)))
-"""
+# The columns of a session row under the names of the Session resource.
+SESSION = """id, order_id, customer, agent, did AS masked_number, pool, status, close_reason, created_at,
+    expires_at, closed_at, record, max_call_minutes, max_calls, calls_made, metadata"""
 
-# Geo-match: when the pool has an active DID in the customer's country ($5), only those qualify.
+
+def _session(row: Any) -> Session:
+    return msgspec.convert(row, Session)
+
+
+def _session_or_none(row: Any) -> Session | None:
+    return None if row is None else msgspec.convert(row, Session)
+
+
+# Why a binding of either number rules its DID out: either is bound there now (no crossed lines), or
+# either ended a session there with somebody else less than the cool-off ago.
+_RULES_OUT = """number IN (:customer, :agent)
+      AND (ends_at > :now OR (ends_at > :now - :cooloff::interval AND peer NOT IN (:customer, :agent)))"""
+
+# Geo-match: when the pool has an active DID in the customer's country, only those qualify.
 _GEO = """
     SELECT EXISTS (SELECT 1 FROM dids
-                   WHERE tenant_id = $1 AND pool = $2 AND status = 'active' AND country = $5) AS only
+                   WHERE tenant_id = :tenant_id AND pool = :pool AND status = 'active' AND country = :country) AS only
 """
 
-# One statement per attempt: sample a few eligible DIDs around a random slot ($9, $10 per side), add the
+# One statement per attempt: sample a few eligible DIDs around a random slot (:sample per side), add the
 # pair's previous DID (sticky), pick the sticky one or a lightly loaded one, bind both numbers to it and
 # insert the session. The binding upsert only takes over a row that has ended, and only after the
 # cool-off unless the peer is the same: so the database itself enforces rules 1 and 3 whatever the
 # candidate query saw. `bound` < 2 or no session row means the attempt lost a race and must roll back.
-ALLOCATE = f"""
+ALLOCATE = Query(f"""
 WITH geo AS ({_GEO}),
-ruled AS ({_RULED} UNION ALL SELECT unnest($8::text[])),
+ruled AS (SELECT did FROM bindings WHERE {_RULES_OUT} UNION ALL SELECT unnest(:tried::text[])),
 sample AS (
     (SELECT d.number, false AS sticky FROM dids d, geo
-     WHERE d.tenant_id = $1 AND d.pool = $2 AND d.status = 'active' AND d.slot >= $9
-       AND (NOT geo.only OR d.country = $5) AND d.number NOT IN (SELECT did FROM ruled)
-     ORDER BY d.slot LIMIT $10)
+     WHERE d.tenant_id = :tenant_id AND d.pool = :pool AND d.status = 'active' AND d.slot >= :slot
+       AND (NOT geo.only OR d.country = :country) AND d.number NOT IN (SELECT did FROM ruled)
+     ORDER BY d.slot LIMIT :sample)
     UNION ALL
     (SELECT d.number, false FROM dids d, geo
-     WHERE d.tenant_id = $1 AND d.pool = $2 AND d.status = 'active' AND d.slot < $9
-       AND (NOT geo.only OR d.country = $5) AND d.number NOT IN (SELECT did FROM ruled)
-     ORDER BY d.slot LIMIT $10)
+     WHERE d.tenant_id = :tenant_id AND d.pool = :pool AND d.status = 'active' AND d.slot < :slot
+       AND (NOT geo.only OR d.country = :country) AND d.number NOT IN (SELECT did FROM ruled)
+     ORDER BY d.slot LIMIT :sample)
     UNION ALL
     (SELECT d.number, true FROM bindings b JOIN dids d ON d.number = b.did, geo
-     WHERE b.number = $3 AND b.peer = $4
-       AND d.tenant_id = $1 AND d.pool = $2 AND d.status = 'active'
-       AND (NOT geo.only OR d.country = $5) AND d.number NOT IN (SELECT did FROM ruled))
+     WHERE b.number = :customer AND b.peer = :agent
+       AND d.tenant_id = :tenant_id AND d.pool = :pool AND d.status = 'active'
+       AND (NOT geo.only OR d.country = :country) AND d.number NOT IN (SELECT did FROM ruled))
 ),
 loads AS (
     SELECT s.number, s.sticky,
-           (SELECT count(*) FROM bindings b WHERE b.did = s.number AND b.ends_at > $6) / 2 AS load
+           (SELECT count(*) FROM bindings b WHERE b.did = s.number AND b.ends_at > :now) / 2 AS load
     FROM sample s
 ),
 -- Weighted random choice (an exponential race), favouring the least loaded strongly but not
@@ -64,42 +74,38 @@ pick AS (
 ),
 bound AS (
     INSERT INTO bindings (number, did, peer, session_id, ends_at)
-    SELECT v.number, pick.number, v.peer, $11, $13
-    FROM pick, (VALUES ($3, $4), ($4, $3)) AS v(number, peer)
+    SELECT v.number, pick.number, v.peer, :session_id, :expires_at
+    FROM pick, (VALUES (:customer, :agent), (:agent, :customer)) AS v(number, peer)
     ORDER BY v.number
     ON CONFLICT (number, did) DO UPDATE
         SET peer = excluded.peer, session_id = excluded.session_id, ends_at = excluded.ends_at
-        WHERE bindings.ends_at <= $6
-          AND (bindings.peer = excluded.peer OR bindings.ends_at <= $6 - $7::interval)
+        WHERE bindings.ends_at <= :now
+          AND (bindings.peer = excluded.peer OR bindings.ends_at <= :now - :cooloff::interval)
     RETURNING 1
 ),
 created AS (
     INSERT INTO sessions (id, tenant_id, order_id, customer, agent, did, pool, created_at, expires_at,
                           record, max_call_minutes, max_calls, metadata)
-    SELECT $11, $1, $12, $3, $4, pick.number, $2, $6, $13, $14, $15, $16, $17 FROM pick
+    SELECT :session_id, :tenant_id, :order_id, :customer, :agent, pick.number, :pool, :now, :expires_at,
+           :record, :max_call_minutes, :max_calls, :metadata FROM pick
     WHERE (SELECT count(*) FROM bound) = 2
       -- A share lock on the DID row: a concurrent retire (which locks the row for update) either
       -- waits for this session and sees it, or wins, and then this re-check of the status fails.
       AND EXISTS (SELECT 1 FROM dids d WHERE d.number = pick.number AND d.status = 'active' FOR KEY SHARE)
     ON CONFLICT (tenant_id, order_id, customer, agent) WHERE status = 'active' DO NOTHING
-    RETURNING *
+    RETURNING {SESSION}
 )
 SELECT (SELECT number FROM pick) AS picked, (SELECT count(*) FROM bound)::int AS bound, created.*
 FROM (SELECT 1) AS one LEFT JOIN created ON true
-"""
+""")
 
-EXHAUSTION = f"""
+EXHAUSTION = Query(f"""
 WITH geo AS ({_GEO}),
-ruled AS (
-    SELECT did, bool_or(ends_at > $6) AS busy FROM bindings
-    WHERE number IN ($3, $4)
-      AND (ends_at > $6 OR (ends_at > $6 - $7::interval AND peer NOT IN ($3, $4)))
-    GROUP BY did
-),
+ruled AS (SELECT did, bool_or(ends_at > :now) AS busy FROM bindings WHERE {_RULES_OUT} GROUP BY did),
 d AS (
-    SELECT d.status, (geo.only AND d.country <> $5) AS foreign_country, r.busy
+    SELECT d.status, (geo.only AND d.country <> :country) AS foreign_country, r.busy
     FROM dids d CROSS JOIN geo LEFT JOIN ruled r ON r.did = d.number
-    WHERE d.tenant_id = $1 AND d.pool = $2
+    WHERE d.tenant_id = :tenant_id AND d.pool = :pool
 )
 SELECT count(*)::int AS pool_dids,
        count(*) FILTER (WHERE status <> 'active')::int AS not_active,
@@ -107,17 +113,17 @@ SELECT count(*)::int AS pool_dids,
        count(*) FILTER (WHERE status = 'active' AND NOT foreign_country AND busy)::int AS party_busy,
        count(*) FILTER (WHERE status = 'active' AND NOT foreign_country AND NOT busy)::int AS cooling_off
 FROM d
-"""
+""")
 
 # A repeat of a create finds the pair's active session for the order. An earlier one past its expiry
 # is marked expired here and now, so that it frees the unique key for the new session.
-FIND_REPEAT = """
+FIND_REPEAT = f"""
 WITH stale AS (
     UPDATE sessions SET status = 'expired', close_reason = 'ttl', closed_at = expires_at
     WHERE tenant_id = $1 AND order_id = $2 AND customer = $3 AND agent = $4
       AND status = 'active' AND expires_at <= $5
 )
-SELECT * FROM sessions
+SELECT {SESSION} FROM sessions
 WHERE tenant_id = $1 AND order_id = $2 AND customer = $3 AND agent = $4
   AND status = 'active' AND expires_at > $5
 """
@@ -125,82 +131,68 @@ WHERE tenant_id = $1 AND order_id = $2 AND customer = $3 AND agent = $4
 
 async def find_repeat(
     conn: Conn, tenant_id: int, order_id: str, customer: str, agent: str, now: datetime
-) -> asyncpg.Record | None:
+) -> Session | None:
     """The tenant's live session for this order and pair, if any."""
-    row: asyncpg.Record | None = await conn.fetchrow(FIND_REPEAT, tenant_id, order_id, customer, agent, now)
-    return row
+    return _session_or_none(await conn.fetchrow(FIND_REPEAT, tenant_id, order_id, customer, agent, now))
 
 
-async def allocate(
-    conn: Conn,
-    *,
-    tenant_id: int,
-    pool: str,
-    customer: str,
-    agent: str,
-    country: str,
-    now: datetime,
-    cooloff: timedelta,
-    tried: list[str],
-    slot: float,
-    sample: int,
-    session_id: UUID,
-    order_id: str,
-    expires_at: datetime,
-    record: bool,
-    max_call_minutes: int | None,
-    max_calls: int | None,
-    metadata: dict[str, Any],
-) -> asyncpg.Record:
-    """One allocation attempt: `picked` (None: nothing eligible), `bound`, and the session if created."""
-    row: asyncpg.Record | None = await conn.fetchrow(
-        ALLOCATE,
-        tenant_id,
-        pool,
-        customer,
-        agent,
-        country,
-        now,
-        cooloff,
-        tried,
-        slot,
-        sample,
-        session_id,
-        order_id,
-        expires_at,
-        record,
-        max_call_minutes,
-        max_calls,
-        metadata,
-    )
+class Allocation(msgspec.Struct, frozen=True, kw_only=True):
+    """The inputs of one allocation attempt (the named parameters of ALLOCATE)."""
+
+    tenant_id: int
+    pool: str
+    customer: str
+    agent: str
+    country: str
+    now: datetime
+    cooloff: timedelta
+    tried: list[str]
+    slot: float
+    sample: int
+    session_id: UUID
+    order_id: str
+    expires_at: datetime
+    record: bool
+    max_call_minutes: int | None
+    max_calls: int | None
+    metadata: dict[str, Any]
+
+
+class Attempt(msgspec.Struct, frozen=True):
+    """What one attempt did: the DID it picked (None: nothing eligible), bindings made, the session if created."""
+
+    picked: str | None
+    bound: int
+    session: Session | None
+
+
+async def allocate(conn: Conn, a: Allocation) -> Attempt:
+    """One allocation attempt in one statement."""
+    row = await conn.fetchrow(ALLOCATE.sql, *ALLOCATE.args(msgspec.structs.asdict(a)))
     assert row is not None
-    return row
+    return Attempt(row["picked"], row["bound"], None if row["id"] is None else _session(row))
 
 
-async def exhaustion(
-    conn: Conn,
-    tenant_id: int,
-    pool: str,
-    customer: str,
-    agent: str,
-    country: str,
-    now: datetime,
-    cooloff: timedelta,
-) -> asyncpg.Record:
+class Exhaustion(msgspec.Struct, frozen=True):
+    """How many DIDs of a pool each rule rules out for a pair."""
+
+    pool_dids: int
+    not_active: int
+    other_country: int
+    party_busy: int
+    cooling_off: int
+
+
+async def exhaustion(conn: Conn, a: Allocation) -> Exhaustion:
     """Why a pool has no DID for a pair: counts of DIDs ruled out by each rule."""
-    row: asyncpg.Record | None = await conn.fetchrow(
-        EXHAUSTION, tenant_id, pool, customer, agent, country, now, cooloff
-    )
-    assert row is not None
-    return row
+    values = msgspec.structs.asdict(a)
+    return msgspec.convert(await conn.fetchrow(EXHAUSTION.sql, *EXHAUSTION.args(values)), Exhaustion)
 
 
-async def select_session(conn: Conn, tenant_id: int, session_id: UUID) -> asyncpg.Record | None:
+async def select_session(conn: Conn, tenant_id: int, session_id: UUID) -> Session | None:
     """One of the tenant's sessions."""
-    row: asyncpg.Record | None = await conn.fetchrow(
-        "SELECT * FROM sessions WHERE id = $1 AND tenant_id = $2", session_id, tenant_id
-    )
-    return row
+    row = await conn.fetchrow(f"SELECT {SESSION} FROM sessions WHERE id = $1 AND tenant_id = $2", session_id, tenant_id)
+    return _session_or_none(row)
 
 
 async def select_sessions(
@@ -213,11 +205,11 @@ async def select_sessions(
     status: str | None,
     after: tuple[datetime, UUID] | None,
     limit: int,
-) -> list[asyncpg.Record]:
+) -> list[Session]:
     """A page of the tenant's sessions, newest first, after a keyset position."""
-    rows: list[asyncpg.Record] = await conn.fetch(
-        """
-        SELECT * FROM sessions
+    rows = await conn.fetch(
+        f"""
+        SELECT {SESSION} FROM sessions
         WHERE tenant_id = $1
           AND ($2::text IS NULL OR order_id = $2)
           AND ($3::text IS NULL OR customer = $3)
@@ -239,40 +231,40 @@ async def select_sessions(
         after[1] if after else None,
         limit,
     )
-    return rows
+    return [_session(r) for r in rows]
 
 
 async def update_expiry(
     conn: Conn, tenant_id: int, session_id: UUID, now: datetime, expires_at: datetime
-) -> asyncpg.Record | None:
+) -> Session | None:
     """Move a live session's expiry and its bindings'; None when it is not live."""
-    row: asyncpg.Record | None = await conn.fetchrow(
-        """
+    row = await conn.fetchrow(
+        f"""
         WITH s AS (
             UPDATE sessions SET expires_at = $4
             WHERE id = $1 AND tenant_id = $2 AND status = 'active' AND expires_at > $3 RETURNING *),
         b AS (UPDATE bindings SET ends_at = $4 FROM s WHERE bindings.session_id = s.id)
-        SELECT * FROM s
+        SELECT {SESSION} FROM s
         """,
         session_id,
         tenant_id,
         now,
         expires_at,
     )
-    return row
+    return _session_or_none(row)
 
 
 async def close_session(
     conn: Conn, tenant_id: int, session_id: UUID, now: datetime, status: str, reason: str
-) -> asyncpg.Record | None:
+) -> Session | None:
     """End a live session now and free its bindings; None when it is not live."""
-    row: asyncpg.Record | None = await conn.fetchrow(
-        """
+    row = await conn.fetchrow(
+        f"""
         WITH s AS (
             UPDATE sessions SET status = $4, close_reason = $5, closed_at = $3
             WHERE id = $1 AND tenant_id = $2 AND status = 'active' AND expires_at > $3 RETURNING *),
         b AS (UPDATE bindings SET ends_at = $3 FROM s WHERE bindings.session_id = s.id AND bindings.ends_at > $3)
-        SELECT * FROM s
+        SELECT {SESSION} FROM s
         """,
         session_id,
         tenant_id,
@@ -280,7 +272,7 @@ async def close_session(
         status,
         reason,
     )
-    return row
+    return _session_or_none(row)
 
 
 async def expire_matching(
@@ -292,18 +284,18 @@ async def expire_matching(
     customer: str | None,
     agent: str | None,
     masked_number: str | None,
-) -> int:
-    """Expire (by ops) every live session matching all given filters; return how many."""
-    count: int = await conn.fetchval(
-        """
+) -> list[Session]:
+    """Expire (by ops) every live session matching all given filters; return them as they now are."""
+    rows = await conn.fetch(
+        f"""
         WITH s AS (
             UPDATE sessions SET status = 'expired', close_reason = 'expired_by_ops', closed_at = $2
             WHERE ($1::bigint IS NULL OR tenant_id = $1) AND status = 'active' AND expires_at > $2
               AND ($3::text IS NULL OR order_id = $3) AND ($4::text IS NULL OR customer = $4)
               AND ($5::text IS NULL OR agent = $5) AND ($6::text IS NULL OR did = $6)
-            RETURNING id),
+            RETURNING *),
         b AS (UPDATE bindings SET ends_at = $2 FROM s WHERE bindings.session_id = s.id AND bindings.ends_at > $2)
-        SELECT count(*)::int FROM s
+        SELECT {SESSION} FROM s
         """,
         tenant_id,
         now,
@@ -312,27 +304,78 @@ async def expire_matching(
         agent,
         masked_number,
     )
-    return count
+    return [_session(r) for r in rows]
 
 
-SWEEP_EXPIRED = """
+SWEEP_EXPIRED = f"""
 WITH due AS (
     SELECT id FROM sessions WHERE status = 'active' AND expires_at <= $1
     ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)
 UPDATE sessions s SET status = 'expired', close_reason = 'ttl', closed_at = s.expires_at
 FROM due WHERE s.id = due.id
-RETURNING s.id
+RETURNING {SESSION.replace("did AS", "s.did AS").replace("id, order_id", "s.id, order_id", 1)}
 """
 
 
-async def sweep_expired(conn: Conn, now: datetime, batch: int) -> list[UUID]:
-    """Mark one batch of sessions past their expiry as expired (ttl); return their ids."""
-    return [r["id"] for r in await conn.fetch(SWEEP_EXPIRED, now, batch)]
+async def sweep_expired(conn: Conn, now: datetime, batch: int) -> list[Session]:
+    """Mark one batch of sessions past their expiry as expired (ttl); return them."""
+    return [_session(r) for r in await conn.fetch(SWEEP_EXPIRED, now, batch)]
 
 
-async def pool_stats(conn: Conn, tenant_id: int | None, now: datetime) -> list[asyncpg.Record]:
+async def close_if_max_calls(conn: Conn, session_id: UUID, now: datetime) -> Session | None:
+    """Close the session (max_calls_reached) when its completed calls reached max_calls; the closed session."""
+    row = await conn.fetchrow(
+        f"""
+        WITH s AS (
+            UPDATE sessions SET status = 'closed', close_reason = 'max_calls_reached', closed_at = $2
+            WHERE id = $1 AND status = 'active' AND expires_at > $2 AND max_calls IS NOT NULL
+              AND (SELECT count(*) FROM calls WHERE session_id = $1 AND status = 'completed') >= max_calls
+            RETURNING *),
+        b AS (UPDATE bindings SET ends_at = $2 FROM s WHERE bindings.session_id = s.id AND bindings.ends_at > $2)
+        SELECT {SESSION} FROM s
+        """,
+        session_id,
+        now,
+    )
+    return _session_or_none(row)
+
+
+class RouteRow(msgspec.Struct, frozen=True):
+    """The live session on a DID that has a caller as a party, and the other party."""
+
+    id: UUID
+    other: str
+
+
+async def select_route(conn: Conn, did: str, caller: str, now: datetime) -> RouteRow | None:
+    """The live session on a DID that has the caller as a party."""
+    row = await conn.fetchrow(
+        """
+        SELECT id, CASE WHEN customer = $2 THEN agent ELSE customer END AS other FROM sessions
+        WHERE did = $1 AND (customer = $2 OR agent = $2) AND status = 'active' AND expires_at > $3
+        """,
+        did,
+        caller,
+        now,
+    )
+    return None if row is None else msgspec.convert(row, RouteRow)
+
+
+class PoolUse(msgspec.Struct, frozen=True, kw_only=True):
     """Per tenant and pool: DIDs by status, active sessions, and the busiest party's active sessions."""
-    rows: list[asyncpg.Record] = await conn.fetch(
+
+    tenant_id: int
+    tenant: str
+    pool: str
+    dids: int
+    active_dids: int
+    active_sessions: int
+    busiest_party: int
+
+
+async def pool_stats(conn: Conn, tenant_id: int | None, now: datetime) -> list[PoolUse]:
+    """Per tenant and pool: DIDs by status, active sessions, and the busiest party's active sessions."""
+    rows = await conn.fetch(
         """
         WITH d AS (
             SELECT tenant_id, pool, count(*)::int AS dids,
@@ -358,4 +401,4 @@ async def pool_stats(conn: Conn, tenant_id: int | None, now: datetime) -> list[a
         tenant_id,
         now,
     )
-    return rows
+    return [msgspec.convert(r, PoolUse) for r in rows]

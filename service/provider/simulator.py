@@ -14,6 +14,7 @@ import httpx
 import msgspec
 import structlog
 from litestar import Litestar, Request, Response, get, post
+from litestar.params import JSONBody
 from litestar.types import Receive, Scope, Send
 
 log = structlog.get_logger("service.simulator")
@@ -171,7 +172,7 @@ def simulator_app(sim: Simulator) -> Any:
         return await sim.handle_click(request)
 
     @post("/_sim/faults", status_code=204)
-    async def faults(data: Fault) -> None:
+    async def faults(data: JSONBody[Fault]) -> None:
         sim.inject(data)
 
     @get("/_sim/requests")

@@ -1,4 +1,4 @@
-"""Idempotency-Key: the first response to a keyed request is kept and replayed for 24 hours."""
+"""Idempotency-Key (an HTTP concern): the first response to a keyed request is kept and replayed for 24 hours."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import hashlib
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 
+from service.broker.errors import IdempotencyConflict, InvalidRequest
 from service.db import Conn
 from service.db import idempotency as q
-from service.errors import IdempotencyConflict, InvalidRequest
 
 Produce = Callable[[], Awaitable[tuple[int, bytes]]]
 

@@ -1,4 +1,4 @@
-"""Domain errors (an HTTP status and a stable code each) and their rendering as RFC 9457 problem+json."""
+"""Errors as HTTP: the status of each domain error code and the RFC 9457 problem+json rendering of every error."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import ResponseSpec
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsException, ProblemDetailsPlugin
 
-log = structlog.get_logger("service.errors")
+from service.broker.errors import DomainError
+
+log = structlog.get_logger("service.api.problems")
 
 PROBLEM_BASE = "https://masking.dev/problems/"
 
@@ -46,86 +48,26 @@ API_RESPONSES = problem_responses(*API_ERRORS)
 PUBLIC_RESPONSES = problem_responses(*PUBLIC_ERRORS)
 
 
-class DomainError(Exception):
-    """A failure the caller can act on; subclasses fix the status, code and title."""
-
-    status = 400
-    code = "invalid_request"
-    title = "Invalid request"
-
-    def __init__(self, detail: str, **extra: Any) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.extra = extra
-        self.headers: dict[str, str] = {}
-
-
-class InvalidRequest(DomainError):
-    status, code, title = 422, "invalid_request", "Invalid request"
-
-
-class InvalidPhoneNumber(DomainError):
-    status, code, title = 422, "invalid_phone_number", "Invalid phone number"
-
-
-class Unauthorized(DomainError):
-    status, code, title = 401, "unauthorized", "Unauthorized"
-
-
-class Forbidden(DomainError):
-    status, code, title = 403, "forbidden", "Forbidden"
-
-
-class NotFound(DomainError):
-    status, code, title = 404, "not_found", "Not found"
-
-
-class PoolExhausted(DomainError):
-    status, code, title = 409, "pool_exhausted", "Pool exhausted"
-
-
-class SessionNotActive(DomainError):
-    status, code, title = 409, "session_not_active", "Session not active"
-
-
-class CallInProgress(DomainError):
-    status, code, title = 409, "call_in_progress", "Call in progress"
-
-
-class DidTaken(DomainError):
-    status, code, title = 409, "did_taken", "DID owned by another tenant"
-
-
-class DidInUse(DomainError):
-    status, code, title = 409, "did_in_use", "DID in use"
-
-
-class IdempotencyConflict(DomainError):
-    status, code, title = 409, "idempotency_in_flight", "Request still in progress"
-
-
-class ProviderRejected(DomainError):
-    status, code, title = 502, "provider_rejected", "Provider rejected the call"
-
-
-class ProviderUnavailable(DomainError):
-    status, code, title = 503, "provider_unavailable", "Provider unavailable"
-
-
-class ProviderTimeout(DomainError):
-    status, code, title = 504, "provider_timeout", "Provider timeout"
-
-
-class RateLimited(DomainError):
-    status, code, title = 429, "rate_limited", "Rate limited"
-
-
-class NoSession(DomainError):
-    status, code, title = 404, "no_session", "No session"
-
-
-class DatabaseUnavailable(DomainError):
-    status, code, title = 503, "database_unavailable", "Database unavailable"
+# The HTTP status of each domain error code: the one place where the domain meets HTTP.
+STATUS = {
+    "invalid_request": 422,
+    "invalid_phone_number": 422,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "not_found": 404,
+    "no_session": 404,
+    "pool_exhausted": 409,
+    "session_not_active": 409,
+    "call_in_progress": 409,
+    "did_taken": 409,
+    "did_in_use": 409,
+    "idempotency_in_flight": 409,
+    "rate_limited": 429,
+    "provider_rejected": 502,
+    "provider_unavailable": 503,
+    "database_unavailable": 503,
+    "provider_timeout": 504,
+}
 
 
 def problem(status: int, code: str, title: str, detail: str, **extra: Any) -> ProblemDetailsException:
@@ -140,8 +82,9 @@ def problem(status: int, code: str, title: str, detail: str, **extra: Any) -> Pr
 
 
 def _from_domain(exc: DomainError) -> ProblemDetailsException:
-    result = problem(exc.status, exc.code, exc.title, exc.detail, **exc.extra)
-    result.headers = exc.headers or None
+    result = problem(STATUS.get(exc.code, 400), exc.code, exc.title, exc.detail, **exc.extra)
+    if "retry_after" in exc.extra:
+        result.headers = {"Retry-After": str(exc.extra["retry_after"])}
     return result
 
 

@@ -1,4 +1,4 @@
-"""The resources the service hands out: frozen msgspec Structs, encoded as the contract shows."""
+"""The resources the service hands out: frozen msgspec Structs, read from rows and encoded as the contract shows."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ from datetime import datetime
 from typing import Any, Literal
 
 import msgspec
-
-from service.errors import NotFound
 
 DidStatus = Literal["active", "draining", "retired"]
 SessionStatus = Literal["active", "closed", "expired"]
@@ -32,7 +30,7 @@ class Did(msgspec.Struct, frozen=True, kw_only=True):
 class Session(msgspec.Struct, frozen=True, kw_only=True):
     """A masked pair bound to one DID for a while."""
 
-    id: str
+    id: uuid.UUID
     order_id: str
     customer: str
     agent: str
@@ -62,8 +60,8 @@ class ProviderOutcome(msgspec.Struct, frozen=True, kw_only=True):
 class Call(msgspec.Struct, frozen=True, kw_only=True, rename={"from_": "from"}):
     """One click-to-call attempt inside a session."""
 
-    id: str
-    session_id: str
+    id: uuid.UUID
+    session_id: uuid.UUID
     first: Party
     from_: str
     to: str
@@ -79,11 +77,3 @@ class Call(msgspec.Struct, frozen=True, kw_only=True, rename={"from_": "from"}):
     recording_url: str | None
     hangup_by: str | None
     provider: ProviderOutcome
-
-
-def parse_id(value: str, what: str) -> uuid.UUID:
-    """A resource id from a path; anything that is not a UUID is simply not found."""
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise NotFound(f"No {what} with that id.") from None

@@ -1,0 +1,69 @@
+"""Background tidying: expire sessions, time out calls, match stranded reports, redact old numbers.
+
+Every job works in batches of rows locked with SKIP LOCKED, one transaction per batch, so any number
+of service processes can run it at once and none holds a lock for long.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import structlog
+
+from service import metrics
+from service.broker.reports import rematch_pending
+from service.db import Conn
+from service.db import calls as calls_q
+from service.db import retention as retention_q
+from service.db import sessions as sessions_q
+from service.settings import Settings
+
+log = structlog.get_logger("service.sweeps")
+
+BATCH = 500
+
+
+async def _in_batches(conn: Conn, job: str, step: Callable[[], Awaitable[Sequence[object] | int]]) -> int:
+    """Run step (one batch, in its own transaction) until a batch comes back short; count and log the rows."""
+    total = 0
+    while True:
+        async with conn.transaction():
+            done = await step()
+        count = done if isinstance(done, int) else len(done)
+        total += count
+        if count < BATCH:
+            break
+    if total:
+        metrics.SWEPT.labels(job).inc(total)
+        log.info(job, count=total)
+    return total
+
+
+async def sweep_expired(conn: Conn, now: datetime) -> int:
+    """Mark every session past its expiry as expired (ttl)."""
+    return await _in_batches(conn, "sessions_expired", lambda: sessions_q.sweep_expired(conn, now, BATCH))
+
+
+async def time_out_calls(conn: Conn, now: datetime, timeout_seconds: int) -> int:
+    """Calls with no report after the timeout become unknown, which frees their sessions for a next call."""
+    before = now - timedelta(seconds=timeout_seconds)
+    total = await _in_batches(conn, "calls_timed_out", lambda: calls_q.time_out_calls(conn, before, BATCH))
+    metrics.CALLS.labels("unknown").inc(total)
+    return total
+
+
+async def redact_old_sessions(conn: Conn, now: datetime, days: int) -> int:
+    """Mask the numbers of sessions ended more than `days` ago (MASKING_RETENTION_DAYS)."""
+    cutoff = now - timedelta(days=days)
+    return await _in_batches(conn, "sessions_redacted", lambda: retention_q.redact_batch(conn, cutoff, BATCH, now))
+
+
+async def sweep_once(conn: Conn, settings: Settings, now: datetime) -> None:
+    """One round of every job."""
+    await sweep_expired(conn, now)
+    await time_out_calls(conn, now, settings.call_report_timeout_seconds)
+    await rematch_pending(conn, ZoneInfo(settings.provider_timezone), now, settings.call_report_timeout_seconds)
+    if settings.retention_days:
+        await redact_old_sessions(conn, now, settings.retention_days)
