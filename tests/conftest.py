@@ -32,6 +32,22 @@ def privacy_checked_logs() -> None:
     configure_logging("json", "debug", path=str(LOG_DIR / "in-process.log"))
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Close every run with the privacy scan of all its logs; a leak fails the run."""
+    from tests.privacy import scan
+    from tests.processes import LOG_DIR
+
+    count, leaked = scan(LOG_DIR)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line("")
+        reporter.write_line(f"privacy scan: {count} log lines, {len(leaked)} leaks")
+        for line in leaked[:20]:
+            reporter.write_line(f"  leak: {line}")
+    if leaked:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 @pytest.fixture(scope="session")
 def server_dsn() -> Iterator[str]:
     """A PostgreSQL for the whole run: MASKING_DATABASE_URL, or an embedded one in a temporary folder."""
