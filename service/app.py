@@ -21,11 +21,12 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from service import metrics
 from service.api.calls import CallController, ReportController
 from service.api.deps import MaskingRequest, Runtime, provide_conn, require_key
 from service.api.dids import DidController
 from service.api.ops import MetricsController, StatsController, healthz, readyz
-from service.api.problems import internal_error_handler, problem_details_plugin, problem_response
+from service.api.problems import internal_error_handler, problem_details_plugin, problem_response, too_deep_handler
 from service.api.provider import ProviderController
 from service.api.sessions import SessionController
 from service.broker.errors import DatabaseUnavailable, InvalidRequest
@@ -126,6 +127,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         db = await create_pool(dsn, settings.db_pool_size)
+        metrics.cap_pool_labels(settings.metrics_pool_series)
         http = httpx.AsyncClient(timeout=settings.provider_timeout_seconds)
         token = await callback_token(db, settings.callback_token)
         provider_url, provider_token = settings.thundersms_url, settings.thundersms_token or ""
@@ -182,6 +184,7 @@ def create_app(
         plugins=[problem_details_plugin()],
         exception_handlers={
             Exception: internal_error_handler,
+            RecursionError: too_deep_handler,
             asyncpg.DataError: _bad_text,
             **dict.fromkeys(_DB_DOWN, _database_down),
         },

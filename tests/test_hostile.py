@@ -9,7 +9,9 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+import pytest
 
+from tests.helpers import Keys, add_dids, assert_problem, session_body
 from tests.processes import ServeProcess, masking_env, run_cli
 
 # positive_data_acceptance: a schema-valid body can still be refused (phone numbers that phonenumbers
@@ -114,3 +116,31 @@ async def test_abusive_callbacks_change_nothing_they_should_not(
     assert await db.fetchval("SELECT count(*) FROM calls") == 0
     assert await db.fetchval("SELECT count(*) FROM provider_reports") == 4
     assert "unhandled_error" not in (tmp_path / "serve.log").read_text()
+
+
+DEEP = b"[" * 1000 + b"]" * 1000
+JSON_ROUTES = [
+    ("POST", "/v1/sessions"),
+    ("POST", "/v1/dids"),
+    ("POST", "/v1/dids/bulk"),
+    ("PATCH", "/v1/dids/+918068281234"),
+    ("POST", "/v1/sessions/{session}/calls"),
+    ("PATCH", "/v1/sessions/{session}"),
+    ("POST", "/v1/sessions/{session}/close"),
+    ("POST", "/v1/sessions/expire"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), JSON_ROUTES)
+async def test_deeply_nested_json_is_400_on_every_json_route(
+    client: httpx.AsyncClient, keys: Keys, method: str, path: str
+) -> None:
+    """A 2 KB body of 1,000 nested arrays answers 400 invalid_request, never 500, and changes nothing."""
+    await add_dids(client, keys.a, ["+918068281234"])
+    session = (await client.post("/v1/sessions", json=session_body(), headers=keys.a)).json()
+    url = path.replace("{session}", session["id"])
+    headers = {**keys.a, "content-type": "application/json"}
+    body = assert_problem(await client.request(method, url, content=DEEP, headers=headers), 400, "invalid_request")
+    assert "nested" in body["detail"]
+    after = (await client.get(f"/v1/sessions/{session['id']}", headers=keys.a)).json()
+    assert after["status"] == "active" and after["expires_at"] == session["expires_at"]
