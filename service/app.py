@@ -51,6 +51,9 @@ _DB_DOWN = (
     asyncpg.AdminShutdownError,
     asyncpg.TooManyConnectionsError,
     asyncpg.InterfaceError,  # "connection is closed" while the server is away
+    # "cannot switch to state N; protocol is in the failed state" (or "another operation is in progress"):
+    # a connection left unusable by the server going away mid-operation (issue 12: 3 such 500s in 10,547).
+    asyncpg.exceptions.InternalClientError,
 )
 
 
@@ -225,7 +228,7 @@ def _bad_text(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
 
 
 def _database_down(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    log.warning("database_unavailable", error=type(exc).__name__)
+    log.warning("database_unavailable", error=type(exc).__name__, message=str(exc)[:200])
     return problem_response(
         request, DatabaseUnavailable("The database is unavailable right now; retry in a few seconds.")
     )
