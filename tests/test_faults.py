@@ -13,8 +13,8 @@ import asyncpg
 import httpx
 import pytest
 
-from service.embedded import EmbeddedPostgres
 from service.broker import dids as dids_broker
+from service.embedded import EmbeddedPostgres
 from tests.helpers import CROSSED_LINES, Keys, assert_problem, dsn_for, wait_for
 from tests.processes import ServeProcess, masking_env, run_cli
 
@@ -83,7 +83,11 @@ async def _outage(tmp_path: Path, seconds: float, workers: int) -> None:
             async def load() -> None:
                 while not stop.is_set():
                     for method, url, body in (
-                        ("POST", "/v1/sessions", {"order_id": "o", "customer": "+919876543210", "agent": "+918765432109"}),
+                        (
+                            "POST",
+                            "/v1/sessions",
+                            {"order_id": "o", "customer": "+919876543210", "agent": "+918765432109"},
+                        ),
                         ("GET", "/v1/sessions", None),
                         ("GET", "/v1/dids", None),
                         ("POST", f"/v1/provider/thundersms/callback/{TOKEN}", {"bridge": 1, "from": 2, "to": 3}),
@@ -106,7 +110,9 @@ async def _outage(tmp_path: Path, seconds: float, workers: int) -> None:
             await asyncio.gather(*tasks)
             statuses = Counter(s for s, _, _, _, down in during if down)
             slowest = max(t for _, t, _, _, _ in during)
-            print(f"\nduring a {seconds:.0f}s outage, {workers} clients: {dict(statuses)}, slowest answer {slowest:.2f}s")
+            print(
+                f"\nduring a {seconds:.0f}s outage, {workers} clients: {dict(statuses)}, slowest answer {slowest:.2f}s"
+            )
             # Requests in flight while the server stops may still succeed; none may be a 5xx other than 503.
             wrong = Counter((s, url) for s, _, _, url, _ in during if s >= 500 and s != 503)
             print(f"while it stopped: {dict(Counter(s for s, _, _, _, down in during if not down))}")
