@@ -167,6 +167,8 @@ async def run(dsn: str, seconds: float, log_dir: Path | None = None) -> dict[str
             MASKING_SESSION_CALLS_PER_WINDOW="0",
             MASKING_CALLS_PER_MINUTE="0",
             MASKING_PROVIDER_TIMEOUT_SECONDS="5",
+            # 12 agents on 60 DIDs: with the default hour of cool-off the pool would run dry within minutes.
+            MASKING_COOLOFF_SECONDS="5",
         )
         key = json.loads(run_cli("tenant", "create", "soak", "--scope", "sessions", "--scope", "ops", env=env).stdout)[
             "api_key"

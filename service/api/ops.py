@@ -59,7 +59,8 @@ class Stats(msgspec.Struct, frozen=True):
 
 
 def _page_of(pools: list[PoolStats], limit: int, cursor: str | None) -> Stats:
-    """The pools after the cursor's, at most limit of them (pool_stats orders them by name)."""
+    """The pools after the cursor's, at most limit of them, by name (code point order, whatever the collation)."""
+    pools = sorted(pools, key=lambda p: p.pool)
     if cursor:
         try:
             after = base64.urlsafe_b64decode(cursor.encode()).decode()
