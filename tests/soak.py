@@ -185,7 +185,7 @@ async def run(dsn: str, seconds: float, log_dir: Path | None = None) -> dict[str
                 assert (await http.post(b.url + "/v1/dids/bulk", json={"dids": dids}, headers=soak.auth)).is_success
                 rows_at_start = await _table_rows(db)
                 tasks = [asyncio.create_task(soak.worker(http, w)) for w in range(WORKERS)]
-                restarter = asyncio.create_task(soak.restarter(every=max(4.0, seconds / 8)))
+                restarter = asyncio.create_task(soak.restarter(every=max(3.0, seconds / 8)))
                 await asyncio.sleep(seconds)
                 soak.stop.set()
                 await asyncio.gather(*tasks, restarter)

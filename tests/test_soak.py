@@ -14,7 +14,7 @@ async def test_a_short_soak_keeps_every_promise(dsn: str, tmp_path: Path) -> Non
         f"{figures['restarts of process A']} restarts, 5xx {figures['5xx by route']}"
     )
     assert consistent(figures) == []
-    assert figures["restarts of process A"] >= 2
+    assert figures["restarts of process A"] >= 1
     assert (
         figures["clicks answered 202"] >= 20
         and figures["dials the simulator received"] >= figures["clicks answered 202"]
