@@ -21,11 +21,12 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from service import metrics
 from service.api.calls import CallController, ReportController
 from service.api.deps import MaskingRequest, Runtime, provide_conn, require_key
 from service.api.dids import DidController
 from service.api.ops import MetricsController, StatsController, healthz, readyz
-from service.api.problems import internal_error_handler, problem_details_plugin, problem_response
+from service.api.problems import internal_error_handler, problem_details_plugin, problem_response, too_deep_handler
 from service.api.provider import ProviderController
 from service.api.sessions import SessionController
 from service.broker.errors import DatabaseUnavailable, InvalidRequest
@@ -50,6 +51,9 @@ _DB_DOWN = (
     asyncpg.AdminShutdownError,
     asyncpg.TooManyConnectionsError,
     asyncpg.InterfaceError,  # "connection is closed" while the server is away
+    # "cannot switch to state N; protocol is in the failed state" (or "another operation is in progress"):
+    # a connection left unusable by the server going away mid-operation (issue 12: 3 such 500s in 10,547).
+    asyncpg.exceptions.InternalClientError,
 )
 
 
@@ -126,6 +130,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         db = await create_pool(dsn, settings.db_pool_size)
+        metrics.cap_pool_labels(settings.metrics_pool_series)
         http = httpx.AsyncClient(timeout=settings.provider_timeout_seconds)
         token = await callback_token(db, settings.callback_token)
         provider_url, provider_token = settings.thundersms_url, settings.thundersms_token or ""
@@ -182,6 +187,7 @@ def create_app(
         plugins=[problem_details_plugin()],
         exception_handlers={
             Exception: internal_error_handler,
+            RecursionError: too_deep_handler,
             asyncpg.DataError: _bad_text,
             **dict.fromkeys(_DB_DOWN, _database_down),
         },
@@ -222,7 +228,7 @@ def _bad_text(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
 
 
 def _database_down(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    log.warning("database_unavailable", error=type(exc).__name__)
+    log.warning("database_unavailable", error=type(exc).__name__, message=str(exc)[:200])
     return problem_response(
         request, DatabaseUnavailable("The database is unavailable right now; retry in a few seconds.")
     )

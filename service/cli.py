@@ -191,7 +191,7 @@ def cmd_dids_import(settings: Settings, args: argparse.Namespace) -> int:
                 validate_entries(entries[i : i + step], lines[i : i + step])
                 progress.advance(task, len(entries[i : i + step]))
             progress.update(task, description="adding")
-            return await add_dids(conn, tenant_id, entries, lines)
+            return await add_dids(conn, tenant_id, entries, lines, max_pools=settings.max_pools_per_tenant)
 
     try:
         created, existing = run_with_db(settings, work)

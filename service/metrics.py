@@ -20,3 +20,24 @@ PROVIDER_LATENCY = Histogram(
 )
 REPORTS = Counter("masking_reports_received", "Provider reports by outcome", ["outcome"])
 SWEPT = Counter("masking_swept", "Rows tidied by background sweepers", ["job"])
+
+# Pool names are user input: past this many distinct names per process, new ones share one label.
+OTHER_POOLS = "_other"
+_pool_labels: set[str] = set()
+_pool_label_cap = 200
+
+
+def cap_pool_labels(cap: int) -> None:
+    """Set how many distinct pool names may become a label value (MASKING_METRICS_POOL_SERIES)."""
+    global _pool_label_cap
+    _pool_label_cap = cap
+
+
+def pool_label(pool: str) -> str:
+    """The label value for a pool: its name while the process has seen fewer than the cap, else `_other`."""
+    if pool in _pool_labels:
+        return pool
+    if len(_pool_labels) < _pool_label_cap:
+        _pool_labels.add(pool)
+        return pool
+    return OTHER_POOLS

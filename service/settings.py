@@ -45,7 +45,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     session_calls_per_window: Annotated[int, msgspec.Meta(ge=0)] = 3
     session_call_window_seconds: Annotated[int, msgspec.Meta(ge=1)] = 600
     sessions_per_minute: Annotated[int, msgspec.Meta(ge=0)] = 6000
-    retention_days: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    # Days after which an ended session's numbers are masked (0: never; privacy favours short).
+    retention_days: Annotated[int, msgspec.Meta(ge=0)] | None = 90
+    # Bounds on what users' input can grow (issue 12): pools per tenant, per-pool metric series.
+    max_pools_per_tenant: Annotated[int, msgspec.Meta(ge=1)] = 100
+    metrics_pool_series: Annotated[int, msgspec.Meta(ge=0)] = 200
+    # How long an ended binding remembers its pair for sticky re-use (deleted after this or the cool-off).
+    sticky_memory_seconds: Annotated[int, msgspec.Meta(ge=0)] = 604_800
+    # How long a settled provider report (matched, unmatched, duplicate, unparseable) is kept.
+    report_retention_days: Annotated[int, msgspec.Meta(ge=1)] = 30
 
     @property
     def provider_kind(self) -> Literal["simulator", "thundersms"]:

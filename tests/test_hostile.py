@@ -5,11 +5,17 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncpg
 import httpx
+import pytest
+from asgi_lifespan import LifespanManager
 
+from service.app import create_app, request_context
+from tests.helpers import FakeClock, Keys, add_dids, assert_problem, did_numbers, make_settings, session_body
 from tests.processes import ServeProcess, masking_env, run_cli
 
 # positive_data_acceptance: a schema-valid body can still be refused (phone numbers that phonenumbers
@@ -114,3 +120,131 @@ async def test_abusive_callbacks_change_nothing_they_should_not(
     assert await db.fetchval("SELECT count(*) FROM calls") == 0
     assert await db.fetchval("SELECT count(*) FROM provider_reports") == 4
     assert "unhandled_error" not in (tmp_path / "serve.log").read_text()
+
+
+DEEP = b"[" * 1000 + b"]" * 1000
+JSON_ROUTES = [
+    ("POST", "/v1/sessions"),
+    ("POST", "/v1/dids"),
+    ("POST", "/v1/dids/bulk"),
+    ("PATCH", "/v1/dids/+918068281234"),
+    ("POST", "/v1/sessions/{session}/calls"),
+    ("PATCH", "/v1/sessions/{session}"),
+    ("POST", "/v1/sessions/{session}/close"),
+    ("POST", "/v1/sessions/expire"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), JSON_ROUTES)
+async def test_deeply_nested_json_is_400_on_every_json_route(
+    client: httpx.AsyncClient, keys: Keys, method: str, path: str
+) -> None:
+    """A 2 KB body of 1,000 nested arrays answers 400 invalid_request, never 500, and changes nothing."""
+    await add_dids(client, keys.a, ["+918068281234"])
+    session = (await client.post("/v1/sessions", json=session_body(), headers=keys.a)).json()
+    url = path.replace("{session}", session["id"])
+    headers = {**keys.a, "content-type": "application/json"}
+    body = assert_problem(await client.request(method, url, content=DEEP, headers=headers), 400, "invalid_request")
+    assert "nested" in body["detail"]
+    after = (await client.get(f"/v1/sessions/{session['id']}", headers=keys.a)).json()
+    assert after["status"] == "active" and after["expires_at"] == session["expires_at"]
+
+
+@asynccontextmanager
+async def _app(dsn: str, **overrides: object) -> AsyncIterator[httpx.AsyncClient]:
+    """The app in-loop with these settings, no sweeper."""
+    app = create_app(make_settings(dsn, **overrides), dsn=dsn, clock=FakeClock(), background=False)
+    async with LifespanManager(app):
+        transport = httpx.ASGITransport(app=request_context(app))
+        async with httpx.AsyncClient(transport=transport, base_url="http://masking.test") as http:
+            yield http
+
+
+async def test_ten_thousand_pools_in_one_bulk_are_refused_by_the_default_pool_cap(
+    client: httpx.AsyncClient, keys: Keys, db: asyncpg.Connection
+) -> None:
+    """A bulk of 10,000 DIDs each in its own pool answers 409 too_many_pools and adds nothing."""
+    numbers = did_numbers(10_000)
+    dids = [{"number": n, "pool": f"p{i}"} for i, n in enumerate(numbers)]
+    r = await client.post("/v1/dids/bulk", json={"dids": dids}, headers=keys.a)
+    body = assert_problem(r, 409, "too_many_pools")
+    assert body["max_pools"] == 100 and "MASKING_MAX_POOLS_PER_TENANT" in body["detail"]
+    assert await db.fetchval("SELECT count(*) FROM dids") == 0
+
+
+async def test_the_pool_cap_holds_on_every_way_to_make_a_pool(dsn: str, keys: Keys, db: asyncpg.Connection) -> None:
+    """With MASKING_MAX_POOLS_PER_TENANT=3: a 4th pool by add, bulk or move is 409; existing pools still take DIDs."""
+    async with _app(dsn, max_pools_per_tenant=3) as http:
+        await add_dids(http, keys.a, did_numbers(3), pool="a")
+        await add_dids(http, keys.a, did_numbers(2, start=3), pool="b")
+        assert (
+            await http.post("/v1/dids", json={"number": did_numbers(1, 5)[0], "pool": "c"}, headers=keys.a)
+        ).status_code == 201
+        four = {"number": did_numbers(1, 6)[0], "pool": "d"}
+        assert_problem(await http.post("/v1/dids", json=four, headers=keys.a), 409, "too_many_pools")
+        assert_problem(await http.post("/v1/dids/bulk", json={"dids": [four]}, headers=keys.a), 409, "too_many_pools")
+        moved = await http.patch(f"/v1/dids/{did_numbers(1)[0]}", json={"pool": "d"}, headers=keys.a)
+        assert_problem(moved, 409, "too_many_pools")
+        await add_dids(http, keys.a, did_numbers(1, 7), pool="b")
+        await add_dids(http, keys.b, did_numbers(1, 8), pool="d")  # another tenant has its own cap
+        pools = await db.fetch(
+            "SELECT DISTINCT pool FROM dids d JOIN tenants t ON t.id = d.tenant_id WHERE t.name = 'tenant-a'"
+        )
+        assert sorted(r["pool"] for r in pools) == ["a", "b", "c"]
+
+
+async def test_metrics_carry_at_most_the_capped_pool_series(dsn: str, keys: Keys) -> None:
+    """60 pools with MASKING_METRICS_POOL_SERIES=5: /metrics has 5 named pools and one `_other` summing the rest."""
+    async with _app(dsn, metrics_pool_series=5) as http:
+        numbers = did_numbers(60)
+        dids = [{"number": n, "pool": f"p{i:02d}"} for i, n in enumerate(numbers)]
+        assert (await http.post("/v1/dids/bulk", json={"dids": dids}, headers=keys.a)).status_code == 200
+        text = (await http.get("/metrics")).text
+        series = [line for line in text.splitlines() if line.startswith("masking_pool_dids{")]
+        pools = {re.search(r'pool="([^"]+)"', line).group(1) for line in series}  # type: ignore[union-attr]
+        assert pools == {"p00", "p01", "p02", "p03", "p04", "_other"}
+        assert 'masking_pool_dids{pool="_other",status="all",tenant="tenant-a"} 55.0' in text
+        assert len(text) < 20_000
+
+
+async def test_dids_come_a_page_at_a_time_with_a_cursor(client: httpx.AsyncClient, keys: Keys) -> None:
+    """GET /v1/dids pages by limit and next_cursor: 250 DIDs in pages of 100 by default, each once, in order."""
+    numbers = did_numbers(250)
+    await add_dids(client, keys.a, numbers[:150], pool="a")
+    await add_dids(client, keys.a, numbers[150:], pool="b")
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        params = {"cursor": cursor} if cursor else {}
+        page = (await client.get("/v1/dids", params=params, headers=keys.a)).json()
+        pages += 1
+        assert len(page["items"]) <= 100
+        seen += [d["number"] for d in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert pages == 3 and seen == numbers
+    small = (await client.get("/v1/dids", params={"limit": 7, "pool": "b"}, headers=keys.a)).json()
+    assert [d["number"] for d in small["items"]] == numbers[150:157] and small["next_cursor"]
+    assert_problem(await client.get("/v1/dids", params={"cursor": "nonsense"}, headers=keys.a), 422, "invalid_request")
+    assert (await client.get("/v1/dids", params={"limit": 1001}, headers=keys.a)).status_code in (400, 422)
+
+
+async def test_stats_come_a_page_of_pools_at_a_time(client: httpx.AsyncClient, keys: Keys) -> None:
+    """GET /v1/stats?limit=2 pages the pools by name with next_cursor; every pool once."""
+    for i, pool in enumerate(["e", "a", "d", "b", "c"]):
+        await add_dids(client, keys.a, did_numbers(1, start=i), pool=pool)
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params: dict[str, object] = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = (await client.get("/v1/stats", params=params, headers=keys.a)).json()
+        assert len(page["pools"]) <= 2
+        seen += [p["pool"] for p in page["pools"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == ["a", "b", "c", "d", "e"]
+    everything = (await client.get("/v1/stats", headers=keys.a)).json()
+    assert [p["pool"] for p in everything["pools"]] == seen and everything["next_cursor"] is None

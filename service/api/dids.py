@@ -6,7 +6,7 @@ from typing import Annotated
 
 import msgspec
 from litestar import Controller, Response, get, patch, post
-from litestar.params import FromPath, FromQuery, JSONBody
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from service.api.deps import Db, MaskingRequest
 from service.api.problems import API_RESPONSES
@@ -52,12 +52,6 @@ class ChangeDid(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     pool: Pool | None = None
 
 
-class DidList(msgspec.Struct, frozen=True):
-    """The tenant's DIDs."""
-
-    items: list[Did]
-
-
 class DidController(Controller):
     """Add, list and change the tenant's DIDs."""
 
@@ -84,6 +78,7 @@ class DidController(Controller):
             data.pool,
             data.max_concurrent_calls,
             request.runtime.clock(),
+            request.runtime.settings.max_pools_per_tenant,
         )
         return Response(did, status_code=201 if created else 200)
 
@@ -96,18 +91,24 @@ class DidController(Controller):
     )
     async def bulk(self, request: MaskingRequest, data: JSONBody[AddDids], conn: Db) -> BulkResult:
         entries = [broker.NewDid(d.number, d.pool) for d in data.dids]
-        created, existing = await broker.add_dids(conn, request.principal.tenant_id, entries)
+        created, existing = await broker.add_dids(
+            conn, request.principal.tenant_id, entries, max_pools=request.runtime.settings.max_pools_per_tenant
+        )
         return BulkResult(created=created, existing=existing)
 
-    @get("/", summary="List DIDs with their active sessions", responses=API_RESPONSES)
+    @get("/", summary="List DIDs with their active sessions, a page at a time", responses=API_RESPONSES)
     async def list(
         self,
         request: MaskingRequest,
         conn: Db,
         pool: FromQuery[str | None] = None,
         status: FromQuery[DidStatus | None] = None,
-    ) -> DidList:
-        return DidList(await broker.list_dids(conn, request.principal.tenant_id, request.runtime.clock(), pool, status))
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
+        cursor: FromQuery[str | None] = None,
+    ) -> broker.DidPage:
+        return await broker.list_dids(
+            conn, request.principal.tenant_id, request.runtime.clock(), pool, status, limit, cursor
+        )
 
     @patch(
         "/{number:str}",
@@ -122,5 +123,11 @@ class DidController(Controller):
         conn: Db,
     ) -> Did:
         return await broker.change_did(
-            conn, request.principal.tenant_id, number, data.status, data.pool, request.runtime.clock()
+            conn,
+            request.principal.tenant_id,
+            number,
+            data.status,
+            data.pool,
+            request.runtime.clock(),
+            request.runtime.settings.max_pools_per_tenant,
         )

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+from collections.abc import Sequence
+from typing import Annotated
 
 import msgspec
 from litestar import Controller, MediaType, Response, get
 from litestar.openapi import ResponseSpec
+from litestar.params import FromQuery, QueryParameter
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from service import metrics
 from service.api.deps import MaskingRequest
 from service.api.problems import API_RESPONSES
+from service.broker.errors import InvalidRequest
 from service.broker.sessions import PoolStats, pool_stats
 from service.db.pool import ping
 
@@ -46,9 +52,26 @@ async def readyz(
 
 
 class Stats(msgspec.Struct, frozen=True):
-    """Per pool: DIDs, active sessions, headroom."""
+    """A page of pools (by name): DIDs, active sessions, headroom; next_cursor None on the last page."""
 
     pools: list[PoolStats]
+    next_cursor: str | None = None
+
+
+def _page_of(pools: list[PoolStats], limit: int, cursor: str | None) -> Stats:
+    """The pools after the cursor's, at most limit of them, by name (code point order, whatever the collation)."""
+    pools = sorted(pools, key=lambda p: p.pool)
+    if cursor:
+        try:
+            after = base64.urlsafe_b64decode(cursor.encode()).decode()
+        except (binascii.Error, ValueError):
+            raise InvalidRequest(
+                "`cursor` is not one this service gave out; start again without it.", field="cursor"
+            ) from None
+        pools = [p for p in pools if p.pool > after]
+    if len(pools) <= limit:
+        return Stats(pools)
+    return Stats(pools[:limit], base64.urlsafe_b64encode(pools[limit - 1].pool.encode()).decode())
 
 
 class StatsController(Controller):
@@ -58,17 +81,38 @@ class StatsController(Controller):
     tags = ["ops"]
     opt = {"scope": "ops"}
 
-    @get("/", summary="Per pool: DIDs, active sessions and headroom", responses=API_RESPONSES)
+    @get("/", summary="Per pool: DIDs, active sessions and headroom, a page at a time", responses=API_RESPONSES)
     async def stats(
         self,
         request: MaskingRequest,
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
+        cursor: FromQuery[str | None] = None,
     ) -> Stats:
         async with request.runtime.db.acquire() as conn:
-            return Stats(await pool_stats(conn, request.principal.tenant_id, request.runtime.clock()))
+            pools = await pool_stats(conn, request.principal.tenant_id, request.runtime.clock())
+        return _page_of(pools, limit, cursor)
+
+
+def _bounded(pools: Sequence[PoolStats], cap: int) -> list[PoolStats]:
+    """At most `cap` pools by name, and per tenant one `_other` pool summing the rest."""
+    shown = list(pools[:cap])
+    rest: dict[str, PoolStats] = {}
+    for p in pools[cap:]:
+        o = rest.get(p.tenant)
+        rest[p.tenant] = PoolStats(
+            tenant=p.tenant,
+            pool=metrics.OTHER_POOLS,
+            dids=p.dids + (o.dids if o else 0),
+            active_dids=p.active_dids + (o.active_dids if o else 0),
+            active_sessions=p.active_sessions + (o.active_sessions if o else 0),
+            busiest_party_sessions=max(p.busiest_party_sessions, o.busiest_party_sessions if o else 0),
+            headroom=p.headroom + (o.headroom if o else 0),
+        )
+    return shown + list(rest.values())
 
 
 class MetricsController(Controller):
-    """Prometheus text; pool gauges are refreshed from the database at each scrape."""
+    """Prometheus text; pool gauges are refreshed from the database at each scrape, at most a capped number."""
 
     path = "/metrics"
     include_in_schema = False
@@ -83,7 +127,10 @@ class MetricsController(Controller):
                 pools = await pool_stats(conn, None, request.runtime.clock())
         except Exception:
             pools = []
-        for p in pools:
+        # Pools that are gone (or now summed) must not linger as series: rebuild the gauges each scrape.
+        for gauge in (metrics.ACTIVE_SESSIONS, metrics.POOL_DIDS, metrics.POOL_HEADROOM):
+            gauge.clear()
+        for p in _bounded(pools, request.runtime.settings.metrics_pool_series):
             metrics.ACTIVE_SESSIONS.labels(p.tenant, p.pool).set(p.active_sessions)
             metrics.POOL_DIDS.labels(p.tenant, p.pool, "all").set(p.dids)
             metrics.POOL_DIDS.labels(p.tenant, p.pool, "active").set(p.active_dids)

@@ -62,6 +62,7 @@ STATUS = {
     "did_taken": 409,
     "did_in_use": 409,
     "idempotency_in_flight": 409,
+    "too_many_pools": 409,
     "rate_limited": 429,
     "provider_rejected": 502,
     "provider_unavailable": 503,
@@ -154,6 +155,19 @@ def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> R
         "Internal error",
         "Something went wrong on our side; retry later and quote the request id if it persists.",
         request_id=request_id,
+    ).to_response(request)
+
+
+def too_deep_handler(request: Request[Any, Any, Any], exc: RecursionError) -> Response[Any]:
+    """A JSON body nested past the decoder's depth limit is the client's error (400), any other recursion a bug."""
+    # msgspec raises RecursionError("maximum recursion depth exceeded while deserializing an object").
+    if "deserializing" not in str(exc):
+        return internal_error_handler(request, exc)
+    return problem(
+        400,
+        "invalid_request",
+        "Invalid request",
+        "The JSON body is nested too deeply to be decoded; send a valid JSON body of the documented shape.",
     ).to_response(request)
 
 

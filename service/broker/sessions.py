@@ -102,7 +102,7 @@ async def create_session(
             )
             attempt = await q.allocate(conn, request)
             if attempt.session is not None:
-                metrics.SESSIONS_CREATED.labels(body.pool).inc()
+                metrics.SESSIONS_CREATED.labels(metrics.pool_label(body.pool)).inc()
                 return attempt.session, True
             if attempt.picked is None:
                 raise _exhausted(body.pool, await q.exhaustion(conn, request))

@@ -1,4 +1,4 @@
-"""Background tidying: expire sessions, time out calls, match stranded reports, redact old numbers.
+"""Background tidying: expire sessions, time out calls, match stranded reports, redact and delete old rows.
 
 Every job works in batches of rows locked with SKIP LOCKED, one transaction per batch, so any number
 of service processes can run it at once and none holds a lock for long.
@@ -16,6 +16,7 @@ from service import metrics
 from service.broker.reports import rematch_pending
 from service.db import Conn
 from service.db import calls as calls_q
+from service.db import idempotency as idempotency_q
 from service.db import retention as retention_q
 from service.db import sessions as sessions_q
 from service.settings import Settings
@@ -60,6 +61,36 @@ async def redact_old_sessions(conn: Conn, now: datetime, days: int) -> int:
     return await _in_batches(conn, "sessions_redacted", lambda: retention_q.redact_batch(conn, cutoff, BATCH, now))
 
 
+# The deletions find their rows without an index of their own (a scan of a table bounded by them), so
+# each process runs them at most this often rather than on every sweep.
+TIDY_EVERY = timedelta(minutes=5)
+_last_tidy: datetime | None = None
+
+
+async def tidy(conn: Conn, settings: Settings, now: datetime) -> dict[str, int]:
+    """Delete what no rule needs any more, so that every table stays bounded in steady state.
+
+    Idempotency keys past their 24-hour window; bindings ended longer ago than both the cool-off and
+    the sticky memory; provider reports with a final outcome older than the report retention.
+    """
+    keys_before = now - idempotency_q.REPLAY_WINDOW
+    bindings_before = now - timedelta(seconds=max(settings.cooloff_seconds, settings.sticky_memory_seconds))
+    reports_before = now - timedelta(days=settings.report_retention_days)
+    return {
+        "idempotency_keys_deleted": await _in_batches(
+            conn,
+            "idempotency_keys_deleted",
+            lambda: retention_q.delete_idempotency_keys(conn, keys_before, BATCH),
+        ),
+        "bindings_deleted": await _in_batches(
+            conn, "bindings_deleted", lambda: retention_q.delete_ended_bindings(conn, bindings_before, BATCH)
+        ),
+        "reports_deleted": await _in_batches(
+            conn, "reports_deleted", lambda: retention_q.delete_settled_reports(conn, reports_before, BATCH)
+        ),
+    }
+
+
 async def sweep_once(conn: Conn, settings: Settings, now: datetime) -> None:
     """One round of every job."""
     await sweep_expired(conn, now)
@@ -67,3 +98,7 @@ async def sweep_once(conn: Conn, settings: Settings, now: datetime) -> None:
     await rematch_pending(conn, ZoneInfo(settings.provider_timezone), now, settings.call_report_timeout_seconds)
     if settings.retention_days:
         await redact_old_sessions(conn, now, settings.retention_days)
+    global _last_tidy
+    if _last_tidy is None or not _last_tidy <= now < _last_tidy + TIDY_EVERY:
+        _last_tidy = now
+        await tidy(conn, settings, now)

@@ -76,20 +76,53 @@ async def analyze(conn: Conn) -> None:
     await conn.execute("ANALYZE dids")
 
 
-async def select_dids(conn: Conn, tenant_id: int, now: datetime, pool: str | None, status: str | None) -> list[Did]:
-    """The tenant's DIDs, optionally of one pool or status, with their active session counts."""
+async def select_dids(
+    conn: Conn,
+    tenant_id: int,
+    now: datetime,
+    pool: str | None,
+    status: str | None,
+    after: tuple[str, str] | None = None,
+    limit: int | None = None,
+) -> list[Did]:
+    """The tenant's DIDs by pool and number, optionally of one pool or status, after (pool, number), at most limit."""
     rows = await conn.fetch(
         f"""
         SELECT {_DID_COLUMNS} FROM dids d
         WHERE d.tenant_id = $1 AND ($3::text IS NULL OR d.pool = $3) AND ($4::text IS NULL OR d.status = $4)
+          AND ($5::text IS NULL OR (d.pool, d.number) > ($5, $6))
         ORDER BY d.pool, d.number
+        LIMIT $7
         """,
         tenant_id,
         now,
         pool,
         status,
+        after[0] if after else None,
+        after[1] if after else None,
+        limit,
     )
     return [msgspec.convert(r, Did) for r in rows]
+
+
+async def lock_pools(conn: Conn, tenant_id: int) -> None:
+    """Serialize, per tenant, the transactions that may add a pool, so that the cap holds under concurrency."""
+    await conn.execute("SELECT pg_advisory_xact_lock(73051, $1::int)", tenant_id)
+
+
+async def count_pools_with(conn: Conn, tenant_id: int, pools: list[str]) -> tuple[int, int]:
+    """How many distinct pools the tenant holds now, and would hold with these added."""
+    row = await conn.fetchrow(
+        """
+        WITH held AS (SELECT DISTINCT pool FROM dids WHERE tenant_id = $1)
+        SELECT (SELECT count(*) FROM held)::int AS now,
+               (SELECT count(*) FROM (SELECT pool FROM held UNION SELECT unnest($2::text[])) x)::int AS would
+        """,
+        tenant_id,
+        pools,
+    )
+    assert row is not None
+    return row["now"], row["would"]
 
 
 async def update_did(conn: Conn, tenant_id: int, number: str, status: str | None, pool: str | None) -> bool:

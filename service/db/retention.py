@@ -1,4 +1,4 @@
-"""SQL for retention: masking the numbers of long-ended sessions, their calls and reports."""
+"""SQL for retention: masking the numbers of long-ended sessions, and deleting rows no rule needs any more."""
 
 from __future__ import annotations
 
@@ -35,3 +35,45 @@ async def redact_batch(conn: Conn, cutoff: datetime, batch: int, now: datetime) 
     """Mask one batch of sessions that ended before cutoff; return how many."""
     count: int = await conn.fetchval(REDACT, cutoff, batch, now)
     return count
+
+
+# Each deletion takes one batch of rows with SKIP LOCKED (rows another transaction holds are left for
+# the next pass) and deletes them in the same short transaction.
+DELETE_IDEMPOTENCY_KEYS = """
+DELETE FROM idempotency_keys k USING (
+    SELECT tenant_id, key FROM idempotency_keys WHERE created_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED) due
+WHERE k.tenant_id = due.tenant_id AND k.key = due.key
+"""
+
+DELETE_BINDINGS = """
+DELETE FROM bindings b USING (
+    SELECT number, did FROM bindings WHERE ends_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED) due
+WHERE b.number = due.number AND b.did = due.did
+"""
+
+# Reports oldest first by id (the primary key follows arrival), so a pass reads only the old end.
+DELETE_REPORTS = """
+DELETE FROM provider_reports r USING (
+    SELECT id FROM provider_reports WHERE outcome <> 'pending' AND received_at < $1
+    ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED) due
+WHERE r.id = due.id
+"""
+
+
+def _count(status: str) -> int:
+    return int(status.rsplit(" ", 1)[-1])
+
+
+async def delete_idempotency_keys(conn: Conn, before: datetime, batch: int) -> int:
+    """Delete one batch of Idempotency-Key records created before `before` (past their replay window)."""
+    return _count(await conn.execute(DELETE_IDEMPOTENCY_KEYS, before, batch))
+
+
+async def delete_ended_bindings(conn: Conn, before: datetime, batch: int) -> int:
+    """Delete one batch of bindings that ended before `before` (past cool-off and sticky memory)."""
+    return _count(await conn.execute(DELETE_BINDINGS, before, batch))
+
+
+async def delete_settled_reports(conn: Conn, before: datetime, batch: int) -> int:
+    """Delete one batch of provider reports with a final outcome, received before `before`."""
+    return _count(await conn.execute(DELETE_REPORTS, before, batch))

@@ -1,0 +1,117 @@
+"""Tables stay bounded: the sweeper deletes idempotency keys, ended bindings and settled reports no rule needs."""
+
+from datetime import timedelta
+
+import asyncpg
+import httpx
+import pytest
+
+from service.broker import sweeps
+from service.settings import Settings
+from tests.helpers import AGENT, FakeClock, Keys, add_dids, did_numbers, session_body
+
+DAY = 86_400
+
+
+@pytest.fixture(autouse=True)
+def tidy_on_every_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each sweep_once of these tests tidies (a process tidies at most every 5 minutes otherwise)."""
+    monkeypatch.setattr(sweeps, "_last_tidy", None)
+
+
+async def _sweep(db: asyncpg.Connection, settings: Settings, clock: FakeClock) -> None:
+    sweeps._last_tidy = None
+    await sweeps.sweep_once(db, settings, clock())
+
+
+async def test_idempotency_keys_are_deleted_after_their_24_hours(
+    client: httpx.AsyncClient, keys: Keys, db: asyncpg.Connection, settings: Settings, clock: FakeClock
+) -> None:
+    """A keyed create's record is replayed within 24 h and deleted by the sweeper after; a newer key stays."""
+    await add_dids(client, keys.a, did_numbers(2))
+    first = await client.post("/v1/sessions", json=session_body("o1"), headers={**keys.a, "Idempotency-Key": "k1"})
+    clock.advance(DAY - 60)
+    await client.post("/v1/sessions", json=session_body("o2", agent="+918765432100"),
+                      headers={**keys.a, "Idempotency-Key": "k2"})  # fmt: skip
+    await _sweep(db, settings, clock)
+    assert await db.fetchval("SELECT count(*) FROM idempotency_keys") == 2
+    replay = await client.post("/v1/sessions", json=session_body("o1"), headers={**keys.a, "Idempotency-Key": "k1"})
+    assert replay.json()["id"] == first.json()["id"]
+    clock.advance(61)
+    await _sweep(db, settings, clock)
+    assert [r["key"] for r in await db.fetch("SELECT key FROM idempotency_keys")] == ["k2"]
+
+
+async def test_ended_bindings_go_after_the_cool_off_and_sticky_memory_but_not_before(
+    client: httpx.AsyncClient, keys: Keys, db: asyncpg.Connection, settings: Settings, clock: FakeClock
+) -> None:
+    """A closed session's bindings stay (sticky, cool-off) until the longer window passes, then are deleted."""
+    await add_dids(client, keys.a, did_numbers(3))
+    s = (await client.post("/v1/sessions", json=session_body("o1"), headers=keys.a)).json()
+    live = (await client.post("/v1/sessions", json=session_body("o2", customer="+919876500000"), headers=keys.a)).json()
+    await client.post(f"/v1/sessions/{s['id']}/close", headers=keys.a)
+    assert settings.sticky_memory_seconds == 7 * DAY > settings.cooloff_seconds
+    clock.advance(7 * DAY - 60)
+    # the active one must outlive the window too: extend it
+    await db.execute("UPDATE sessions SET expires_at = $2 WHERE id = $1::uuid", live["id"], clock() + timedelta(days=1))
+    await db.execute(
+        "UPDATE bindings SET ends_at = $2 WHERE session_id = $1::uuid", live["id"], clock() + timedelta(days=1)
+    )
+    await _sweep(db, settings, clock)
+    assert await db.fetchval("SELECT count(*) FROM bindings WHERE session_id = $1::uuid", s["id"]) == 2
+    again = (await client.post("/v1/sessions", json=session_body("o3"), headers=keys.a)).json()
+    assert again["masked_number"] == s["masked_number"]  # sticky: the pair gets its DID back
+    await client.post(f"/v1/sessions/{again['id']}/close", headers=keys.a)
+    clock.advance(7 * DAY + 1)
+    await _sweep(db, settings, clock)
+    assert await db.fetchval("SELECT count(*) FROM bindings WHERE session_id = $1::uuid", again["id"]) == 0
+
+
+async def test_settled_reports_are_deleted_after_the_report_retention_pending_ones_never(
+    db: asyncpg.Connection, settings: Settings, clock: FakeClock
+) -> None:
+    """Matched, unmatched, duplicate and unparseable reports older than 30 days go; a pending one stays."""
+    for outcome in ("matched", "unmatched", "duplicate", "unparseable", "pending"):
+        await db.execute(
+            "INSERT INTO provider_reports (received_at, body, outcome) VALUES ($1, $2, $3)",
+            clock() - timedelta(days=31),
+            b'{"bridge": 1}',
+            outcome,
+        )
+    await db.execute("INSERT INTO provider_reports (received_at, body, outcome) VALUES ($1, 'x', 'matched')", clock())
+    # a pending report this old would be matched or timed out by the sweep itself; keep it pending here
+    await sweeps.tidy(db, settings, clock())
+    assert sorted(r["outcome"] for r in await db.fetch("SELECT outcome FROM provider_reports")) == [
+        "matched",
+        "pending",
+    ]
+
+
+async def test_in_steady_state_every_table_stays_bounded(
+    client: httpx.AsyncClient, keys: Keys, db: asyncpg.Connection, settings: Settings, clock: FakeClock
+) -> None:
+    """Sessions created with keys and closed at a constant rate for 40 simulated days: keys, bindings, reports level off."""
+    await add_dids(client, keys.a, did_numbers(5))
+    sizes = []
+    for day in range(40):
+        for i in range(5):
+            body = session_body(f"d{day}-{i}", customer=f"+91987{day:03d}{i:04d}", agent=AGENT)
+            r = await client.post("/v1/sessions", json=body, headers={**keys.a, "Idempotency-Key": f"{day}-{i}"})
+            assert r.status_code == 201, r.text
+            await db.execute(
+                "INSERT INTO provider_reports (received_at, body, outcome) VALUES ($1, 'x', 'unmatched')", clock()
+            )
+            await client.post(f"/v1/sessions/{r.json()['id']}/close", headers=keys.a)
+        clock.advance(DAY)
+        await _sweep(db, settings, clock)
+        sizes.append(
+            (
+                await db.fetchval("SELECT count(*) FROM idempotency_keys"),
+                await db.fetchval("SELECT count(*) FROM bindings"),
+                await db.fetchval("SELECT count(*) FROM provider_reports"),
+            )
+        )
+    print(f"\nrows (idempotency_keys, bindings, provider_reports) on days 10, 20, 30, 40: {sizes[9::10]}")
+    assert sizes[-1] == sizes[-11]  # level: what one day adds, the sweep takes away
+    keys_rows, binding_rows, report_rows = sizes[-1]
+    assert keys_rows <= 5 and binding_rows <= 8 * 5 + 5 and report_rows <= 31 * 5
