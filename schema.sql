@@ -155,10 +155,21 @@ CREATE TABLE provider_reports (
                  CHECK (outcome IN ('pending', 'matched', 'unmatched', 'duplicate', 'unparseable')),
     bridge       text,
     tenant_id    bigint REFERENCES tenants ON DELETE SET NULL,
-    call_id      uuid REFERENCES calls ON DELETE SET NULL
+    call_id      uuid REFERENCES calls ON DELETE SET NULL,
+    -- why a report matched no call or was a duplicate (same_report, call_already_reported, no_call,
+    -- before_call, times_in_future, matching_failed); null when matched
+    reason       text
 );
 CREATE INDEX provider_reports_pending ON provider_reports (id) WHERE outcome = 'pending';
 CREATE INDEX provider_reports_unmatched ON provider_reports (tenant_id, id) WHERE outcome = 'unmatched';
+
+-- A report's identity (SHA-256 of its normalized fields, not of its sending time), claimed by the first
+-- copy: any later copy is a duplicate whatever calls came since.
+CREATE TABLE report_keys (
+    key          bytea PRIMARY KEY CHECK (length(key) = 32),
+    report_id    bigint NOT NULL,
+    received_at  timestamptz NOT NULL
+);
 
 -- The masked form of a number kept after retention: +919876543210 becomes +91******3210.
 CREATE OR REPLACE FUNCTION mask_number(number text) RETURNS text LANGUAGE sql IMMUTABLE

@@ -88,6 +88,10 @@ class DatabaseUnavailable(DomainError):
     code, title = "database_unavailable", "Database unavailable"
 
 
+class RequestTimeout(DomainError):
+    code, title = "request_timeout", "Request timeout"
+
+
 def parse_id(value: str, what: str) -> uuid.UUID:
     """A resource id from a path; anything that is not a UUID is simply not found."""
     try:
