@@ -35,9 +35,8 @@ _APPLY_FAILED = (
     asyncpg.IntegrityConstraintViolationError,
     asyncpg.TransactionRollbackError,
     asyncpg.ProgramLimitExceededError,
-    asyncpg.exceptions.DataError,
+    ValueError,  # asyncpg's client-side "invalid input for query argument", UnicodeEncodeError
     OverflowError,
-    UnicodeEncodeError,
 )
 
 
