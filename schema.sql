@@ -142,6 +142,8 @@ CREATE TABLE calls (
 -- One call in flight per session, so a report always matches exactly one call.
 CREATE UNIQUE INDEX calls_one_in_flight ON calls (session_id) WHERE in_flight;
 CREATE INDEX calls_match ON calls (bridge, from_number, to_number) WHERE in_flight;
+-- whether a call on a route already had its report (a later, different report about it is a duplicate)
+CREATE INDEX calls_reported ON calls (bridge, from_number, to_number, created_at) WHERE report_id IS NOT NULL;
 CREATE INDEX calls_by_session ON calls (session_id, created_at);
 CREATE INDEX calls_overdue ON calls (created_at) WHERE in_flight;
 CREATE INDEX calls_by_tenant ON calls (tenant_id, created_at);

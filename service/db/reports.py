@@ -27,7 +27,7 @@ UPDATE provider_reports SET outcome = $2, reason = $3 WHERE id = $1 AND outcome 
 # acknowledged unstored and nothing half-applied):
 # - claimed: the report's key (a hash of what it reports) goes into report_keys once; a copy finds it
 #   taken (a concurrent copy waits for the first one's commit) and is a duplicate, whatever came since.
-# - candidate: the newest in-flight call on (bridge, from, to), or the call `mid` names, locked. It is
+# - candidate: the call `mid` names, else the newest in-flight call on (bridge, from, to), locked. It is
 #   applied only if it was placed no later than the report's earliest time plus the clock tolerance: a
 #   report never completes a call placed after the conversation it describes.
 # - applied / closed: the call completed or missed from the report; its session closed at max_calls.
@@ -43,15 +43,18 @@ claimed AS (
     ON CONFLICT (key) DO NOTHING RETURNING report_id),
 named AS (
     SELECT id FROM calls WHERE id = :mid::uuid AND bridge = :bridge),
+target AS (
+    SELECT coalesce(
+        (SELECT id FROM named),
+        (SELECT c.id FROM calls c
+         WHERE c.in_flight AND c.bridge = :bridge AND c.from_number = :from AND c.to_number = :to
+           AND NOT EXISTS (SELECT 1 FROM named)
+         ORDER BY c.created_at DESC LIMIT 1)) AS id),
 candidate AS (
     SELECT c.id AS call_id,
            (:earliest::timestamptz IS NULL OR c.created_at <= :earliest::timestamptz + :tolerance::interval) AS in_time
-    FROM calls c
-    WHERE EXISTS (SELECT 1 FROM claimed) AND NOT :future::boolean
-      AND c.in_flight AND c.bridge = :bridge
-      AND CASE WHEN EXISTS (SELECT 1 FROM named) THEN c.id = :mid::uuid
-               ELSE c.from_number = :from AND c.to_number = :to END
-    ORDER BY c.created_at DESC LIMIT 1
+    FROM calls c JOIN target t ON c.id = t.id
+    WHERE EXISTS (SELECT 1 FROM claimed) AND NOT :future::boolean AND c.in_flight
     FOR UPDATE OF c),
 applied AS (
     UPDATE calls SET status = :status, in_flight = false, report_id = (SELECT id FROM rid),
@@ -74,8 +77,9 @@ prior AS (
     SELECT 1 FROM calls c
     WHERE EXISTS (SELECT 1 FROM claimed) AND NOT EXISTS (SELECT 1 FROM candidate WHERE in_time)
       AND c.report_id IS NOT NULL AND c.bridge = :bridge
-      AND CASE WHEN EXISTS (SELECT 1 FROM named) THEN c.id = :mid::uuid
-               ELSE c.from_number = :from AND c.to_number = :to AND c.created_at > :since END
+      AND (c.id = (SELECT id FROM named)
+           OR (NOT EXISTS (SELECT 1 FROM named) AND c.from_number = :from AND c.to_number = :to
+               AND c.created_at > :since))
       AND (:earliest::timestamptz IS NULL OR c.created_at <= :earliest::timestamptz + :tolerance::interval)
     LIMIT 1),
 verdict AS (
