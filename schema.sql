@@ -142,6 +142,8 @@ CREATE TABLE calls (
 -- One call in flight per session, so a report always matches exactly one call.
 CREATE UNIQUE INDEX calls_one_in_flight ON calls (session_id) WHERE in_flight;
 CREATE INDEX calls_match ON calls (bridge, from_number, to_number) WHERE in_flight;
+-- whether a call on a route already had its report (a later, different report about it is a duplicate)
+CREATE INDEX calls_reported ON calls (bridge, from_number, to_number, created_at) WHERE report_id IS NOT NULL;
 CREATE INDEX calls_by_session ON calls (session_id, created_at);
 CREATE INDEX calls_overdue ON calls (created_at) WHERE in_flight;
 CREATE INDEX calls_by_tenant ON calls (tenant_id, created_at);
@@ -155,10 +157,21 @@ CREATE TABLE provider_reports (
                  CHECK (outcome IN ('pending', 'matched', 'unmatched', 'duplicate', 'unparseable')),
     bridge       text,
     tenant_id    bigint REFERENCES tenants ON DELETE SET NULL,
-    call_id      uuid REFERENCES calls ON DELETE SET NULL
+    call_id      uuid REFERENCES calls ON DELETE SET NULL,
+    -- why a report matched no call or was a duplicate (same_report, call_already_reported, no_call,
+    -- before_call, times_in_future, matching_failed); null when matched
+    reason       text
 );
 CREATE INDEX provider_reports_pending ON provider_reports (id) WHERE outcome = 'pending';
 CREATE INDEX provider_reports_unmatched ON provider_reports (tenant_id, id) WHERE outcome = 'unmatched';
+
+-- A report's identity (SHA-256 of its normalized fields, not of its sending time), claimed by the first
+-- copy: any later copy is a duplicate whatever calls came since.
+CREATE TABLE report_keys (
+    key          bytea PRIMARY KEY CHECK (length(key) = 32),
+    report_id    bigint NOT NULL,
+    received_at  timestamptz NOT NULL
+);
 
 -- The masked form of a number kept after retention: +919876543210 becomes +91******3210.
 CREATE OR REPLACE FUNCTION mask_number(number text) RETURNS text LANGUAGE sql IMMUTABLE

@@ -22,6 +22,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import metrics
+from service.api.bodies import body_deadline
 from service.api.calls import CallController, ReportController
 from service.api.deps import MaskingRequest, Runtime, provide_conn, require_key
 from service.api.dids import DidController
@@ -192,6 +193,7 @@ def create_app(
             **dict.fromkeys(_DB_DOWN, _database_down),
         },
         request_max_body_size=MAX_BODY,
+        middleware=[body_deadline(settings.body_timeout_seconds)],
         openapi_config=OpenAPIConfig(
             title="Number masking",
             version="1",

@@ -19,6 +19,11 @@ PROVIDER_LATENCY = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
 )
 REPORTS = Counter("masking_reports_received", "Provider reports by outcome", ["outcome"])
+REPORT_TIME_MISMATCH = Counter(
+    "masking_report_time_mismatch",
+    "Reports left unmatched because their times do not fit the call (check MASKING_PROVIDER_TIMEZONE)",
+    ["reason"],
+)
 SWEPT = Counter("masking_swept", "Rows tidied by background sweepers", ["job"])
 
 # Pool names are user input: past this many distinct names per process, new ones share one label.

@@ -36,6 +36,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     default_ttl_seconds: Annotated[int, msgspec.Meta(ge=60, le=2_592_000)] = 86_400
     cooloff_seconds: Annotated[int, msgspec.Meta(ge=0)] = 3600
     call_report_timeout_seconds: Seconds = 7200
+    report_clock_tolerance_seconds: Annotated[int, msgspec.Meta(ge=0, le=3600)] = 300
+    body_timeout_seconds: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0
+    db_acquire_timeout_seconds: Annotated[float, msgspec.Meta(gt=0, le=60)] = 5.0
     log_format: Literal["console", "json"] | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     db_pool_size: Annotated[int, msgspec.Meta(ge=1, le=500)] = 10

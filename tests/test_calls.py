@@ -3,8 +3,9 @@
 import asyncio
 import json
 from collections import Counter
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import pytest
@@ -18,7 +19,7 @@ from tests.processes import free_port, masking_env, run_cli
 CUSTOMER, AGENT, DID = "+919876543210", "+918765432109", "+918068281234"
 
 # The provider's own example report, exactly as its document shows it (numbers unquoted).
-DOC_REPORT = """{
+DOC_EXAMPLE = """{
       "bridge": 918068281234,
       "from": 918765432109,
       "to": 919876543210,
@@ -35,6 +36,22 @@ DOC_REPORT = """{
       "recording_url": "https://youraudiofilelocation/",
       "hangup_by": "caller"
 }"""
+
+
+def doc_report() -> str:
+    """The document's example as a report of a call placed just now: its times moved to now, in IST, 16 s long.
+
+    A report never completes a call placed after its conversation (tolerance MASKING_REPORT_CLOCK_TOLERANCE_SECONDS),
+    so the example's 2021 times would match no call today.
+    """
+    start = datetime.now(ZoneInfo("Asia/Kolkata")).replace(microsecond=0)
+    fmt = "%Y-%m-%d %H:%M:%S"
+    end = (start + timedelta(seconds=16)).strftime(fmt)
+    return (
+        DOC_EXAMPLE.replace("2021-04-09 16:27:39", start.strftime(fmt))
+        .replace("2021-04-09 16:27:55", end)
+        .replace("1653455555", str(int(start.timestamp()) + 16))
+    )
 
 
 @pytest.fixture
@@ -93,12 +110,15 @@ async def test_the_documents_example_report_completes_the_call(live: Live, keys:
     session = await open_session(live, keys)
     live.sim.inject(Fault(report="none"))
     call = (await live.http.post(f"/v1/sessions/{session['id']}/calls", headers=keys.a)).json()
-    r = await live.http.post(live.callback, content=DOC_REPORT.encode(), headers={"content-type": "application/json"})
+    report = doc_report()
+    r = await live.http.post(live.callback, content=report.encode(), headers={"content-type": "application/json"})
     assert r.status_code == 200 and r.json() == {"received": True}
     done = (await live.http.get(f"/v1/calls/{call['id']}", headers=keys.a)).json()
     assert (done["status"], done["duration_seconds"], done["billing_seconds"]) == ("completed", 23, 23)
-    assert datetime.fromisoformat(done["started_at"]) == datetime.fromisoformat("2021-04-09T16:27:39+05:30")
-    assert datetime.fromisoformat(done["ended_at"]) == datetime.fromisoformat("2021-04-09T16:27:55+05:30")
+    ist = ZoneInfo("Asia/Kolkata")
+    sent = json.loads(report)
+    assert datetime.fromisoformat(done["started_at"]) == datetime.fromisoformat(sent["start_at"]).replace(tzinfo=ist)
+    assert datetime.fromisoformat(done["ended_at"]) == datetime.fromisoformat(sent["end_at"]).replace(tzinfo=ist)
     assert (done["recording_url"], done["hangup_by"]) == ("https://youraudiofilelocation/", "caller")
     assert done["provider"] == {"status": "COMPLETED", "status1": "RECEIVED", "status2": "ANSWER",
                                 "message": "Call initiated successfully"}  # fmt: skip
@@ -172,8 +192,9 @@ async def test_repeated_and_out_of_order_reports_have_one_effect(
     session = await open_session(live, keys)
     live.sim.inject(Fault(report="none"))
     call = (await live.http.post(f"/v1/sessions/{session['id']}/calls", headers=keys.a)).json()
-    answers = [await live.http.post(live.callback, content=DOC_REPORT.encode()) for _ in range(3)]
-    missed = DOC_REPORT.replace('"billing": "23"', '"billing": "0"').replace('"COMPLETED"', '"NOANSWER"')
+    report = doc_report()
+    answers = [await live.http.post(live.callback, content=report.encode()) for _ in range(3)]
+    missed = report.replace('"billing": "23"', '"billing": "0"').replace('"COMPLETED"', '"NOANSWER"')
     answers += [await live.http.post(live.callback, content=missed.encode()) for _ in range(3)]
     assert [a.status_code for a in answers] == [200] * 6
     done = (await live.http.get(f"/v1/calls/{call['id']}", headers=keys.a)).json()
@@ -227,7 +248,7 @@ async def test_callbacks_store_everything_with_a_good_token_and_nothing_without(
     live: Live, keys: Keys, db: asyncpg.Connection
 ) -> None:
     """A wrong token is 404 and stores nothing; garbage with the right token is stored and acknowledged."""
-    bad = await live.http.post("/v1/provider/thundersms/callback/wrong-token", content=DOC_REPORT.encode())
+    bad = await live.http.post("/v1/provider/thundersms/callback/wrong-token", content=doc_report().encode())
     assert bad.status_code == 404 and bad.json()["code"] == "not_found"
     assert await db.fetchval("SELECT count(*) FROM provider_reports") == 0
     for body in (b"not json at all", b"[1, 2]", b"\xff\xfe\x00", b"", b'{"bridge": "x"}', b"[" * 5000 + b"]" * 5000):
@@ -242,8 +263,8 @@ async def test_callbacks_store_everything_with_a_good_token_and_nothing_without(
 async def test_unmatched_reports_are_listed_to_the_did_owner_only(live: Live, keys: Keys, dsn: str) -> None:
     """A report on tenant A's DID matching no call shows in A's list, not B's; one on no DID in neither."""
     await open_session(live, keys)
-    stray = DOC_REPORT.replace("918765432109", "918765400000")
-    nowhere = DOC_REPORT.replace("918068281234", "918068299999")
+    stray = doc_report().replace("918765432109", "918765400000")
+    nowhere = doc_report().replace("918068281234", "918068299999")
     for body in (stray, nowhere):
         assert (await live.http.post(live.callback, content=body.encode())).status_code == 200
     mine = (await live.http.get("/v1/reports", params={"matched": "false"}, headers=keys.a)).json()["items"]
@@ -314,7 +335,8 @@ async def test_a_thousand_concurrent_reports_are_all_stored_and_each_call_comple
     for c in calls:
         call = c.json()
         reports.append(
-            DOC_REPORT.replace("918068281234", call["bridge"][1:])
+            doc_report()
+            .replace("918068281234", call["bridge"][1:])
             .replace("918765432109", call["from"][1:])
             .replace("919876543210", call["to"][1:])
         )
@@ -384,7 +406,7 @@ async def test_a_did_carries_at_most_its_max_concurrent_calls(live: Live, keys: 
     assert busy.status_code == 409 and busy.json()["code"] == "call_in_progress"
     assert "maximum of concurrent calls" in busy.json()["detail"]
     assert (await live.http.get(f"/v1/sessions/{second['id']}", headers=keys.a)).json()["calls_made"] == 0
-    r = await live.http.post(live.callback, content=DOC_REPORT.encode())
+    r = await live.http.post(live.callback, content=doc_report().encode())
     assert r.status_code == 200
     assert (await live.http.post(f"/v1/sessions/{second['id']}/calls", headers=keys.a)).status_code == 202
     assert len(live.sim.requests) == 2

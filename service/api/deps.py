@@ -19,6 +19,7 @@ from litestar.handlers.base import BaseRouteHandler
 from service.broker.calls import Dialler
 from service.broker.errors import Forbidden, Unauthorized
 from service.broker.limits import CallLimits, TokenBuckets
+from service.broker.reports import Matching
 from service.broker.sessions import Rules
 from service.broker.tenants import KeyCache, Principal
 from service.settings import Settings
@@ -37,6 +38,11 @@ class Runtime(msgspec.Struct, kw_only=True, frozen=True):
     keys: KeyCache
     call_limits: CallLimits
     session_buckets: TokenBuckets
+
+    @property
+    def report_matching(self) -> Matching:
+        """The rules for matching provider reports (zone, report timeout, clock tolerance)."""
+        return Matching.from_settings(self.settings)
 
 
 # A pooled connection for the request, injected by name (the `conn` dependency of create_app).
@@ -64,9 +70,10 @@ class MaskingRequest(Request[Any, Any, Any]):
 
 
 async def provide_conn(state: State) -> AsyncGenerator[PoolConnectionProxy, None]:
-    """A pooled connection for the request; transactions are the domain's to open."""
+    """A pooled connection for the request (taken after its body is read); transactions are the domain's to open."""
     runtime: Runtime = state.runtime
-    async with runtime.db.acquire(timeout=5) as conn:
+    # Bounded: a request that cannot get a connection answers 503 database_unavailable, never hangs.
+    async with runtime.db.acquire(timeout=runtime.settings.db_acquire_timeout_seconds) as conn:
         yield conn
 
 

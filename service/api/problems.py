@@ -67,6 +67,7 @@ STATUS = {
     "provider_rejected": 502,
     "provider_unavailable": 503,
     "database_unavailable": 503,
+    "request_timeout": 408,
     "provider_timeout": 504,
 }
 

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import hmac
-from zoneinfo import ZoneInfo
 
 import msgspec
-import structlog
 from litestar import Controller, get, post
 from litestar.params import FromPath, FromQuery
 
@@ -14,8 +12,6 @@ from service.api.deps import Db, MaskingRequest
 from service.api.problems import PUBLIC_RESPONSES
 from service.broker import reports, routing
 from service.broker.errors import NotFound
-
-log = structlog.get_logger("service.provider_api")
 
 
 class Received(msgspec.Struct, frozen=True):
@@ -42,26 +38,13 @@ class ProviderController(Controller):
         responses=PUBLIC_RESPONSES,
         security=[{}],
     )
-    async def callback(
-        self,
-        token: FromPath[str],
-        request: MaskingRequest,
-        conn: Db,
-    ) -> Received:
+    async def callback(self, token: FromPath[str], request: MaskingRequest) -> Received:
         _check(token, request)
+        # No `conn: Db` dependency: the body is read first, so a slow body holds no pooled connection.
         body = await request.body()
-        report_id = await reports.store_report(conn, body, request.runtime.clock())
-        try:
-            await reports.match_report(
-                conn,
-                report_id,
-                ZoneInfo(request.runtime.settings.provider_timezone),
-                request.runtime.clock(),
-                request.runtime.settings.call_report_timeout_seconds,
-            )
-        except Exception:
-            # Stored is what the provider needs to hear about; matching is retried in the background.
-            log.exception("report_matching_failed", report_id=report_id)
+        runtime = request.runtime
+        async with runtime.db.acquire(timeout=runtime.settings.db_acquire_timeout_seconds) as conn:
+            await reports.ingest(conn, body, runtime.report_matching, runtime.clock())
         return Received(True)
 
     @get(

@@ -92,6 +92,10 @@ class TooManyPools(DomainError):
     code, title = "too_many_pools", "Too many pools"
 
 
+class RequestTimeout(DomainError):
+    code, title = "request_timeout", "Request timeout"
+
+
 def parse_id(value: str, what: str) -> uuid.UUID:
     """A resource id from a path; anything that is not a UUID is simply not found."""
     try:

@@ -6,86 +6,171 @@ from datetime import datetime, timedelta
 from uuid import UUID
 from zoneinfo import ZoneInfo
 
+import asyncpg
 import msgspec
 import structlog
 
 from service import metrics
 from service.broker.errors import InvalidRequest
 from service.db import Conn
-from service.db import calls as calls_q
 from service.db import reports as q
-from service.db import sessions as sessions_q
-from service.provider.reports import ParsedReport, parse_report
+from service.models import Call
+from service.provider.reports import ParsedReport, parse_report, report_key
+from service.settings import Settings
 
 log = structlog.get_logger("service.reports")
 
-# A report is left to its own request this long before the sweeper matches it instead.
+# A pending report is left this long before the sweeper applies it (only a failed apply, or an older
+# version's two-step ingest, leaves one pending).
 PENDING_GRACE = timedelta(seconds=30)
 REMATCH_BATCH = 500
+# A report may reach us this long after its call timed out (the provider retries for up to a day).
+REPORT_GRACE = timedelta(days=1)
+# Reasons that point at the provider's clock or MASKING_PROVIDER_TIMEZONE rather than at a lost call.
+TIME_REASONS = ("before_call", "times_in_future")
+# Failures of applying a report that storing it raw (pending, for the sweeper) can survive; a lost
+# database connection is not among them: then nothing is stored and the provider hears no 200.
+_APPLY_FAILED = (
+    asyncpg.DataError,
+    asyncpg.IntegrityConstraintViolationError,
+    asyncpg.TransactionRollbackError,
+    asyncpg.ProgramLimitExceededError,
+    ValueError,  # asyncpg's client-side "invalid input for query argument", UnicodeEncodeError
+    OverflowError,
+)
 
 
-async def store_report(conn: Conn, body: bytes, now: datetime) -> int:
-    """Commit the raw body of a report; nothing else may happen before this."""
-    return await q.insert_report(conn, body, now)
+class Matching(msgspec.Struct, frozen=True, kw_only=True):
+    """What matching needs besides the report: the provider's zone and the clock rules."""
 
+    zone: ZoneInfo
+    timeout_seconds: int
+    tolerance_seconds: int
 
-async def match_report(conn: Conn, report_id: int, zone: ZoneInfo, now: datetime, timeout_seconds: int) -> str:
-    """Match a stored report to its call and apply it once; return the outcome."""
-    async with conn.transaction():
-        body = await q.lock_report(conn, report_id)
-        if body is None:
-            return "busy"
-        report = parse_report(bytes(body), zone)
-        if report is None:
-            outcome = "unparseable"
-            await q.settle_report(conn, report_id, outcome, None, None, None)
-        else:
-            outcome = await _apply(conn, report_id, report, now, timeout_seconds)
-    metrics.REPORTS.labels(outcome).inc()
-    log.info("report", report_id=report_id, outcome=outcome)
-    return outcome
-
-
-async def _apply(conn: Conn, report_id: int, report: ParsedReport, now: datetime, timeout_seconds: int) -> str:
-    call = await calls_q.find_call_for_report(conn, report.mid, report.bridge, report.from_, report.to)
-    if call is None or call.report_id is not None or call.status not in ("initiated", "unknown"):
-        since = calls_q.report_window(now, timeout_seconds)
-        duplicate = call is not None or await calls_q.finished_call_exists(
-            conn, report.bridge, report.from_, report.to, since
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Matching:
+        """The matching rules the settings give."""
+        return cls(
+            zone=ZoneInfo(settings.provider_timezone),
+            timeout_seconds=settings.call_report_timeout_seconds,
+            tolerance_seconds=settings.report_clock_tolerance_seconds,
         )
-        outcome = "duplicate" if duplicate else "unmatched"
-        await q.settle_report(conn, report_id, outcome, report.bridge, None, None)
-        return outcome
-    status = "completed" if (report.billing_seconds or 0) > 0 else "missed"
-    await calls_q.complete_call(
-        conn,
-        call.id,
-        report_id,
-        calls_q.Outcome(
-            status=status,
+
+    @property
+    def tolerance(self) -> timedelta:
+        """How far the provider's clock may differ from ours."""
+        return timedelta(seconds=self.tolerance_seconds)
+
+
+async def ingest(conn: Conn, body: bytes, matching: Matching, now: datetime) -> q.Ingested:
+    """Store a report and apply it once, in one round trip: parse first, then one statement.
+
+    Nothing is acknowledged unstored: on success the report is committed; if applying it fails for a
+    reason other than the database being away, its raw body is stored pending for the sweeper.
+    """
+    report = parse_report(body, matching.zone)
+    if report is None:
+        report_id = await q.insert_unparseable(conn, body, now)
+        return _settled(q.Ingested(report_id, "unparseable", None, None, None), None)
+    try:
+        return await _apply(conn, None, body, report, matching, now, now)
+    except _APPLY_FAILED:
+        log.exception("report_apply_failed")
+        report_id = await q.insert_report(conn, body, now)
+        return q.Ingested(report_id, "pending", None, None, None)
+
+
+async def _apply(
+    conn: Conn,
+    report_id: int | None,
+    body: bytes,
+    report: ParsedReport,
+    matching: Matching,
+    received_at: datetime,
+    now: datetime,
+) -> q.Ingested:
+    times = report.times()
+    values = {
+        **q.ingest_values(
+            report_id=report_id,
+            body=body,
+            key=report_key(report),
+            now=now,
+            since=now - timedelta(seconds=matching.timeout_seconds) - REPORT_GRACE,
+            tolerance=matching.tolerance,
+        ),
+        "bridge": report.bridge,
+        "from": report.from_,
+        "to": report.to,
+        "mid": report.mid,
+        "earliest": min(times, default=None),
+        "future": any(t > received_at + matching.tolerance for t in times),
+        "status": report.call_status,
+        "started_at": report.started_at,
+        "ended_at": report.ended_at,
+        "duration_seconds": report.duration_seconds,
+        "billing_seconds": report.billing_seconds,
+        "recording_url": report.recording_url,
+        "hangup_by": report.hangup_by,
+        "provider_status": report.status,
+        "provider_status1": report.status1,
+        "provider_status2": report.status2,
+    }
+    result = await q.ingest_report(conn, values)
+    if result.call is not None:
+        _completed(result.call)
+    return _settled(result, report)
+
+
+def _completed(call: Call) -> Call:
+    """The one place a report finishes a call (completed or missed): the call as it now is."""
+    metrics.CALLS.labels(call.status).inc()
+    return call
+
+
+def _settled(result: q.Ingested, report: ParsedReport | None) -> q.Ingested:
+    """The one place a report reaches its outcome (matched, duplicate, unmatched, unparseable)."""
+    metrics.REPORTS.labels(result.outcome).inc()
+    log.info("report", report_id=result.report_id, outcome=result.outcome, reason=result.reason)
+    if result.reason in TIME_REASONS and report is not None:
+        metrics.REPORT_TIME_MISMATCH.labels(result.reason).inc()
+        log.warning(
+            "report_time_mismatch",
+            report_id=result.report_id,
+            reason=result.reason,
             started_at=report.started_at,
             ended_at=report.ended_at,
-            duration_seconds=report.duration_seconds,
-            billing_seconds=report.billing_seconds,
-            recording_url=report.recording_url,
-            hangup_by=report.hangup_by,
-            provider_status=report.status,
-            provider_status1=report.status1,
-            provider_status2=report.status2,
-        ),
-    )
-    metrics.CALLS.labels(status).inc()
-    if status == "completed":
-        await sessions_q.close_if_max_calls(conn, call.session_id, now)
-    await q.settle_report(conn, report_id, "matched", report.bridge, call.id, call.tenant_id)
-    return "matched"
+            hint="the report's times do not fit the call; check MASKING_PROVIDER_TIMEZONE and the provider's clock",
+        )
+    return result
 
 
-async def rematch_pending(conn: Conn, zone: ZoneInfo, now: datetime, timeout_seconds: int) -> int:
-    """Match reports that were stored but never matched (their process died in between)."""
+async def match_pending(conn: Conn, report_id: int, matching: Matching, now: datetime) -> str:
+    """Apply one pending report (stored, never applied); return its outcome ('busy' if another has it)."""
+    async with conn.transaction():
+        pending = await q.lock_report(conn, report_id)
+        if pending is None:
+            return "busy"
+        report = parse_report(pending.body, matching.zone)
+        if report is None:
+            await q.settle_report(conn, report_id, "unparseable", None)
+            return _settled(q.Ingested(report_id, "unparseable", None, None, None), None).outcome
+        result = await _apply(conn, report_id, pending.body, report, matching, pending.received_at, now)
+        return result.outcome
+
+
+async def rematch_pending(conn: Conn, matching: Matching, now: datetime) -> int:
+    """Apply reports that were stored but never applied; a report that cannot be is settled, never retried for ever."""
     ids = await q.select_pending_reports(conn, now - PENDING_GRACE, REMATCH_BATCH)
     for report_id in ids:
-        await match_report(conn, report_id, zone, now, timeout_seconds)
+        try:
+            await match_pending(conn, report_id, matching, now)
+        except Exception:
+            if conn.is_closed():
+                raise
+            log.exception("report_rematch_failed", report_id=report_id)
+            await q.settle_report(conn, report_id, "unmatched", "matching_failed")
+            _settled(q.Ingested(report_id, "unmatched", "matching_failed", None, None), None)
     return len(ids)
 
 
@@ -96,6 +181,7 @@ class Report(msgspec.Struct, frozen=True):
     received_at: datetime
     bridge: str | None
     outcome: str
+    reason: str | None
     call_id: UUID | None
     body: str
 
@@ -121,6 +207,7 @@ async def list_reports(conn: Conn, tenant_id: int | None, matched: bool, cursor:
             received_at=r.received_at,
             bridge=r.bridge,
             outcome=r.outcome,
+            reason=r.reason,
             call_id=r.call_id,
             body=r.body.decode("utf-8", "replace"),
         )

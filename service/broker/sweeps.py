@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
-from zoneinfo import ZoneInfo
 
 import structlog
 
 from service import metrics
-from service.broker.reports import rematch_pending
+from service.broker.reports import Matching, rematch_pending
 from service.db import Conn
 from service.db import calls as calls_q
 from service.db import idempotency as idempotency_q
@@ -95,7 +94,7 @@ async def sweep_once(conn: Conn, settings: Settings, now: datetime) -> None:
     """One round of every job."""
     await sweep_expired(conn, now)
     await time_out_calls(conn, now, settings.call_report_timeout_seconds)
-    await rematch_pending(conn, ZoneInfo(settings.provider_timezone), now, settings.call_report_timeout_seconds)
+    await rematch_pending(conn, Matching.from_settings(settings), now)
     if settings.retention_days:
         await redact_old_sessions(conn, now, settings.retention_days)
     global _last_tidy

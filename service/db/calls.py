@@ -33,16 +33,6 @@ class Dialled(msgspec.Struct, frozen=True):
     max_call_minutes: int | None
 
 
-class CallRef(msgspec.Struct, frozen=True):
-    """The call a report is about, as matching needs it."""
-
-    id: UUID
-    tenant_id: int
-    session_id: UUID
-    status: str
-    report_id: int | None
-
-
 # Record the call before dialling. The session must be live, and its DID below its
 # max_concurrent_calls (the DID row is locked so that clicks on one DID count in turn). One call in
 # flight per session is the partial unique index calls_one_in_flight: a concurrent click on the same
@@ -149,65 +139,6 @@ async def select_session_calls(conn: Conn, tenant_id: int, session_id: UUID) -> 
     return [_call(r) for r in rows]
 
 
-_REF = "id, tenant_id, session_id, status, report_id"
-FIND_CALL_BY_ROUTE = f"""
-SELECT {_REF} FROM calls WHERE bridge = $1 AND from_number = $2 AND to_number = $3 AND in_flight
-ORDER BY created_at DESC LIMIT 1 FOR UPDATE
-"""
-FINISHED_CALL_EXISTS = """
-SELECT EXISTS (SELECT 1 FROM calls WHERE bridge = $1 AND from_number = $2 AND to_number = $3
-               AND report_id IS NOT NULL AND created_at > $4)
-"""
-
-
-async def find_call_for_report(
-    conn: Conn, mid: UUID | None, bridge: str, from_number: str, to_number: str
-) -> CallRef | None:
-    """The call a report is about, locked: by mid when given, else the in-flight call on (bridge, from, to)."""
-    row = None
-    if mid is not None:
-        row = await conn.fetchrow(f"SELECT {_REF} FROM calls WHERE id = $1 AND bridge = $2 FOR UPDATE", mid, bridge)
-    if row is None:
-        row = await conn.fetchrow(FIND_CALL_BY_ROUTE, bridge, from_number, to_number)
-    return None if row is None else msgspec.convert(row, CallRef)
-
-
-async def finished_call_exists(conn: Conn, bridge: str, from_number: str, to_number: str, since: datetime) -> bool:
-    """Whether a call on (bridge, from, to) already got its report recently (a later report is a duplicate)."""
-    return bool(await conn.fetchval(FINISHED_CALL_EXISTS, bridge, from_number, to_number, since))
-
-
-class Outcome(msgspec.Struct, frozen=True, kw_only=True):
-    """What a report says about a call."""
-
-    status: str
-    started_at: datetime | None
-    ended_at: datetime | None
-    duration_seconds: int | None
-    billing_seconds: int | None
-    recording_url: str | None
-    hangup_by: str | None
-    provider_status: str | None
-    provider_status1: str | None
-    provider_status2: str | None
-
-
-async def complete_call(conn: Conn, call_id: UUID, report_id: int, outcome: Outcome) -> Call:
-    """Finish a call from its report."""
-    row = await conn.fetchrow(
-        f"""
-        UPDATE calls SET status = $3, in_flight = false, report_id = $2, started_at = $4, ended_at = $5,
-            duration_seconds = $6, billing_seconds = $7, recording_url = $8, hangup_by = $9,
-            provider_status = $10, provider_status1 = $11, provider_status2 = $12
-        WHERE id = $1 RETURNING {CALL}
-        """,
-        call_id,
-        report_id,
-        *msgspec.structs.astuple(outcome),
-    )
-    return _call(row)
-
-
 async def time_out_calls(conn: Conn, before: datetime, limit: int) -> list[Call]:
     """Mark one batch of calls with no report since before as unknown, freeing their sessions."""
     rows = await conn.fetch(
@@ -223,10 +154,15 @@ async def time_out_calls(conn: Conn, before: datetime, limit: int) -> list[Call]
     return [_call(r) for r in rows]
 
 
-def report_window(now: datetime, timeout_seconds: int) -> datetime:
-    """How far back a finished call can still receive a (duplicate) report."""
-    return now - timedelta(seconds=timeout_seconds) - REPORT_GRACE
-
-
-# A report may reach us this long after its call timed out (the provider retries for up to a day).
-REPORT_GRACE = timedelta(days=1)
+# The previous, multi-statement ingest's lookups: the service no longer runs them (db/reports.py INGEST
+# does it all in one statement); kept only because tests/bench.py still builds its old ingest limit
+# from them. Delete with that benchmark's rewrite (issue 11).
+FIND_CALL_BY_ROUTE = """
+SELECT id, tenant_id, session_id, status, report_id FROM calls
+WHERE bridge = $1 AND from_number = $2 AND to_number = $3 AND in_flight
+ORDER BY created_at DESC LIMIT 1 FOR UPDATE
+"""
+FINISHED_CALL_EXISTS = """
+SELECT EXISTS (SELECT 1 FROM calls WHERE bridge = $1 AND from_number = $2 AND to_number = $3
+               AND report_id IS NOT NULL AND created_at > $4)
+"""

@@ -1,17 +1,26 @@
-"""The provider's callback report on the wire: read leniently into the fields the service uses."""
+"""The provider's callback report on the wire: read leniently into the fields the service uses, and keyed."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import msgspec
 
+# What PostgreSQL stores as integer; a larger duration or billing is not a real one.
+_INT_MAX = 2**31 - 1
+# Report times outside these years are not a call this service placed (0001-01-01 is a null in disguise).
+_YEARS = range(2000, 9000)
+_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+
 
 class ParsedReport(msgspec.Struct, frozen=True, kw_only=True):
-    """The fields of a provider report that the service uses, normalized."""
+    """The fields of a provider report that the service uses, normalized; a value that cannot be stored is None."""
 
     bridge: str
     from_: str
@@ -26,13 +35,30 @@ class ParsedReport(msgspec.Struct, frozen=True, kw_only=True):
     status2: str | None
     recording_url: str | None
     hangup_by: str | None
+    # When the provider sent it (`unixtime`): not part of what the report says, so not part of its key.
+    sent_at: datetime | None = None
+
+    @property
+    def call_status(self) -> str:
+        """The call status the report gives: completed when the parties talked (billing > 0), else missed."""
+        return "completed" if (self.billing_seconds or 0) > 0 else "missed"
+
+    def times(self) -> list[datetime]:
+        """Every time the report carries (start, end, sending), for checking against the call and the clock."""
+        return [t for t in (self.started_at, self.ended_at, self.sent_at) if t is not None]
 
 
 def _text(value: Any) -> str | None:
     if value is None or isinstance(value, dict | list):
         return None
-    text = str(value).strip()
-    return text[:512] or None
+    text = str(value).strip()[:512]
+    if not text or "\x00" in text:
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from JSON's \ud800: PostgreSQL cannot store it
+        return None
+    return text
 
 
 def _number(value: Any) -> str | None:
@@ -42,30 +68,58 @@ def _number(value: Any) -> str | None:
     if text.startswith("flow:"):
         return text
     digits = text.removeprefix("+")
-    return "+" + digits if digits.isdigit() and 6 <= len(digits) <= 15 else None
+    return "+" + digits if digits.isascii() and digits.isdigit() and 6 <= len(digits) <= 15 else None
+
+
+def _float(value: Any) -> float | None:
+    text = _text(value)
+    try:
+        number = float(text) if text is not None else None
+    except ValueError:
+        return None
+    return number if number is not None and math.isfinite(number) else None
 
 
 def _int(value: Any) -> int | None:
-    text = _text(value)
-    try:
-        return max(int(float(text)), 0) if text is not None else None
-    except (ValueError, OverflowError):
-        return None
+    number = _float(value)
+    if number is None or not 0 <= number <= _INT_MAX:
+        return None if number is None or number > _INT_MAX else 0
+    return int(number)
 
 
 def _time(value: Any, zone: ZoneInfo) -> datetime | None:
     text = _text(value)
     try:
-        return datetime.strptime(text, "%Y-%m-%d %H:%M:%S").replace(tzinfo=zone) if text else None
+        local = datetime.strptime(text, _TIME_FORMAT) if text else None
     except ValueError:
         return None
+    if local is None or local.year not in _YEARS:
+        return None
+    return local.replace(tzinfo=zone).astimezone(UTC)
+
+
+def _unixtime(value: Any) -> datetime | None:
+    number = _float(value)
+    if number is None:
+        return None
+    try:
+        sent = datetime.fromtimestamp(number, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+    return sent if sent.year in _YEARS else None
 
 
 def parse_report(body: bytes, zone: ZoneInfo) -> ParsedReport | None:
     """Read a report leniently (strings or numbers, empty fields); None when it names no call."""
     try:
         data = msgspec.json.decode(body)
-    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+    except msgspec.DecodeError:
+        # msgspec refuses a lone surrogate escape (\ud800) that the stdlib reads; that field alone is then dropped.
+        try:
+            data = json.loads(body)
+        except (ValueError, RecursionError):
+            return None
+    except (UnicodeDecodeError, RecursionError):
         return None
     if not isinstance(data, dict):
         return None
@@ -90,4 +144,15 @@ def parse_report(body: bytes, zone: ZoneInfo) -> ParsedReport | None:
         status2=_text(data.get("status2")),
         recording_url=_text(data.get("recording_url")),
         hangup_by=_text(data.get("hangup_by")),
+        sent_at=_unixtime(data.get("unixtime")),
     )
+
+
+def report_key(report: ParsedReport) -> bytes:
+    """The report's identity: a SHA-256 of every normalized field it reports, but not of when it was sent.
+
+    The same body, a re-send with a new `date`/`unixtime`, or the same facts spelled differently
+    (numbers as strings, another key order) share one key, so a copy is a duplicate whatever came since.
+    """
+    facts = msgspec.structs.replace(report, sent_at=None)
+    return hashlib.sha256(msgspec.json.encode(facts)).digest()
