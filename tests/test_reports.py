@@ -232,20 +232,23 @@ async def test_two_copies_on_two_processes_at_once_complete_the_call_once(
     assert await db.fetchval("SELECT count(DISTINCT report_id) FROM calls") == 20
 
 
-def _slow_body(port: int, path: str) -> socket.socket:
+def _slow_body(port: int, path: str, auth: str = "") -> socket.socket:
     """A client that sends a POST's headers and one byte of its 200-byte body, then goes quiet."""
     sock = socket.create_connection(("127.0.0.1", port))
-    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n{{"
+    extra = f"Authorization: {auth}\r\n" if auth else ""
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\n{extra}Content-Type: application/json\r\nContent-Length: 200\r\n\r\n{{"
     sock.sendall(head.encode())
     return sock
 
 
 async def test_slow_callback_bodies_hold_no_pooled_connection(dsn: str, keys: Keys) -> None:
-    """Eight callbacks stuck mid-body on a two-connection pool: a session is still created; they end with 408."""
+    """Callbacks and creates stuck mid-body on a two-connection pool: a session is still created; they end with 408."""
     async with live_service(dsn, db_pool_size=2, body_timeout_seconds=3) as live:
         await live.http.post("/v1/dids", json={"number": DID}, headers=keys.a)
         port = int(live.url.rsplit(":", 1)[1])
-        stuck = [_slow_body(port, live.callback) for _ in range(8)]
+        auth = Keys.auth(keys.a_sessions)["Authorization"]
+        stuck = [_slow_body(port, live.callback) for _ in range(6)]
+        stuck += [_slow_body(port, "/v1/sessions", auth) for _ in range(4)]
         try:
             await asyncio.sleep(0.5)
             started = time.monotonic()
