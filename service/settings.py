@@ -46,6 +46,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     session_call_window_seconds: Annotated[int, msgspec.Meta(ge=1)] = 600
     sessions_per_minute: Annotated[int, msgspec.Meta(ge=0)] = 6000
     retention_days: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    public_url: Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s/]+(/\S*)?$")] | None = None
 
     @property
     def provider_kind(self) -> Literal["simulator", "thundersms"]:
@@ -53,6 +54,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         if self.provider is not None:
             return self.provider
         return "thundersms" if self.thundersms_token else "simulator"
+
+    @property
+    def public_base(self) -> str:
+        """Where agents' phones reach the service (call links): MASKING_PUBLIC_URL, else http://{host}:{port}."""
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
 
     @property
     def log_renderer(self) -> Literal["console", "json"]:

@@ -63,6 +63,7 @@ STATUS = {
     "did_in_use": 409,
     "idempotency_in_flight": 409,
     "rate_limited": 429,
+    "link_expired": 410,
     "provider_rejected": 502,
     "provider_unavailable": 503,
     "database_unavailable": 503,
