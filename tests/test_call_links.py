@@ -123,6 +123,8 @@ async def test_a_used_up_link_is_gone_as_json_and_as_a_page(live: Live, keys: Ke
     assert_problem(await live.http.post(path, headers=JSON, content=b"{}"), 410, "link_expired")
     page = await live.http.get(path, headers=HTML)
     assert page.status_code == 410 and "This link has expired" in page.text
+    status = await live.http.get(path + "/status")  # the last press's outcome stays readable until the link's end
+    assert status.status_code == 200 and status.json()["state"] == "completed" and status.json()["uses_left"] == 0
     assert page.headers["cache-control"] == "no-store"
 
 

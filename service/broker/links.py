@@ -123,9 +123,9 @@ async def _session_exists(conn: Conn, tenant_id: int, sid: UUID) -> bool:
     return await sessions_q.select_session(conn, tenant_id, sid) is not None
 
 
-def _live(link: q.LinkRow, now: datetime) -> bool:
+def _live(link: q.LinkRow, now: datetime, used_up_ok: bool = False) -> bool:
     return (
-        link.uses < link.max_uses
+        (used_up_ok or link.uses < link.max_uses)
         and link.expires_at > now
         and link.session_status == "active"
         and link.session_expires_at > now
@@ -137,12 +137,15 @@ async def _last_call(conn: Conn, link: q.LinkRow) -> LinkCall | None:
     return LinkCall.of(found[-1]) if found else None
 
 
-async def view_link(conn: Conn, token: str, now: datetime) -> LinkView:
-    """The page of a live link; not_found for a token never issued, link_expired for one that has ended."""
+async def view_link(conn: Conn, token: str, now: datetime, used_up_ok: bool = False) -> LinkView:
+    """The page of a live link; not_found for a token never issued, link_expired for one that has ended.
+
+    used_up_ok: a link whose presses are all spent still tells the state of its last call until it expires.
+    """
     link = await q.select_link(conn, hash_token(token))
     if link is None:
         raise NotFound("No call link with that address; check the link you were sent.")
-    if not _live(link, now):
+    if not _live(link, now, used_up_ok):
         raise LinkExpired(_GONE)
     return LinkView(
         order_id=link.order_id,
@@ -152,11 +155,6 @@ async def view_link(conn: Conn, token: str, now: datetime) -> LinkView:
         expires_at=min(link.expires_at, link.session_expires_at),
         last_call=await _last_call(conn, link),
     )
-
-
-async def last_call(conn: Conn, token: str, now: datetime) -> LinkCall | None:
-    """The state of a live link's last call (what its page polls)."""
-    return (await view_link(conn, token, now)).last_call
 
 
 class Buckets(TokenBuckets):

@@ -24,6 +24,7 @@ class LinkState(msgspec.Struct, frozen=True):
 
     state: str
     label: str
+    uses_left: int
     call: links.LinkCall | None
 
 
@@ -89,9 +90,9 @@ async def status(request: MaskingRequest, token: FromPath[str]) -> LinkState:
     """The last call's state, for the page's script."""
     _limit_address(request)
     async with request.runtime.db.acquire() as conn:
-        call = await links.last_call(conn, token, request.runtime.clock())
-    state, label = describe(call)
-    return LinkState(state=state, label=label, call=call)
+        view = await links.view_link(conn, token, request.runtime.clock(), used_up_ok=True)
+    state, label = describe(view.last_call)
+    return LinkState(state=state, label=label, uses_left=view.uses_left, call=view.last_call)
 
 
 @post("/{token:str}", include_in_schema=False)

@@ -118,7 +118,7 @@ async def pools(request: MaskingRequest, conn: Db) -> Any:
 def _chart(hours: list[console.HourCount]) -> dict[str, Any]:
     """Bars of an inline SVG: 24 hours, scaled to the busiest."""
     top = max((h.sessions for h in hours), default=0) or 1
-    width, height, gap = 12, 80, 2
+    width, height, gap = 20, 120, 3
     bars = [
         {
             "x": i * (width + gap),
@@ -162,7 +162,7 @@ async def did_list(
         shown=DIDS_SHOWN,
         q=q,
         pool=pool,
-        status=status,
+        status_filter=status,
         done=done if done in ("active", "draining", "retired") else "",
     )
 

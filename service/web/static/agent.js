@@ -11,6 +11,8 @@
   function show(data) {
     state.setAttribute("data-state", data.state);
     state.textContent = data.label;
+    var left = document.getElementById("uses-left");
+    if (left && typeof data.uses_left === "number") { left.textContent = String(data.uses_left); }
     button.disabled = data.state === "ringing";
     if (data.state === "ringing") { poll(); } else { timer = null; }
   }
@@ -20,7 +22,12 @@
     timer = setTimeout(function () {
       timer = null;
       fetch(statusUrl, { headers: { Accept: "application/json" }, credentials: "same-origin" })
-        .then(function (r) { return r.ok ? r.json() : null; })
+        .then(function (r) {
+          if (r.status === 410 || r.status === 404) {
+            return { state: "unknown", label: "This link has expired; ask for a new one.", uses_left: 0 };
+          }
+          return r.ok ? r.json() : null;
+        })
         .then(function (data) { if (data) { show(data); } else { poll(); } })
         .catch(function () { poll(); });
     }, 1500);
@@ -40,7 +47,7 @@
       return r.json().then(function (body) { return { ok: r.ok, body: body }; });
     }).then(function (result) {
       if (result.ok) {
-        show({ state: "ringing", label: "Ringing… pick up your phone" });
+        show({ state: "ringing", label: "Ringing… pick up your phone", uses_left: null });
       } else {
         var p = document.createElement("p");
         p.className = "error";
