@@ -106,6 +106,7 @@ async def test_a_wrong_or_unscoped_key_does_not_sign_in(browser: Browser, live: 
     page = await browser.new_page()
     await sign_in(page, live, "msk_not-a-real-key-0000000000")
     await expect(page.get_by_role("alert")).to_have_text("That key is unknown or revoked.")
+    await no_axe_violations(page)
     await sign_in(page, live, keys.a_sessions)
     await expect(page.get_by_role("alert")).to_contain_text("lacks the `ops` scope")
     await page.goto(live.url + "/console/pools")
@@ -202,6 +203,7 @@ async def test_an_expired_link_says_so_plainly(browser: Browser, live: Live, key
 async def test_console_forms_need_the_csrf_token_and_the_cookie_is_strict(live: Live, keys: Keys) -> None:
     """A signed-in console POST without the form's token is refused; the session cookie is HttpOnly and Strict."""
     async with httpx.AsyncClient(base_url=live.url) as http:
+        http.cookies.set("masking_console", "chosen-by-an-attacker", path="/console")
         form = await http.get("/console/sign-in")
         token = re.search(r'name="_csrf_token" value="([^"]+)"', form.text).group(1)
         assert (
@@ -211,6 +213,7 @@ async def test_console_forms_need_the_csrf_token_and_the_cookie_is_strict(live: 
         signed = await http.post("/console/sign-in", data={"_csrf_token": token, "key": keys.a_ops})
         assert signed.status_code == 303 and signed.headers["location"] == "/console/pools"
         cookie = signed.headers["set-cookie"].lower()
+        assert "chosen-by-an-attacker" not in cookie and "masking_console=" in cookie  # a new id at sign-in
         assert "httponly" in cookie and "samesite=strict" in cookie and "path=/console" in cookie
         assert keys.a_ops not in signed.text and keys.a_ops not in str(signed.headers)
         session = await open_session(live, keys, "ORD-CSRF")

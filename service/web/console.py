@@ -7,6 +7,8 @@ whose key still has the `ops` scope (checked on each request, so a revoked key s
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
+from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
 
 import msgspec
 from litestar import Request, Response, Router, get, post
@@ -227,8 +229,6 @@ async def expire_order(request: MaskingRequest, conn: Db, data: Annotated[Expire
     count = await sessions.expire_sessions(
         conn, request.principal.tenant_id, sessions.ExpireFilter(order_id=data.order_id), request.runtime.clock()
     )
-    from urllib.parse import urlencode
-
     return Redirect(f"/console/sessions?{urlencode({'q': data.order_id, 'expired': count})}", status_code=303)
 
 
@@ -245,8 +245,6 @@ async def unmatched(request: MaskingRequest, conn: Db, cursor: FromQuery[str | N
     found = await reports.list_reports(conn, request.principal.tenant_id, False, cursor, 50)
     zone = request.runtime.settings.provider_timezone
     rows = []
-    from zoneinfo import ZoneInfo
-
     for r in found.items:
         parsed = parse_report(r.body.encode(), ZoneInfo(zone))
         rows.append({"report": r, "parsed": parsed})
