@@ -1,7 +1,9 @@
 """Call links over real HTTP: minting, the agent page, pressing the button, expiry, CSRF, headers and caps."""
 
+import asyncio
 import hashlib
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -9,6 +11,7 @@ import pytest
 
 from service.broker.errors import RateLimited
 from service.broker.links import LinkLimits
+from service.db import links as links_q
 from tests.helpers import AGENT, CUSTOMER, Keys, assert_problem, call_status
 from tests.live import Live, live_service
 
@@ -185,3 +188,22 @@ def test_link_pages_are_rate_limited_per_link_and_per_address() -> None:
         limits.addresses.take("10.0.0.1", "requests from your address")
     with pytest.raises(RateLimited):
         limits.addresses.take("10.0.0.1", "requests from your address")
+
+
+async def test_concurrent_uses_never_exceed_max_uses(live: Live, keys: Keys, dsn: str) -> None:
+    """Twenty processes' worth of simultaneous uses of a 3-use link: exactly three are counted."""
+    session = await open_session(live, keys)
+    path, _ = await mint(live, keys, session["id"], max_uses=3)
+    digest = hashlib.sha256(path.removeprefix("/c/").encode()).digest()
+    pool = await asyncpg.create_pool(dsn, min_size=10, max_size=20)
+    try:
+
+        async def use() -> bool:
+            async with pool.acquire() as conn:
+                return await links_q.take_use(conn, digest, datetime.now(UTC)) is not None
+
+        results = await asyncio.gather(*(use() for _ in range(20)))
+    finally:
+        await pool.close()
+    assert sum(results) == 3
+    assert_problem(await live.http.post(path, headers=JSON, content=b"{}"), 410, "link_expired")
