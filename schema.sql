@@ -172,6 +172,26 @@ CREATE TABLE report_keys (
     report_id    bigint NOT NULL,
     received_at  timestamptz NOT NULL
 );
+-- Call links: an agent's page that places a session's calls; the token is stored only as its SHA-256 hash.
+CREATE TABLE call_links (
+    token_hash  bytea PRIMARY KEY CHECK (length(token_hash) = 32),
+    tenant_id   bigint NOT NULL REFERENCES tenants ON DELETE CASCADE,
+    session_id  uuid NOT NULL REFERENCES sessions ON DELETE CASCADE,
+    party       text NOT NULL CHECK (party IN ('agent', 'customer')),
+    max_uses    integer NOT NULL CHECK (max_uses >= 1),
+    uses        integer NOT NULL DEFAULT 0 CHECK (uses >= 0 AND uses <= max_uses),
+    created_at  timestamptz NOT NULL,
+    expires_at  timestamptz NOT NULL
+);
+CREATE INDEX call_links_by_session ON call_links (session_id);
+
+-- The ops console's server-side sessions (Litestar's session store); the cookie's id is stored only hashed.
+CREATE TABLE console_sessions (
+    id_hash     bytea PRIMARY KEY CHECK (length(id_hash) = 32),
+    data        bytea NOT NULL,
+    expires_at  timestamptz
+);
+CREATE INDEX console_sessions_due ON console_sessions (expires_at);
 
 -- The masked form of a number kept after retention: +919876543210 becomes +91******3210.
 CREATE OR REPLACE FUNCTION mask_number(number text) RETURNS text LANGUAGE sql IMMUTABLE

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -26,19 +27,23 @@ from service.api.bodies import body_deadline
 from service.api.calls import CallController, ReportController
 from service.api.deps import MaskingRequest, Runtime, provide_conn, require_key
 from service.api.dids import DidController
+from service.api.links import CallLinkController
 from service.api.ops import MetricsController, StatsController, healthz, readyz
 from service.api.problems import internal_error_handler, problem_details_plugin, problem_response, too_deep_handler
 from service.api.provider import ProviderController
 from service.api.sessions import SessionController
 from service.broker.errors import DatabaseUnavailable, InvalidRequest
 from service.broker.limits import CallLimits, TokenBuckets
+from service.broker.links import LinkLimits
 from service.broker.sessions import Rules
 from service.broker.sweeps import sweep_once
 from service.broker.tenants import KeyCache, callback_token
 from service.db.pool import create_pool
+from service.db.tenants import get_or_create_secret as secret
 from service.provider.simulator import Simulator, simulator_app
 from service.provider.thundersms import ThunderSMS
 from service.settings import Settings
+from service.web import agent, console, pages, security
 
 log = structlog.get_logger("service.app")
 
@@ -159,6 +164,10 @@ def create_app(
             session_buckets=TokenBuckets(settings.sessions_per_minute),
         )
         app.state.runtime = runtime
+        # Web pages: the CSRF signing secret is one for all processes; console sessions live in the database.
+        csrf.secret = await secret(db, "web_csrf_secret", secrets.token_hex(32))
+        console_store.db = db
+        app.state.link_limits = LinkLimits()
         interval = sweep_interval or settings.sweep_interval_seconds
         tasks = [asyncio.create_task(_sweep_forever(runtime, interval))] if background else []
         try:
@@ -172,12 +181,27 @@ def create_app(
             await http.aclose()
             await db.close()
 
+    secure = settings.public_base.startswith("https://")
+    csrf = security.csrf_config(secure)
+    console_store = security.DbStore(clock)
     v1 = Router(
         path="/",
-        route_handlers=[SessionController, DidController, StatsController, CallController, ReportController],
+        route_handlers=[
+            SessionController,
+            DidController,
+            StatsController,
+            CallController,
+            ReportController,
+            CallLinkController,
+        ],
         guards=[require_key],
     )
     handlers: list[Any] = [healthz, readyz, MetricsController, ProviderController, v1]
+    handlers += [
+        agent.agent_router(csrf),
+        console.console_router(csrf, security.console_session_config(secure)),
+        pages.static_files(),
+    ]
     if simulator is not None:
         handlers.append(_mount_simulator(simulator))
     app = Litestar(
@@ -194,6 +218,9 @@ def create_app(
         },
         request_max_body_size=MAX_BODY,
         middleware=[body_deadline(settings.body_timeout_seconds)],
+        template_config=pages.template_config(),
+        stores={"console_sessions": console_store},
+        before_send=[security.security_headers],
         openapi_config=OpenAPIConfig(
             title="Number masking",
             version="1",

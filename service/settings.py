@@ -57,6 +57,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     sticky_memory_seconds: Annotated[int, msgspec.Meta(ge=0)] = 604_800
     # How long a settled provider report (matched, unmatched, duplicate, unparseable) is kept.
     report_retention_days: Annotated[int, msgspec.Meta(ge=1)] = 30
+    public_url: Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s/]+(/\S*)?$")] | None = None
 
     @property
     def provider_kind(self) -> Literal["simulator", "thundersms"]:
@@ -64,6 +65,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         if self.provider is not None:
             return self.provider
         return "thundersms" if self.thundersms_token else "simulator"
+
+    @property
+    def public_base(self) -> str:
+        """Where agents' phones reach the service (call links): MASKING_PUBLIC_URL, else http://{host}:{port}."""
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
 
     @property
     def log_renderer(self) -> Literal["console", "json"]:

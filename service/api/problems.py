@@ -64,6 +64,7 @@ STATUS = {
     "idempotency_in_flight": 409,
     "too_many_pools": 409,
     "rate_limited": 429,
+    "link_expired": 410,
     "provider_rejected": 502,
     "provider_unavailable": 503,
     "database_unavailable": 503,

@@ -84,6 +84,10 @@ class NoSession(DomainError):
     code, title = "no_session", "No session"
 
 
+class LinkExpired(DomainError):
+    code, title = "link_expired", "Link expired"
+
+
 class DatabaseUnavailable(DomainError):
     code, title = "database_unavailable", "Database unavailable"
 

@@ -15,7 +15,9 @@ from service import metrics
 from service.broker.reports import Matching, rematch_pending
 from service.db import Conn
 from service.db import calls as calls_q
+from service.db import console as console_q
 from service.db import idempotency as idempotency_q
+from service.db import links as links_q
 from service.db import retention as retention_q
 from service.db import sessions as sessions_q
 from service.settings import Settings
@@ -101,3 +103,15 @@ async def sweep_once(conn: Conn, settings: Settings, now: datetime) -> None:
     if _last_tidy is None or not _last_tidy <= now < _last_tidy + TIDY_EVERY:
         _last_tidy = now
         await tidy(conn, settings, now)
+    await tidy_web(conn, now)
+
+
+async def tidy_web(conn: Conn, now: datetime) -> int:
+    """Forget ended console sessions, and call links a day after they ended."""
+    signed_out = await _in_batches(
+        conn, "console_sessions_ended", lambda: console_q.store_delete_expired(conn, now, BATCH)
+    )
+    links = await _in_batches(
+        conn, "call_links_ended", lambda: links_q.delete_old_links(conn, now - timedelta(days=1), BATCH)
+    )
+    return signed_out + links

@@ -1,0 +1,85 @@
+"""What the ops console reads that the API does not: sign-in by key, searches, calls needing attention, a chart.
+
+Every change the console makes goes through the same broker functions as the API (dids, sessions, calls).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import asyncpg
+import msgspec
+
+from service.broker.errors import Forbidden, InvalidPhoneNumber, Unauthorized
+from service.broker.phones import normalize
+from service.broker.sessions import live_view
+from service.broker.tenants import Principal, authenticate, hash_key
+from service.db import Conn
+from service.db import console as q
+from service.db.console import AttentionCall
+from service.models import Session
+
+SEARCH_LIMIT = 100
+ATTENTION_WINDOW = timedelta(hours=24)
+
+
+async def sign_in(db: asyncpg.Pool | Conn, api_key: str) -> tuple[Principal, str]:
+    """The principal of an ops key and the hex hash a console session keeps instead of the key."""
+    principal = await authenticate(db, api_key.strip())
+    if principal is None:
+        raise Unauthorized("That key is unknown or revoked.")
+    if not principal.allows("ops"):
+        raise Forbidden("That key lacks the `ops` scope the console needs.")
+    return principal, hash_key(api_key.strip()).hex()
+
+
+async def principal_of(conn: Conn, key_hash_hex: str) -> Principal | None:
+    """The principal of a console session's key while that key is live; None once it is revoked."""
+    try:
+        digest = bytes.fromhex(key_hash_hex)
+    except ValueError:
+        return None
+    row = await q.select_principal(conn, digest)
+    if row is None:
+        return None
+    return Principal(tenant_id=row["tenant_id"], tenant=row["tenant"], scopes=frozenset(row["scopes"]))
+
+
+async def find_sessions(conn: Conn, tenant_id: int, text: str, now: datetime) -> list[Session]:
+    """Sessions by order id, or by a party's or the masked number (anything that reads as a phone number)."""
+    text = text.strip()
+    if not text:
+        return []
+    number = None
+    if text.lstrip("+").isdigit():
+        try:
+            number = normalize(text, "q")
+        except InvalidPhoneNumber:
+            number = None
+    found = await q.search_sessions(
+        conn, tenant_id, order_id=None if number else text, number=number, limit=SEARCH_LIMIT
+    )
+    return [live_view(s, now) for s in found]
+
+
+async def live_sessions_of_order(conn: Conn, tenant_id: int, order_id: str, now: datetime) -> int:
+    """How many live sessions an expiry of this order would end."""
+    return len(await q.select_session_ids_of_order(conn, tenant_id, order_id, now))
+
+
+async def calls_needing_attention(conn: Conn, tenant_id: int, now: datetime) -> list[AttentionCall]:
+    """Calls of the last 24 hours that ended unknown (no word from the provider) or failed."""
+    return await q.select_attention_calls(conn, tenant_id, now - ATTENTION_WINDOW, SEARCH_LIMIT)
+
+
+class HourCount(msgspec.Struct, frozen=True):
+    """Sessions created in one hour."""
+
+    at: datetime
+    sessions: int
+
+
+async def sessions_by_hour(conn: Conn, tenant_id: int, now: datetime, hours: int = 24) -> list[HourCount]:
+    """Sessions created in each of the last `hours` hours, oldest first (the current hour last)."""
+    rows = await q.sessions_per_hour(conn, tenant_id, now - timedelta(hours=hours - 1), hours)
+    return [HourCount(at, n) for at, n in rows]

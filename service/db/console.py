@@ -1,0 +1,155 @@
+"""SQL for the ops console: its server-side sessions, and the reads only the console makes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import msgspec
+
+from service.db import Conn
+from service.db.calls import CALL
+from service.db.sessions import SESSION
+from service.models import Call, Session
+
+
+async def store_get(conn: Conn, id_hash: bytes, now: datetime, renew_until: datetime | None) -> bytes | None:
+    """A live console session's data (its expiry moved to renew_until when given)."""
+    data: bytes | None = await conn.fetchval(
+        """
+        UPDATE console_sessions SET expires_at = coalesce($3, expires_at)
+        WHERE id_hash = $1 AND (expires_at IS NULL OR expires_at > $2) RETURNING data
+        """,
+        id_hash,
+        now,
+        renew_until,
+    )
+    return data
+
+
+async def store_set(conn: Conn, id_hash: bytes, data: bytes, expires_at: datetime | None) -> None:
+    """Write a console session's data."""
+    await conn.execute(
+        """
+        INSERT INTO console_sessions (id_hash, data, expires_at) VALUES ($1, $2, $3)
+        ON CONFLICT (id_hash) DO UPDATE SET data = excluded.data, expires_at = excluded.expires_at
+        """,
+        id_hash,
+        data,
+        expires_at,
+    )
+
+
+async def store_delete(conn: Conn, id_hash: bytes) -> None:
+    """Forget one console session."""
+    await conn.execute("DELETE FROM console_sessions WHERE id_hash = $1", id_hash)
+
+
+async def store_expires_at(conn: Conn, id_hash: bytes) -> datetime | None:
+    """When a console session ends (None: never, or no such session)."""
+    at: datetime | None = await conn.fetchval("SELECT expires_at FROM console_sessions WHERE id_hash = $1", id_hash)
+    return at
+
+
+async def store_delete_expired(conn: Conn, now: datetime, limit: int) -> int:
+    """Delete one batch of ended console sessions."""
+    done: int = await conn.fetchval(
+        """
+        WITH due AS (SELECT id_hash FROM console_sessions WHERE expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED),
+        d AS (DELETE FROM console_sessions c USING due WHERE c.id_hash = due.id_hash RETURNING 1)
+        SELECT count(*)::int FROM d
+        """,
+        now,
+        limit,
+    )
+    return done
+
+
+async def store_delete_all(conn: Conn) -> None:
+    """Forget every console session."""
+    await conn.execute("DELETE FROM console_sessions")
+
+
+async def select_principal(conn: Conn, key_hash: bytes) -> Any:
+    """The tenant and scopes of a live key, by its hash."""
+    return await conn.fetchrow(
+        """
+        SELECT k.tenant_id, t.name AS tenant, k.scopes FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
+        WHERE k.key_hash = $1 AND k.revoked_at IS NULL
+        """,
+        key_hash,
+    )
+
+
+async def search_sessions(
+    conn: Conn, tenant_id: int, *, order_id: str | None, number: str | None, limit: int
+) -> list[Session]:
+    """The tenant's sessions, newest first, of an order id, or with a number as a party or masked number."""
+    rows = await conn.fetch(
+        f"""
+        SELECT {SESSION} FROM sessions
+        WHERE tenant_id = $1
+          AND ($2::text IS NULL OR order_id = $2)
+          AND ($3::text IS NULL OR customer = $3 OR agent = $3 OR did = $3)
+        ORDER BY created_at DESC, id DESC LIMIT $4
+        """,
+        tenant_id,
+        order_id,
+        number,
+        limit,
+    )
+    return [msgspec.convert(r, Session) for r in rows]
+
+
+class AttentionCall(msgspec.Struct, frozen=True, kw_only=True):
+    """A call that needs a look, with its session's order."""
+
+    call: Call
+    order_id: str
+
+
+async def select_attention_calls(conn: Conn, tenant_id: int, since: datetime, limit: int) -> list[AttentionCall]:
+    """The tenant's calls since a time that ended unknown or failed, newest first."""
+    rows = await conn.fetch(
+        f"""
+        SELECT row_to_json(c)::jsonb AS call, s.order_id FROM (
+            SELECT {CALL} FROM calls
+            WHERE tenant_id = $1 AND created_at > $2 AND status IN ('unknown', 'failed')
+            ORDER BY created_at DESC LIMIT $3) c
+        JOIN sessions s ON s.id = c.session_id
+        ORDER BY c.created_at DESC
+        """,
+        tenant_id,
+        since,
+        limit,
+    )
+    return [msgspec.convert(dict(r), AttentionCall, strict=False) for r in rows]
+
+
+async def sessions_per_hour(conn: Conn, tenant_id: int, since: datetime, hours: int) -> list[tuple[datetime, int]]:
+    """Sessions the tenant created in each hour from since, oldest first, every hour present."""
+    rows = await conn.fetch(
+        """
+        SELECT h.at, count(s.id)::int AS n
+        FROM generate_series(date_trunc('hour', $2::timestamptz), date_trunc('hour', $2::timestamptz)
+                             + ($3 - 1) * interval '1 hour', interval '1 hour') AS h(at)
+        LEFT JOIN sessions s ON s.tenant_id = $1 AND s.created_at >= h.at AND s.created_at < h.at + interval '1 hour'
+        GROUP BY h.at ORDER BY h.at
+        """,
+        tenant_id,
+        since,
+        hours,
+    )
+    return [(r["at"], r["n"]) for r in rows]
+
+
+async def select_session_ids_of_order(conn: Conn, tenant_id: int, order_id: str, now: datetime) -> list[UUID]:
+    """The tenant's live sessions of an order (what an expiry by order would end)."""
+    rows = await conn.fetch(
+        "SELECT id FROM sessions WHERE tenant_id = $1 AND order_id = $2 AND status = 'active' AND expires_at > $3",
+        tenant_id,
+        order_id,
+        now,
+    )
+    return [r["id"] for r in rows]

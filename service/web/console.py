@@ -1,0 +1,306 @@
+"""The ops console: sign-in with an ops key, then pools, DIDs, sessions, calls and reports of that tenant.
+
+Every change goes through the broker functions the API uses; every page needs a live console session
+whose key still has the `ops` scope (checked on each request, so a revoked key signs the console out).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
+
+import msgspec
+from litestar import Request, Response, Router, get, post
+from litestar.config.csrf import CSRFConfig
+from litestar.connection import ASGIConnection
+from litestar.enums import RequestEncodingType
+from litestar.exceptions import HTTPException, NotAuthorizedException
+from litestar.handlers.base import BaseRouteHandler
+from litestar.middleware.base import DefineMiddleware
+from litestar.middleware.csrf import CSRFMiddleware
+from litestar.params import Body, FromPath, FromQuery
+from litestar.response import Redirect
+
+from service.api.deps import Db, MaskingRequest, Runtime
+from service.broker import calls, console, dids, reports, sessions
+from service.broker.errors import DomainError
+from service.models import DidStatus
+from service.provider.reports import parse_report
+from service.web.pages import error_page, page, status_of
+from service.web.security import ROTATE, ConsoleSessionConfig
+
+# The console's sections, in the order of its navigation bar: (path, label). A new section is one entry.
+NAV = [
+    ("/console/pools", "Pools"),
+    ("/console/dids", "DIDs"),
+    ("/console/sessions", "Sessions"),
+    ("/console/calls", "Calls needing attention"),
+    ("/console/reports", "Unmatched reports"),
+]
+DIDS_SHOWN = 500
+# The search reads at most this many of a pool's DIDs (one page of GET /v1/dids).
+DIDS_SCANNED = 1000
+Form = Body(media_type=RequestEncodingType.URL_ENCODED)
+
+
+async def signed_in(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+    """Guard: a console session whose key is live and has the route's scope (ops by default)."""
+    key_hash = connection.session.get("key") if connection.scope.get("session") else None
+    if not key_hash:
+        raise NotAuthorizedException("sign in")
+    runtime: Runtime = connection.app.state.runtime
+    async with runtime.db.acquire() as conn:
+        principal = await console.principal_of(conn, key_hash)
+    if principal is None or not principal.allows(handler.opt.get("scope", "ops")):
+        connection.clear_session()
+        raise NotAuthorizedException("sign in")
+    connection.state.principal = principal
+
+
+def _ctx(request: MaskingRequest, **context: Any) -> dict[str, Any]:
+    return {"nav": NAV, "here": request.url.path, "tenant": request.principal.tenant, **context}
+
+
+def _view(request: MaskingRequest, name: str, **context: Any) -> Any:
+    return page(name, 200, **_ctx(request, **context))
+
+
+# Sign-in and sign-out.
+
+
+class SignIn(msgspec.Struct, kw_only=True):
+    """The sign-in form."""
+
+    key: str = ""
+
+
+@get("/sign-in", include_in_schema=False)
+async def sign_in_form() -> Any:
+    """The sign-in page."""
+    return page("console/sign_in.html")
+
+
+@post("/sign-in", include_in_schema=False, status_code=303)
+async def sign_in(request: MaskingRequest, data: Annotated[SignIn, Form]) -> Any:
+    """Exchange an ops key for a console session; the key itself is never stored, shown or logged."""
+    try:
+        principal, key_hash = await console.sign_in(request.runtime.db, data.key[:256])
+    except DomainError as exc:
+        return page("console/sign_in.html", status_of(exc.code), error=exc.detail)
+    request.scope.setdefault("state", {})[ROTATE] = True
+    request.set_session({"key": key_hash, "tenant": principal.tenant})
+    return Redirect("/console/pools", status_code=303)
+
+
+@post("/sign-out", include_in_schema=False, status_code=303)
+async def sign_out(request: MaskingRequest) -> Any:
+    """End the console session."""
+    request.clear_session()
+    return Redirect("/console/sign-in", status_code=303)
+
+
+# Pages.
+
+
+@get("/", include_in_schema=False)
+async def home() -> Redirect:
+    """The console opens on its pools."""
+    return Redirect("/console/pools", status_code=303)
+
+
+@get("/pools", guards=[signed_in], include_in_schema=False)
+async def pools(request: MaskingRequest, conn: Db) -> Any:
+    """Per pool: DIDs, active sessions, headroom; and sessions created per hour over the last day."""
+    now = request.runtime.clock()
+    tenant_id = request.principal.tenant_id
+    stats = await sessions.pool_stats(conn, tenant_id, now)
+    hours = await console.sessions_by_hour(conn, tenant_id, now)
+    return _view(request, "console/pools.html", pools=stats, chart=_chart(hours))
+
+
+def _chart(hours: list[console.HourCount]) -> dict[str, Any]:
+    """Bars of an inline SVG: 24 hours, scaled to the busiest."""
+    top = max((h.sessions for h in hours), default=0) or 1
+    width, height, gap = 20, 120, 3
+    bars = [
+        {
+            "x": i * (width + gap),
+            "y": height - round(h.sessions * height / top),
+            "h": round(h.sessions * height / top),
+            "n": h.sessions,
+            "at": h.at.strftime("%H:00"),
+        }
+        for i, h in enumerate(hours)
+    ]
+    return {
+        "bars": bars,
+        "width": len(hours) * (width + gap),
+        "height": height,
+        "bar": width,
+        "total": sum(h.sessions for h in hours),
+        "top": max((h.sessions for h in hours), default=0),
+    }
+
+
+@get("/dids", guards=[signed_in], include_in_schema=False)
+async def did_list(
+    request: MaskingRequest,
+    conn: Db,
+    q: FromQuery[str] = "",
+    pool: FromQuery[str] = "",
+    status: FromQuery[str] = "",
+    done: FromQuery[str] = "",
+) -> Any:
+    """The tenant's DIDs, searchable by number, pool and status; drain, retire or re-activate each."""
+    wanted = status if status in ("active", "draining", "retired") else None
+    page = await dids.list_dids(
+        conn, request.principal.tenant_id, request.runtime.clock(), pool or None, wanted, DIDS_SCANNED, None
+    )
+    digits = "".join(ch for ch in q if ch.isdigit())
+    found = [d for d in page.items if digits in d.number] if digits else page.items
+    return _view(
+        request,
+        "console/dids.html",
+        dids=found[:DIDS_SHOWN],
+        total=len(found),
+        shown=DIDS_SHOWN,
+        q=q,
+        pool=pool,
+        status_filter=status,
+        done=done if done in ("active", "draining", "retired") else "",
+    )
+
+
+class DidChange(msgspec.Struct, kw_only=True):
+    """A DID's new status, from its row's form."""
+
+    status: DidStatus
+
+
+@post("/dids/{number:str}", guards=[signed_in], include_in_schema=False, status_code=303)
+async def did_change(request: MaskingRequest, conn: Db, number: FromPath[str], data: Annotated[DidChange, Form]) -> Any:
+    """Drain, retire or re-activate a DID (PATCH /v1/dids/{number}'s rules)."""
+    did = await dids.change_did(conn, request.principal.tenant_id, number, data.status, None, request.runtime.clock())
+    return Redirect(f"/console/dids?q={did.number.lstrip('+')}&done={did.status}", status_code=303)
+
+
+@get("/sessions", guards=[signed_in], include_in_schema=False)
+async def session_search(
+    request: MaskingRequest, conn: Db, q: FromQuery[str] = "", expired: FromQuery[int] = -1
+) -> Any:
+    """Sessions by order id, party number or masked number; numbers masked."""
+    found = (
+        await console.find_sessions(conn, request.principal.tenant_id, q[:128], request.runtime.clock()) if q else []
+    )
+    return _view(request, "console/sessions.html", q=q, sessions=found, expired=expired)
+
+
+@get("/sessions/{session_id:str}", guards=[signed_in], include_in_schema=False)
+async def session_page(request: MaskingRequest, conn: Db, session_id: FromPath[str]) -> Any:
+    """One session in full, with its calls."""
+    tenant_id = request.principal.tenant_id
+    session = await sessions.get_session(conn, tenant_id, session_id, request.runtime.clock())
+    found = await calls.list_calls(conn, tenant_id, session_id)
+    return _view(request, "console/session.html", session=session, calls=list(reversed(found)))
+
+
+@post("/sessions/{session_id:str}/close", guards=[signed_in], include_in_schema=False, status_code=303)
+async def session_close(request: MaskingRequest, conn: Db, session_id: FromPath[str]) -> Any:
+    """Close a session (POST /v1/sessions/{id}/close)."""
+    session = await sessions.close_session(conn, request.principal.tenant_id, session_id, request.runtime.clock())
+    return Redirect(f"/console/sessions/{session.id}", status_code=303)
+
+
+@get("/expire", guards=[signed_in], include_in_schema=False)
+async def expire_confirm(request: MaskingRequest, conn: Db, order_id: FromQuery[str]) -> Any:
+    """The confirmation step of expiring an order: how many live sessions it would end."""
+    count = await console.live_sessions_of_order(conn, request.principal.tenant_id, order_id, request.runtime.clock())
+    return _view(request, "console/expire.html", order_id=order_id, count=count)
+
+
+class ExpireOrder(msgspec.Struct, kw_only=True):
+    """The confirmed expiry of an order."""
+
+    order_id: str
+    confirm: Literal["yes"]
+
+
+@post("/expire", guards=[signed_in], include_in_schema=False, status_code=303)
+async def expire_order(request: MaskingRequest, conn: Db, data: Annotated[ExpireOrder, Form]) -> Any:
+    """Expire every live session of an order (POST /v1/sessions/expire)."""
+    count = await sessions.expire_sessions(
+        conn, request.principal.tenant_id, sessions.ExpireFilter(order_id=data.order_id), request.runtime.clock()
+    )
+    return Redirect(f"/console/sessions?{urlencode({'q': data.order_id, 'expired': count})}", status_code=303)
+
+
+@get("/calls", guards=[signed_in], include_in_schema=False)
+async def attention(request: MaskingRequest, conn: Db) -> Any:
+    """Calls of the last 24 hours that ended unknown or failed."""
+    found = await console.calls_needing_attention(conn, request.principal.tenant_id, request.runtime.clock())
+    return _view(request, "console/calls.html", calls=found)
+
+
+@get("/reports", guards=[signed_in], include_in_schema=False)
+async def unmatched(request: MaskingRequest, conn: Db, cursor: FromQuery[str | None] = None) -> Any:
+    """Provider reports on the tenant's DIDs that matched no call; numbers masked."""
+    found = await reports.list_reports(conn, request.principal.tenant_id, False, cursor, 50)
+    zone = request.runtime.settings.provider_timezone
+    rows = []
+    for r in found.items:
+        parsed = parse_report(r.body.encode(), ZoneInfo(zone))
+        rows.append({"report": r, "parsed": parsed})
+    return _view(request, "console/reports.html", rows=rows, next_cursor=found.next_cursor)
+
+
+# Errors.
+
+
+def _signed_out(request: Request[Any, Any, Any], exc: NotAuthorizedException) -> Response[Any]:
+    return Redirect("/console/sign-in", status_code=303)
+
+
+def _domain_error(request: Request[Any, Any, Any], exc: DomainError) -> Response[Any]:
+    return error_page(status_of(exc.code), exc.title, exc.detail, console=True)
+
+
+def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    if exc.status_code == 403:
+        detail = "This form has expired or did not come from the console. Go back, reload the page and try again."
+        return error_page(403, "Form refused", detail, console=True)
+    if exc.status_code in (400, 422):
+        return error_page(exc.status_code, "Invalid form", "A field of the form is missing or wrong.", console=True)
+    if exc.status_code == 405:
+        return error_page(405, "Not allowed", "This page does not take that method.", console=True)
+    return error_page(exc.status_code, "Not found", "There is no such console page.", console=True)
+
+
+def console_router(csrf: CSRFConfig, sessions_config: ConsoleSessionConfig) -> Router:
+    """The /console routes: server-side sessions, CSRF on every form, HTML errors."""
+    return Router(
+        path="/console",
+        route_handlers=[
+            sign_in_form,
+            sign_in,
+            sign_out,
+            home,
+            pools,
+            did_list,
+            did_change,
+            session_search,
+            session_page,
+            session_close,
+            expire_confirm,
+            expire_order,
+            attention,
+            unmatched,
+        ],
+        middleware=[sessions_config.middleware, DefineMiddleware(CSRFMiddleware, config=csrf)],
+        exception_handlers={
+            NotAuthorizedException: _signed_out,
+            DomainError: _domain_error,
+            HTTPException: _http_error,
+        },
+        include_in_schema=False,
+    )

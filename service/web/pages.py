@@ -1,0 +1,86 @@
+"""Shared page plumbing: the template set, content negotiation, error pages and the CSRF wrapper."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from litestar import Request, Response
+from litestar.config.csrf import CSRFConfig
+from litestar.enums import ScopeType
+from litestar.middleware.csrf import CSRFMiddleware
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.response import Template
+from litestar.static_files import create_static_files_router
+from litestar.template.config import TemplateConfig
+from litestar.types import ASGIApp, Receive, Scope, Send
+
+from service.api.problems import STATUS
+from service.logging import mask_number
+
+HERE = Path(str(resources.files("service.web")))
+STATIC_PATH = "/static/web"
+
+
+def _when(value: datetime | None) -> str:
+    return "" if value is None else value.strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def _setup(engine: JinjaTemplateEngine) -> None:
+    engine.engine.filters["masked"] = mask_number
+    engine.engine.filters["when"] = _when
+    engine.engine.globals["static"] = lambda name: f"{STATIC_PATH}/{name}"
+
+
+def template_config() -> TemplateConfig[JinjaTemplateEngine]:
+    """Jinja templates shipped inside the package (autoescaped), with the `masked` and `when` filters."""
+    return TemplateConfig(directory=HERE / "templates", engine=JinjaTemplateEngine, engine_callback=_setup)
+
+
+def static_files() -> Any:
+    """The vendored CSS and JavaScript, served by the service itself (no CDN)."""
+    return create_static_files_router(
+        path=STATIC_PATH, directories=[HERE / "static"], name="web_static", include_in_schema=False
+    )
+
+
+def wants_json(request: Request[Any, Any, Any]) -> bool:
+    """Whether the client asked for JSON rather than a page."""
+    return request.accept.best_match(["text/html", "application/json"], default="text/html") == "application/json"
+
+
+def page(name: str, status: int = 200, **context: Any) -> Template:
+    """A rendered page."""
+    return Template(template_name=name, context=context, status_code=status, media_type="text/html")
+
+
+def status_of(code: str) -> int:
+    """The HTTP status of a domain error code."""
+    return STATUS.get(code, 400)
+
+
+def error_page(status: int, title: str, detail: str, **context: Any) -> Response[Any]:
+    """A plain page that says what went wrong and what to do."""
+    return page("error.html", status, title=title, detail=detail, **context)
+
+
+class CsrfUnlessJson:
+    """Litestar's CSRF middleware for forms; a JSON body passes without a token.
+
+    A browser sends `Content-Type: application/json` cross-site only after a CORS preflight, which this
+    service never grants, so a JSON request cannot be forged by another site.
+    """
+
+    def __init__(self, app: ASGIApp, config: CSRFConfig) -> None:
+        self.app = app
+        self.csrf = CSRFMiddleware(app, config)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = dict(scope.get("headers", ()))
+        content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        if scope["type"] == ScopeType.HTTP and scope.get("method") == "POST" and content_type == b"application/json":
+            await self.app(scope, receive, send)
+        else:
+            await self.csrf(scope, receive, send)
