@@ -90,7 +90,7 @@ async def test_settled_reports_are_deleted_after_the_report_retention_pending_on
 async def test_in_steady_state_every_table_stays_bounded(
     client: httpx.AsyncClient, keys: Keys, db: asyncpg.Connection, settings: Settings, clock: FakeClock
 ) -> None:
-    """Sessions created with keys and closed at a constant rate for 40 simulated days: keys, bindings, reports level off."""
+    """Sessions created with keys and closed at a constant rate for 40 simulated days: keys, bindings, reports, report identities level off."""
     await add_dids(client, keys.a, did_numbers(5))
     sizes = []
     for day in range(40):
@@ -98,8 +98,15 @@ async def test_in_steady_state_every_table_stays_bounded(
             body = session_body(f"d{day}-{i}", customer=f"+91987{day:03d}{i:04d}", agent=AGENT)
             r = await client.post("/v1/sessions", json=body, headers={**keys.a, "Idempotency-Key": f"{day}-{i}"})
             assert r.status_code == 201, r.text
+            report_id = await db.fetchval(
+                "INSERT INTO provider_reports (received_at, body, outcome) VALUES ($1, 'x', 'unmatched') RETURNING id",
+                clock(),
+            )
             await db.execute(
-                "INSERT INTO provider_reports (received_at, body, outcome) VALUES ($1, 'x', 'unmatched')", clock()
+                "INSERT INTO report_keys (key, report_id, received_at) VALUES (sha256($1::bytea), $2, $3)",
+                f"{day}-{i}".encode(),
+                report_id,
+                clock(),
             )
             await client.post(f"/v1/sessions/{r.json()['id']}/close", headers=keys.a)
         clock.advance(DAY)
@@ -109,9 +116,10 @@ async def test_in_steady_state_every_table_stays_bounded(
                 await db.fetchval("SELECT count(*) FROM idempotency_keys"),
                 await db.fetchval("SELECT count(*) FROM bindings"),
                 await db.fetchval("SELECT count(*) FROM provider_reports"),
+                await db.fetchval("SELECT count(*) FROM report_keys"),
             )
         )
-    print(f"\nrows (idempotency_keys, bindings, provider_reports) on days 10, 20, 30, 40: {sizes[9::10]}")
+    print(f"\nrows (idempotency_keys, bindings, provider_reports, report_keys) on days 10, 20, 30, 40: {sizes[9::10]}")
     assert sizes[-1] == sizes[-11]  # level: what one day adds, the sweep takes away
-    keys_rows, binding_rows, report_rows = sizes[-1]
-    assert keys_rows <= 5 and binding_rows <= 8 * 5 + 5 and report_rows <= 31 * 5
+    keys_rows, binding_rows, report_rows, report_key_rows = sizes[-1]
+    assert keys_rows <= 5 and binding_rows <= 8 * 5 + 5 and report_rows <= 31 * 5 and report_key_rows <= 31 * 5

@@ -72,7 +72,7 @@ async def tidy(conn: Conn, settings: Settings, now: datetime) -> dict[str, int]:
     """Delete what no rule needs any more, so that every table stays bounded in steady state.
 
     Idempotency keys past their 24-hour window; bindings ended longer ago than both the cool-off and
-    the sticky memory; provider reports with a final outcome older than the report retention.
+    the sticky memory; provider reports with a final outcome, and report identities, older than the report retention.
     """
     keys_before = now - idempotency_q.REPLAY_WINDOW
     bindings_before = now - timedelta(seconds=max(settings.cooloff_seconds, settings.sticky_memory_seconds))
@@ -88,6 +88,9 @@ async def tidy(conn: Conn, settings: Settings, now: datetime) -> dict[str, int]:
         ),
         "reports_deleted": await _in_batches(
             conn, "reports_deleted", lambda: retention_q.delete_settled_reports(conn, reports_before, BATCH)
+        ),
+        "report_keys_deleted": await _in_batches(
+            conn, "report_keys_deleted", lambda: retention_q.delete_report_keys(conn, reports_before, BATCH)
         ),
     }
 

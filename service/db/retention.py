@@ -59,6 +59,14 @@ DELETE FROM provider_reports r USING (
 WHERE r.id = due.id
 """
 
+# A report's identity is remembered as long as the report itself: a re-send after that is long past
+# any provider retry. The table has no index on received_at; it is bounded by this very deletion.
+DELETE_REPORT_KEYS = """
+DELETE FROM report_keys k USING (
+    SELECT key FROM report_keys WHERE received_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED) due
+WHERE k.key = due.key
+"""
+
 
 def _count(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
@@ -77,3 +85,8 @@ async def delete_ended_bindings(conn: Conn, before: datetime, batch: int) -> int
 async def delete_settled_reports(conn: Conn, before: datetime, batch: int) -> int:
     """Delete one batch of provider reports with a final outcome, received before `before`."""
     return _count(await conn.execute(DELETE_REPORTS, before, batch))
+
+
+async def delete_report_keys(conn: Conn, before: datetime, batch: int) -> int:
+    """Delete one batch of report identities received before `before` (the report retention)."""
+    return _count(await conn.execute(DELETE_REPORT_KEYS, before, batch))
