@@ -46,8 +46,8 @@ def describe_database(settings: Settings) -> str:
     return f"PostgreSQL at {url.hostname or 'local socket'}:{url.port or 5432}{url.path}"
 
 
-def run_with_db(settings: Settings, work: Callable[[Conn], Awaitable[T]]) -> T:
-    """Open the database (migrated), run work on one connection, close everything."""
+def run_with_db(settings: Settings, work: Callable[[Conn], Awaitable[T]], *, migrated: bool = True) -> T:
+    """Open the database (migrated first, unless the work is the migration), run work on one connection."""
     from service.db.pool import create_pool
     from service.db.schema import migrate
 
@@ -55,7 +55,8 @@ def run_with_db(settings: Settings, work: Callable[[Conn], Awaitable[T]]) -> T:
         pool = await create_pool(dsn, 2)
         try:
             async with pool.acquire() as conn:
-                await migrate(conn)
+                if migrated:
+                    await migrate(conn)
                 return await work(conn)
         finally:
             await pool.close()
@@ -130,7 +131,7 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     from service.db.schema import migrate
 
     try:
-        done = run_with_db(settings, lambda conn: migrate(conn))
+        done = run_with_db(settings, migrate, migrated=False)
     except SchemaTooNew as exc:
         print(f"masking: {exc}", file=sys.stderr)
         return 1

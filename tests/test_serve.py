@@ -107,3 +107,16 @@ def test_the_readme_demo_places_a_simulated_call_end_to_end(tmp_path: Path, dsn:
             f"/v1/provider/thundersms/route/{token}", params={"did": "918068281234", "caller": "918765432109"}
         )
         assert route.json() == {"session_id": session["id"], "connect_to": "919876543210"}
+
+
+def test_migrate_on_an_empty_folder_says_it_created_the_schema_and_then_that_nothing_was_left(tmp_path: Path) -> None:
+    """`masking migrate` from nothing reports created: true; run again, created: false and nothing applied."""
+    env = masking_env()
+    first = run_cli("migrate", env=env, cwd=tmp_path, timeout=120)
+    assert first.returncode == 0, first.stderr
+    again = run_cli("migrate", env=env, cwd=tmp_path, timeout=120)
+    assert again.returncode == 0, again.stderr
+    made, current = json.loads(first.stdout), json.loads(again.stdout)
+    assert made["created"] is True and made["applied"] == []
+    assert current["created"] is False and current["applied"] == []
+    assert made["schema_version"] == current["schema_version"]
