@@ -527,4 +527,3 @@ async def send_test(db: asyncpg.Pool, deliverer: Deliverer, tenant_id: int, endp
 def event_body(event: Event) -> bytes:
     """The JSON body of an event as delivered."""
     return msgspec.json.encode(event)
-
