@@ -174,7 +174,9 @@ def create_app(
         interval = sweep_interval or settings.sweep_interval_seconds
         tasks = [asyncio.create_task(_sweep_forever(runtime, interval))] if background else []
         # Webhook delivery runs in every process (claims are SKIP LOCKED); the test route uses it too.
-        app.state.webhooks = deliverer = Deliverer(db, settings, clock)
+        # It has a small pool of its own: API load never starves it, and it never takes the API's connections.
+        webhook_db = await create_pool(dsn, 2)
+        app.state.webhooks = deliverer = Deliverer(webhook_db, settings, clock)
         if background:
             tasks.append(asyncio.create_task(deliverer.run()))
         try:
@@ -184,6 +186,7 @@ def create_app(
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await deliverer.close()
+            await webhook_db.close()
             if simulator is not None:
                 await simulator.close()
             await http.aclose()

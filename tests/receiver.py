@@ -20,8 +20,9 @@ Mode = Literal["ok", "500", "hang", "redirect"]
 class Receiver:
     """A minimal HTTP/1.1 server (keep-alive) that checks Standard Webhooks signatures."""
 
-    def __init__(self, secrets: list[str] | None = None, mode: Mode = "ok") -> None:
+    def __init__(self, secrets: list[str] | None = None, mode: Mode = "ok", delay: float = 0.0) -> None:
         self.port = free_port()
+        self.delay = delay  # seconds before each answer
         self.secrets: list[str] = list(secrets or [])
         self.mode: Mode = mode
         self.delivered: Counter[str] = Counter()  # verified deliveries answered 2xx, by webhook-id
@@ -87,6 +88,8 @@ class Receiver:
                 self.headers.append(headers)
                 if self.mode == "hang":
                     await asyncio.sleep(3600)
+                if self.delay:
+                    await asyncio.sleep(self.delay)
                 verified = self.verify(body, headers)
                 if not verified:
                     self.bad_signatures += 1

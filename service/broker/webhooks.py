@@ -427,7 +427,9 @@ class Deliverer:
         task.add_done_callback(finished)
 
     async def _attempt(self, claimed: q.Claimed) -> None:
-        self.done.append(await self.attempt(claimed))
+        outcome = await self.attempt(claimed)
+        # Appended only now: `self.done` may have been swapped for a new list by a flush meanwhile.
+        self.done.append(outcome)
 
     async def attempt(self, claimed: q.Claimed) -> q.Outcome:
         """POST the event once (no connection held) and say how it went and what comes next."""
@@ -461,6 +463,9 @@ class Deliverer:
         except httpx.TimeoutException:
             error = f"no answer within {self.timeout:g} s"
         except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}: {exc}"[:300]
+        except Exception as exc:  # whatever else goes wrong, the attempt is recorded as failed, never lost
+            log.exception("webhook_attempt_failed", endpoint_id=str(claimed.endpoint_id))
             error = f"{type(exc).__name__}: {exc}"[:300]
         duration_ms = round((time.perf_counter() - started) * 1000)
         schedule = self.settings.webhook_retries
