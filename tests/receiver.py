@@ -30,6 +30,7 @@ class Receiver:
         self.bad_signatures = 0
         self.events: dict[str, dict[str, Any]] = {}
         self.headers: list[dict[str, str]] = []
+        self.raw: list[tuple[bytes, dict[str, str]]] = []  # every request's body and headers
         self.verified_by: Counter[int] = Counter()  # how many requests each secret (by index) verified
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -86,11 +87,12 @@ class Receiver:
                 body = await reader.readexactly(int(headers.get("content-length", "0")))
                 self.requests += 1
                 self.headers.append(headers)
+                self.raw.append((body, headers))
                 if self.mode == "hang":
                     await asyncio.sleep(3600)
                 if self.delay:
                     await asyncio.sleep(self.delay)
-                verified = self.verify(body, headers)
+                verified = self.verify(body, headers) if self.secrets else True  # no secrets yet: accept all
                 if not verified:
                     self.bad_signatures += 1
                 status = {"ok": 200, "500": 500, "redirect": 307}[self.mode] if verified else 400
