@@ -147,24 +147,28 @@ class Claimed(msgspec.Struct, frozen=True, kw_only=True):
     previous_until: datetime | None
 
 
-# Step one of a claim: due deliveries of enabled endpoints (skipping rows another process holds and
-# endpoints this process already has its fill of), locked until the claiming transaction ends.
-DUE = Query("""
-SELECT d.event_id, d.endpoint_id FROM webhook_deliveries d
-WHERE d.status = 'pending' AND d.next_attempt_at <= :now AND NOT (d.endpoint_id = ANY(:busy::uuid[]))
-  AND EXISTS (SELECT 1 FROM webhook_endpoints w WHERE w.id = d.endpoint_id AND w.status = 'enabled')
-ORDER BY d.next_attempt_at LIMIT :limit
-FOR UPDATE OF d SKIP LOCKED
-""")
-
-# Step two: the chosen ones get their attempt counted and a lease (next_attempt_at pushed past the
-# request's timeout), so no other process makes the same attempt; a process that dies mid-request
-# leaves the lease to run out and the attempt is made again (at least once).
+# One statement (one round trip, its row locks held only while it runs): lock due deliveries of enabled
+# endpoints, skipping rows another process holds and endpoints this process already has its fill of;
+# keep at most each endpoint's free share; count their attempt and give each a lease (next_attempt_at
+# pushed past the request's timeout), so no other process makes the same attempt. A process that dies
+# mid-request leaves its leases to run out and the attempt is made again (at least once).
 CLAIM = Query("""
-WITH c AS (
+WITH due AS (
+    SELECT d.event_id, d.endpoint_id, d.next_attempt_at FROM webhook_deliveries d
+    WHERE d.status = 'pending' AND d.next_attempt_at <= :now AND NOT (d.endpoint_id = ANY(:busy::uuid[]))
+      AND EXISTS (SELECT 1 FROM webhook_endpoints w WHERE w.id = d.endpoint_id AND w.status = 'enabled')
+    ORDER BY d.next_attempt_at LIMIT :scan
+    FOR UPDATE OF d SKIP LOCKED),
+ranked AS (
+    SELECT due.*, row_number() OVER (PARTITION BY due.endpoint_id ORDER BY due.next_attempt_at) AS rn FROM due),
+chosen AS (
+    SELECT r.event_id, r.endpoint_id FROM ranked r
+    LEFT JOIN unnest(:partly::uuid[], :left::int[]) AS p(endpoint_id, free) ON p.endpoint_id = r.endpoint_id
+    WHERE r.rn <= coalesce(p.free, :cap)
+    ORDER BY r.next_attempt_at LIMIT :take),
+c AS (
     UPDATE webhook_deliveries d SET attempts = d.attempts + 1, next_attempt_at = :lease_until
-    FROM unnest(:event_ids::bigint[], :endpoint_ids::uuid[]) AS k(event_id, endpoint_id)
-    WHERE d.event_id = k.event_id AND d.endpoint_id = k.endpoint_id AND d.status = 'pending'
+    FROM chosen k WHERE d.event_id = k.event_id AND d.endpoint_id = k.endpoint_id
     RETURNING d.event_id, d.endpoint_id, d.attempts)
 SELECT c.event_id, c.endpoint_id, c.attempts AS attempt, e.type, e.created_at, e.data,
        w.url, w.secret, w.previous_secret, w.previous_until
@@ -172,17 +176,21 @@ FROM c JOIN events e ON e.id = c.event_id JOIN webhook_endpoints w ON w.id = c.e
 """)
 
 
-async def due_deliveries(conn: Conn, now: datetime, busy: list[UUID], limit: int) -> list[tuple[int, UUID]]:
-    """Due deliveries, locked (call inside the claiming transaction)."""
-    rows = await conn.fetch(DUE.sql, *DUE.args({"now": now, "busy": busy, "limit": limit}))
-    return [(r["event_id"], r["endpoint_id"]) for r in rows]
-
-
-async def claim(conn: Conn, keys: list[tuple[int, UUID]], lease_until: datetime) -> list[Claimed]:
-    """Take the given locked deliveries for one attempt each, leased until lease_until."""
-    if not keys:
-        return []
-    values = {"event_ids": [k[0] for k in keys], "endpoint_ids": [k[1] for k in keys], "lease_until": lease_until}
+async def claim(
+    conn: Conn, now: datetime, in_flight: dict[UUID, int], cap: int, take: int, lease_until: datetime
+) -> list[Claimed]:
+    """Claim up to `take` due deliveries, at most `cap` in flight per endpoint counting `in_flight`."""
+    partly = [e for e, n in in_flight.items() if n < cap]
+    values = {
+        "now": now,
+        "busy": [e for e, n in in_flight.items() if n >= cap],
+        "scan": take * 2,
+        "partly": partly,
+        "left": [cap - in_flight[e] for e in partly],
+        "cap": cap,
+        "take": take,
+        "lease_until": lease_until,
+    }
     rows = await conn.fetch(CLAIM.sql, *CLAIM.args(values))
     return [msgspec.convert(r, Claimed) for r in rows]
 
