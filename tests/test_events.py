@@ -185,3 +185,20 @@ async def test_calls_and_reports_emit_their_events_in_the_same_statement(
         listed = (await live.http.get("/v1/reports", headers=keys.a)).json()["items"][0]
         assert report["id"] == listed["id"] and report["reason"] == listed["reason"] == "no_call"
         assert report["body"] == listed["body"]
+
+
+async def test_events_and_attempts_past_the_retention_are_deleted_by_the_sweeper(
+    client: httpx.AsyncClient, keys: Keys, clock: FakeClock, db: asyncpg.Connection
+) -> None:
+    """MASKING_EVENT_RETENTION_DAYS (30): older events (with their deliveries) and attempts go; newer stay."""
+    from service.settings import Settings
+
+    await add_dids(client, keys.a, did_numbers(3))
+    for i in range(3):
+        body = session_body(order=f"r{i}", agent=f"+9187654320{i:02d}")
+        assert (await client.post("/v1/sessions", json=body, headers=keys.a)).status_code == 201
+    await db.execute("UPDATE events SET created_at = created_at - interval '31 days' WHERE data->>'order_id' <> 'r2'")
+    settings = Settings(database_url="postgresql://unused", event_retention_days=30)
+    done = await sweeps.tidy(db, settings, clock())
+    assert done["events_deleted"] == 2
+    assert [e["data"]["order_id"] for e in (await feed(client, keys))["items"]] == ["r2"]

@@ -80,6 +80,9 @@ async def redact_old_sessions(conn: Conn, now: datetime, days: int) -> int:
 # each process runs them at most this often rather than on every sweep.
 TIDY_EVERY = timedelta(minutes=5)
 _last_tidy: datetime | None = None
+# pool.low_headroom is checked this often per process (the pool statistics read every active binding).
+HEADROOM_EVERY = timedelta(minutes=1)
+_last_headroom: datetime | None = None
 
 
 async def tidy(conn: Conn, settings: Settings, now: datetime) -> dict[str, int]:
@@ -119,7 +122,10 @@ async def sweep_once(conn: Conn, settings: Settings, now: datetime) -> None:
     await sweep_expired(conn, now)
     await time_out_calls(conn, now, settings.call_report_timeout_seconds)
     await rematch_pending(conn, Matching.from_settings(settings), now)
-    await events.check_headroom(conn, now)
+    global _last_headroom
+    if _last_headroom is None or not _last_headroom <= now < _last_headroom + HEADROOM_EVERY:
+        _last_headroom = now
+        await events.check_headroom(conn, now)
     if settings.retention_days:
         await redact_old_sessions(conn, now, settings.retention_days)
     global _last_tidy

@@ -40,6 +40,7 @@ log = structlog.get_logger("service.webhooks")
 
 Clock = Callable[[], datetime]
 SECRET_OVERLAP = timedelta(hours=24)
+RESOLVE_TIMEOUT = 5.0  # seconds a webhook host's name may take to resolve
 BACKLOG_SERIES = 20  # endpoints with a backlog gauge of their own (the oldest), so labels stay bounded
 EventType = Literal[
     "*",
@@ -122,8 +123,9 @@ async def resolve_target(url: str, allow_http: bool, allow_private: bool) -> Tar
     """Resolve the URL's host now and check every address it has; the first one is the one to connect to."""
     scheme, host, port = check_url_shape(url, allow_http)
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError):
+        async with asyncio.timeout(RESOLVE_TIMEOUT):
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError, TimeoutError):
         raise ForbiddenAddress(f"The host {host!r} does not resolve.", host=host) from None
     addresses = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
     for ip in addresses:
