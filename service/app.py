@@ -27,17 +27,20 @@ from service.api.bodies import body_deadline
 from service.api.calls import CallController, ReportController
 from service.api.deps import MaskingRequest, Runtime, provide_conn, require_key
 from service.api.dids import DidController
+from service.api.events import EventController
 from service.api.links import CallLinkController
 from service.api.ops import MetricsController, StatsController, healthz, readyz
 from service.api.problems import internal_error_handler, problem_details_plugin, problem_response, too_deep_handler
 from service.api.provider import ProviderController
 from service.api.sessions import SessionController
+from service.api.webhooks import WebhookController
 from service.broker.errors import DatabaseUnavailable, InvalidRequest
 from service.broker.limits import CallLimits, TokenBuckets
 from service.broker.links import LinkLimits
 from service.broker.sessions import Rules
 from service.broker.sweeps import sweep_once
 from service.broker.tenants import KeyCache, callback_token
+from service.broker.webhooks import Deliverer
 from service.db.pool import create_pool
 from service.db.tenants import get_or_create_secret as secret
 from service.provider.simulator import Simulator, simulator_app
@@ -170,12 +173,20 @@ def create_app(
         app.state.link_limits = LinkLimits()
         interval = sweep_interval or settings.sweep_interval_seconds
         tasks = [asyncio.create_task(_sweep_forever(runtime, interval))] if background else []
+        # Webhook delivery runs in every process (claims are SKIP LOCKED); the test route uses it too.
+        # It has a small pool of its own: API load never starves it, and it never takes the API's connections.
+        webhook_db = await create_pool(dsn, 2)
+        app.state.webhooks = deliverer = Deliverer(webhook_db, settings, clock)
+        if background:
+            tasks.append(asyncio.create_task(deliverer.run()))
         try:
             yield
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await deliverer.close()
+            await webhook_db.close()
             if simulator is not None:
                 await simulator.close()
             await http.aclose()
@@ -193,6 +204,8 @@ def create_app(
             CallController,
             ReportController,
             CallLinkController,
+            EventController,
+            WebhookController,
         ],
         guards=[require_key],
     )

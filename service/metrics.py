@@ -24,6 +24,17 @@ REPORT_TIME_MISMATCH = Counter(
     "Reports left unmatched because their times do not fit the call (check MASKING_PROVIDER_TIMEZONE)",
     ["reason"],
 )
+WEBHOOK_DELIVERIES = Counter(
+    "masking_webhook_deliveries", "Webhook delivery attempts by outcome (delivered, retrying, failed)", ["outcome"]
+)
+WEBHOOK_OLDEST = Gauge("masking_webhook_oldest_undelivered_seconds", "Age of the oldest undelivered event")
+# Labelled by endpoint id, but only for the endpoints with the oldest backlog (at most 20 series).
+WEBHOOK_BACKLOG = Gauge(
+    "masking_webhook_endpoint_backlog_seconds",
+    "Age of the oldest undelivered event of the endpoints furthest behind",
+    ["endpoint"],
+)
+WEBHOOK_DISABLED = Gauge("masking_webhook_endpoints_disabled", "Webhook endpoints disabled for failing")
 SWEPT = Counter("masking_swept", "Rows tidied by background sweepers", ["job"])
 
 # Pool names are user input: past this many distinct names per process, new ones share one label.

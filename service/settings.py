@@ -58,6 +58,24 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # How long a settled provider report (matched, unmatched, duplicate, unparseable) is kept.
     report_retention_days: Annotated[int, msgspec.Meta(ge=1)] = 30
     public_url: Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s/]+(/\S*)?$")] | None = None
+    # Events and webhooks (issue 13): how long events and delivery attempts are kept, what addresses a
+    # webhook may point at, and the delivery schedule (tests compress it; see docs/webhooks.md).
+    event_retention_days: Annotated[int, msgspec.Meta(ge=1)] = 30
+    webhook_allow_http: bool = False
+    webhook_allow_private: bool = False
+    webhook_timeout_seconds: Annotated[float, msgspec.Meta(gt=0, le=60)] = 15.0
+    webhook_retry_seconds: Annotated[str, msgspec.Meta(pattern=r"^\d+(\.\d+)?(,\d+(\.\d+)?)*$")] = (
+        "5,300,1800,7200,18000,36000,36000"
+    )
+    webhook_disable_after_seconds: Annotated[float, msgspec.Meta(gt=0)] = 259_200.0
+    webhook_poll_seconds: Annotated[float, msgspec.Meta(gt=0, le=60)] = 0.5
+    webhook_concurrency_per_endpoint: Annotated[int, msgspec.Meta(ge=1, le=64)] = 8
+    webhook_concurrency: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 64
+
+    @property
+    def webhook_retries(self) -> list[float]:
+        """Seconds to wait before each retry of a failed delivery (MASKING_WEBHOOK_RETRY_SECONDS)."""
+        return [float(x) for x in self.webhook_retry_seconds.split(",")]
 
     @property
     def provider_kind(self) -> Literal["simulator", "thundersms"]:

@@ -1,11 +1,15 @@
 """The docs cannot drift: every shell block of docs/api.md runs, in order, against a live service."""
 
+import asyncio
 import json
 import re
 import subprocess
 from pathlib import Path
 
+import asyncpg
+
 from tests.processes import ServeProcess, masking_env, run_cli
+from tests.receiver import Receiver
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
@@ -36,3 +40,39 @@ def test_every_curl_in_the_api_guide_works(tmp_path: Path, dsn: str) -> None:
     assert '"code":"invalid_phone_number"' in result.stdout
     assert '"code":"no_session"' in result.stdout
     print(f"\nran {curls} curl commands from docs/api.md")
+
+
+async def test_the_webhooks_guide_runs_and_its_python_verifies_a_real_delivery(
+    tmp_path: Path, dsn: str, db: asyncpg.Connection
+) -> None:
+    """docs/webhooks.md's commands succeed in order against a live service and receiver; its Python verifier
+    accepts the delivery the guide's test send made, and refuses it under another secret."""
+    env = masking_env(MASKING_DATABASE_URL=dsn, MASKING_WEBHOOK_ALLOW_HTTP="true", MASKING_WEBHOOK_ALLOW_PRIVATE="true")
+    key = json.loads(run_cli("tenant", "create", "acme", "--scope", "ops", env=env).stdout)["api_key"]
+    page = (DOCS / "webhooks.md").read_text()
+    blocks = shell_blocks(DOCS / "webhooks.md")
+    assert len(blocks) >= 4
+    async with Receiver() as receiver:
+        with ServeProcess(env, cwd=tmp_path) as service:
+            proc = await asyncio.create_subprocess_exec(
+                "bash",
+                "-euo",
+                "pipefail",
+                "-c",
+                "\n".join(blocks),
+                env={**env, "BASE": service.url, "KEY": key, "HOOK_URL": receiver.url},
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            out, err = await asyncio.wait_for(proc.communicate(), 120)
+        assert proc.returncode == 0, f"{out.decode()[-3000:]}\n{err.decode()[-3000:]}"
+        assert "delivered\n" in out.decode() and "caught up at" in out.decode()
+        python = re.findall(r"```python\n(.*?)```", page, flags=re.S)[0]
+        namespace: dict = {}
+        exec(compile(python, "webhooks.md", "exec"), namespace)
+        first_secret = await db.fetchval("SELECT previous_secret FROM webhook_endpoints")
+        body, headers = receiver.raw[0]
+        event = namespace["verified_event"](body, headers, first_secret)
+        assert event is not None and event["type"] == "webhook.test"
+        other = "whsec_" + "A" * 43 + "="
+        assert namespace["verified_event"](body, headers, other) is None

@@ -43,7 +43,12 @@ def test_schemathesis_finds_no_server_error_and_no_undocumented_answer(tmp_path:
 
 async def test_tenant_b_reaches_none_of_tenant_as_resources_on_any_route(dsn: str, db: asyncpg.Connection) -> None:
     """Every route of the OpenAPI document with an id in its path, given tenant A's ids and B's key: no 2xx."""
-    env = masking_env(MASKING_DATABASE_URL=dsn, MASKING_LOG_LEVEL="warning")
+    env = masking_env(
+        MASKING_DATABASE_URL=dsn,
+        MASKING_LOG_LEVEL="warning",
+        MASKING_WEBHOOK_ALLOW_HTTP="true",
+        MASKING_WEBHOOK_ALLOW_PRIVATE="true",
+    )
     key_a = json.loads(run_cli("tenant", "create", "a", "--scope", "ops", env=env).stdout)["api_key"]
     key_b = json.loads(run_cli("tenant", "create", "b", "--scope", "ops", env=env).stdout)["api_key"]
     with ServeProcess(env) as service:
@@ -54,7 +59,16 @@ async def test_tenant_b_reaches_none_of_tenant_as_resources_on_any_route(dsn: st
             body = {"order_id": "A-1", "customer": "+919876543210", "agent": "+918765432109"}
             session = (await http.post("/v1/sessions", json=body, headers=a)).json()
             call = (await http.post(f"/v1/sessions/{session['id']}/calls", headers=a)).json()
-            ids = {"session_id": session["id"], "call_id": call["id"], "number": "+918068281234"}
+            hook = {"url": "http://127.0.0.1:9/hooks", "events": ["*"]}
+            webhook = (await http.post("/v1/webhooks", json=hook, headers=a)).json()
+            event = (await http.get("/v1/events", headers=a)).json()["items"][0]
+            ids = {
+                "session_id": session["id"],
+                "call_id": call["id"],
+                "number": "+918068281234",
+                "webhook_id": webhook["id"],
+                "event_id": event["id"],
+            }
             spec = (await http.get("/schema/openapi.json")).json()
             tried = 0
             for path, operations in spec["paths"].items():
@@ -68,12 +82,18 @@ async def test_tenant_b_reaches_none_of_tenant_as_resources_on_any_route(dsn: st
                     if method not in ("get", "post", "patch", "put", "delete"):
                         continue
                     payload = (
-                        {"status": "retired"} if "dids" in path else {"ttl_seconds": 60} if method == "patch" else {}
+                        {"status": "retired"}
+                        if "dids" in path
+                        else {"status": "disabled"}
+                        if "webhooks" in path and method == "patch"
+                        else {"ttl_seconds": 60}
+                        if method == "patch"
+                        else {}
                     )
                     r = await http.request(method, url, headers=b, json=payload if method != "get" else None)
                     tried += 1
                     assert r.status_code == 404, (method, path, r.status_code, r.text)
-            lists = ["/v1/sessions?order_id=A-1", "/v1/dids", "/v1/reports?matched=false"]
+            lists = ["/v1/sessions?order_id=A-1", "/v1/dids", "/v1/reports?matched=false", "/v1/events", "/v1/webhooks"]
             for url in lists:
                 assert (await http.get(url, headers=b)).json()["items"] == []
             expired = await http.post("/v1/sessions/expire", json={"order_id": "A-1"}, headers=b)

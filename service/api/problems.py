@@ -70,6 +70,7 @@ STATUS = {
     "database_unavailable": 503,
     "request_timeout": 408,
     "provider_timeout": 504,
+    "forbidden_address": 422,
 }
 
 

@@ -12,6 +12,7 @@ import msgspec
 import structlog
 
 from service import metrics
+from service.broker import events
 from service.broker.errors import (
     CallInProgress,
     InvalidRequest,
@@ -111,8 +112,10 @@ async def place_call(
         "unavailable": ("failed", False),
         "timeout": ("unknown", True),
     }[answer.verdict]
-    async with db.acquire() as conn:
+    async with db.acquire() as conn, conn.transaction():
         call = await q.record_answer(conn, call_id, status, in_flight, answer.message)
+        if call.status == status:  # not already finished by a report that came first (that emitted its own)
+            await events.emit_call(conn, tenant_id, call, clock())
     metrics.CALLS.labels(status).inc()
     if answer.verdict == "rejected":
         raise ProviderRejected(f"The provider refused the call: {answer.message}", call_id=str(call.id))

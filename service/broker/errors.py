@@ -96,6 +96,10 @@ class TooManyPools(DomainError):
     code, title = "too_many_pools", "Too many pools"
 
 
+class ForbiddenAddress(DomainError):
+    code, title = "forbidden_address", "Forbidden address"
+
+
 class RequestTimeout(DomainError):
     code, title = "request_timeout", "Request timeout"
 

@@ -14,6 +14,7 @@ import msgspec
 import structlog
 
 from service import metrics
+from service.broker import events
 from service.broker.errors import InvalidRequest, NotFound, PoolExhausted, SessionNotActive, parse_id
 from service.broker.phones import normalize, parse_with_region
 from service.db import Conn
@@ -102,6 +103,7 @@ async def create_session(
             )
             attempt = await q.allocate(conn, request)
             if attempt.session is not None:
+                await events.emit_session(conn, tenant_id, "session.created", attempt.session, now)
                 metrics.SESSIONS_CREATED.labels(metrics.pool_label(body.pool)).inc()
                 return attempt.session, True
             if attempt.picked is None:
@@ -195,7 +197,10 @@ async def _live_or_raise(conn: Conn, tenant_id: int, session_id: uuid.UUID, now:
 async def change_ttl(conn: Conn, tenant_id: int, session_id: str, ttl_seconds: int, now: datetime) -> Session:
     """Make a live session end ttl_seconds from now."""
     sid = parse_id(session_id, "session")
-    changed = await q.update_expiry(conn, tenant_id, sid, now, now + timedelta(seconds=ttl_seconds))
+    async with conn.transaction():
+        changed = await q.update_expiry(conn, tenant_id, sid, now, now + timedelta(seconds=ttl_seconds))
+        if changed is not None:
+            await events.emit_session(conn, tenant_id, "session.updated", changed, now)
     if changed is None:
         session = await _live_or_raise(conn, tenant_id, sid, now)
         raise SessionNotActive(f"The session is {session.status}; only an active session's TTL can change.")
@@ -205,7 +210,10 @@ async def change_ttl(conn: Conn, tenant_id: int, session_id: str, ttl_seconds: i
 async def close_session(conn: Conn, tenant_id: int, session_id: str, now: datetime) -> Session:
     """Close a live session (closed_by_client); a session already ended comes back unchanged."""
     sid = parse_id(session_id, "session")
-    closed = await q.close_session(conn, tenant_id, sid, now, "closed", "closed_by_client")
+    async with conn.transaction():
+        closed = await q.close_session(conn, tenant_id, sid, now, "closed", "closed_by_client")
+        if closed is not None:
+            await events.emit_session(conn, tenant_id, "session.closed", closed, now)
     if closed is None:
         return await _live_or_raise(conn, tenant_id, sid, now)
     return closed
@@ -224,15 +232,17 @@ async def expire_sessions(conn: Conn, tenant_id: int | None, filters: ExpireFilt
     """Expire (expired_by_ops) every live session matching all given filters."""
     if not any(msgspec.structs.astuple(filters)):
         raise InvalidRequest("Give at least one filter: order_id, customer, agent or masked_number.", field="body")
-    expired = await q.expire_matching(
-        conn,
-        tenant_id,
-        now,
-        order_id=filters.order_id,
-        customer=normalize(filters.customer, "customer") if filters.customer else None,
-        agent=normalize(filters.agent, "agent") if filters.agent else None,
-        masked_number=normalize(filters.masked_number, "masked_number") if filters.masked_number else None,
-    )
+    async with conn.transaction():
+        expired = await q.expire_matching(
+            conn,
+            tenant_id,
+            now,
+            order_id=filters.order_id,
+            customer=normalize(filters.customer, "customer") if filters.customer else None,
+            agent=normalize(filters.agent, "agent") if filters.agent else None,
+            masked_number=normalize(filters.masked_number, "masked_number") if filters.masked_number else None,
+        )
+        await events.sessions_closed(conn, expired, now, tenant_id)
     return len(expired)
 
 

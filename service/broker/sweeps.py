@@ -12,10 +12,12 @@ from datetime import datetime, timedelta
 import structlog
 
 from service import metrics
+from service.broker import events
 from service.broker.reports import Matching, rematch_pending
 from service.db import Conn
 from service.db import calls as calls_q
 from service.db import console as console_q
+from service.db import events as events_q
 from service.db import idempotency as idempotency_q
 from service.db import links as links_q
 from service.db import retention as retention_q
@@ -45,13 +47,25 @@ async def _in_batches(conn: Conn, job: str, step: Callable[[], Awaitable[Sequenc
 
 async def sweep_expired(conn: Conn, now: datetime) -> int:
     """Mark every session past its expiry as expired (ttl)."""
-    return await _in_batches(conn, "sessions_expired", lambda: sessions_q.sweep_expired(conn, now, BATCH))
+
+    async def step() -> list[object]:
+        expired = await sessions_q.sweep_expired(conn, now, BATCH)
+        await events.sessions_closed(conn, expired, now)
+        return list(expired)
+
+    return await _in_batches(conn, "sessions_expired", step)
 
 
 async def time_out_calls(conn: Conn, now: datetime, timeout_seconds: int) -> int:
     """Calls with no report after the timeout become unknown, which frees their sessions for a next call."""
     before = now - timedelta(seconds=timeout_seconds)
-    total = await _in_batches(conn, "calls_timed_out", lambda: calls_q.time_out_calls(conn, before, BATCH))
+
+    async def step() -> list[object]:
+        timed_out = await calls_q.time_out_calls(conn, before, BATCH)
+        await events.calls_unknown(conn, timed_out, now)
+        return list(timed_out)
+
+    total = await _in_batches(conn, "calls_timed_out", step)
     metrics.CALLS.labels("unknown").inc(total)
     return total
 
@@ -66,17 +80,22 @@ async def redact_old_sessions(conn: Conn, now: datetime, days: int) -> int:
 # each process runs them at most this often rather than on every sweep.
 TIDY_EVERY = timedelta(minutes=5)
 _last_tidy: datetime | None = None
+# pool.low_headroom is checked this often per process (the pool statistics read every active binding).
+HEADROOM_EVERY = timedelta(minutes=1)
+_last_headroom: datetime | None = None
 
 
 async def tidy(conn: Conn, settings: Settings, now: datetime) -> dict[str, int]:
     """Delete what no rule needs any more, so that every table stays bounded in steady state.
 
     Idempotency keys past their 24-hour window; bindings ended longer ago than both the cool-off and
-    the sticky memory; provider reports with a final outcome, and report identities, older than the report retention.
+    the sticky memory; provider reports with a final outcome, and report identities, older than the report
+    retention; events and webhook attempts older than the event retention (MASKING_EVENT_RETENTION_DAYS).
     """
     keys_before = now - idempotency_q.REPLAY_WINDOW
     bindings_before = now - timedelta(seconds=max(settings.cooloff_seconds, settings.sticky_memory_seconds))
     reports_before = now - timedelta(days=settings.report_retention_days)
+    events_before = now - timedelta(days=settings.event_retention_days)
     return {
         "idempotency_keys_deleted": await _in_batches(
             conn,
@@ -92,6 +111,12 @@ async def tidy(conn: Conn, settings: Settings, now: datetime) -> dict[str, int]:
         "report_keys_deleted": await _in_batches(
             conn, "report_keys_deleted", lambda: retention_q.delete_report_keys(conn, reports_before, BATCH)
         ),
+        "events_deleted": await _in_batches(
+            conn, "events_deleted", lambda: events_q.delete_old_events(conn, events_before, BATCH)
+        ),
+        "webhook_attempts_deleted": await _in_batches(
+            conn, "webhook_attempts_deleted", lambda: events_q.delete_old_attempts(conn, events_before, BATCH)
+        ),
     }
 
 
@@ -100,6 +125,10 @@ async def sweep_once(conn: Conn, settings: Settings, now: datetime) -> None:
     await sweep_expired(conn, now)
     await time_out_calls(conn, now, settings.call_report_timeout_seconds)
     await rematch_pending(conn, Matching.from_settings(settings), now)
+    global _last_headroom
+    if _last_headroom is None or not _last_headroom <= now < _last_headroom + HEADROOM_EVERY:
+        _last_headroom = now
+        await events.check_headroom(conn, now)
     if settings.retention_days:
         await redact_old_sessions(conn, now, settings.retention_days)
     global _last_tidy

@@ -10,6 +10,7 @@ import msgspec
 
 from service.db import Conn, Query
 from service.db.calls import CALL
+from service.db.events import emit_ctes, session_json
 from service.models import Call
 
 INSERT_REPORT = "INSERT INTO provider_reports (body, received_at) VALUES ($1, $2) RETURNING id"
@@ -70,7 +71,7 @@ closed AS (
     WHERE s.id = a.session_id AND a.status = 'completed' AND s.status = 'active' AND s.expires_at > :now
       AND s.max_calls IS NOT NULL
       AND (SELECT count(*) FROM calls WHERE session_id = s.id AND status = 'completed') + 1 >= s.max_calls
-    RETURNING s.id),
+    RETURNING s.id, s.tenant_id, {session_json("s")} AS data),
 unbound AS (
     UPDATE bindings b SET ends_at = :now FROM closed WHERE b.session_id = closed.id AND b.ends_at > :now),
 prior AS (
@@ -103,7 +104,22 @@ stored AS (
     FROM verdict v
     ON CONFLICT (id) DO UPDATE SET outcome = EXCLUDED.outcome, reason = EXCLUDED.reason, bridge = EXCLUDED.bridge,
         call_id = EXCLUDED.call_id, tenant_id = EXCLUDED.tenant_id
-    RETURNING id, outcome, reason)
+    RETURNING id, outcome, reason, tenant_id, received_at, bridge, call_id),
+-- the events of what this report did (issue 13), written in this same statement: the call's new
+-- status, its session closed at max_calls, or the report matching nothing
+{
+        emit_ctes(
+            "emitted",
+            '''
+    SELECT a.tenant_id, 'call.' || a.status AS type, to_jsonb(a) - 'tenant_id' AS data FROM applied a
+    UNION ALL SELECT c.tenant_id, 'session.closed', c.data FROM closed c
+    UNION ALL SELECT r.tenant_id, 'report.unmatched',
+        jsonb_build_object('id', r.id, 'received_at', r.received_at, 'bridge', r.bridge, 'outcome', r.outcome,
+                           'reason', r.reason, 'call_id', r.call_id, 'body', :body_text::text)
+    FROM stored r WHERE r.outcome = 'unmatched' ''',
+            ":now",
+        )
+    }
 SELECT s.id AS report_id, s.outcome, s.reason, a.* FROM stored s LEFT JOIN applied a ON true
 """
 )
@@ -150,7 +166,17 @@ def ingest_values(
     *, report_id: int | None, body: bytes, key: bytes, now: datetime, since: datetime, tolerance: timedelta
 ) -> dict[str, Any]:
     """The statement's values that do not come from the report's own fields."""
-    return {"report_id": report_id, "body": body, "key": key, "now": now, "since": since, "tolerance": tolerance}
+    # the body as the report.unmatched event shows it (as GET /v1/reports does; PostgreSQL text holds no NUL)
+    body_text = body.decode("utf-8", "replace").replace("\x00", "\ufffd")
+    return {
+        "report_id": report_id,
+        "body": body,
+        "body_text": body_text,
+        "key": key,
+        "now": now,
+        "since": since,
+        "tolerance": tolerance,
+    }
 
 
 async def insert_unparseable(conn: Conn, body: bytes, received_at: datetime) -> int:

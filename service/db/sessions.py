@@ -9,6 +9,7 @@ from uuid import UUID
 import msgspec
 
 from service.db import Conn, Query
+from service.db.events import emit_ctes, session_json
 from service.models import Session
 
 # The columns of a session row under the names of the Session resource.
@@ -116,13 +117,16 @@ FROM d
 """)
 
 # A repeat of a create finds the pair's active session for the order. An earlier one past its expiry
-# is marked expired here and now, so that it frees the unique key for the new session.
+# is marked expired here and now, so that it frees the unique key for the new session (and its
+# session.closed event is written, as the sweeper would have).
 FIND_REPEAT = f"""
 WITH stale AS (
     UPDATE sessions SET status = 'expired', close_reason = 'ttl', closed_at = expires_at
     WHERE tenant_id = $1 AND order_id = $2 AND customer = $3 AND agent = $4
       AND status = 'active' AND expires_at <= $5
-)
+    RETURNING tenant_id, {session_json("sessions")} AS data
+),
+{emit_ctes("stale_events", "SELECT tenant_id, 'session.closed' AS type, data FROM stale", "$5::timestamptz")}
 SELECT {SESSION} FROM sessions
 WHERE tenant_id = $1 AND order_id = $2 AND customer = $3 AND agent = $4
   AND status = 'active' AND expires_at > $5

@@ -1,0 +1,88 @@
+"""HTTP routes for webhook endpoints (scope ops): register, change, rotate the secret, test, and follow deliveries."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from litestar import Controller, delete, get, patch, post
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+
+from service.api.deps import Db, MaskingRequest
+from service.api.problems import API_RESPONSES
+from service.broker import webhooks as broker
+
+
+class EndpointList(msgspec.Struct, frozen=True):
+    """The tenant's webhook endpoints."""
+
+    items: list[broker.WebhookEndpoint]
+
+
+class WebhookController(Controller):
+    """Webhook endpoints and their deliveries."""
+
+    path = "/v1/webhooks"
+    tags = ["webhooks"]
+    opt = {"scope": "ops"}
+
+    @post("/", status_code=201, summary="Register an endpoint; its secret is shown only here", responses=API_RESPONSES)
+    async def create(
+        self, request: MaskingRequest, data: JSONBody[broker.CreateEndpoint], conn: Db
+    ) -> broker.WebhookEndpoint:
+        runtime = request.runtime
+        return await broker.create_endpoint(conn, runtime.settings, request.principal.tenant_id, data, runtime.clock())
+
+    @get("/", summary="Your webhook endpoints", responses=API_RESPONSES)
+    async def list(self, request: MaskingRequest, conn: Db) -> EndpointList:
+        return EndpointList(await broker.list_endpoints(conn, request.principal.tenant_id))
+
+    @get("/{webhook_id:str}", summary="One endpoint", responses=API_RESPONSES)
+    async def read(self, request: MaskingRequest, webhook_id: FromPath[str], conn: Db) -> broker.WebhookEndpoint:
+        return await broker.get_endpoint(conn, request.principal.tenant_id, webhook_id)
+
+    @patch("/{webhook_id:str}", summary="Change url, events, description or status", responses=API_RESPONSES)
+    async def change(
+        self, request: MaskingRequest, webhook_id: FromPath[str], data: JSONBody[broker.ChangeEndpoint], conn: Db
+    ) -> broker.WebhookEndpoint:
+        runtime = request.runtime
+        return await broker.change_endpoint(
+            conn, runtime.settings, request.principal.tenant_id, webhook_id, data, runtime.clock()
+        )
+
+    @delete("/{webhook_id:str}", status_code=204, summary="Delete an endpoint", responses=API_RESPONSES)
+    async def remove(self, request: MaskingRequest, webhook_id: FromPath[str], conn: Db) -> None:
+        await broker.delete_endpoint(conn, request.principal.tenant_id, webhook_id)
+
+    @post(
+        "/{webhook_id:str}/rotate-secret",
+        status_code=200,
+        summary="A new secret (shown once); the old one also signs for 24 hours",
+        responses=API_RESPONSES,
+    )
+    async def rotate(self, request: MaskingRequest, webhook_id: FromPath[str], conn: Db) -> broker.WebhookEndpoint:
+        return await broker.rotate_secret(conn, request.principal.tenant_id, webhook_id, request.runtime.clock())
+
+    @post(
+        "/{webhook_id:str}/test",
+        status_code=200,
+        summary="Send a webhook.test event now; the attempt",
+        responses=API_RESPONSES,
+    )
+    async def test(self, request: MaskingRequest, webhook_id: FromPath[str]) -> broker.Attempt:
+        # No `conn: Db`: no pooled connection is held while the endpoint answers (up to its timeout).
+        runtime = request.runtime
+        deliverer: broker.Deliverer = request.app.state.webhooks
+        return await broker.send_test(runtime.db, deliverer, request.principal.tenant_id, webhook_id, runtime.clock())
+
+    @get("/{webhook_id:str}/deliveries", summary="Delivery attempts, newest first", responses=API_RESPONSES)
+    async def deliveries(
+        self,
+        request: MaskingRequest,
+        webhook_id: FromPath[str],
+        conn: Db,
+        status: FromQuery[Literal["delivered", "retrying", "failed"] | None] = None,
+        cursor: FromQuery[str | None] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
+    ) -> broker.AttemptPage:
+        return await broker.list_attempts(conn, request.principal.tenant_id, webhook_id, status, cursor, limit)

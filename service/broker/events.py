@@ -1,0 +1,177 @@
+"""Events: one function per kind of change, each writing its event and deliveries in the caller's transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import msgspec
+
+from service.broker.errors import InvalidRequest, NotFound
+from service.db import Conn
+from service.db import events as q
+from service.db import sessions as sessions_q
+from service.models import Call, Session
+
+SessionEvent = Literal["session.created", "session.updated", "session.closed"]
+TYPES = (
+    "session.created",
+    "session.updated",
+    "session.closed",
+    "call.initiated",
+    "call.completed",
+    "call.missed",
+    "call.failed",
+    "call.unknown",
+    "report.unmatched",
+    "pool.low_headroom",
+    "webhook.test",
+)
+# The contract's default alert level: a pool alerts when its headroom falls to this or below.
+DEFAULT_HEADROOM_ALERT = 2
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def emit(conn: Conn, tenant_id: int, type_: str, data: Any, now: datetime | None = None) -> None:
+    """Write one event (data: the resource as its GET route returns it) with its deliveries."""
+    await q.insert_events(conn, now or _now(), [(tenant_id, type_, msgspec.json.encode(data))])
+
+
+async def emit_session(
+    conn: Conn, tenant_id: int, type_: SessionEvent, session: Session, now: datetime | None = None
+) -> None:
+    """session.created, session.updated (TTL or party changed) or session.closed, for one session."""
+    await emit(conn, tenant_id, type_, session, now)
+
+
+async def sessions_closed(conn: Conn, sessions: Sequence[Session], now: datetime, tenant_id: int | None = None) -> None:
+    """session.closed for each of these sessions (a bulk expiry, a sweep); their tenants looked up if not given."""
+    if not sessions:
+        return
+    tenants = (
+        {s.id: tenant_id for s in sessions}
+        if tenant_id
+        else await q.tenants_of_sessions(conn, [s.id for s in sessions])
+    )
+    await q.insert_events(
+        conn, now, [(tenants[s.id], "session.closed", msgspec.json.encode(s)) for s in sessions if s.id in tenants]
+    )
+
+
+async def emit_call(conn: Conn, tenant_id: int, call: Call, now: datetime | None = None) -> None:
+    """call.<status> for a call that just reached that status."""
+    await emit(conn, tenant_id, f"call.{call.status}", call, now)
+
+
+async def calls_unknown(conn: Conn, calls: Sequence[Call], now: datetime) -> None:
+    """call.unknown for calls that no report finished within the report timeout."""
+    if not calls:
+        return
+    tenants = await q.tenants_of_sessions(conn, [c.session_id for c in calls])
+    await q.insert_events(
+        conn,
+        now,
+        [(tenants[c.session_id], f"call.{c.status}", msgspec.json.encode(c)) for c in calls if c.session_id in tenants],
+    )
+
+
+class PoolAlert(msgspec.Struct, frozen=True, kw_only=True):
+    """The data of pool.low_headroom: the pool's use as GET /v1/stats shows it, and the level it fell to."""
+
+    tenant: str
+    pool: str
+    dids: int
+    active_dids: int
+    active_sessions: int
+    busiest_party_sessions: int
+    headroom: int
+    alert_level: int
+
+
+async def check_headroom(conn: Conn, now: datetime, alert_level: int = DEFAULT_HEADROOM_ALERT) -> int:
+    """pool.low_headroom once for each pool whose headroom fell to its alert level since the last check."""
+    stats = await sessions_q.pool_stats(conn, None, now)
+    alerts: dict[tuple[int, str], PoolAlert] = {}
+    for p in stats:
+        headroom = max(p.active_dids - p.busiest_party, 0)
+        if headroom <= alert_level:
+            alerts[(p.tenant_id, p.pool)] = PoolAlert(
+                tenant=p.tenant,
+                pool=p.pool,
+                dids=p.dids,
+                active_dids=p.active_dids,
+                active_sessions=p.active_sessions,
+                busiest_party_sessions=p.busiest_party,
+                headroom=headroom,
+                alert_level=alert_level,
+            )
+    async with conn.transaction():
+        await q.rearm_pools(conn, list(alerts))
+        fresh = await q.alert_pools(conn, list(alerts), now)
+        await q.insert_events(
+            conn, now, [(key[0], "pool.low_headroom", msgspec.json.encode(alerts[key])) for key in fresh]
+        )
+    return len(fresh)
+
+
+class Event(msgspec.Struct, frozen=True):
+    """An event as the feed and webhooks carry it."""
+
+    id: str
+    type: str
+    created_at: datetime
+    data: Any
+
+
+_RESOURCES: dict[str, type[Any]] = {"session": Session, "call": Call}
+
+
+def render(row: q.EventRow) -> Event:
+    """The event as delivered: data normalized through its resource type, so SQL-built and Python-built agree."""
+    kind = row.type.split(".", 1)[0]
+    data = row.data
+    if kind in _RESOURCES:
+        data = msgspec.convert(data, _RESOURCES[kind])
+    return Event(event_id(row.id), row.type, row.created_at, data)
+
+
+def event_id(number: int) -> str:
+    """The public id of an event (`evt_` and its number)."""
+    return f"evt_{number}"
+
+
+def parse_event_id(value: str) -> int:
+    """An event's number from its public id; anything else is simply not found."""
+    if value.startswith("evt_") and value[4:].isdigit() and len(value) < 24:
+        return int(value[4:])
+    raise NotFound("No event with that id.")
+
+
+class EventPage(msgspec.Struct, frozen=True):
+    """A page of events, oldest first; next_cursor resumes after the last one (or where you were)."""
+
+    items: list[Event]
+    next_cursor: str | None
+
+
+def _cursor(row: q.EventRow) -> str:
+    return f"{row.txid}.{row.id}"
+
+
+def _parse_cursor(cursor: str) -> tuple[str, int]:
+    txid, _, number = cursor.partition(".")
+    if not (txid.isdigit() and number.isdigit() and len(cursor) < 48):
+        raise InvalidRequest("`after` is not a cursor this service gave out; start again without it.", field="after")
+    return txid, int(number)
+
+
+async def feed(conn: Conn, tenant_id: int, type_: str | None, after: str | None, limit: int) -> EventPage:
+    """The tenant's events oldest first after a cursor: a backend that was down catches up here."""
+    if type_ is not None and type_ not in TYPES:
+        raise InvalidRequest(f"`type` must be one of: {', '.join(TYPES)}.", field="type")
+    rows = await q.select_feed(conn, tenant_id, type_, _parse_cursor(after) if after else None, limit)
+    return EventPage([render(r) for r in rows], _cursor(rows[-1]) if rows else after)

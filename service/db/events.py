@@ -1,0 +1,164 @@
+"""SQL for events: inserted with their change (with a pending delivery per endpoint that wants them), paged, deleted."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from service.db import Conn
+
+
+def session_json(alias: str) -> str:
+    """A session row (alias) as the JSON of the Session resource, for events built inside a statement."""
+    a = alias
+    return f"""jsonb_build_object('id', {a}.id, 'order_id', {a}.order_id, 'customer', {a}.customer,
+        'agent', {a}.agent, 'masked_number', {a}.did, 'pool', {a}.pool, 'status', {a}.status,
+        'close_reason', {a}.close_reason, 'created_at', {a}.created_at, 'expires_at', {a}.expires_at,
+        'closed_at', {a}.closed_at, 'record', {a}.record, 'max_call_minutes', {a}.max_call_minutes,
+        'max_calls', {a}.max_calls, 'calls_made', {a}.calls_made, 'metadata', {a}.metadata)"""
+
+
+def emit_ctes(name: str, source: str, now: str) -> str:
+    """Two CTEs that write an event for each row of source (tenant_id, type, data) and its pending deliveries.
+
+    For statements that change and emit in one round trip (report ingest): a data-modifying CTE always
+    runs to completion, so the events are written exactly when the statement's change is.
+    """
+    return f"""{name} AS (
+    INSERT INTO events (tenant_id, type, created_at, data)
+    SELECT src.tenant_id, src.type, {now}, src.data FROM ({source}) src WHERE src.tenant_id IS NOT NULL
+    RETURNING id, tenant_id, type, created_at),
+{name}_deliveries AS (
+    INSERT INTO webhook_deliveries (event_id, endpoint_id, next_attempt_at, created_at)
+    SELECT e.id, w.id, e.created_at, e.created_at FROM {name} e
+    JOIN webhook_endpoints w ON w.tenant_id = e.tenant_id AND w.status = 'enabled'
+        AND w.events && ARRAY[e.type, '*'])"""
+
+
+# Many events at once from Python (the data already JSON text), each with its deliveries.
+INSERT_EVENTS = f"""
+WITH src AS (
+    SELECT t.tenant_id, t.type, t.data::jsonb AS data
+    FROM unnest($1::bigint[], $2::text[], $3::text[]) AS t(tenant_id, type, data)),
+{emit_ctes("e", "SELECT * FROM src", "$4::timestamptz")}
+SELECT id FROM e ORDER BY id
+"""
+
+
+async def insert_events(conn: Conn, now: datetime, events: Sequence[tuple[int, str, bytes]]) -> list[int]:
+    """Write events (tenant, type, JSON data) and a pending delivery for each enabled endpoint that wants them."""
+    if not events:
+        return []
+    rows = await conn.fetch(
+        INSERT_EVENTS,
+        [e[0] for e in events],
+        [e[1] for e in events],
+        [e[2].decode() for e in events],
+        now,
+    )
+    return [r["id"] for r in rows]
+
+
+class EventRow(msgspec.Struct, frozen=True):
+    """A stored event with its feed position (txid, id)."""
+
+    id: int
+    type: str
+    created_at: datetime
+    data: Any
+    txid: str
+
+
+# Only transactions older than every one still running are shown: an event inserted by a transaction
+# that commits later than a younger one can then never appear behind a cursor already handed out.
+SELECT_FEED = """
+SELECT id, type, created_at, data, txid::text AS txid FROM events
+WHERE tenant_id = $1 AND ($2::text IS NULL OR type = $2)
+  AND ($3::text IS NULL OR (txid, id) > ($3::text::xid8, $4::bigint))
+  AND txid < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY txid, id LIMIT $5
+"""
+
+
+async def select_feed(
+    conn: Conn, tenant_id: int, type_: str | None, after: tuple[str, int] | None, limit: int
+) -> list[EventRow]:
+    """A page of the tenant's events, oldest first, after a feed position."""
+    rows = await conn.fetch(
+        SELECT_FEED, tenant_id, type_, after[0] if after else None, after[1] if after else None, limit
+    )
+    return [msgspec.convert(r, EventRow) for r in rows]
+
+
+async def select_event(conn: Conn, tenant_id: int, event_id: int) -> EventRow | None:
+    """One of the tenant's events."""
+    row = await conn.fetchrow(
+        "SELECT id, type, created_at, data, txid::text AS txid FROM events WHERE id = $1 AND tenant_id = $2",
+        event_id,
+        tenant_id,
+    )
+    return None if row is None else msgspec.convert(row, EventRow)
+
+
+DELETE_EVENTS = """
+DELETE FROM events e USING (
+    SELECT id FROM events WHERE created_at < $1 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED) due
+WHERE e.id = due.id
+"""
+
+DELETE_ATTEMPTS = """
+DELETE FROM webhook_attempts a USING (
+    SELECT id FROM webhook_attempts WHERE at < $1 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED) due
+WHERE a.id = due.id
+"""
+
+
+async def delete_old_events(conn: Conn, before: datetime, batch: int) -> int:
+    """Delete one batch of events created before `before` (their deliveries go with them)."""
+    return int((await conn.execute(DELETE_EVENTS, before, batch)).rsplit(" ", 1)[-1])
+
+
+async def delete_old_attempts(conn: Conn, before: datetime, batch: int) -> int:
+    """Delete one batch of delivery attempts made before `before`."""
+    return int((await conn.execute(DELETE_ATTEMPTS, before, batch)).rsplit(" ", 1)[-1])
+
+
+async def alert_pools(conn: Conn, low: Sequence[tuple[int, str]], now: datetime) -> list[tuple[int, str]]:
+    """Remember pools now low on headroom; return those that were not yet (each alerts once per fall)."""
+    if not low:
+        return []
+    rows = await conn.fetch(
+        """
+        INSERT INTO pool_alerts (tenant_id, pool, alerted_at)
+        SELECT * FROM unnest($1::bigint[], $2::text[], array_fill($3::timestamptz, ARRAY[cardinality($1)]))
+        ON CONFLICT (tenant_id, pool) DO NOTHING
+        RETURNING tenant_id, pool
+        """,
+        [t for t, _ in low],
+        [p for _, p in low],
+        now,
+    )
+    return [(r["tenant_id"], r["pool"]) for r in rows]
+
+
+async def rearm_pools(conn: Conn, low: Sequence[tuple[int, str]]) -> int:
+    """Forget the alert of every pool no longer low, so that its next fall alerts again."""
+    status = await conn.execute(
+        """
+        DELETE FROM pool_alerts a
+        WHERE NOT EXISTS (SELECT 1 FROM unnest($1::bigint[], $2::text[]) AS l(tenant_id, pool)
+                          WHERE l.tenant_id = a.tenant_id AND l.pool = a.pool)
+        """,
+        [t for t, _ in low],
+        [p for _, p in low],
+    )
+    return int(status.rsplit(" ", 1)[-1])
+
+
+async def tenants_of_sessions(conn: Conn, session_ids: Sequence[Any]) -> dict[Any, int]:
+    """The tenant of each of these sessions."""
+    rows = await conn.fetch("SELECT id, tenant_id FROM sessions WHERE id = ANY($1::uuid[])", list(session_ids))
+    return {r["id"]: r["tenant_id"] for r in rows}

@@ -1,0 +1,371 @@
+"""SQL for webhook endpoints, claiming due deliveries (SKIP LOCKED), and recording each attempt."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import msgspec
+
+from service.db import Conn, Query
+
+ENDPOINT = """id, url, events, description, status, created_at, updated_at, failing_since,
+    (previous_until IS NOT NULL AND previous_until > now()) AS rotating"""
+
+
+class Endpoint(msgspec.Struct, frozen=True, kw_only=True):
+    """A webhook endpoint as stored (without its secrets)."""
+
+    id: UUID
+    url: str
+    events: list[str]
+    description: str | None
+    status: str
+    created_at: datetime
+    updated_at: datetime
+    failing_since: datetime | None
+    rotating: bool
+
+
+def _endpoint(row: Any) -> Endpoint:
+    return msgspec.convert(row, Endpoint)
+
+
+async def insert_endpoint(
+    conn: Conn,
+    *,
+    endpoint_id: UUID,
+    tenant_id: int,
+    url: str,
+    events: list[str],
+    description: str | None,
+    secret: str,
+    now: datetime,
+) -> Endpoint:
+    """Register an endpoint (enabled) with its signing secret."""
+    row = await conn.fetchrow(
+        f"""
+        INSERT INTO webhook_endpoints (id, tenant_id, url, events, description, secret, created_at, updated_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING {ENDPOINT}
+        """,
+        endpoint_id,
+        tenant_id,
+        url,
+        events,
+        description,
+        secret,
+        now,
+    )
+    return _endpoint(row)
+
+
+async def select_endpoints(conn: Conn, tenant_id: int) -> list[Endpoint]:
+    """The tenant's endpoints, oldest first."""
+    rows = await conn.fetch(
+        f"SELECT {ENDPOINT} FROM webhook_endpoints WHERE tenant_id = $1 ORDER BY created_at, id", tenant_id
+    )
+    return [_endpoint(r) for r in rows]
+
+
+async def select_endpoint(conn: Conn, tenant_id: int, endpoint_id: UUID) -> Endpoint | None:
+    """One of the tenant's endpoints."""
+    row = await conn.fetchrow(
+        f"SELECT {ENDPOINT} FROM webhook_endpoints WHERE id = $1 AND tenant_id = $2", endpoint_id, tenant_id
+    )
+    return None if row is None else _endpoint(row)
+
+
+async def update_endpoint(
+    conn: Conn,
+    tenant_id: int,
+    endpoint_id: UUID,
+    now: datetime,
+    *,
+    url: str | None,
+    events: list[str] | None,
+    description: str | None,
+    status: str | None,
+) -> Endpoint | None:
+    """Change what is given; enabling again forgets the failing streak."""
+    row = await conn.fetchrow(
+        f"""
+        UPDATE webhook_endpoints SET url = coalesce($3, url), events = coalesce($4, events),
+            description = coalesce($5, description), status = coalesce($6, status), updated_at = $7,
+            failing_since = CASE WHEN $6 = 'enabled' THEN NULL ELSE failing_since END
+        WHERE id = $1 AND tenant_id = $2 RETURNING {ENDPOINT}
+        """,
+        endpoint_id,
+        tenant_id,
+        url,
+        events,
+        description,
+        status,
+        now,
+    )
+    return None if row is None else _endpoint(row)
+
+
+async def delete_endpoint(conn: Conn, tenant_id: int, endpoint_id: UUID) -> bool:
+    """Delete an endpoint with its deliveries and attempts."""
+    status = await conn.execute(
+        "DELETE FROM webhook_endpoints WHERE id = $1 AND tenant_id = $2", endpoint_id, tenant_id
+    )
+    return status.endswith(" 1")
+
+
+async def rotate_secret(
+    conn: Conn, tenant_id: int, endpoint_id: UUID, secret: str, now: datetime, overlap_until: datetime
+) -> Endpoint | None:
+    """Sign with a new secret from now; the current one keeps signing too until overlap_until."""
+    row = await conn.fetchrow(
+        f"""
+        UPDATE webhook_endpoints SET previous_secret = secret, previous_until = $5, secret = $3, updated_at = $4
+        WHERE id = $1 AND tenant_id = $2 RETURNING {ENDPOINT}
+        """,
+        endpoint_id,
+        tenant_id,
+        secret,
+        now,
+        overlap_until,
+    )
+    return None if row is None else _endpoint(row)
+
+
+class Claimed(msgspec.Struct, frozen=True, kw_only=True):
+    """A delivery claimed for one attempt: the event, the endpoint's URL and secrets, the attempt number."""
+
+    event_id: int
+    endpoint_id: UUID
+    attempt: int
+    type: str
+    created_at: datetime
+    data: Any
+    url: str
+    secret: str
+    previous_secret: str | None
+    previous_until: datetime | None
+
+
+# One statement (one round trip, its row locks held only while it runs): lock due deliveries of enabled
+# endpoints, skipping rows another process holds and endpoints this process already has its fill of;
+# keep at most each endpoint's free share; count their attempt and give each a lease (next_attempt_at
+# pushed past the request's timeout), so no other process makes the same attempt. A process that dies
+# mid-request leaves its leases to run out and the attempt is made again (at least once).
+CLAIM = Query("""
+WITH due AS (
+    SELECT d.event_id, d.endpoint_id, d.next_attempt_at FROM webhook_deliveries d
+    WHERE d.status = 'pending' AND d.next_attempt_at <= :now AND NOT (d.endpoint_id = ANY(:busy::uuid[]))
+      AND EXISTS (SELECT 1 FROM webhook_endpoints w WHERE w.id = d.endpoint_id AND w.status = 'enabled')
+    ORDER BY d.next_attempt_at LIMIT :scan
+    FOR UPDATE OF d SKIP LOCKED),
+ranked AS (
+    SELECT due.*, row_number() OVER (PARTITION BY due.endpoint_id ORDER BY due.next_attempt_at) AS rn FROM due),
+chosen AS (
+    SELECT r.event_id, r.endpoint_id FROM ranked r
+    LEFT JOIN unnest(:partly::uuid[], :left::int[]) AS p(endpoint_id, free) ON p.endpoint_id = r.endpoint_id
+    WHERE r.rn <= coalesce(p.free, :cap)
+    ORDER BY r.next_attempt_at LIMIT :take),
+c AS (
+    UPDATE webhook_deliveries d SET attempts = d.attempts + 1, next_attempt_at = :lease_until
+    FROM chosen k WHERE d.event_id = k.event_id AND d.endpoint_id = k.endpoint_id
+    RETURNING d.event_id, d.endpoint_id, d.attempts)
+SELECT c.event_id, c.endpoint_id, c.attempts AS attempt, e.type, e.created_at, e.data,
+       w.url, w.secret, w.previous_secret, w.previous_until
+FROM c JOIN events e ON e.id = c.event_id JOIN webhook_endpoints w ON w.id = c.endpoint_id
+""")
+
+
+async def claim(
+    conn: Conn, now: datetime, in_flight: dict[UUID, int], cap: int, take: int, lease_until: datetime
+) -> list[Claimed]:
+    """Claim up to `take` due deliveries, at most `cap` in flight per endpoint counting `in_flight`."""
+    partly = [e for e, n in in_flight.items() if n < cap]
+    values = {
+        "now": now,
+        "busy": [e for e, n in in_flight.items() if n >= cap],
+        "scan": take * 2,
+        "partly": partly,
+        "left": [cap - in_flight[e] for e in partly],
+        "cap": cap,
+        "take": take,
+        "lease_until": lease_until,
+    }
+    rows = await conn.fetch(CLAIM.sql, *CLAIM.args(values))
+    return [msgspec.convert(r, Claimed) for r in rows]
+
+
+class Outcome(msgspec.Struct, frozen=True, kw_only=True):
+    """How one attempt went and what follows it."""
+
+    event_id: int
+    endpoint_id: UUID
+    attempt: int
+    status: str  # delivered, retrying, failed
+    status_code: int | None
+    error: str | None
+    duration_ms: int
+    at: datetime
+    next_attempt_at: datetime | None
+
+
+# Record a batch of attempts: the attempt log, each delivery's new state (only if the attempt is still
+# the current one: a lease that ran out and was re-claimed belongs to the newer attempt), and each
+# endpoint's failing streak, which turns into disabled_failing once it is older than :disable_after.
+RECORD = Query("""
+WITH o AS (
+    SELECT * FROM unnest(:event_ids::bigint[], :endpoint_ids::uuid[], :attempts::int[], :statuses::text[],
+                         :codes::int[], :errors::text[], :durations::int[], :ats::timestamptz[], :nexts::timestamptz[])
+        AS o(event_id, endpoint_id, attempt, status, status_code, error, duration_ms, at, next_attempt_at)),
+logged AS (
+    INSERT INTO webhook_attempts (endpoint_id, event_id, attempt, status, status_code, error, duration_ms, at,
+                                  next_attempt_at)
+    SELECT o.endpoint_id, o.event_id, o.attempt, o.status, o.status_code, o.error, o.duration_ms, o.at,
+           o.next_attempt_at
+    FROM o WHERE EXISTS (SELECT 1 FROM webhook_endpoints w WHERE w.id = o.endpoint_id)),
+moved AS (
+    UPDATE webhook_deliveries d
+    SET status = CASE o.status WHEN 'retrying' THEN 'pending' ELSE o.status END,
+        next_attempt_at = coalesce(o.next_attempt_at, d.next_attempt_at)
+    FROM o WHERE d.event_id = o.event_id AND d.endpoint_id = o.endpoint_id AND d.status = 'pending'
+      -- a success counts whichever attempt it was (a later one then finds nothing to do); a failure
+      -- only moves the delivery if no newer attempt has claimed it since
+      AND (d.attempts = o.attempt OR o.status = 'delivered')),
+per_endpoint AS (
+    SELECT endpoint_id, bool_or(status = 'delivered') AS ok, min(at) AS first_at, max(at) AS last_at
+    FROM o GROUP BY endpoint_id)
+UPDATE webhook_endpoints w
+SET failing_since = CASE WHEN p.ok THEN NULL ELSE coalesce(w.failing_since, p.first_at) END,
+    status = CASE WHEN NOT p.ok AND w.status = 'enabled'
+                   AND coalesce(w.failing_since, p.first_at) <= p.last_at - :disable_after::interval
+                  THEN 'disabled_failing' ELSE w.status END,
+    updated_at = CASE WHEN NOT p.ok AND w.status = 'enabled'
+                       AND coalesce(w.failing_since, p.first_at) <= p.last_at - :disable_after::interval
+                      THEN p.last_at ELSE w.updated_at END
+FROM per_endpoint p
+WHERE w.id = p.endpoint_id
+  -- write the endpoint row only when something changes: it is not a counter every delivery updates
+  AND ((p.ok AND w.failing_since IS NOT NULL)
+       OR (NOT p.ok AND w.status = 'enabled'
+           AND (w.failing_since IS NULL OR w.failing_since <= p.last_at - :disable_after::interval)))
+RETURNING w.id, w.status
+""")
+
+
+async def record(conn: Conn, outcomes: list[Outcome], disable_after: Any) -> list[UUID]:
+    """Record attempts; return the endpoints that this batch turned disabled_failing."""
+    if not outcomes:
+        return []
+    values = {
+        "event_ids": [o.event_id for o in outcomes],
+        "endpoint_ids": [o.endpoint_id for o in outcomes],
+        "attempts": [o.attempt for o in outcomes],
+        "statuses": [o.status for o in outcomes],
+        "codes": [o.status_code for o in outcomes],
+        "errors": [o.error for o in outcomes],
+        "durations": [o.duration_ms for o in outcomes],
+        "ats": [o.at for o in outcomes],
+        "nexts": [o.next_attempt_at for o in outcomes],
+        "disable_after": disable_after,
+    }
+    rows = await conn.fetch(RECORD.sql, *RECORD.args(values))
+    return [r["id"] for r in rows if r["status"] == "disabled_failing"]
+
+
+class AttemptRow(msgspec.Struct, frozen=True, kw_only=True):
+    """One logged attempt with its event's type."""
+
+    id: int
+    event_id: int
+    type: str | None
+    attempt: int
+    status: str
+    status_code: int | None
+    error: str | None
+    duration_ms: int
+    at: datetime
+    next_attempt_at: datetime | None
+
+
+async def select_attempts(
+    conn: Conn, endpoint_id: UUID, status: str | None, before_id: int | None, limit: int
+) -> list[AttemptRow]:
+    """An endpoint's attempts, newest first, before a keyset position."""
+    rows = await conn.fetch(
+        """
+        SELECT a.id, a.event_id, e.type, a.attempt, a.status, a.status_code, a.error, a.duration_ms, a.at,
+               a.next_attempt_at
+        FROM webhook_attempts a LEFT JOIN events e ON e.id = a.event_id
+        WHERE a.endpoint_id = $1 AND ($2::text IS NULL OR a.status = $2) AND ($3::bigint IS NULL OR a.id < $3)
+        ORDER BY a.id DESC LIMIT $4
+        """,
+        endpoint_id,
+        status,
+        before_id,
+        limit,
+    )
+    return [msgspec.convert(r, AttemptRow) for r in rows]
+
+
+async def redeliver(conn: Conn, tenant_id: int, event_id: int, now: datetime) -> int:
+    """Queue an event again (from its first attempt) for every enabled endpoint of the tenant that wants it."""
+    status = await conn.execute(
+        """
+        INSERT INTO webhook_deliveries (event_id, endpoint_id, next_attempt_at, created_at)
+        SELECT e.id, w.id, $3, $3 FROM events e
+        JOIN webhook_endpoints w ON w.tenant_id = e.tenant_id AND w.status = 'enabled'
+        AND w.events && ARRAY[e.type, '*']
+        WHERE e.id = $1 AND e.tenant_id = $2
+        ON CONFLICT (event_id, endpoint_id) DO UPDATE
+            SET status = 'pending', attempts = 0, next_attempt_at = $3, created_at = $3
+        """,
+        event_id,
+        tenant_id,
+        now,
+    )
+    return int(status.rsplit(" ", 1)[-1])
+
+
+async def insert_test_delivery(
+    conn: Conn, tenant_id: int, endpoint_id: UUID, data: bytes, now: datetime, lease_until: datetime
+) -> Claimed | None:
+    """Write a webhook.test event with one delivery to this endpoint, already claimed for its first attempt."""
+    row = await conn.fetchrow(
+        """
+        WITH w AS (SELECT * FROM webhook_endpoints WHERE id = $2 AND tenant_id = $1),
+        e AS (INSERT INTO events (tenant_id, type, created_at, data)
+              SELECT $1, 'webhook.test', $4, $3::text::jsonb FROM w RETURNING id, type, created_at, data),
+        d AS (INSERT INTO webhook_deliveries (event_id, endpoint_id, attempts, next_attempt_at, created_at)
+              SELECT e.id, w.id, 1, $5, $4 FROM e, w)
+        SELECT e.id AS event_id, w.id AS endpoint_id, 1 AS attempt, e.type, e.created_at, e.data,
+               w.url, w.secret, w.previous_secret, w.previous_until
+        FROM e, w
+        """,
+        tenant_id,
+        endpoint_id,
+        data.decode(),
+        now,
+        lease_until,
+    )
+    return None if row is None else msgspec.convert(row, Claimed)
+
+
+class Backlog(msgspec.Struct, frozen=True):
+    """An endpoint's oldest undelivered event."""
+
+    endpoint_id: UUID
+    oldest: datetime
+
+
+async def backlog(conn: Conn, limit: int) -> tuple[list[Backlog], int]:
+    """The endpoints with the oldest undelivered events (at most limit), and how many are disabled_failing."""
+    rows = await conn.fetch(
+        """
+        SELECT d.endpoint_id, min(d.created_at) AS oldest FROM webhook_deliveries d
+        JOIN webhook_endpoints w ON w.id = d.endpoint_id AND w.status = 'enabled'
+        WHERE d.status = 'pending' GROUP BY d.endpoint_id ORDER BY 2 LIMIT $1
+        """,
+        limit,
+    )
+    disabled = await conn.fetchval("SELECT count(*) FROM webhook_endpoints WHERE status = 'disabled_failing'")
+    return [msgspec.convert(r, Backlog) for r in rows], int(disabled)

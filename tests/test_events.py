@@ -1,0 +1,204 @@
+"""Events: written with their change (none for a change that rolled back), paged oldest first by GET /v1/events."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import httpx
+
+from service.broker import events, sweeps
+from tests.helpers import CUSTOMER, FakeClock, Keys, add_dids, assert_problem, did_numbers, session_body, wait_for
+from tests.live import live_service
+
+
+async def feed(client: httpx.AsyncClient, keys: Keys, **params: Any) -> dict[str, Any]:
+    r = await client.get("/v1/events", params=params, headers=keys.a)
+    assert r.status_code == 200, r.text
+    result: dict[str, Any] = r.json()
+    return result
+
+
+async def all_events(client: httpx.AsyncClient, headers: dict[str, str]) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    after = None
+    while True:
+        params = {"limit": 2, **({"after": after} if after else {})}
+        page = (await client.get("/v1/events", params=params, headers=headers)).json()
+        if not page["items"]:
+            return items
+        items += page["items"]
+        after = page["next_cursor"]
+
+
+async def test_a_sessions_life_is_told_as_events_whose_data_is_what_get_returns(
+    client: httpx.AsyncClient, keys: Keys, clock: FakeClock
+) -> None:
+    """Created, TTL changed, closed: three events oldest first, each carrying the session as GET showed it then."""
+    await add_dids(client, keys.a, did_numbers(3))
+    created = (await client.post("/v1/sessions", json=session_body(), headers=keys.a)).json()
+    sid = created["id"]
+    updated = (await client.patch(f"/v1/sessions/{sid}", json={"ttl_seconds": 600}, headers=keys.a)).json()
+    closed = (await client.post(f"/v1/sessions/{sid}/close", headers=keys.a)).json()
+    again = await client.post(f"/v1/sessions/{sid}/close", headers=keys.a)  # already closed: no second event
+    assert again.status_code == 200
+    items = (await feed(client, keys))["items"]
+    assert [e["type"] for e in items] == ["session.created", "session.updated", "session.closed"]
+    assert [e["data"] for e in items] == [created, updated, closed]
+    assert all(e["id"].startswith("evt_") for e in items)
+    assert items[2]["data"]["close_reason"] == "closed_by_client"
+
+
+async def test_the_feed_pages_oldest_first_after_a_cursor_and_filters_by_type(
+    client: httpx.AsyncClient, keys: Keys
+) -> None:
+    """Pages of two walk every event once in order; the last cursor waits for what comes next; types filter."""
+    await add_dids(client, keys.a, did_numbers(5))
+    for i in range(5):
+        r = await client.post(
+            "/v1/sessions", json=session_body(order=f"o{i}", agent=f"+9187654321{i:02d}"), headers=keys.a
+        )
+        assert r.status_code == 201
+    walked = await all_events(client, keys.a)
+    assert [e["data"]["order_id"] for e in walked] == [f"o{i}" for i in range(5)]
+    first = await feed(client, keys, limit=5)
+    assert first["items"] == walked
+    tail = await feed(client, keys, after=first["next_cursor"])
+    assert tail == {"items": [], "next_cursor": first["next_cursor"]}
+    sid = walked[0]["data"]["id"]
+    await client.post(f"/v1/sessions/{sid}/close", headers=keys.a)
+    later = await feed(client, keys, after=first["next_cursor"])
+    assert [e["type"] for e in later["items"]] == ["session.closed"]
+    only = await feed(client, keys, type="session.closed")
+    assert [e["data"]["id"] for e in only["items"]] == [sid]
+    assert_problem(await client.get("/v1/events", params={"type": "nope"}, headers=keys.a), 422, "invalid_request")
+    assert_problem(await client.get("/v1/events", params={"after": "x"}, headers=keys.a), 422, "invalid_request")
+
+
+async def test_tenants_never_see_each_others_events(client: httpx.AsyncClient, keys: Keys) -> None:
+    """Tenant B's feed stays empty while A's fills; B cannot redeliver A's event."""
+    await add_dids(client, keys.a, did_numbers(2))
+    await client.post("/v1/sessions", json=session_body(), headers=keys.a)
+    assert (await client.get("/v1/events", headers=keys.b)).json()["items"] == []
+    event = (await feed(client, keys))["items"][0]
+    assert_problem(await client.post(f"/v1/events/{event['id']}/redeliver", headers=keys.b), 404, "not_found")
+    assert (await client.post(f"/v1/events/{event['id']}/redeliver", headers=keys.a)).status_code == 202
+
+
+async def test_a_create_that_rolls_back_emits_nothing(
+    client: httpx.AsyncClient, keys: Keys, db: asyncpg.Connection
+) -> None:
+    """pool_exhausted (the one DID already carries the customer) leaves no event; the committed create has one."""
+    await add_dids(client, keys.a, did_numbers(1))
+    assert (await client.post("/v1/sessions", json=session_body(), headers=keys.a)).status_code == 201
+    refused = await client.post("/v1/sessions", json=session_body(order="o2", agent="+918765400000"), headers=keys.a)
+    assert_problem(refused, 409, "pool_exhausted")
+    assert await db.fetchval("SELECT count(*) FROM events") == 1
+    repeat = await client.post("/v1/sessions", json=session_body(), headers=keys.a)  # a repeat: no new event
+    assert repeat.status_code == 200
+    assert [e["type"] for e in (await feed(client, keys))["items"]] == ["session.created"]
+
+
+async def test_expiry_by_the_sweeper_and_by_ops_in_bulk_each_emit_session_closed(
+    client: httpx.AsyncClient, keys: Keys, clock: FakeClock, db: asyncpg.Connection
+) -> None:
+    """TTL expiry (sweeper) says close_reason ttl; a bulk expire says expired_by_ops, one event per session."""
+    await add_dids(client, keys.a, did_numbers(4))
+    short = session_body(order="short", ttl_seconds=60)
+    await client.post("/v1/sessions", json=short, headers=keys.a)
+    for i in range(2):
+        body = session_body(order="bulk", agent=f"+9187654300{i:02d}")
+        assert (await client.post("/v1/sessions", json=body, headers=keys.a)).status_code == 201
+    clock.advance(61)
+    assert await sweeps.sweep_expired(db, clock()) == 1
+    r = await client.post("/v1/sessions/expire", json={"order_id": "bulk"}, headers=keys.a)
+    assert r.json() == {"expired": 2}
+    closed = (await feed(client, keys, type="session.closed"))["items"]
+    assert sorted((e["data"]["order_id"], e["data"]["close_reason"]) for e in closed) == [
+        ("bulk", "expired_by_ops"),
+        ("bulk", "expired_by_ops"),
+        ("short", "ttl"),
+    ]
+
+
+async def test_a_pool_alerts_once_each_time_its_headroom_falls_to_the_alert_level(
+    client: httpx.AsyncClient, keys: Keys, clock: FakeClock, db: asyncpg.Connection
+) -> None:
+    """Three DIDs, one customer: at headroom 2 one pool.low_headroom; checks again say nothing; a new fall alerts."""
+    await add_dids(client, keys.a, did_numbers(4))
+    assert await events.check_headroom(db, clock()) == 0  # headroom 4
+    for i in range(2):
+        body = session_body(order=f"h{i}", agent=f"+9187654300{i:02d}")
+        assert (await client.post("/v1/sessions", json=body, headers=keys.a)).status_code == 201
+    assert await events.check_headroom(db, clock()) == 1
+    assert await events.check_headroom(db, clock()) == 0
+    alerts = (await feed(client, keys, type="pool.low_headroom"))["items"]
+    assert len(alerts) == 1 and alerts[0]["data"]["headroom"] == 2 and alerts[0]["data"]["pool"] == "default"
+    await client.post("/v1/sessions/expire", json={"customer": CUSTOMER}, headers=keys.a)
+    assert await events.check_headroom(db, clock()) == 0  # back above: re-armed
+    for i in range(2):
+        body = session_body(order=f"j{i}", agent=f"+9187654310{i:02d}")
+        assert (await client.post("/v1/sessions", json=body, headers=keys.a)).status_code == 201
+    assert await events.check_headroom(db, clock()) == 1
+
+
+async def test_calls_and_reports_emit_their_events_in_the_same_statement(
+    dsn: str, keys: Keys, db: asyncpg.Connection
+) -> None:
+    """A call placed and reported: call.initiated then call.completed; a report naming no call: report.unmatched."""
+    async with live_service(dsn) as live:
+        await live.http.post("/v1/dids", json={"number": "+918068281234"}, headers=keys.a)
+        s = (await live.http.post("/v1/sessions", json=session_body(max_calls=1), headers=keys.a)).json()
+        call = (await live.http.post(f"/v1/sessions/{s['id']}/calls", headers=keys.a)).json()
+
+        async def completed() -> list[dict[str, Any]] | None:
+            page = (await live.http.get("/v1/events", headers=keys.a)).json()["items"]
+            return page if any(e["type"] == "call.completed" for e in page) else None
+
+        items = await wait_for(completed)
+        types = [e["type"] for e in items]
+        assert types[:2] == ["session.created", "call.initiated"]
+        assert set(types[2:]) == {"call.completed", "session.closed"}  # max_calls=1 closes it in the same statement
+        final = (await live.http.get(f"/v1/calls/{call['id']}", headers=keys.a)).json()
+        assert next(e for e in items if e["type"] == "call.completed")["data"] == final
+        closed = next(e for e in items if e["type"] == "session.closed")["data"]
+        assert closed == (await live.http.get(f"/v1/sessions/{s['id']}", headers=keys.a)).json()
+        assert closed["close_reason"] == "max_calls_reached"
+
+        now = datetime.now(UTC)
+        stray = {
+            "bridge": 918068281234,
+            "from": 919999999999,
+            "to": 918888888888,
+            "source": "C2C",
+            "start_at": (now - timedelta(seconds=30)).astimezone().strftime("%Y-%m-%d %H:%M:%S"),
+            "status": "COMPLETED",
+            "billing": "5",
+            "duration": "6",
+        }
+        assert (await live.http.post(live.callback, content=json.dumps(stray).encode())).status_code == 200
+        unmatched = (await live.http.get("/v1/events", params={"type": "report.unmatched"}, headers=keys.a)).json()
+        assert len(unmatched["items"]) == 1
+        report = unmatched["items"][0]["data"]
+        listed = (await live.http.get("/v1/reports", headers=keys.a)).json()["items"][0]
+        assert report["id"] == listed["id"] and report["reason"] == listed["reason"] == "no_call"
+        assert report["body"] == listed["body"]
+
+
+async def test_events_and_attempts_past_the_retention_are_deleted_by_the_sweeper(
+    client: httpx.AsyncClient, keys: Keys, clock: FakeClock, db: asyncpg.Connection
+) -> None:
+    """MASKING_EVENT_RETENTION_DAYS (30): older events (with their deliveries) and attempts go; newer stay."""
+    from service.settings import Settings
+
+    await add_dids(client, keys.a, did_numbers(3))
+    for i in range(3):
+        body = session_body(order=f"r{i}", agent=f"+9187654320{i:02d}")
+        assert (await client.post("/v1/sessions", json=body, headers=keys.a)).status_code == 201
+    await db.execute("UPDATE events SET created_at = created_at - interval '31 days' WHERE data->>'order_id' <> 'r2'")
+    settings = Settings(database_url="postgresql://unused", event_retention_days=30)
+    done = await sweeps.tidy(db, settings, clock())
+    assert done["events_deleted"] == 2
+    assert [e["data"]["order_id"] for e in (await feed(client, keys))["items"]] == ["r2"]
