@@ -29,6 +29,7 @@ from service.api.deps import MaskingRequest, Runtime, provide_conn, require_key
 from service.api.dids import DidController
 from service.api.links import CallLinkController
 from service.api.ops import MetricsController, StatsController, healthz, readyz
+from service.api.pools import PoolController
 from service.api.problems import internal_error_handler, problem_details_plugin, problem_response, too_deep_handler
 from service.api.provider import ProviderController
 from service.api.sessions import SessionController
@@ -193,6 +194,7 @@ def create_app(
             CallController,
             ReportController,
             CallLinkController,
+            PoolController,
         ],
         guards=[require_key],
     )

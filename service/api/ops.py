@@ -106,6 +106,7 @@ def _bounded(pools: Sequence[PoolStats], cap: int) -> list[PoolStats]:
             active_dids=p.active_dids + (o.active_dids if o else 0),
             active_sessions=p.active_sessions + (o.active_sessions if o else 0),
             busiest_party_sessions=max(p.busiest_party_sessions, o.busiest_party_sessions if o else 0),
+            second_party_sessions=max(p.second_party_sessions, o.second_party_sessions if o else 0),
             headroom=p.headroom + (o.headroom if o else 0),
         )
     return shown + list(rest.values())

@@ -49,7 +49,7 @@ class ProviderController(Controller):
 
     @get(
         "/route/{token:str}",
-        summary="Where to connect a call arriving on a DID from a caller",
+        summary="Where to connect a call arriving on a DID from a caller (or the pool's fallback)",
         responses=PUBLIC_RESPONSES,
         security=[{}],
     )
@@ -60,6 +60,7 @@ class ProviderController(Controller):
         did: FromQuery[str],
         caller: FromQuery[str],
         conn: Db,
-    ) -> routing.Route:
+    ) -> routing.Route | routing.FallbackRoute:
         _check(token, request)
-        return await routing.route(conn, did, caller, request.runtime.clock())
+        runtime = request.runtime
+        return await routing.route(conn, did, caller, runtime.clock(), runtime.rules.cooloff_seconds)

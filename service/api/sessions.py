@@ -11,6 +11,7 @@ from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, Quer
 from service.api.deps import Db, MaskingRequest
 from service.api.idempotency import run_once
 from service.api.problems import API_RESPONSES
+from service.broker import pools
 from service.broker import sessions as broker
 from service.models import Session
 
@@ -57,8 +58,12 @@ class SessionController(Controller):
         request.runtime.session_buckets.take(request.principal.tenant_id, "sessions")
 
         async def produce() -> tuple[int, bytes]:
+            # The pool's own settings (default max_calls and TTL, cool-off) resolved before allocation.
+            body, rules = await pools.for_create(
+                conn, request.runtime.pools, request.principal.tenant_id, data, request.runtime.rules
+            )
             session, created = await broker.create_session(
-                conn, request.principal.tenant_id, data, request.runtime.rules, request.runtime.clock
+                conn, request.principal.tenant_id, body, rules, request.runtime.clock
             )
             return (201 if created else 200), msgspec.json.encode(session)
 

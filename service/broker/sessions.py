@@ -237,7 +237,9 @@ async def expire_sessions(conn: Conn, tenant_id: int | None, filters: ExpireFilt
 
 
 class PoolStats(msgspec.Struct, frozen=True, kw_only=True):
-    """A pool's size and use; headroom is how many more concurrent sessions its busiest party can take."""
+    """A pool's size and use. headroom = active DIDs - (the two busiest parties' live sessions): a new
+    pair needs a DID free for both, and with the customer in m live sessions and the agent in n, up to
+    m + n DIDs are ruled out; at or below 0 the two busiest parties may be refused a session together."""
 
     tenant: str
     pool: str
@@ -245,11 +247,17 @@ class PoolStats(msgspec.Struct, frozen=True, kw_only=True):
     active_dids: int
     active_sessions: int
     busiest_party_sessions: int
+    second_party_sessions: int = 0
     headroom: int
 
 
-async def pool_stats(conn: Conn, tenant_id: int | None, now: datetime) -> list[PoolStats]:
-    """Per pool: DIDs, active sessions and headroom."""
+def headroom(active_dids: int, busiest: int, second: int) -> int:
+    """Active DIDs minus the two busiest parties' live sessions (negative: that many DIDs short)."""
+    return active_dids - busiest - second
+
+
+async def pool_stats(conn: Conn, tenant_id: int | None, now: datetime, pool: str | None = None) -> list[PoolStats]:
+    """Per pool (or one pool): DIDs, active sessions and headroom."""
     return [
         PoolStats(
             tenant=r.tenant,
@@ -258,7 +266,8 @@ async def pool_stats(conn: Conn, tenant_id: int | None, now: datetime) -> list[P
             active_dids=r.active_dids,
             active_sessions=r.active_sessions,
             busiest_party_sessions=r.busiest_party,
-            headroom=max(r.active_dids - r.busiest_party, 0),
+            second_party_sessions=r.second_party,
+            headroom=headroom(r.active_dids, r.busiest_party, r.second_party),
         )
-        for r in await q.pool_stats(conn, tenant_id, now)
+        for r in await q.pool_stats(conn, tenant_id, now, pool)
     ]

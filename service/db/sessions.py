@@ -362,7 +362,7 @@ async def select_route(conn: Conn, did: str, caller: str, now: datetime) -> Rout
 
 
 class PoolUse(msgspec.Struct, frozen=True, kw_only=True):
-    """Per tenant and pool: DIDs by status, active sessions, and the busiest party's active sessions."""
+    """Per tenant and pool: DIDs by status, active sessions, and the two busiest parties' active sessions."""
 
     tenant_id: int
     tenant: str
@@ -371,34 +371,48 @@ class PoolUse(msgspec.Struct, frozen=True, kw_only=True):
     active_dids: int
     active_sessions: int
     busiest_party: int
+    second_party: int
 
 
-async def pool_stats(conn: Conn, tenant_id: int | None, now: datetime) -> list[PoolUse]:
-    """Per tenant and pool: DIDs by status, active sessions, and the busiest party's active sessions."""
-    rows = await conn.fetch(
-        """
-        WITH d AS (
-            SELECT tenant_id, pool, count(*)::int AS dids,
-                   count(*) FILTER (WHERE status = 'active')::int AS active_dids
-            FROM dids WHERE $1::bigint IS NULL OR tenant_id = $1 GROUP BY tenant_id, pool),
-        s AS (
-            SELECT tenant_id, pool, count(*)::int AS active_sessions FROM sessions
-            WHERE ($1::bigint IS NULL OR tenant_id = $1) AND status = 'active' AND expires_at > $2
-            GROUP BY tenant_id, pool),
-        p AS (
-            SELECT tenant_id, pool, max(n)::int AS busiest_party FROM (
-                SELECT d.tenant_id, d.pool, b.number, count(*) AS n
-                FROM bindings b JOIN dids d ON d.number = b.did
-                WHERE ($1::bigint IS NULL OR d.tenant_id = $1) AND b.ends_at > $2
-                GROUP BY d.tenant_id, d.pool, b.number) x
-            GROUP BY tenant_id, pool)
-        SELECT d.tenant_id, t.name AS tenant, d.pool, d.dids, d.active_dids,
-               coalesce(s.active_sessions, 0) AS active_sessions, coalesce(p.busiest_party, 0) AS busiest_party
-        FROM d JOIN tenants t ON t.id = d.tenant_id
-        LEFT JOIN s USING (tenant_id, pool) LEFT JOIN p USING (tenant_id, pool)
-        ORDER BY t.name, d.pool
-        """,
-        tenant_id,
-        now,
-    )
-    return [msgspec.convert(r, PoolUse) for r in rows]
+# A pool exists once it has a DID or a settings row. The parties' loads come from the pool's live bindings
+# only, found per DID through bindings_load (did, ends_at): the cost is one index range per DID plus one
+# row per live binding of the pool (about 2 x its live sessions), independent of the rest of the table.
+POOL_STATS = """
+WITH d AS (
+    SELECT tenant_id, pool, count(*)::int AS dids, count(*) FILTER (WHERE status = 'active')::int AS active_dids
+    FROM dids WHERE ($1::bigint IS NULL OR tenant_id = $1) AND ($3::text IS NULL OR pool = $3)
+    GROUP BY tenant_id, pool),
+named AS (
+    SELECT tenant_id, pool FROM d
+    UNION
+    SELECT tenant_id, pool FROM pool_settings
+    WHERE ($1::bigint IS NULL OR tenant_id = $1) AND ($3::text IS NULL OR pool = $3)),
+s AS (
+    SELECT tenant_id, pool, count(*)::int AS active_sessions FROM sessions
+    WHERE ($1::bigint IS NULL OR tenant_id = $1) AND ($3::text IS NULL OR pool = $3)
+      AND status = 'active' AND expires_at > $2
+    GROUP BY tenant_id, pool),
+per_number AS (
+    SELECT dd.tenant_id, dd.pool, b.number, count(*) AS n
+    FROM dids dd JOIN bindings b ON b.did = dd.number AND b.ends_at > $2
+    WHERE ($1::bigint IS NULL OR dd.tenant_id = $1) AND ($3::text IS NULL OR dd.pool = $3)
+    GROUP BY dd.tenant_id, dd.pool, b.number),
+ranked AS (
+    SELECT tenant_id, pool, n, row_number() OVER (PARTITION BY tenant_id, pool ORDER BY n DESC) AS rank
+    FROM per_number),
+p AS (
+    SELECT tenant_id, pool, max(n) FILTER (WHERE rank = 1)::int AS busiest_party,
+           max(n) FILTER (WHERE rank = 2)::int AS second_party
+    FROM ranked WHERE rank <= 2 GROUP BY tenant_id, pool)
+SELECT named.tenant_id, t.name AS tenant, named.pool, coalesce(d.dids, 0) AS dids,
+       coalesce(d.active_dids, 0) AS active_dids, coalesce(s.active_sessions, 0) AS active_sessions,
+       coalesce(p.busiest_party, 0) AS busiest_party, coalesce(p.second_party, 0) AS second_party
+FROM named JOIN tenants t ON t.id = named.tenant_id
+LEFT JOIN d USING (tenant_id, pool) LEFT JOIN s USING (tenant_id, pool) LEFT JOIN p USING (tenant_id, pool)
+ORDER BY t.name, named.pool
+"""
+
+
+async def pool_stats(conn: Conn, tenant_id: int | None, now: datetime, pool: str | None = None) -> list[PoolUse]:
+    """Per tenant and pool (or one pool): DIDs by status, active sessions, the two busiest parties' sessions."""
+    return [msgspec.convert(r, PoolUse) for r in await conn.fetch(POOL_STATS, tenant_id, now, pool)]
