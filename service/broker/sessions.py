@@ -6,7 +6,7 @@ import base64
 import binascii
 import random
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -14,7 +14,15 @@ import msgspec
 import structlog
 
 from service import metrics
-from service.broker.errors import InvalidRequest, NotFound, PoolExhausted, SessionNotActive, parse_id
+from service.broker.errors import (
+    CallInProgress,
+    InvalidRequest,
+    NotFound,
+    PoolExhausted,
+    ReassignConflict,
+    SessionNotActive,
+    parse_id,
+)
 from service.broker.phones import normalize, parse_with_region
 from service.db import Conn
 from service.db import sessions as q
@@ -60,6 +68,45 @@ def live_view(session: Session, now: datetime) -> Session:
     return session
 
 
+def allocation(
+    tenant_id: int,
+    pool: str,
+    customer: str,
+    agent: str,
+    country: str,
+    now: datetime,
+    rules: Rules,
+    tried: list[str],
+    *,
+    order_id: str,
+    expires_at: datetime,
+    record: bool,
+    max_call_minutes: int | None,
+    max_calls: int | None,
+    metadata: dict[str, Any],
+) -> q.Allocation:
+    """One allocation attempt's inputs, for a new session or a session moving to another DID."""
+    return q.Allocation(
+        tenant_id=tenant_id,
+        pool=pool,
+        customer=customer,
+        agent=agent,
+        country=country,
+        now=now,
+        cooloff=timedelta(seconds=rules.cooloff_seconds),
+        tried=tried,
+        slot=random.random(),
+        sample=SAMPLE_PER_SIDE,
+        session_id=uuid.uuid4(),
+        order_id=order_id,
+        expires_at=expires_at,
+        record=record,
+        max_call_minutes=max_call_minutes,
+        max_calls=max_calls,
+        metadata=metadata,
+    )
+
+
 async def create_session(
     conn: Conn, tenant_id: int, body: CreateSession, rules: Rules, clock: Clock
 ) -> tuple[Session, bool]:
@@ -81,18 +128,15 @@ async def create_session(
             existing = await q.find_repeat(conn, tenant_id, body.order_id, customer, agent, now)
             if existing is not None:
                 return existing, False
-            request = q.Allocation(
-                tenant_id=tenant_id,
-                pool=body.pool,
-                customer=customer,
-                agent=agent,
-                country=country,
-                now=now,
-                cooloff=timedelta(seconds=rules.cooloff_seconds),
-                tried=tried,
-                slot=random.random(),
-                sample=SAMPLE_PER_SIDE,
-                session_id=uuid.uuid4(),
+            request = allocation(
+                tenant_id,
+                body.pool,
+                customer,
+                agent,
+                country,
+                now,
+                rules,
+                tried,
                 order_id=body.order_id,
                 expires_at=now + ttl,
                 record=body.record,
@@ -200,6 +244,248 @@ async def change_ttl(conn: Conn, tenant_id: int, session_id: str, ttl_seconds: i
         session = await _live_or_raise(conn, tenant_id, sid, now)
         raise SessionNotActive(f"The session is {session.status}; only an active session's TTL can change.")
     return changed
+
+
+class Reassign(msgspec.Struct, frozen=True, kw_only=True):
+    """A party change asked by PATCH /v1/sessions/{id}: new numbers (None: unchanged) and whether the
+    session may move to another DID when the new pair may not keep its own."""
+
+    customer: str | None = None
+    agent: str | None = None
+    allow_new_number: bool = False
+
+
+class _NotHere(Exception):
+    """The new pair may not be bound to the session's DID: roll the savepoint back."""
+
+
+class _LostRace(Exception):
+    """An allocation attempt for a moving session lost its DID to a concurrent request: roll back, retry."""
+
+
+async def session_updated(conn: Conn, tenant_id: int, session: Session, now: datetime) -> None:
+    """Call point of the `session.updated` event (issue 13), inside the change's transaction.
+
+    The events branch wires its emit here at merge; until then a party change is recorded only in the
+    session's history (session_changes).
+    """
+
+
+async def reassign(
+    conn: Conn,
+    tenant_id: int,
+    session_id: str,
+    change: Reassign,
+    rules_of: Callable[[str], Awaitable[Rules]],
+    clock: Clock,
+) -> Session:
+    """Move a live session to a new customer and/or agent, in one transaction.
+
+    It keeps its DID when rules 1 to 3 allow the new pair there (the other party's masked number does
+    not change); otherwise reassign_conflict says why, unless allow_new_number, when the session moves
+    to a DID allocated as for a new session. The replaced party's binding ends at once.
+    """
+    sid = parse_id(session_id, "session")
+    new_customer, country = (
+        parse_with_region(change.customer, "customer") if change.customer is not None else (None, None)
+    )
+    new_agent = normalize(change.agent, "agent") if change.agent is not None else None
+    tried: list[str] = []
+    while True:
+        now = clock()
+        try:
+            async with conn.transaction():
+                return await _reassign_once(
+                    conn, tenant_id, sid, new_customer, country, new_agent, change, rules_of, now, tried
+                )
+        except _LostRace:
+            continue
+
+
+async def _reassign_once(
+    conn: Conn,
+    tenant_id: int,
+    sid: uuid.UUID,
+    new_customer: str | None,
+    country: str | None,
+    new_agent: str | None,
+    change: Reassign,
+    rules_of: Callable[[str], Awaitable[Rules]],
+    now: datetime,
+    tried: list[str],
+) -> Session:
+    locked = await q.lock_session(conn, tenant_id, sid)
+    if locked is None:
+        raise NotFound("No session with that id.")
+    session = live_view(locked, now)
+    if session.status != "active":
+        raise SessionNotActive(f"The session is {session.status}; only an active session's parties can change.")
+    customer = new_customer or session.customer
+    agent = new_agent or session.agent
+    if customer == agent:
+        field = "agent" if new_agent is not None else "customer"
+        raise InvalidRequest("`agent` must differ from `customer`.", field=field)
+    parties = [
+        p for p, old, new in (("customer", session.customer, customer), ("agent", session.agent, agent)) if old != new
+    ]
+    if not parties:
+        return session
+    if await q.call_in_flight(conn, sid):
+        raise CallInProgress("A call of this session is still in flight: change its parties once its report arrives.")
+    if await q.other_active_with_pair(conn, tenant_id, sid, session.order_id, customer, agent, now):
+        raise ReassignConflict(
+            "Another active session of this order already has this customer and agent.", reason="duplicate_pair"
+        )
+    olds = [session.customer if p == "customer" else session.agent for p in parties]
+    news = [customer if p == "customer" else agent for p in parties]
+    peers = [agent if p == "customer" else customer for p in parties]
+    if country is None:
+        _, country = parse_with_region(session.customer, "customer")
+    rules = await rules_of(session.pool)
+    cooloff = timedelta(seconds=rules.cooloff_seconds)
+    did = session.masked_number
+    fit = await q.did_fit(conn, tenant_id, session.pool, did, country)
+    why: tuple[str, str] | None = None
+    if not fit.active:
+        why = ("did_not_active", "Its masked number is draining or retired: it takes no new pair.")
+    elif not fit.geo_ok:
+        why = (
+            "other_country",
+            "Its masked number is not of the new customer's country, and the pool has DIDs that are.",
+        )
+    else:
+        try:
+            # A savepoint: when not every new number can be bound here, none of them stays bound.
+            async with conn.transaction():
+                bound = await q.bind_new(
+                    conn,
+                    did=did,
+                    session_id=sid,
+                    numbers=news,
+                    peers=peers,
+                    ends_at=session.expires_at,
+                    now=now,
+                    cooloff=cooloff,
+                )
+                if bound == len(news):
+                    ended = olds
+                    return await _finish(
+                        conn, tenant_id, session, sid, customer, agent, did, ended, parties, olds, news, now
+                    )
+                raise _NotHere
+        except _NotHere:
+            pass
+        blocked = await q.blockers(conn, did, news, peers, now, cooloff)
+        busy = [p for p, n in zip(parties, news, strict=True) if any(b.number == n and b.live for b in blocked)]
+        cooling = [p for p, n in zip(parties, news, strict=True) if any(b.number == n and not b.live for b in blocked)]
+        why = (
+            ("party_busy", f"The new {' and '.join(busy)} already has another active session on this masked number.")
+            if busy
+            else (
+                "cooling_off",
+                f"The new {' and '.join(cooling or parties)} ended a session with someone else on this masked "
+                f"number less than the cool-off ({rules.cooloff_seconds} s) ago.",
+            )
+        )
+    if not change.allow_new_number:
+        raise ReassignConflict(_conflict_detail(why[1]), reason=why[0], masked_number=did)
+    return await _move(conn, tenant_id, session, sid, customer, agent, country, rules, parties, olds, news, now, tried)
+
+
+def _conflict_detail(reason: str) -> str:
+    return (
+        f"The session cannot keep its masked number for this pair: {reason} "
+        'Send "allow_new_number": true to move the session to another DID (its masked_number changes).'
+    )
+
+
+async def _move(
+    conn: Conn,
+    tenant_id: int,
+    session: Session,
+    sid: uuid.UUID,
+    customer: str,
+    agent: str,
+    country: str,
+    rules: Rules,
+    parties: list[str],
+    olds: list[str],
+    news: list[str],
+    now: datetime,
+    tried: list[str],
+) -> Session:
+    """Allocate another DID for the new pair with the allocator new sessions use, then move the session."""
+    request = allocation(
+        tenant_id,
+        session.pool,
+        customer,
+        agent,
+        country,
+        now,
+        rules,
+        [*tried, session.masked_number],
+        order_id=session.order_id,
+        expires_at=session.expires_at,
+        record=session.record,
+        max_call_minutes=session.max_call_minutes,
+        max_calls=session.max_calls,
+        metadata=session.metadata,
+    )
+    attempt = await q.allocate(conn, request)
+    if attempt.picked is None:
+        raise _exhausted(session.pool, await q.exhaustion(conn, request))
+    if attempt.session is None:
+        if attempt.bound < 2:
+            tried.append(attempt.picked)
+            raise _LostRace
+        raise ReassignConflict(
+            "Another active session of this order already has this customer and agent.", reason="duplicate_pair"
+        )
+    # The allocator made a placeholder session row holding the new bindings: drop it, keep the session's id.
+    await q.drop_placeholder(conn, request.session_id)
+    ended = [session.customer, session.agent]
+    return await _finish(
+        conn, tenant_id, session, sid, customer, agent, attempt.picked, ended, parties, olds, news, now,
+        placeholder=request.session_id,
+    )  # fmt: skip
+
+
+async def _finish(
+    conn: Conn,
+    tenant_id: int,
+    session: Session,
+    sid: uuid.UUID,
+    customer: str,
+    agent: str,
+    new_did: str,
+    ended: list[str],
+    parties: list[str],
+    olds: list[str],
+    news: list[str],
+    now: datetime,
+    placeholder: uuid.UUID | None = None,
+) -> Session:
+    done = await q.finish_reassign(
+        conn,
+        session_id=sid,
+        placeholder=placeholder or sid,
+        customer=customer,
+        agent=agent,
+        old_did=session.masked_number,
+        new_did=new_did,
+        ended=ended,
+        parties=parties,
+        olds=olds,
+        news=news,
+        now=now,
+    )
+    if done is None:
+        raise ReassignConflict(
+            "Another active session of this order already has this customer and agent.", reason="duplicate_pair"
+        )
+    log.info("session_reassigned", session_id=str(sid), parties=parties, moved=new_did != session.masked_number)
+    await session_updated(conn, tenant_id, done, now)
+    return done
 
 
 async def close_session(conn: Conn, tenant_id: int, session_id: str, now: datetime) -> Session:
