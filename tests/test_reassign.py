@@ -192,7 +192,7 @@ async def test_rule_one_holds_under_concurrent_reassignments_and_creates_from_tw
             s.start()
         urls = itertools.cycle([s.url for s in services])
         async with httpx.AsyncClient(timeout=60, headers={"Authorization": f"Bearer {key}"}) as http:
-            r = await http.post(next(urls) + "/v1/dids/bulk", json={"dids": [{"number": n} for n in did_numbers(8)]})
+            r = await http.post(next(urls) + "/v1/dids/bulk", json={"dids": [{"number": n} for n in did_numbers(12)]})
             assert r.status_code == 200
             customers = mobile_numbers(60, prefix="+91987")
             agents = mobile_numbers(6, prefix="+91876")
@@ -229,7 +229,16 @@ async def test_rule_one_holds_under_concurrent_reassignments_and_creates_from_tw
                                          OR b.number NOT IN (s.customer, s.agent))
             """
         )
-        assert orphans == 0
+        assert orphans == 0, await db.fetch(
+            """
+            SELECT b.*, s.customer, s.agent, s.did AS sdid, s.status, s.order_id,
+                   (SELECT array_agg(c.party || c.old_did || '>' || c.new_did) FROM session_changes c
+                    WHERE c.session_id = s.id) AS changes
+            FROM bindings b LEFT JOIN sessions s ON s.id = b.session_id
+            WHERE b.ends_at > now() AND (s.id IS NULL OR s.status <> 'active' OR s.did <> b.did
+                                         OR b.number NOT IN (s.customer, s.agent))
+            """
+        )
         live_sessions = await db.fetchval("SELECT count(*) FROM sessions WHERE status = 'active'")
         assert await db.fetchval("SELECT count(*) FROM bindings WHERE ends_at > now()") == 2 * live_sessions
     finally:

@@ -124,34 +124,54 @@ async def create_session(
     # said when true; one that lost to an identical request finds that request's session as a repeat.
     while True:
         now = clock()
-        async with conn.transaction():
-            existing = await q.find_repeat(conn, tenant_id, body.order_id, customer, agent, now)
-            if existing is not None:
-                return existing, False
-            request = allocation(
-                tenant_id,
-                body.pool,
-                customer,
-                agent,
-                country,
-                now,
-                rules,
-                tried,
-                order_id=body.order_id,
-                expires_at=now + ttl,
-                record=body.record,
-                max_call_minutes=body.max_call_minutes,
-                max_calls=body.max_calls,
-                metadata=body.metadata,
-            )
-            attempt = await q.allocate(conn, request)
-            if attempt.session is not None:
-                metrics.SESSIONS_CREATED.labels(metrics.pool_label(body.pool)).inc()
-                return attempt.session, True
-            if attempt.picked is None:
-                raise _exhausted(body.pool, await q.exhaustion(conn, request))
-        if attempt.bound < 2:
-            tried.append(attempt.picked)
+        try:
+            return await _create_once(conn, tenant_id, body, customer, agent, country, rules, ttl, tried, now)
+        except _LostRace as lost:
+            # Roll back what the lost attempt bound (a binding with no session would block its number on
+            # that DID until its end) and go again without that DID.
+            tried.append(lost.args[0])
+
+
+async def _create_once(
+    conn: Conn,
+    tenant_id: int,
+    body: CreateSession,
+    customer: str,
+    agent: str,
+    country: str,
+    rules: Rules,
+    ttl: timedelta,
+    tried: list[str],
+    now: datetime,
+) -> tuple[Session, bool]:
+    """One attempt in one transaction: the session and whether it is new, or _LostRace (rolled back)."""
+    async with conn.transaction():
+        existing = await q.find_repeat(conn, tenant_id, body.order_id, customer, agent, now)
+        if existing is not None:
+            return existing, False
+        request = allocation(
+            tenant_id,
+            body.pool,
+            customer,
+            agent,
+            country,
+            now,
+            rules,
+            tried,
+            order_id=body.order_id,
+            expires_at=now + ttl,
+            record=body.record,
+            max_call_minutes=body.max_call_minutes,
+            max_calls=body.max_calls,
+            metadata=body.metadata,
+        )
+        attempt = await q.allocate(conn, request)
+        if attempt.session is not None:
+            metrics.SESSIONS_CREATED.labels(metrics.pool_label(body.pool)).inc()
+            return attempt.session, True
+        if attempt.picked is None:
+            raise _exhausted(body.pool, await q.exhaustion(conn, request))
+        raise _LostRace(attempt.picked)
 
 
 def _exhausted(pool: str, why: q.Exhaustion) -> PoolExhausted:
