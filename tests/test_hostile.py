@@ -54,7 +54,7 @@ async def test_tenant_b_reaches_none_of_tenant_as_resources_on_any_route(dsn: st
             body = {"order_id": "A-1", "customer": "+919876543210", "agent": "+918765432109"}
             session = (await http.post("/v1/sessions", json=body, headers=a)).json()
             call = (await http.post(f"/v1/sessions/{session['id']}/calls", headers=a)).json()
-            ids = {"session_id": session["id"], "call_id": call["id"], "number": "+918068281234"}
+            ids = {"session_id": session["id"], "call_id": call["id"], "number": "+918068281234", "name": "default"}
             spec = (await http.get("/schema/openapi.json")).json()
             tried = 0
             for path, operations in spec["paths"].items():
@@ -67,6 +67,8 @@ async def test_tenant_b_reaches_none_of_tenant_as_resources_on_any_route(dsn: st
                 for method in operations:
                     if method not in ("get", "post", "patch", "put", "delete"):
                         continue
+                    if path == "/v1/pools/{name}" and method == "put":
+                        continue  # pool names are per tenant: B's PUT makes B's own pool (A's unchanged, below)
                     payload = (
                         {"status": "retired"} if "dids" in path else {"ttl_seconds": 60} if method == "patch" else {}
                     )
@@ -78,6 +80,9 @@ async def test_tenant_b_reaches_none_of_tenant_as_resources_on_any_route(dsn: st
                 assert (await http.get(url, headers=b)).json()["items"] == []
             expired = await http.post("/v1/sessions/expire", json={"order_id": "A-1"}, headers=b)
             assert expired.json() == {"expired": 0}
+            assert (await http.get("/v1/pools", headers=b)).json()["items"] == []
+            await http.put("/v1/pools/default", json={"fallback": {"flow": "9"}}, headers=b)
+            assert (await http.get("/v1/pools/default", headers=a)).json()["fallback"] is None
             still = await http.get(f"/v1/sessions/{session['id']}", headers=a)
             assert still.json()["status"] == "active"
     print(f"\n{tried} id-bearing operations tried with the other tenant's key: 0 answered 2xx")

@@ -393,21 +393,18 @@ s AS (
     WHERE ($1::bigint IS NULL OR tenant_id = $1) AND ($3::text IS NULL OR pool = $3)
       AND status = 'active' AND expires_at > $2
     GROUP BY tenant_id, pool),
-per_number AS (
-    SELECT dd.tenant_id, dd.pool, b.number, count(*) AS n
-    FROM dids dd JOIN bindings b ON b.did = dd.number AND b.ends_at > $2
-    WHERE ($1::bigint IS NULL OR dd.tenant_id = $1) AND ($3::text IS NULL OR dd.pool = $3)
-    GROUP BY dd.tenant_id, dd.pool, b.number),
-ranked AS (
-    SELECT tenant_id, pool, n, row_number() OVER (PARTITION BY tenant_id, pool ORDER BY n DESC) AS rank
-    FROM per_number),
 p AS (
-    SELECT tenant_id, pool, max(n) FILTER (WHERE rank = 1)::int AS busiest_party,
-           max(n) FILTER (WHERE rank = 2)::int AS second_party
-    FROM ranked WHERE rank <= 2 GROUP BY tenant_id, pool)
+    -- Per pool, the live-session counts of its two busiest numbers: its DIDs (dids_list), each DID's live
+    -- bindings (bindings_load range), counted per number, and a top-2 heap rather than a full sort.
+    SELECT named.tenant_id, named.pool,
+           (SELECT array_agg(n ORDER BY n DESC) FROM (
+                SELECT count(*)::int AS n FROM dids dd JOIN bindings b ON b.did = dd.number AND b.ends_at > $2
+                WHERE dd.tenant_id = named.tenant_id AND dd.pool = named.pool
+                GROUP BY b.number ORDER BY n DESC LIMIT 2) top) AS top
+    FROM named)
 SELECT named.tenant_id, t.name AS tenant, named.pool, coalesce(d.dids, 0) AS dids,
        coalesce(d.active_dids, 0) AS active_dids, coalesce(s.active_sessions, 0) AS active_sessions,
-       coalesce(p.busiest_party, 0) AS busiest_party, coalesce(p.second_party, 0) AS second_party
+       coalesce(p.top[1], 0) AS busiest_party, coalesce(p.top[2], 0) AS second_party
 FROM named JOIN tenants t ON t.id = named.tenant_id
 LEFT JOIN d USING (tenant_id, pool) LEFT JOIN s USING (tenant_id, pool) LEFT JOIN p USING (tenant_id, pool)
 ORDER BY t.name, named.pool
