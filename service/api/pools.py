@@ -21,11 +21,24 @@ class PoolController(Controller):
     async def list(self, request: MaskingRequest, conn: Db) -> broker.Pools:
         return await broker.list_pools(conn, request.principal.tenant_id, request.runtime.clock())
 
-    @get("/{name:str}", summary="One pool: settings and stats", responses=API_RESPONSES)
+    @get(
+        "/{name:str}",
+        summary="One pool: settings and stats",
+        description="404 `not_found` for a pool with neither a DID nor settings, or another tenant's.",
+        responses=API_RESPONSES,
+    )
     async def read(self, request: MaskingRequest, name: FromPath[str], conn: Db) -> broker.Pool:
         return await broker.get_pool(conn, request.principal.tenant_id, name, request.runtime.clock())
 
-    @put("/{name:str}", summary="Replace a pool's settings (creates the pool)", responses=API_RESPONSES)
+    @put(
+        "/{name:str}",
+        summary="Replace a pool's settings (creates the pool)",
+        description=(
+            "Every setting; null or absent: the service-wide one applies. 422 `invalid_request` or "
+            "`invalid_phone_number` naming the field; 409 `too_many_pools` past MASKING_MAX_POOLS_PER_TENANT."
+        ),
+        responses=API_RESPONSES,
+    )
     async def replace(
         self, request: MaskingRequest, name: FromPath[str], data: JSONBody[broker.PoolSettings], conn: Db
     ) -> broker.Pool:

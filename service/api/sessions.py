@@ -114,6 +114,14 @@ class SessionController(Controller):
     @patch(
         "/{session_id:str}",
         summary="Change an active session's TTL (from now) or reassign its agent or customer",
+        description=(
+            "With `agent` or `customer`: the session keeps its id and, when the broker's rules allow the new pair "
+            "there, its DID. Otherwise 409 `reassign_conflict` (with a `reason`: `party_busy`, `cooling_off`, "
+            "`did_not_active`, `other_country`, `duplicate_pair`), unless `allow_new_number` is true: then it moves "
+            "to another DID (`masked_number` changes; 409 `pool_exhausted` when none fits). The replaced party's "
+            "binding ends at once. 409 `call_in_progress` while a call awaits its report; 409 `session_not_active` "
+            "once ended; 422 `invalid_request` / `invalid_phone_number` naming the field."
+        ),
         responses=API_RESPONSES,
     )
     async def change(
