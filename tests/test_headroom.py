@@ -47,3 +47,20 @@ async def test_headroom_above_zero_means_the_two_busiest_parties_can_still_pair(
         await client.post("/v1/sessions", json=session_body(f"o{i}", customer, agent), headers=keys.a)
     assert (await client.get("/v1/stats", headers=keys.a)).json()["pools"][0]["headroom"] == 1
     assert (await client.post("/v1/sessions", json=session_body("pair", c, a), headers=keys.a)).status_code == 201
+
+
+def test_a_slow_stats_computation_is_reused_briefly_and_a_fast_one_never() -> None:
+    """Big pools' stats (seconds to count) are reused for 20x their cost, at most 30 s; small pools stay fresh."""
+    from service.broker.sessions import PoolStats, StatsCache
+
+    stats = [
+        PoolStats(tenant="t", pool="p", dids=1, active_dids=1, active_sessions=0, busiest_party_sessions=0, headroom=1)
+    ]
+    cache = StatsCache()
+    cache.put((1, None), started=100.0, took=0.01, stats=stats)
+    assert cache.get((1, None), 100.02) is None
+    cache.put((1, None), started=100.0, took=0.5, stats=stats)
+    assert cache.get((1, None), 110.0) == stats and cache.get((1, None), 110.6) is None
+    cache.put((2, None), started=100.0, took=5.0, stats=stats)
+    assert cache.get((2, None), 134.0) == stats and cache.get((2, None), 135.1) is None
+    assert cache.get((3, None), 100.0) is None

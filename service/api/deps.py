@@ -21,7 +21,7 @@ from service.broker.errors import Forbidden, Unauthorized
 from service.broker.limits import CallLimits, TokenBuckets
 from service.broker.pools import SettingsCache
 from service.broker.reports import Matching
-from service.broker.sessions import Rules
+from service.broker.sessions import Rules, StatsCache
 from service.broker.tenants import KeyCache, Principal
 from service.settings import Settings
 
@@ -40,6 +40,7 @@ class Runtime(msgspec.Struct, kw_only=True, frozen=True):
     call_limits: CallLimits
     session_buckets: TokenBuckets
     pools: SettingsCache = msgspec.field(default_factory=SettingsCache)
+    stats: StatsCache = msgspec.field(default_factory=StatsCache)
 
     @property
     def report_matching(self) -> Matching:

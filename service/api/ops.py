@@ -89,7 +89,9 @@ class StatsController(Controller):
         cursor: FromQuery[str | None] = None,
     ) -> Stats:
         async with request.runtime.db.acquire() as conn:
-            pools = await pool_stats(conn, request.principal.tenant_id, request.runtime.clock())
+            pools = await pool_stats(
+                conn, request.principal.tenant_id, request.runtime.clock(), cache=request.runtime.stats
+            )
         return _page_of(pools, limit, cursor)
 
 
@@ -125,7 +127,7 @@ class MetricsController(Controller):
     ) -> Response[bytes]:
         try:
             async with request.runtime.db.acquire(timeout=2) as conn:
-                pools = await pool_stats(conn, None, request.runtime.clock())
+                pools = await pool_stats(conn, None, request.runtime.clock(), cache=request.runtime.stats)
         except Exception:
             pools = []
         # Pools that are gone (or now summed) must not linger as series: rebuild the gauges each scrape.

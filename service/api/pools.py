@@ -19,7 +19,9 @@ class PoolController(Controller):
 
     @get("/", summary="The tenant's pools with their settings and stats", responses=API_RESPONSES)
     async def list(self, request: MaskingRequest, conn: Db) -> broker.Pools:
-        return await broker.list_pools(conn, request.principal.tenant_id, request.runtime.clock())
+        return await broker.list_pools(
+            conn, request.principal.tenant_id, request.runtime.clock(), request.runtime.stats
+        )
 
     @get(
         "/{name:str}",
@@ -28,7 +30,9 @@ class PoolController(Controller):
         responses=API_RESPONSES,
     )
     async def read(self, request: MaskingRequest, name: FromPath[str], conn: Db) -> broker.Pool:
-        return await broker.get_pool(conn, request.principal.tenant_id, name, request.runtime.clock())
+        return await broker.get_pool(
+            conn, request.principal.tenant_id, name, request.runtime.clock(), request.runtime.stats
+        )
 
     @put(
         "/{name:str}",

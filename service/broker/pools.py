@@ -10,7 +10,7 @@ import msgspec
 
 from service.broker.errors import InvalidRequest, NotFound, TooManyPools
 from service.broker.phones import normalize
-from service.broker.sessions import CreateSession, PoolStats, Rules, Ttl, pool_stats
+from service.broker.sessions import CreateSession, PoolStats, Rules, StatsCache, Ttl, pool_stats
 from service.db import Conn
 from service.db import dids as dids_q
 from service.db import pools as q
@@ -112,16 +112,16 @@ def _pool(name: str, s: q.PoolSettingsRow | None, stats: PoolStats | None) -> Po
     )
 
 
-async def list_pools(conn: Conn, tenant_id: int, now: datetime) -> Pools:
+async def list_pools(conn: Conn, tenant_id: int, now: datetime, cache: StatsCache | None = None) -> Pools:
     """The tenant's pools (those with a DID or settings), with settings and stats."""
-    stats = await pool_stats(conn, tenant_id, now)
+    stats = await pool_stats(conn, tenant_id, now, cache=cache)
     settings = await q.select_all_settings(conn, tenant_id)
     return Pools([_pool(p.pool, settings.get((tenant_id, p.pool)), p) for p in sorted(stats, key=lambda p: p.pool)])
 
 
-async def get_pool(conn: Conn, tenant_id: int, name: str, now: datetime) -> Pool:
+async def get_pool(conn: Conn, tenant_id: int, name: str, now: datetime, cache: StatsCache | None = None) -> Pool:
     """One of the tenant's pools, or not_found when it has neither a DID nor settings."""
-    stats = await pool_stats(conn, tenant_id, now, _name(name))
+    stats = await pool_stats(conn, tenant_id, now, _name(name), cache)
     if not stats:
         raise NotFound("No pool with that name: a pool exists once it has a DID or settings.")
     return _pool(name, await q.select_settings(conn, tenant_id, name), stats[0])

@@ -570,22 +570,35 @@ def headroom(active_dids: int, busiest: int, second: int) -> int:
 # at most ~5% of a database core however often they are asked; small pools are always fresh.
 STATS_SLOW_SECONDS = 0.1
 STATS_MAX_AGE_SECONDS = 30.0
-_stats_cache: dict[tuple[int | None, str | None], tuple[float, list[PoolStats]]] = {}
 
 
-async def pool_stats(conn: Conn, tenant_id: int | None, now: datetime, pool: str | None = None) -> list[PoolStats]:
-    """Per pool (or one pool): DIDs, active sessions and headroom (a slow answer is reused for a while)."""
-    key = (tenant_id, pool)
-    hit = _stats_cache.get(key)
+class StatsCache:
+    """Per process (one per app): slow pool statistics, reused for a while."""
+
+    def __init__(self) -> None:
+        self._hits: dict[tuple[int | None, str | None], tuple[float, list[PoolStats]]] = {}
+
+    def get(self, key: tuple[int | None, str | None], at: float) -> list[PoolStats] | None:
+        hit = self._hits.get(key)
+        return hit[1] if hit is not None and hit[0] > at else None
+
+    def put(self, key: tuple[int | None, str | None], started: float, took: float, stats: list[PoolStats]) -> None:
+        if took > STATS_SLOW_SECONDS:
+            if len(self._hits) > 10_000:
+                self._hits.clear()
+            self._hits[key] = (started + took + min(20 * took, STATS_MAX_AGE_SECONDS), stats)
+
+
+async def pool_stats(
+    conn: Conn, tenant_id: int | None, now: datetime, pool: str | None = None, cache: StatsCache | None = None
+) -> list[PoolStats]:
+    """Per pool (or one pool): DIDs, active sessions and headroom (with a cache, a slow answer is reused)."""
     started = time.monotonic()
-    if hit is not None and hit[0] > started:
-        return hit[1]
+    if cache is not None and (hit := cache.get((tenant_id, pool), started)) is not None:
+        return hit
     stats = await _pool_stats(conn, tenant_id, now, pool)
-    took = time.monotonic() - started
-    if took > STATS_SLOW_SECONDS:
-        if len(_stats_cache) > 10_000:
-            _stats_cache.clear()
-        _stats_cache[key] = (started + took + min(20 * took, STATS_MAX_AGE_SECONDS), stats)
+    if cache is not None:
+        cache.put((tenant_id, pool), started, time.monotonic() - started, stats)
     return stats
 
 
