@@ -244,3 +244,22 @@ async def test_rule_one_holds_under_concurrent_reassignments_and_creates_from_tw
     finally:
         for s in services:
             s.stop()
+
+
+async def test_a_draining_did_takes_no_new_pair_so_the_session_moves_only_when_allowed(
+    client: httpx.AsyncClient, keys: Keys
+) -> None:
+    """Rule 2: a DID being drained keeps its sessions but takes no new party; allow_new_number moves the session."""
+    first, second = did_numbers(2)
+    await add_dids(client, keys.a, [first])
+    s = await new_session(client, keys)
+    await add_dids(client, keys.a, [second])
+    await client.patch(f"/v1/dids/{first}", json={"status": "draining"}, headers=keys.a)
+    url = f"/v1/sessions/{s['id']}"
+    problem = assert_problem(
+        await client.patch(url, json={"agent": NEW_AGENT}, headers=keys.a), 409, "reassign_conflict"
+    )
+    assert problem["reason"] == "did_not_active" and problem["masked_number"] == first
+    moved = await client.patch(url, json={"agent": NEW_AGENT, "allow_new_number": True}, headers=keys.a)
+    assert moved.status_code == 200 and moved.json()["masked_number"] == second
+    assert (await client.get("/v1/dids?pool=default", headers=keys.a)).json()["items"][0]["active_sessions"] == 0

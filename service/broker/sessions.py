@@ -369,7 +369,7 @@ async def _reassign_once(
     why: tuple[str, str] | None = None
     if not fit.active:
         why = ("did_not_active", "Its masked number is draining or retired: it takes no new pair.")
-    elif not fit.geo_ok:
+    elif not fit.geo_ok and customer != session.customer:
         why = (
             "other_country",
             "Its masked number is not of the new customer's country, and the pool has DIDs that are.",
