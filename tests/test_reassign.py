@@ -263,3 +263,17 @@ async def test_a_draining_did_takes_no_new_pair_so_the_session_moves_only_when_a
     moved = await client.patch(url, json={"agent": NEW_AGENT, "allow_new_number": True}, headers=keys.a)
     assert moved.status_code == 200 and moved.json()["masked_number"] == second
     assert (await client.get("/v1/dids?pool=default", headers=keys.a)).json()["items"][0]["active_sessions"] == 0
+
+
+async def test_an_order_never_gets_two_live_sessions_for_one_pair_by_reassignment(
+    client: httpx.AsyncClient, keys: Keys
+) -> None:
+    """The order already has a live session with the new pair: 409 reassign_conflict (duplicate_pair), even
+    when a new number is allowed."""
+    await add_dids(client, keys.a, did_numbers(3))
+    s = await new_session(client, keys)
+    await new_session(client, keys, agent=NEW_AGENT)
+    for allow in (False, True):
+        body = {"agent": NEW_AGENT, "allow_new_number": allow}
+        r = await client.patch(f"/v1/sessions/{s['id']}", json=body, headers=keys.a)
+        assert assert_problem(r, 409, "reassign_conflict")["reason"] == "duplicate_pair"

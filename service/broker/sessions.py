@@ -353,7 +353,8 @@ async def _reassign_once(
         return session
     if await q.call_in_flight(conn, sid):
         raise CallInProgress("A call of this session is still in flight: change its parties once its report arrives.")
-    if await q.other_active_with_pair(conn, tenant_id, sid, session.order_id, customer, agent, now):
+    # find_repeat also marks a stale (expired, not yet swept) session of this order and pair expired, freeing it.
+    if await q.find_repeat(conn, tenant_id, session.order_id, customer, agent, now) is not None:
         raise ReassignConflict(
             "Another active session of this order already has this customer and agent.", reason="duplicate_pair"
         )

@@ -435,25 +435,6 @@ async def call_in_flight(conn: Conn, session_id: UUID) -> bool:
     return found
 
 
-async def other_active_with_pair(
-    conn: Conn, tenant_id: int, session_id: UUID, order_id: str, customer: str, agent: str, now: datetime
-) -> bool:
-    """Whether another live session of the same order already has this pair."""
-    found: bool = await conn.fetchval(
-        """
-        SELECT EXISTS (SELECT 1 FROM sessions WHERE tenant_id = $1 AND order_id = $2 AND customer = $3 AND agent = $4
-                       AND status = 'active' AND expires_at > $5 AND id <> $6)
-        """,
-        tenant_id,
-        order_id,
-        customer,
-        agent,
-        now,
-        session_id,
-    )
-    return found
-
-
 class DidFit(msgspec.Struct, frozen=True):
     """Whether a session's DID may still serve it under rule 2: active, and of the customer's country when
     the pool has any."""
