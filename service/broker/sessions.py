@@ -565,7 +565,7 @@ def headroom(active_dids: int, busiest: int, second: int) -> int:
 
 
 # Counting the two busiest parties reads every live binding of a pool (one index range per DID, then a
-# hash count per number): ~1-2 s for a 50-DID pool with 300,000 live sessions on these 2-core machines.
+# hash count per number): ~2.5 s for a 50-DID pool with 300,000 live sessions on a shared 2-core machine.
 # A computation that took longer than STATS_SLOW_SECONDS is reused for 20x its duration (at most
 # STATS_MAX_AGE_SECONDS) by this process, so stats, pool routes and /metrics scrapes of a big pool cost
 # at most ~5% of a database core however often they are asked; small pools are always fresh.
