@@ -30,6 +30,7 @@ from service.api.dids import DidController
 from service.api.events import EventController
 from service.api.links import CallLinkController
 from service.api.ops import MetricsController, StatsController, healthz, readyz
+from service.api.pools import PoolController
 from service.api.problems import internal_error_handler, problem_details_plugin, problem_response, too_deep_handler
 from service.api.provider import ProviderController
 from service.api.sessions import SessionController
@@ -206,6 +207,7 @@ def create_app(
             CallLinkController,
             EventController,
             WebhookController,
+            PoolController,
         ],
         guards=[require_key],
     )

@@ -9,7 +9,12 @@ SESSIONS_REFUSED = Counter("masking_sessions_refused", "Session creations refuse
 ACTIVE_SESSIONS = Gauge("masking_active_sessions", "Active sessions", ["tenant", "pool"])
 POOL_DIDS = Gauge("masking_pool_dids", "DIDs in a pool by status", ["tenant", "pool", "status"])
 POOL_HEADROOM = Gauge(
-    "masking_pool_headroom", "Active DIDs minus the busiest party's active sessions", ["tenant", "pool"]
+    "masking_pool_headroom", "Active DIDs minus the two busiest parties' active sessions", ["tenant", "pool"]
+)
+ROUTED_WITHOUT_SESSION = Counter(
+    "masking_route_without_session",
+    "Inbound calls from a caller with no active session on the DID, by reason and whether a fallback answered",
+    ["reason", "fallback"],
 )
 CALLS = Counter("masking_calls", "Calls by the status they reached", ["status"])
 PROVIDER_LATENCY = Histogram(

@@ -126,7 +126,7 @@ async def test_expiry_by_the_sweeper_and_by_ops_in_bulk_each_emit_session_closed
 async def test_a_pool_alerts_once_each_time_its_headroom_falls_to_the_alert_level(
     client: httpx.AsyncClient, keys: Keys, clock: FakeClock, db: asyncpg.Connection
 ) -> None:
-    """Three DIDs, one customer: at headroom 2 one pool.low_headroom; checks again say nothing; a new fall alerts."""
+    """Four DIDs, one customer with two agents: headroom 4 - 2 - 1 = 1 alerts once; checks again say nothing; a new fall alerts."""
     await add_dids(client, keys.a, did_numbers(4))
     assert await events.check_headroom(db, clock()) == 0  # headroom 4
     for i in range(2):
@@ -135,13 +135,31 @@ async def test_a_pool_alerts_once_each_time_its_headroom_falls_to_the_alert_leve
     assert await events.check_headroom(db, clock()) == 1
     assert await events.check_headroom(db, clock()) == 0
     alerts = (await feed(client, keys, type="pool.low_headroom"))["items"]
-    assert len(alerts) == 1 and alerts[0]["data"]["headroom"] == 2 and alerts[0]["data"]["pool"] == "default"
+    assert len(alerts) == 1 and alerts[0]["data"]["headroom"] == 1 and alerts[0]["data"]["pool"] == "default"
     await client.post("/v1/sessions/expire", json={"customer": CUSTOMER}, headers=keys.a)
     assert await events.check_headroom(db, clock()) == 0  # back above: re-armed
     for i in range(2):
         body = session_body(order=f"j{i}", agent=f"+9187654310{i:02d}")
         assert (await client.post("/v1/sessions", json=body, headers=keys.a)).status_code == 201
     assert await events.check_headroom(db, clock()) == 1
+
+
+async def test_a_pools_own_alert_level_decides_when_it_alerts(
+    client: httpx.AsyncClient, keys: Keys, clock: FakeClock, db: asyncpg.Connection
+) -> None:
+    """With headroom_alert 0 a pool at headroom 1 says nothing; at -1 (the two busiest need more DIDs) it alerts."""
+    await add_dids(client, keys.a, did_numbers(4))
+    r = await client.put("/v1/pools/default", json={"headroom_alert": 0}, headers=keys.a)
+    assert r.status_code == 200, r.text
+    for i in range(2):
+        body = session_body(order=f"h{i}", agent=f"+9187654300{i:02d}")
+        assert (await client.post("/v1/sessions", json=body, headers=keys.a)).status_code == 201
+    assert await events.check_headroom(db, clock()) == 0  # headroom 1, level 0
+    body = session_body(order="h2", agent="+918765430002")
+    assert (await client.post("/v1/sessions", json=body, headers=keys.a)).status_code == 201
+    assert await events.check_headroom(db, clock()) == 1  # headroom 4 - 3 - 1 = 0
+    alerts = (await feed(client, keys, type="pool.low_headroom"))["items"]
+    assert [(a["data"]["headroom"], a["data"]["alert_level"]) for a in alerts] == [(0, 0)]
 
 
 async def test_calls_and_reports_emit_their_events_in_the_same_statement(

@@ -68,6 +68,7 @@ async def test_tenant_b_reaches_none_of_tenant_as_resources_on_any_route(dsn: st
                 "number": "+918068281234",
                 "webhook_id": webhook["id"],
                 "event_id": event["id"],
+                "name": "default",
             }
             spec = (await http.get("/schema/openapi.json")).json()
             tried = 0
@@ -81,6 +82,8 @@ async def test_tenant_b_reaches_none_of_tenant_as_resources_on_any_route(dsn: st
                 for method in operations:
                     if method not in ("get", "post", "patch", "put", "delete"):
                         continue
+                    if path == "/v1/pools/{name}" and method == "put":
+                        continue  # pool names are per tenant: B's PUT makes B's own pool (A's unchanged, below)
                     payload = (
                         {"status": "retired"}
                         if "dids" in path
@@ -98,6 +101,9 @@ async def test_tenant_b_reaches_none_of_tenant_as_resources_on_any_route(dsn: st
                 assert (await http.get(url, headers=b)).json()["items"] == []
             expired = await http.post("/v1/sessions/expire", json={"order_id": "A-1"}, headers=b)
             assert expired.json() == {"expired": 0}
+            assert (await http.get("/v1/pools", headers=b)).json()["items"] == []
+            await http.put("/v1/pools/default", json={"fallback": {"flow": "9"}}, headers=b)
+            assert (await http.get("/v1/pools/default", headers=a)).json()["fallback"] is None
             still = await http.get(f"/v1/sessions/{session['id']}", headers=a)
             assert still.json()["status"] == "active"
     print(f"\n{tried} id-bearing operations tried with the other tenant's key: 0 answered 2xx")

@@ -222,14 +222,14 @@ async def test_stats_and_metrics_show_pools_and_refusals(client: httpx.AsyncClie
     stats = (await client.get("/v1/stats", headers=keys.a)).json()["pools"]
     assert stats == [
         {"tenant": "tenant-a", "pool": "default", "dids": 3, "active_dids": 3, "active_sessions": 2,
-         "busiest_party_sessions": 2, "headroom": 1}
+         "busiest_party_sessions": 2, "second_party_sessions": 1, "headroom": 0}
     ]  # fmt: skip
     await create(client, keys, order="o3", agent="+918765432103")
     await create(client, keys, order="o4", agent="+918765432104")
     text = (await client.get("/metrics")).text
     assert 'masking_sessions_refused_total{reason="no_eligible_did"}' in text
     assert 'masking_active_sessions{pool="default",tenant="tenant-a"} 3.0' in text
-    assert 'masking_pool_headroom{pool="default",tenant="tenant-a"} 0.0' in text
+    assert 'masking_pool_headroom{pool="default",tenant="tenant-a"} -1.0' in text
 
 
 async def test_the_background_sweeper_expires_sessions(settings, dsn: str, keys: Keys, db: asyncpg.Connection) -> None:  # type: ignore[no-untyped-def]

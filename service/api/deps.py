@@ -19,8 +19,9 @@ from litestar.handlers.base import BaseRouteHandler
 from service.broker.calls import Dialler
 from service.broker.errors import Forbidden, Unauthorized
 from service.broker.limits import CallLimits, TokenBuckets
+from service.broker.pools import SettingsCache
 from service.broker.reports import Matching
-from service.broker.sessions import Rules
+from service.broker.sessions import Rules, StatsCache
 from service.broker.tenants import KeyCache, Principal
 from service.settings import Settings
 
@@ -38,6 +39,8 @@ class Runtime(msgspec.Struct, kw_only=True, frozen=True):
     keys: KeyCache
     call_limits: CallLimits
     session_buckets: TokenBuckets
+    pools: SettingsCache = msgspec.field(default_factory=SettingsCache)
+    stats: StatsCache = msgspec.field(default_factory=StatsCache)
 
     @property
     def report_matching(self) -> Matching:

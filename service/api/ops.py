@@ -89,7 +89,9 @@ class StatsController(Controller):
         cursor: FromQuery[str | None] = None,
     ) -> Stats:
         async with request.runtime.db.acquire() as conn:
-            pools = await pool_stats(conn, request.principal.tenant_id, request.runtime.clock())
+            pools = await pool_stats(
+                conn, request.principal.tenant_id, request.runtime.clock(), cache=request.runtime.stats
+            )
         return _page_of(pools, limit, cursor)
 
 
@@ -106,6 +108,7 @@ def _bounded(pools: Sequence[PoolStats], cap: int) -> list[PoolStats]:
             active_dids=p.active_dids + (o.active_dids if o else 0),
             active_sessions=p.active_sessions + (o.active_sessions if o else 0),
             busiest_party_sessions=max(p.busiest_party_sessions, o.busiest_party_sessions if o else 0),
+            second_party_sessions=max(p.second_party_sessions, o.second_party_sessions if o else 0),
             headroom=p.headroom + (o.headroom if o else 0),
         )
     return shown + list(rest.values())
@@ -124,7 +127,7 @@ class MetricsController(Controller):
     ) -> Response[bytes]:
         try:
             async with request.runtime.db.acquire(timeout=2) as conn:
-                pools = await pool_stats(conn, None, request.runtime.clock())
+                pools = await pool_stats(conn, None, request.runtime.clock(), cache=request.runtime.stats)
         except Exception:
             pools = []
         # Pools that are gone (or now summed) must not linger as series: rebuild the gauges each scrape.

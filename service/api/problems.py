@@ -59,6 +59,7 @@ STATUS = {
     "pool_exhausted": 409,
     "session_not_active": 409,
     "call_in_progress": 409,
+    "reassign_conflict": 409,
     "did_taken": 409,
     "did_in_use": 409,
     "idempotency_in_flight": 409,

@@ -49,7 +49,13 @@ class ProviderController(Controller):
 
     @get(
         "/route/{token:str}",
-        summary="Where to connect a call arriving on a DID from a caller",
+        summary="Where to connect a call arriving on a DID from a caller (or the pool's fallback)",
+        description=(
+            "200 `Route` when the caller is a party of an active session on the DID; else, when the DID's pool has "
+            "a fallback, 200 `FallbackRoute` (`session_id` null, `connect_to` or `flow`, `reason` `no_session` or "
+            "`session_ended`: the caller's session on that DID ended within the pool's cool-off); else 404 "
+            "`no_session` (with the same `reason`)."
+        ),
         responses=PUBLIC_RESPONSES,
         security=[{}],
     )
@@ -60,6 +66,7 @@ class ProviderController(Controller):
         did: FromQuery[str],
         caller: FromQuery[str],
         conn: Db,
-    ) -> routing.Route:
+    ) -> routing.Route | routing.FallbackRoute:
         _check(token, request)
-        return await routing.route(conn, did, caller, request.runtime.clock())
+        runtime = request.runtime
+        return await routing.route(conn, did, caller, runtime.clock(), runtime.rules.cooloff_seconds)

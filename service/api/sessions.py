@@ -11,16 +11,21 @@ from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, Quer
 from service.api.deps import Db, MaskingRequest
 from service.api.idempotency import run_once
 from service.api.problems import API_RESPONSES
+from service.broker import pools
 from service.broker import sessions as broker
+from service.broker.errors import InvalidRequest
 from service.models import Session
 
 JSON = "application/json"
 
 
-class ChangeTtl(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """The body of PATCH /v1/sessions/{id}."""
+class ChangeSession(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The body of PATCH /v1/sessions/{id}: a new TTL from now, and/or a new agent or customer."""
 
-    ttl_seconds: broker.Ttl
+    ttl_seconds: broker.Ttl | None = None
+    agent: str | None = None
+    customer: str | None = None
+    allow_new_number: bool = False
 
 
 class CloseSession(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -57,8 +62,12 @@ class SessionController(Controller):
         request.runtime.session_buckets.take(request.principal.tenant_id, "sessions")
 
         async def produce() -> tuple[int, bytes]:
+            # The pool's own settings (default max_calls and TTL, cool-off) resolved before allocation.
+            body, rules = await pools.for_create(
+                conn, request.runtime.pools, request.principal.tenant_id, data, request.runtime.rules
+            )
             session, created = await broker.create_session(
-                conn, request.principal.tenant_id, data, request.runtime.rules, request.runtime.clock
+                conn, request.principal.tenant_id, body, rules, request.runtime.clock
             )
             return (201 if created else 200), msgspec.json.encode(session)
 
@@ -104,19 +113,39 @@ class SessionController(Controller):
 
     @patch(
         "/{session_id:str}",
-        summary="Change an active session's TTL, from now",
+        summary="Change an active session's TTL (from now) or reassign its agent or customer",
+        description=(
+            "With `agent` or `customer`: the session keeps its id and, when the broker's rules allow the new pair "
+            "there, its DID. Otherwise 409 `reassign_conflict` (with a `reason`: `party_busy`, `cooling_off`, "
+            "`did_not_active`, `other_country`, `duplicate_pair`), unless `allow_new_number` is true: then it moves "
+            "to another DID (`masked_number` changes; 409 `pool_exhausted` when none fits). The replaced party's "
+            "binding ends at once. 409 `call_in_progress` while a call awaits its report; 409 `session_not_active` "
+            "once ended; 422 `invalid_request` / `invalid_phone_number` naming the field."
+        ),
         responses=API_RESPONSES,
     )
-    async def change_ttl(
+    async def change(
         self,
         request: MaskingRequest,
         session_id: FromPath[str],
-        data: JSONBody[ChangeTtl],
+        data: JSONBody[ChangeSession],
         conn: Db,
     ) -> Session:
-        return await broker.change_ttl(
-            conn, request.principal.tenant_id, session_id, data.ttl_seconds, request.runtime.clock()
-        )
+        runtime, tenant_id = request.runtime, request.principal.tenant_id
+        if data.ttl_seconds is None and data.agent is None and data.customer is None:
+            raise InvalidRequest("Give at least one of `ttl_seconds`, `agent` or `customer`.", field="body")
+        session = None
+        if data.agent is not None or data.customer is not None:
+            change = broker.Reassign(customer=data.customer, agent=data.agent, allow_new_number=data.allow_new_number)
+
+            async def rules_of(pool: str) -> broker.Rules:
+                return await pools.rules_of_pool(conn, runtime.pools, tenant_id, pool, runtime.rules)
+
+            session = await broker.reassign(conn, tenant_id, session_id, change, rules_of, runtime.clock)
+        if data.ttl_seconds is not None:
+            session = await broker.change_ttl(conn, tenant_id, session_id, data.ttl_seconds, runtime.clock())
+        assert session is not None
+        return session
 
     @post("/{session_id:str}/close", status_code=200, summary="Close a session", responses=API_RESPONSES)
     async def close(

@@ -50,6 +50,12 @@ class CallInProgress(DomainError):
     code, title = "call_in_progress", "Call in progress"
 
 
+class ReassignConflict(DomainError):
+    """The new pair may not keep the session's DID (the detail says why) and no new number was allowed."""
+
+    code, title = "reassign_conflict", "Reassignment conflict"
+
+
 class DidTaken(DomainError):
     code, title = "did_taken", "DID owned by another tenant"
 

@@ -11,6 +11,7 @@ import msgspec
 from service.broker.errors import InvalidRequest, NotFound
 from service.db import Conn
 from service.db import events as q
+from service.db import pools as pools_q
 from service.db import sessions as sessions_q
 from service.models import Call, Session
 
@@ -88,16 +89,24 @@ class PoolAlert(msgspec.Struct, frozen=True, kw_only=True):
     active_dids: int
     active_sessions: int
     busiest_party_sessions: int
+    second_party_sessions: int
     headroom: int
     alert_level: int
 
 
-async def check_headroom(conn: Conn, now: datetime, alert_level: int = DEFAULT_HEADROOM_ALERT) -> int:
-    """pool.low_headroom once for each pool whose headroom fell to its alert level since the last check."""
+async def check_headroom(conn: Conn, now: datetime) -> int:
+    """pool.low_headroom once for each pool whose headroom fell to its alert level since the last check.
+
+    Headroom is the contract's: active DIDs minus the two busiest parties' live sessions; the alert level
+    is the pool's `headroom_alert` (2 when the pool has no settings).
+    """
     stats = await sessions_q.pool_stats(conn, None, now)
+    levels = await pools_q.select_all_settings(conn, None)
     alerts: dict[tuple[int, str], PoolAlert] = {}
     for p in stats:
-        headroom = max(p.active_dids - p.busiest_party, 0)
+        headroom = p.active_dids - p.busiest_party - p.second_party
+        settings = levels.get((p.tenant_id, p.pool))
+        alert_level = DEFAULT_HEADROOM_ALERT if settings is None else settings.headroom_alert
         if headroom <= alert_level:
             alerts[(p.tenant_id, p.pool)] = PoolAlert(
                 tenant=p.tenant,
@@ -106,6 +115,7 @@ async def check_headroom(conn: Conn, now: datetime, alert_level: int = DEFAULT_H
                 active_dids=p.active_dids,
                 active_sessions=p.active_sessions,
                 busiest_party_sessions=p.busiest_party,
+                second_party_sessions=p.second_party,
                 headroom=headroom,
                 alert_level=alert_level,
             )

@@ -20,6 +20,7 @@ from service.db import console as console_q
 from service.db import events as events_q
 from service.db import idempotency as idempotency_q
 from service.db import links as links_q
+from service.db import pools as pools_q
 from service.db import retention as retention_q
 from service.db import sessions as sessions_q
 from service.settings import Settings
@@ -93,7 +94,9 @@ async def tidy(conn: Conn, settings: Settings, now: datetime) -> dict[str, int]:
     retention; events and webhook attempts older than the event retention (MASKING_EVENT_RETENTION_DAYS).
     """
     keys_before = now - idempotency_q.REPLAY_WINDOW
-    bindings_before = now - timedelta(seconds=max(settings.cooloff_seconds, settings.sticky_memory_seconds))
+    # A pool may set a longer cool-off than the service's: ended bindings are kept for the longest of all.
+    longest_cooloff = max(settings.cooloff_seconds, await pools_q.max_cooloff_seconds(conn))
+    bindings_before = now - timedelta(seconds=max(longest_cooloff, settings.sticky_memory_seconds))
     reports_before = now - timedelta(days=settings.report_retention_days)
     events_before = now - timedelta(days=settings.event_retention_days)
     return {

@@ -6,6 +6,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+import asyncpg
 import msgspec
 
 from service.db import Conn, Query
@@ -366,7 +367,7 @@ async def select_route(conn: Conn, did: str, caller: str, now: datetime) -> Rout
 
 
 class PoolUse(msgspec.Struct, frozen=True, kw_only=True):
-    """Per tenant and pool: DIDs by status, active sessions, and the busiest party's active sessions."""
+    """Per tenant and pool: DIDs by status, active sessions, and the two busiest parties' active sessions."""
 
     tenant_id: int
     tenant: str
@@ -375,34 +376,248 @@ class PoolUse(msgspec.Struct, frozen=True, kw_only=True):
     active_dids: int
     active_sessions: int
     busiest_party: int
+    second_party: int
 
 
-async def pool_stats(conn: Conn, tenant_id: int | None, now: datetime) -> list[PoolUse]:
-    """Per tenant and pool: DIDs by status, active sessions, and the busiest party's active sessions."""
-    rows = await conn.fetch(
+# A pool exists once it has a DID or a settings row. The parties' loads come from the pool's live bindings
+# only, found per DID through bindings_load (did, ends_at): the cost is one index range per DID plus one
+# row per live binding of the pool (about 2 x its live sessions), independent of the rest of the table.
+POOL_STATS = """
+WITH d AS (
+    SELECT tenant_id, pool, count(*)::int AS dids, count(*) FILTER (WHERE status = 'active')::int AS active_dids
+    FROM dids WHERE ($1::bigint IS NULL OR tenant_id = $1) AND ($3::text IS NULL OR pool = $3)
+    GROUP BY tenant_id, pool),
+named AS (
+    SELECT tenant_id, pool FROM d
+    UNION
+    SELECT tenant_id, pool FROM pool_settings
+    WHERE ($1::bigint IS NULL OR tenant_id = $1) AND ($3::text IS NULL OR pool = $3)),
+s AS (
+    SELECT tenant_id, pool, count(*)::int AS active_sessions FROM sessions
+    WHERE ($1::bigint IS NULL OR tenant_id = $1) AND ($3::text IS NULL OR pool = $3)
+      AND status = 'active' AND expires_at > $2
+    GROUP BY tenant_id, pool),
+p AS (
+    -- Per pool, the live-session counts of its two busiest numbers: its DIDs (dids_list), each DID's live
+    -- bindings (bindings_load range), counted per number, and a top-2 heap rather than a full sort.
+    SELECT named.tenant_id, named.pool,
+           (SELECT array_agg(n ORDER BY n DESC) FROM (
+                SELECT count(*)::int AS n FROM dids dd JOIN bindings b ON b.did = dd.number AND b.ends_at > $2
+                WHERE dd.tenant_id = named.tenant_id AND dd.pool = named.pool
+                GROUP BY b.number ORDER BY n DESC LIMIT 2) top) AS top
+    FROM named)
+SELECT named.tenant_id, t.name AS tenant, named.pool, coalesce(d.dids, 0) AS dids,
+       coalesce(d.active_dids, 0) AS active_dids, coalesce(s.active_sessions, 0) AS active_sessions,
+       coalesce(p.top[1], 0) AS busiest_party, coalesce(p.top[2], 0) AS second_party
+FROM named JOIN tenants t ON t.id = named.tenant_id
+LEFT JOIN d USING (tenant_id, pool) LEFT JOIN s USING (tenant_id, pool) LEFT JOIN p USING (tenant_id, pool)
+ORDER BY t.name, named.pool
+"""
+
+
+async def pool_stats(conn: Conn, tenant_id: int | None, now: datetime, pool: str | None = None) -> list[PoolUse]:
+    """Per tenant and pool (or one pool): DIDs by status, active sessions, the two busiest parties' sessions."""
+    return [msgspec.convert(r, PoolUse) for r in await conn.fetch(POOL_STATS, tenant_id, now, pool)]
+
+
+# --- Reassignment: a session's party changes, in place on its DID or onto another one (issue 14). ---
+
+
+async def lock_session(conn: Conn, tenant_id: int, session_id: UUID) -> Session | None:
+    """One of the tenant's sessions, its row locked until the transaction ends (calls and closes wait)."""
+    row = await conn.fetchrow(
+        f"SELECT {SESSION} FROM sessions WHERE id = $1 AND tenant_id = $2 FOR UPDATE", session_id, tenant_id
+    )
+    return _session_or_none(row)
+
+
+async def call_in_flight(conn: Conn, session_id: UUID) -> bool:
+    """Whether the session has a call still waiting for its report."""
+    found: bool = await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM calls WHERE session_id = $1 AND in_flight)", session_id
+    )
+    return found
+
+
+class DidFit(msgspec.Struct, frozen=True):
+    """Whether a session's DID may still serve it under rule 2: active, and of the customer's country when
+    the pool has any."""
+
+    active: bool
+    geo_ok: bool
+
+
+async def did_fit(conn: Conn, tenant_id: int, pool: str, did: str, country: str) -> DidFit:
+    """Rule 2 for a DID and a customer's country."""
+    row = await conn.fetchrow(
         """
-        WITH d AS (
-            SELECT tenant_id, pool, count(*)::int AS dids,
-                   count(*) FILTER (WHERE status = 'active')::int AS active_dids
-            FROM dids WHERE $1::bigint IS NULL OR tenant_id = $1 GROUP BY tenant_id, pool),
-        s AS (
-            SELECT tenant_id, pool, count(*)::int AS active_sessions FROM sessions
-            WHERE ($1::bigint IS NULL OR tenant_id = $1) AND status = 'active' AND expires_at > $2
-            GROUP BY tenant_id, pool),
-        p AS (
-            SELECT tenant_id, pool, max(n)::int AS busiest_party FROM (
-                SELECT d.tenant_id, d.pool, b.number, count(*) AS n
-                FROM bindings b JOIN dids d ON d.number = b.did
-                WHERE ($1::bigint IS NULL OR d.tenant_id = $1) AND b.ends_at > $2
-                GROUP BY d.tenant_id, d.pool, b.number) x
-            GROUP BY tenant_id, pool)
-        SELECT d.tenant_id, t.name AS tenant, d.pool, d.dids, d.active_dids,
-               coalesce(s.active_sessions, 0) AS active_sessions, coalesce(p.busiest_party, 0) AS busiest_party
-        FROM d JOIN tenants t ON t.id = d.tenant_id
-        LEFT JOIN s USING (tenant_id, pool) LEFT JOIN p USING (tenant_id, pool)
-        ORDER BY t.name, d.pool
+        SELECT d.status = 'active' AS active,
+               d.country = $4 OR NOT EXISTS (SELECT 1 FROM dids WHERE tenant_id = $1 AND pool = $2
+                                             AND status = 'active' AND country = $4) AS geo_ok
+        FROM dids d WHERE d.number = $3
         """,
         tenant_id,
-        now,
+        pool,
+        did,
+        country,
     )
-    return [msgspec.convert(r, PoolUse) for r in rows]
+    assert row is not None
+    return msgspec.convert(row, DidFit)
+
+
+# Bind the new numbers to the session's DID. Like the allocation's upsert, a row is taken over only when
+# it has ended, and only after the cool-off unless the peer is the same: the primary key (number, did)
+# makes rule 1 hold against any concurrent create or reassignment, in any process.
+BIND_NEW = Query("""
+WITH nb AS (
+    INSERT INTO bindings (number, did, peer, session_id, ends_at)
+    SELECT n, :did, p, :session_id, :ends_at FROM unnest(:numbers::text[], :peers::text[]) AS u(n, p)
+    ORDER BY n
+    ON CONFLICT (number, did) DO UPDATE
+        SET peer = excluded.peer, session_id = excluded.session_id, ends_at = excluded.ends_at
+        WHERE bindings.ends_at <= :now
+          AND (bindings.peer = excluded.peer OR bindings.ends_at <= :now - :cooloff::interval)
+    RETURNING 1)
+SELECT count(*)::int FROM nb
+""")
+
+
+async def bind_new(
+    conn: Conn,
+    *,
+    did: str,
+    session_id: UUID,
+    numbers: list[str],
+    peers: list[str],
+    ends_at: datetime,
+    now: datetime,
+    cooloff: timedelta,
+) -> int:
+    """Bind each new number to the DID with its peer when rules 1 and 3 allow; how many were bound."""
+    values = {
+        "did": did,
+        "session_id": session_id,
+        "numbers": numbers,
+        "peers": peers,
+        "ends_at": ends_at,
+        "now": now,
+        "cooloff": cooloff,
+    }
+    bound: int = await conn.fetchval(BIND_NEW.sql, *BIND_NEW.args(values))
+    return bound
+
+
+class Blocker(msgspec.Struct, frozen=True):
+    """A number's binding on a DID that stopped a reassignment: live (rule 1) or cooling off (rule 3)."""
+
+    number: str
+    live: bool
+
+
+async def blockers(
+    conn: Conn, did: str, numbers: list[str], peers: list[str], now: datetime, cooloff: timedelta
+) -> list[Blocker]:
+    """Which of these numbers may not be bound to the DID with these peers, and why."""
+    rows = await conn.fetch(
+        """
+        SELECT b.number, b.ends_at > $3 AS live FROM bindings b
+        JOIN unnest($2::text[], $5::text[]) AS u(n, p) ON b.number = u.n
+        WHERE b.did = $1 AND (b.ends_at > $3 OR (b.ends_at > $3 - $4::interval AND b.peer <> u.p))
+        """,
+        did,
+        numbers,
+        now,
+        cooloff,
+        peers,
+    )
+    return [msgspec.convert(r, Blocker) for r in rows]
+
+
+async def drop_placeholder(conn: Conn, placeholder: UUID) -> None:
+    """Delete the session row an allocation made for a reassignment (its bindings are re-pointed next)."""
+    await conn.execute("DELETE FROM sessions WHERE id = $1", placeholder)
+
+
+# Finish a reassignment: end the replaced parties' bindings on the old DID (cool-off applies to them from
+# now), point the kept and new bindings at the session with their new peers, record the history (numbers
+# masked) and change the session row. Rows touched are found by primary key.
+FINISH_REASSIGN = Query(f"""
+WITH ended AS (
+    UPDATE bindings SET ends_at = :now
+    WHERE number = ANY(:ended::text[]) AND did = :old_did AND session_id = :session_id AND ends_at > :now),
+kept AS (
+    UPDATE bindings SET peer = v.peer, session_id = :session_id
+    FROM unnest(:numbers::text[], :peers::text[]) AS v(number, peer)
+    WHERE bindings.number = v.number AND bindings.did = :new_did
+      AND bindings.session_id IN (:session_id, :placeholder)),
+history AS (
+    INSERT INTO session_changes (session_id, at, party, old_number, new_number, old_did, new_did)
+    SELECT :session_id, :now, c.party, mask_number(c.old), mask_number(c.new), :old_did, :new_did
+    FROM unnest(:parties::text[], :olds::text[], :news::text[]) AS c(party, old, new))
+UPDATE sessions SET customer = :customer, agent = :agent, did = :new_did
+WHERE id = :session_id
+RETURNING {SESSION}
+""")
+
+
+async def finish_reassign(
+    conn: Conn,
+    *,
+    session_id: UUID,
+    placeholder: UUID,
+    customer: str,
+    agent: str,
+    old_did: str,
+    new_did: str,
+    ended: list[str],
+    parties: list[str],
+    olds: list[str],
+    news: list[str],
+    now: datetime,
+) -> Session | None:
+    """Apply a reassignment whose new bindings are made; None when another live session of the same order
+    took this pair meanwhile (the unique key refused it)."""
+    values = {
+        "session_id": session_id,
+        "placeholder": placeholder,
+        "customer": customer,
+        "agent": agent,
+        "old_did": old_did,
+        "new_did": new_did,
+        "ended": ended,
+        "numbers": [customer, agent],
+        "peers": [agent, customer],
+        "parties": parties,
+        "olds": olds,
+        "news": news,
+        "now": now,
+    }
+    try:
+        row = await conn.fetchrow(FINISH_REASSIGN.sql, *FINISH_REASSIGN.args(values))
+    except asyncpg.UniqueViolationError:
+        return None
+    return _session_or_none(row)
+
+
+class Change(msgspec.Struct, frozen=True, kw_only=True):
+    """One recorded party change of a session (numbers masked)."""
+
+    at: datetime
+    party: str
+    old_number: str
+    new_number: str
+    old_did: str
+    new_did: str
+
+
+async def select_changes(conn: Conn, tenant_id: int, session_id: UUID) -> list[Change]:
+    """A session's party changes, oldest first."""
+    rows = await conn.fetch(
+        """
+        SELECT c.at, c.party, c.old_number, c.new_number, c.old_did, c.new_did FROM session_changes c
+        JOIN sessions s ON s.id = c.session_id WHERE c.session_id = $1 AND s.tenant_id = $2 ORDER BY c.id
+        """,
+        session_id,
+        tenant_id,
+    )
+    return [msgspec.convert(r, Change) for r in rows]

@@ -1,0 +1,215 @@
+"""Pools as first-class settings: fallback for callers without a session, cool-off, defaults, alert level."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Annotated
+
+import msgspec
+
+from service.broker.errors import InvalidRequest, NotFound, TooManyPools
+from service.broker.phones import normalize
+from service.broker.sessions import CreateSession, PoolStats, Rules, StatsCache, Ttl, pool_stats
+from service.db import Conn
+from service.db import dids as dids_q
+from service.db import pools as q
+
+PoolName = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+Seconds = Annotated[int, msgspec.Meta(ge=0, le=2_592_000)]
+DEFAULT_HEADROOM_ALERT = 2
+# How long a process trusts the settings it read for a pool before reading them again. A PUT is seen at
+# once by the process that served it and within this many seconds by every other process.
+CACHE_SECONDS = 5.0
+
+
+class Fallback(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """Where a caller with no active session on a DID goes: a number to connect, or an IVR flow."""
+
+    connect_to: str | None = None
+    flow: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] | None = None
+
+
+class PoolSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The body of PUT /v1/pools/{name}: every setting (null: the service-wide setting applies)."""
+
+    fallback: Fallback | None = None
+    cooloff_seconds: Seconds | None = None
+    default_ttl_seconds: Ttl | None = None
+    default_max_calls: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    headroom_alert: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = DEFAULT_HEADROOM_ALERT
+
+
+class PoolUsage(msgspec.Struct, frozen=True, kw_only=True):
+    """A pool's DIDs and live use; headroom = active DIDs - the two busiest parties' live sessions."""
+
+    dids: int
+    active_dids: int
+    active_sessions: int
+    busiest_party_sessions: int
+    second_party_sessions: int
+    headroom: int
+    low_headroom: bool
+
+
+class Pool(msgspec.Struct, frozen=True, kw_only=True):
+    """A pool: its settings and its stats."""
+
+    name: str
+    fallback: Fallback | None
+    cooloff_seconds: int | None
+    default_ttl_seconds: int | None
+    default_max_calls: int | None
+    headroom_alert: int
+    stats: PoolUsage
+
+
+class Pools(msgspec.Struct, frozen=True):
+    """The tenant's pools, by name."""
+
+    items: list[Pool]
+
+
+def _name(name: str) -> str:
+    if not 1 <= len(name) <= 64:
+        raise InvalidRequest("A pool name is 1 to 64 characters.", field="name")
+    return name
+
+
+def _pool(name: str, s: q.PoolSettingsRow | None, stats: PoolStats | None) -> Pool:
+    s = s or q.PoolSettingsRow(pool=name)
+    fallback = None
+    if s.fallback_connect_to or s.fallback_flow:
+        fallback = Fallback(connect_to=s.fallback_connect_to, flow=s.fallback_flow)
+    if stats is None:
+        usage = PoolUsage(
+            dids=0,
+            active_dids=0,
+            active_sessions=0,
+            busiest_party_sessions=0,
+            second_party_sessions=0,
+            headroom=0,
+            low_headroom=True,
+        )
+    else:
+        usage = PoolUsage(
+            dids=stats.dids,
+            active_dids=stats.active_dids,
+            active_sessions=stats.active_sessions,
+            busiest_party_sessions=stats.busiest_party_sessions,
+            second_party_sessions=stats.second_party_sessions,
+            headroom=stats.headroom,
+            low_headroom=stats.headroom <= s.headroom_alert,
+        )
+    return Pool(
+        name=name,
+        fallback=fallback,
+        cooloff_seconds=s.cooloff_seconds,
+        default_ttl_seconds=s.default_ttl_seconds,
+        default_max_calls=s.default_max_calls,
+        headroom_alert=s.headroom_alert,
+        stats=usage,
+    )
+
+
+async def list_pools(conn: Conn, tenant_id: int, now: datetime, cache: StatsCache | None = None) -> Pools:
+    """The tenant's pools (those with a DID or settings), with settings and stats."""
+    stats = await pool_stats(conn, tenant_id, now, cache=cache)
+    settings = await q.select_all_settings(conn, tenant_id)
+    return Pools([_pool(p.pool, settings.get((tenant_id, p.pool)), p) for p in sorted(stats, key=lambda p: p.pool)])
+
+
+async def get_pool(conn: Conn, tenant_id: int, name: str, now: datetime, cache: StatsCache | None = None) -> Pool:
+    """One of the tenant's pools, or not_found when it has neither a DID nor settings."""
+    stats = await pool_stats(conn, tenant_id, now, _name(name), cache)
+    if not stats:
+        raise NotFound("No pool with that name: a pool exists once it has a DID or settings.")
+    return _pool(name, await q.select_settings(conn, tenant_id, name), stats[0])
+
+
+async def put_pool(
+    conn: Conn, tenant_id: int, name: str, body: PoolSettings, now: datetime, *, max_pools: int, cache: SettingsCache
+) -> Pool:
+    """Replace a pool's settings (creating the pool when new); the pool as it now is."""
+    name = _name(name)
+    connect_to = flow = None
+    if body.fallback is not None:
+        if (body.fallback.connect_to is None) == (body.fallback.flow is None):
+            raise InvalidRequest(
+                "`fallback` takes exactly one of `connect_to` (a number) or `flow` (an IVR flow id), or is null.",
+                field="fallback",
+            )
+        if body.fallback.connect_to is not None:
+            connect_to = normalize(body.fallback.connect_to, "fallback.connect_to")
+        flow = body.fallback.flow
+    row = q.PoolSettingsRow(
+        pool=name,
+        fallback_connect_to=connect_to,
+        fallback_flow=flow,
+        cooloff_seconds=body.cooloff_seconds,
+        default_ttl_seconds=body.default_ttl_seconds,
+        default_max_calls=body.default_max_calls,
+        headroom_alert=body.headroom_alert,
+    )
+    async with conn.transaction():
+        await dids_q.lock_pools(conn, tenant_id)
+        held, would = await q.count_pools_with(conn, tenant_id, name)
+        if would > held and would > max_pools:
+            raise TooManyPools(
+                f"This would make {would} pools; a tenant may hold at most {max_pools} "
+                "(MASKING_MAX_POOLS_PER_TENANT). Change the settings of an existing pool instead.",
+                max_pools=max_pools,
+            )
+        await q.upsert_settings(conn, tenant_id, row, now)
+    cache.forget(tenant_id, name)
+    return await get_pool(conn, tenant_id, name, now)
+
+
+class SettingsCache:
+    """Per process: each pool's settings row (or its absence), trusted for CACHE_SECONDS."""
+
+    def __init__(self, seconds: float = CACHE_SECONDS) -> None:
+        self.seconds = seconds
+        self._rows: dict[tuple[int, str], tuple[float, q.PoolSettingsRow | None]] = {}
+
+    def forget(self, tenant_id: int, pool: str) -> None:
+        self._rows.pop((tenant_id, pool), None)
+
+    async def get(self, conn: Conn, tenant_id: int, pool: str) -> q.PoolSettingsRow | None:
+        key = (tenant_id, pool)
+        hit = self._rows.get(key)
+        now = time.monotonic()
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        row = await q.select_settings(conn, tenant_id, pool)
+        if len(self._rows) > 10_000:
+            self._rows.clear()
+        self._rows[key] = (now + self.seconds, row)
+        return row
+
+
+def rules_for(base: Rules, s: q.PoolSettingsRow | None) -> Rules:
+    """The broker's rules for a pool: its own cool-off and default TTL where it sets them."""
+    if s is None or (s.cooloff_seconds is None and s.default_ttl_seconds is None):
+        return base
+    return Rules(
+        default_ttl_seconds=s.default_ttl_seconds if s.default_ttl_seconds is not None else base.default_ttl_seconds,
+        cooloff_seconds=s.cooloff_seconds if s.cooloff_seconds is not None else base.cooloff_seconds,
+    )
+
+
+async def for_create(
+    conn: Conn, cache: SettingsCache, tenant_id: int, body: CreateSession, base: Rules
+) -> tuple[CreateSession, Rules]:
+    """A create-session body and rules with the pool's settings applied (default max_calls, TTL, cool-off)."""
+    s = await cache.get(conn, tenant_id, body.pool)
+    if s is None:
+        return body, base
+    if body.max_calls is None and s.default_max_calls is not None:
+        body = msgspec.structs.replace(body, max_calls=s.default_max_calls)
+    return body, rules_for(base, s)
+
+
+async def rules_of_pool(conn: Conn, cache: SettingsCache, tenant_id: int, pool: str, base: Rules) -> Rules:
+    """The broker's rules for one of the tenant's pools."""
+    return rules_for(base, await cache.get(conn, tenant_id, pool))

@@ -1,0 +1,66 @@
+"""Honest headroom: a pair needs a DID free for both, so headroom counts the pool's two busiest parties."""
+
+import httpx
+
+from tests.helpers import Keys, add_dids, assert_problem, did_numbers, session_body
+
+
+async def test_the_old_headroom_said_fine_and_the_pair_was_refused(client: httpx.AsyncClient, keys: Keys) -> None:
+    """4 DIDs, customer C live on two, agent A live on the other two: the old headroom (DIDs - busiest party)
+    said 2, yet C and A together are refused; the honest headroom says 0."""
+    first, second = did_numbers(2), did_numbers(2, start=2)
+    c, a = "+919876500001", "+918765400001"
+    await add_dids(client, keys.a, first)
+    # A's earlier orders on the first two DIDs keep A off them (cool-off), so C's and A's DIDs are disjoint.
+    for i in range(2):
+        r = await client.post("/v1/sessions", json=session_body(f"old{i}", f"+91987650010{i}", a), headers=keys.a)
+        await client.post(f"/v1/sessions/{r.json()['id']}/close", headers=keys.a)
+    for i in range(2):
+        r = await client.post("/v1/sessions", json=session_body(f"c{i}", c, f"+91876540010{i}"), headers=keys.a)
+        assert r.status_code == 201 and r.json()["masked_number"] in first, r.text
+    await add_dids(client, keys.a, second)
+    for i in range(2):
+        r = await client.post("/v1/sessions", json=session_body(f"a{i}", f"+91987650020{i}", a), headers=keys.a)
+        assert r.status_code == 201 and r.json()["masked_number"] in second, r.text
+    stats = (await client.get("/v1/stats", headers=keys.a)).json()["pools"][0]
+    old_headroom = stats["active_dids"] - stats["busiest_party_sessions"]
+    assert old_headroom == 2  # what the old rule reported: "room for two more"
+    assert stats["second_party_sessions"] == 2
+    assert stats["headroom"] == 0  # the honest figure: the two busiest parties may be refused together
+    refused = await client.post("/v1/sessions", json=session_body("pair", c, a), headers=keys.a)
+    problem = assert_problem(refused, 409, "pool_exhausted")
+    assert problem["pool_dids"] == 4 and problem["ruled_out"]["party_busy"] >= 2
+    pool = (await client.get("/v1/pools/default", headers=keys.a)).json()
+    assert pool["stats"]["headroom"] == 0 and pool["stats"]["low_headroom"] is True
+    text = (await client.get("/metrics")).text
+    assert 'masking_pool_headroom{pool="default",tenant="tenant-a"} 0.0' in text
+
+
+async def test_headroom_above_zero_means_the_two_busiest_parties_can_still_pair(
+    client: httpx.AsyncClient, keys: Keys
+) -> None:
+    """With one more DID, headroom is 1 and the busiest pair is served."""
+    await add_dids(client, keys.a, did_numbers(5))
+    c, a = "+919876500001", "+918765400001"
+    for i, (customer, agent) in enumerate([(c, "+918765400002"), (c, "+918765400003"),
+                                           ("+919876500002", a), ("+919876500003", a)]):  # fmt: skip
+        await client.post("/v1/sessions", json=session_body(f"o{i}", customer, agent), headers=keys.a)
+    assert (await client.get("/v1/stats", headers=keys.a)).json()["pools"][0]["headroom"] == 1
+    assert (await client.post("/v1/sessions", json=session_body("pair", c, a), headers=keys.a)).status_code == 201
+
+
+def test_a_slow_stats_computation_is_reused_briefly_and_a_fast_one_never() -> None:
+    """Big pools' stats (seconds to count) are reused for 20x their cost, at most 30 s; small pools stay fresh."""
+    from service.broker.sessions import PoolStats, StatsCache
+
+    stats = [
+        PoolStats(tenant="t", pool="p", dids=1, active_dids=1, active_sessions=0, busiest_party_sessions=0, headroom=1)
+    ]
+    cache = StatsCache()
+    cache.put((1, None), started=100.0, took=0.01, stats=stats)
+    assert cache.get((1, None), 100.02) is None
+    cache.put((1, None), started=100.0, took=0.5, stats=stats)
+    assert cache.get((1, None), 110.0) == stats and cache.get((1, None), 110.6) is None
+    cache.put((2, None), started=100.0, took=5.0, stats=stats)
+    assert cache.get((2, None), 134.0) == stats and cache.get((2, None), 135.1) is None
+    assert cache.get((3, None), 100.0) is None
