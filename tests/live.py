@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -20,9 +21,36 @@ CALLBACK_TOKEN = "cb-token-0123456789abcdef"
 
 
 @asynccontextmanager
+async def _serve_granian(app: Any, port: int) -> AsyncIterator[str]:
+    from granian.constants import Interfaces
+    from granian.server.embed import Server
+
+    server = Server(app, address="127.0.0.1", port=port, interface=Interfaces.ASGI, log_enabled=False)
+    task = asyncio.create_task(server.serve())
+    url = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient() as probe:
+        while True:
+            if task.done():
+                task.result()
+            with contextlib.suppress(httpx.HTTPError):
+                await probe.get(url + "/", timeout=0.5)
+                break
+            await asyncio.sleep(0.02)
+    try:
+        yield url
+    finally:
+        server.stop()
+        await task
+
+
+@asynccontextmanager
 async def serve(app: Any) -> AsyncIterator[str]:
-    """Run an ASGI app with uvicorn on a free loopback port until the block ends."""
+    """Run an ASGI app with uvicorn (or granian, as MASKING_SERVER says) on a free loopback port until the block ends."""
     port = free_port()
+    if os.environ.get("MASKING_SERVER") == "granian":
+        async with _serve_granian(app, port) as url:
+            yield url
+        return
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on", timeout_graceful_shutdown=1)
     )

@@ -125,7 +125,7 @@ async def spread_over_two_processes(dsn: str, db: asyncpg.Connection, sessions: 
     rng = random.Random(11)
     parties = rng.sample(range(10_000_000), 2 * sessions)
     with ServeProcess(env) as one, ServeProcess(env) as two:
-        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=64)) as http:
+        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=32)) as http:
             added = await http.post(
                 one.url + "/v1/dids/bulk", json={"dids": [{"number": n} for n in did_numbers(dids)]}, headers=auth
             )
@@ -139,8 +139,13 @@ async def spread_over_two_processes(dsn: str, db: asyncpg.Connection, sessions: 
                     "agent": f"+91876{parties[2 * i + 1]:07d}",
                 }
                 async with gate:
-                    r = await http.post(urls[i % 2] + "/v1/sessions", json=body, headers=auth)
-                assert r.status_code == 201, r.text
+                    try:
+                        r = await http.post(urls[i % 2] + "/v1/sessions", json=body, headers=auth)
+                    except (httpx.ReadError, httpx.RemoteProtocolError):
+                        # A kept-alive connection the server closed as it was reused: send again (a
+                        # repeat of a create answers the same session, so this never makes two).
+                        r = await http.post(urls[i % 2] + "/v1/sessions", json=body, headers=auth)
+                assert r.status_code in (200, 201), r.text
                 return str(r.json()["masked_number"])
 
             picked = await asyncio.gather(*(create(i) for i in range(sessions)))
