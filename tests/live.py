@@ -44,10 +44,10 @@ async def _serve_granian(app: Any, port: int) -> AsyncIterator[str]:
 
 
 @asynccontextmanager
-async def serve(app: Any) -> AsyncIterator[str]:
-    """Run an ASGI app with uvicorn (or granian, as MASKING_SERVER says) on a free loopback port until the block ends."""
+async def serve(app: Any, server: str = "uvicorn") -> AsyncIterator[str]:
+    """Run an ASGI app with uvicorn (or granian) on a free loopback port until the block ends."""
     port = free_port()
-    if os.environ.get("MASKING_SERVER") == "granian":
+    if server == "granian":
         async with _serve_granian(app, port) as url:
             yield url
         return
@@ -93,7 +93,9 @@ async def live_service(dsn: str, provider_url: str | None = None, **settings: An
             provider_timeout_seconds=1.0,
             **settings,
         )
-        async with serve(request_context(create_app(config, dsn=dsn, background=False))) as url:
+        # The service under the server MASKING_SERVER names (the simulator always under uvicorn).
+        service = request_context(create_app(config, dsn=dsn, background=False))
+        async with serve(service, os.environ.get("MASKING_SERVER", "uvicorn")) as url:
             sim.callback_url = url + f"/v1/provider/thundersms/callback/{CALLBACK_TOKEN}"
             async with httpx.AsyncClient(base_url=url, timeout=30) as http:
                 yield Live(url, sim, http, sim_url)
