@@ -560,7 +560,7 @@ def draw(results: list[Result], path: Path, server: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [r.name.replace(" (", "\n(") for r in results]
+    names = [r.name.replace(" (", "\n(").replace(", ", ",\n") for r in results]
     xs = range(len(results))
     fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5.5))
     left.bar([x - 0.2 for x in xs], [r.rps for r in results], 0.4, label=f"service (HTTP, {server})")
