@@ -31,6 +31,8 @@ MAX_METADATA_BYTES = 4096
 # busiest DID close to the mean while each draw is one index probe, whatever the pool or its DIDs hold.
 CHOICES = 2
 WINDOW = 4
+# The name this constant had before issue 11, for code that builds Allocations with it (reassignment).
+SAMPLE_PER_SIDE = CHOICES
 
 
 class CreateSession(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
