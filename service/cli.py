@@ -107,7 +107,9 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, _exit_quietly)
         signal.signal(signal.SIGINT, _exit_quietly)
         with contextlib.suppress(SystemExit):
-            if settings.workers > 1:
+            if settings.server == "granian":
+                _serve_granian(settings, dsn)
+            elif settings.workers > 1:
                 # Each worker process builds its own app from the environment, on this database.
                 os.environ["MASKING_DATABASE_URL"] = dsn
                 uvicorn.run("service.app:app_from_env", factory=True, workers=settings.workers, **common)
@@ -121,6 +123,27 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
                 uvicorn.Server(uvicorn.Config(request_context(app), **common)).run()
     log.info("stopped")
     return 0
+
+
+def _serve_granian(settings: Settings, dsn: str) -> None:
+    """Serve with granian (Rust HTTP, one asyncio loop per worker); each worker builds the app from the environment."""
+    from granian import Granian
+    from granian.constants import Interfaces, Loops
+
+    os.environ["MASKING_DATABASE_URL"] = dsn
+    # granian stops its workers gracefully on SIGTERM/SIGINT itself, then returns here.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    Granian(
+        "service.app:app_from_env",
+        address=settings.host,
+        port=settings.port,
+        interface=Interfaces.ASGI,
+        workers=settings.workers,
+        loop=Loops.uvloop,
+        factory=True,
+        log_enabled=False,
+    ).serve()
 
 
 def _exit_quietly(signum: int, frame: object) -> None:

@@ -43,6 +43,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     db_pool_size: Annotated[int, msgspec.Meta(ge=1, le=500)] = 10
     workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    # The HTTP server: uvicorn (uvloop, httptools) or granian (Rust); see docs/performance.md.
+    server: Literal["uvicorn", "granian"] = "granian"
     sweep_interval_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 15.0
     calls_per_minute: Annotated[int, msgspec.Meta(ge=0)] = 600
     session_calls_per_window: Annotated[int, msgspec.Meta(ge=0)] = 3

@@ -1,6 +1,13 @@
-"""Benchmark: the service over HTTP (wrk) beside pgbench running the service's own SQL, on one machine.
+"""Benchmark: the service over HTTP (wrk) beside reference transactions written here, on one machine.
 
-python -m tests.bench [--quick] — prints a table, writes bench-results.json and a PNG chart.
+python -m tests.bench [--quick] [--server uvicorn|granian] — prints a table, writes bench-results.json and a PNG chart.
+
+The references are the least work each request must do on our schema, written once below and never
+taken from the service (a slow service statement must show as a gap, not lower the bar): create is a
+repeat check plus one statement that picks a random eligible DID by index probes, upserts the two
+bindings and inserts the session; ingest is one statement that stores the report and completes the
+matching in-flight call; get is a primary-key read, and its floor a Litestar route returning a constant
+session-sized object under the same server and workers as the service.
 """
 
 from __future__ import annotations
@@ -17,20 +24,19 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import msgspec
 
 from service.broker.tenants import create_key
-from service.db import calls as calls_sql
-from service.db import reports as reports_sql
-from service.db import sessions as sessions_sql
 from service.db.schema import migrate
 from service.embedded import EmbeddedPostgres
+from service.settings import Settings
 from tests.helpers import dsn_for
 from tests.processes import free_port, masking_env
 
@@ -47,6 +53,7 @@ class Result:
     p99_ms: float
     errors: int
     limit_rps: float | None = None
+    limit: str = ""  # what the limit is: a reference transaction (pgbench) or the framework floor (wrk)
     note: str = ""
 
 
@@ -60,10 +67,18 @@ class Plan:
     small_dids: int
     big_dids: int
     big_sessions: int
+    dense_dids: int
+    dense_sessions: int
 
 
-FULL = Plan(seconds=20, connections=32, workers=2, small_dids=50, big_dids=10_000, big_sessions=1_000_000)
-QUICK = Plan(seconds=3, connections=16, workers=1, small_dids=50, big_dids=500, big_sessions=20_000)
+FULL = Plan(
+    seconds=20, connections=32, workers=2, small_dids=50, big_dids=10_000, big_sessions=1_000_000,
+    dense_dids=50, dense_sessions=300_000,
+)  # fmt: skip
+QUICK = Plan(
+    seconds=3, connections=16, workers=1, small_dids=50, big_dids=500, big_sessions=20_000,
+    dense_dids=50, dense_sessions=10_000,
+)  # fmt: skip
 
 
 def pg_bin(name: str) -> str:
@@ -81,8 +96,8 @@ local headers = {["Authorization"] = "Bearer KEY", ["Content-Type"] = "applicati
 done = function(summary, latency, requests)
   local errors = summary.errors.status + summary.errors.connect + summary.errors.read
                + summary.errors.write + summary.errors.timeout
-  io.write(string.format("RESULT %f %f %f %d\\n", summary.requests / (summary.duration / 1e6),
-           latency:percentile(50) / 1000, latency:percentile(99) / 1000, errors))
+  io.write(string.format("RESULT %f %f %f %d %d\\n", summary.requests / (summary.duration / 1e6),
+           latency:percentile(50) / 1000, latency:percentile(99) / 1000, errors, summary.requests))
 end
 """
 
@@ -122,8 +137,19 @@ end
 }
 
 
-def run_wrk(url: str, script: str, plan: Plan, workdir: Path) -> tuple[float, float, float, int, float]:
-    """Run wrk; return rps, p50 ms, p99 ms, errors (non-2xx included) and wrk's own CPU use (of its cores)."""
+class Load(msgspec.Struct, frozen=True):
+    """What one wrk run measured."""
+
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    requests: int
+    wrk_cpu: float
+
+
+def run_wrk(url: str, script: str, plan: Plan, workdir: Path) -> Load:
+    """Run wrk; return its figures (errors count non-2xx answers) and its own CPU use (of its cores)."""
     path = workdir / f"load-{uuid.uuid4().hex[:6]}.lua"
     path.write_text(script)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -135,72 +161,42 @@ def run_wrk(url: str, script: str, plan: Plan, workdir: Path) -> tuple[float, fl
     ).stdout
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     used = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / plan.seconds
-    match = re.search(r"RESULT ([\d.]+) ([\d.]+) ([\d.]+) (\d+)", out)
+    match = re.search(r"RESULT ([\d.]+) ([\d.]+) ([\d.]+) (\d+) (\d+)", out)
     if not match:
         raise RuntimeError(f"wrk failed: {out}")
-    rps, p50, p99, errors = float(match[1]), float(match[2]), float(match[3]), int(match[4])
-    return rps, p50, p99, errors, used
+    return Load(float(match[1]), float(match[2]), float(match[3]), int(match[4]), int(match[5]), used)
 
 
-# --- the limit: pgbench with the service's own statements --------------------------------------------
+# --- the references: the least work per request on our schema, run by pgbench ---------------------------
 
 
-ALLOCATE_ORDER = [
-    "tenant_id",
-    "pool",
-    "customer",
-    "agent",
-    "country",
-    "now",
-    "cooloff",
-    "tried",
-    "slot",
-    "sample",
-    "session_id",
-    "order_id",
-    "expires_at",
-    "record",
-    "max_call_minutes",
-    "max_calls",
-    "metadata",
-]
-
-
-def as_pgbench(sql: str, params: dict[int, str], names: list[str] | None = None) -> str:
-    """The service's statement with its $n parameters replaced by pgbench expressions."""
-    if names is not None:  # a named statement: params are numbered in ALLOCATE_ORDER
-        params = {names.index(name) + 1: params[i + 1] for i, name in enumerate(ALLOCATE_ORDER)}
-    text = re.sub(r"--[^\n]*", "", sql)
-    text = re.sub(r"\$(\d+)", lambda m: params[int(m.group(1))], text)
-    return " ".join(text.split()) + ";"
-
-
-def create_script(tenant_id: int, pool: str) -> str:
-    """One create-session transaction exactly as the service runs it: the repeat check, then ALLOCATE."""
-    customer, agent = "('+9198' || lpad(:c::text, 8, '0'))", "('+9187' || lpad(:a::text, 8, '0'))"
-    common = {1: str(tenant_id), 2: f"'{pool}'", 3: customer, 4: agent}
-    repeat = as_pgbench(sessions_sql.FIND_REPEAT, {**common, 2: "('b' || :o)", 5: "now()"})
-    names = sessions_sql.ALLOCATE.names
-    allocate = as_pgbench(
-        sessions_sql.ALLOCATE.sql,
-        {
-            **common,
-            5: "'IN'",
-            6: "now()",
-            7: "'3600 seconds'",
-            8: "'{}'",
-            9: "(:slot / 1000000.0)",
-            10: "8",
-            11: "gen_random_uuid()",
-            12: "('b' || :o)",
-            13: "(now() + interval '1 day')",
-            14: "false",
-            15: "NULL",
-            16: "NULL",
-            17: "'{}'::jsonb",
-        },
-        names,
-    )
+def reference_create(tenant_id: int, pool: str) -> str:
+    """The repeat check, then one statement: a random eligible DID by index probes, two binding upserts, the insert."""
+    c, a, o = "('+9198' || lpad(:c::text, 8, '0'))", "('+9187' || lpad(:a::text, 8, '0'))", "('r' || :o)"
+    eligible = f"""tenant_id = {tenant_id} AND pool = '{pool}' AND status = 'active' AND number NOT IN (
+        SELECT did FROM bindings WHERE number IN ({c}, {a})
+          AND (ends_at > now() OR (ends_at > now() - interval '3600 seconds' AND peer NOT IN ({c}, {a}))))"""
+    allocate = f"""
+    WITH pick AS (
+        SELECT number FROM (
+            (SELECT number FROM dids WHERE {eligible} AND slot >= :slot / 1000000.0 ORDER BY slot LIMIT 1)
+            UNION ALL
+            (SELECT number FROM dids WHERE {eligible} AND slot < :slot / 1000000.0 ORDER BY slot LIMIT 1)) AS ring
+        LIMIT 1),
+    sid AS (SELECT gen_random_uuid() AS id),
+    bound AS (
+        INSERT INTO bindings (number, did, peer, session_id, ends_at)
+        SELECT v.number, pick.number, v.peer, sid.id, now() + interval '1 day'
+        FROM pick, sid, (VALUES ({c}, {a}), ({a}, {c})) AS v(number, peer)
+        ON CONFLICT (number, did) DO UPDATE
+            SET peer = excluded.peer, session_id = excluded.session_id, ends_at = excluded.ends_at
+            WHERE bindings.ends_at <= now()
+        RETURNING 1)
+    INSERT INTO sessions (id, tenant_id, order_id, customer, agent, did, pool, created_at, expires_at)
+    SELECT sid.id, {tenant_id}, {o}, {c}, {a}, pick.number, '{pool}', now(), now() + interval '1 day'
+    FROM pick, sid WHERE (SELECT count(*) FROM bound) = 2"""
+    repeat = f"""SELECT id FROM sessions WHERE tenant_id = {tenant_id} AND order_id = {o} AND customer = {c}
+        AND agent = {a} AND status = 'active' AND expires_at > now()"""
     return "\n".join(
         [
             r"\set c random(0, 99999999)",
@@ -208,33 +204,45 @@ def create_script(tenant_id: int, pool: str) -> str:
             r"\set o random(1, 1000000000)",
             r"\set slot random(0, 999999)",
             "BEGIN;",
-            repeat,
-            allocate,
+            _one_line(repeat),
+            _one_line(allocate),
             "COMMIT;",
         ]
     )
 
 
-def report_script() -> str:
-    """One report ingest as the service runs it: store, then match (an unmatched report, as under load)."""
+def reference_ingest() -> str:
+    """One statement: store the report and complete the matching in-flight call (random routes: none match)."""
     bridge = "('+9180682' || lpad(:d::text, 5, '0'))"
-    route = {1: bridge, 2: "('+9187' || lpad(:f::text, 8, '0'))", 3: "('+9198' || lpad(:t::text, 8, '0'))"}
-    body = 'convert_to(\'{"bridge": 918068200001, "from": 918700000000, "to": 919800000000}\', \'UTF8\')'
-    store = as_pgbench(reports_sql.INSERT_REPORT, {1: body, 2: "now()"}).rstrip(";") + " \\gset"
+    frm, to = "('+9187' || lpad(:f::text, 8, '0'))", "('+9198' || lpad(:t::text, 8, '0'))"
+    body = """convert_to('{"bridge": 918068200001, "from": 918700000000, "to": 919800000000}', 'UTF8')"""
+    statement = f"""
+    WITH done AS (
+        UPDATE calls SET status = 'completed', in_flight = false, ended_at = now()
+        WHERE id = (SELECT id FROM calls WHERE in_flight AND bridge = {bridge} AND from_number = {frm}
+                    AND to_number = {to} ORDER BY created_at DESC LIMIT 1)
+        RETURNING id)
+    INSERT INTO provider_reports (body, received_at, outcome, bridge, call_id)
+    SELECT {body}, now(), CASE WHEN EXISTS (SELECT 1 FROM done) THEN 'matched' ELSE 'unmatched' END, {bridge},
+           (SELECT id FROM done)"""
+    return "\n".join(
+        [r"\set d random(0, 49)", r"\set f random(0, 99999999)", r"\set t random(0, 99999999)", _one_line(statement)]
+    )
+
+
+def reference_get(ids: list[str]) -> str:
+    """A primary-key read of a random one of the sessions the service's get scenario reads."""
+    listed = ",".join(f"'{i}'" for i in ids)
     return "\n".join(
         [
-            r"\set d random(0, 49)",
-            r"\set f random(0, 99999999)",
-            r"\set t random(0, 99999999)",
-            store,
-            "BEGIN;",
-            as_pgbench(reports_sql.LOCK_REPORT, {1: ":id"}),
-            as_pgbench(calls_sql.FIND_CALL_BY_ROUTE, route),
-            as_pgbench(calls_sql.FINISHED_CALL_EXISTS, {**route, 4: "(now() - interval '1 day')"}),
-            as_pgbench(reports_sql.SETTLE_REPORT, {1: ":id", 2: "'unmatched'", 3: bridge, 4: "NULL", 5: "NULL"}),
-            "COMMIT;",
+            rf"\set i random(1, {len(ids)})",
+            _one_line(f"SELECT * FROM sessions WHERE id = (ARRAY[{listed}]::uuid[])[:i]"),
         ]
     )
+
+
+def _one_line(sql: str) -> str:
+    return " ".join(sql.split()) + ";"
 
 
 def run_pgbench(dsn: str, script: str, plan: Plan, workdir: Path) -> tuple[float, float, float]:
@@ -274,21 +282,26 @@ def _libpq(dsn: str) -> list[str]:
 
 
 async def prepare(dsn: str, plan: Plan) -> dict[str, Any]:
-    """Schema, a tenant, the two pools, 1M (or fewer) active sessions loaded with COPY, sessions to read."""
+    """Schema, a tenant and its pools (each scenario its own), active sessions loaded with COPY, sessions to read."""
     conn = await asyncpg.connect(dsn)
     try:
         await migrate(conn)
         key = await create_key(conn, "bench", ["ops"])
         tenant_id = await conn.fetchval("SELECT id FROM tenants WHERE name = 'bench'")
-        small = [f"+9180682{i:05d}" for i in range(plan.small_dids)]
-        big = [f"+9180{7000000 + i:07d}" for i in range(plan.big_dids)]
+        pools = {
+            "empty": [f"+9180682{i:05d}" for i in range(plan.small_dids)],  # the report scenario's bridges too
+            "empty-ref": [f"+9180683{i:05d}" for i in range(plan.small_dids)],
+            "wide": [f"+9180{7000000 + i:07d}" for i in range(plan.big_dids)],
+            "dense": [f"+9180684{i:05d}" for i in range(plan.dense_dids)],
+        }
         await conn.copy_records_to_table(
             "dids",
-            records=[(n, tenant_id, "small", "IN") for n in small] + [(n, tenant_id, "big", "IN") for n in big],
+            records=[(n, tenant_id, pool, "IN") for pool, numbers in pools.items() for n in numbers],
             columns=["number", "tenant_id", "pool", "country"],
         )
         started = time.perf_counter()
-        await _load_sessions(conn, tenant_id, big, plan.big_sessions)
+        await _load_sessions(conn, tenant_id, "wide", pools["wide"], plan.big_sessions, ("+9199", "+9186"))
+        await _load_sessions(conn, tenant_id, "dense", pools["dense"], plan.dense_sessions, ("+9179", "+9176"))
         loaded = time.perf_counter() - started
         await conn.execute("ANALYZE")
         ids = [str(r["id"]) for r in await conn.fetch("SELECT id FROM sessions ORDER BY random() LIMIT 200")]
@@ -297,7 +310,9 @@ async def prepare(dsn: str, plan: Plan) -> dict[str, Any]:
         await conn.close()
 
 
-async def _load_sessions(conn: asyncpg.Connection, tenant_id: int, dids: list[str], count: int) -> None:
+async def _load_sessions(
+    conn: asyncpg.Connection, tenant_id: int, pool: str, dids: list[str], count: int, prefixes: tuple[str, str]
+) -> None:
     now = await conn.fetchval("SELECT now()")
     expires = await conn.fetchval("SELECT now() + interval '30 days'")
     batch = 100_000
@@ -305,8 +320,8 @@ async def _load_sessions(conn: asyncpg.Connection, tenant_id: int, dids: list[st
         sessions, bindings = [], []
         for i in range(start, min(start + batch, count)):
             sid, did = uuid.uuid4(), dids[i % len(dids)]
-            customer, agent = f"+9199{i:08d}", f"+9186{i:08d}"
-            sessions.append((sid, tenant_id, f"load-{i}", customer, agent, did, "big", now, expires))
+            customer, agent = f"{prefixes[0]}{i:08d}", f"{prefixes[1]}{i:08d}"
+            sessions.append((sid, tenant_id, f"load-{i}", customer, agent, did, pool, now, expires))
             bindings += [(customer, did, agent, sid, expires), (agent, did, customer, sid, expires)]
         await conn.copy_records_to_table(
             "sessions",
@@ -345,27 +360,54 @@ def process(args: list[str], env: dict[str, str], ready_url: str | None = None) 
             proc.kill()
 
 
+def floor_command(server: str, port: int, workers: int) -> list[str]:
+    """The framework floor app under the same server and workers as the service."""
+    if server == "granian":
+        return [sys.executable, "-m", "granian", "--interface", "asgi", "--loop", "uvloop", "--workers", str(workers),
+                "--host", "127.0.0.1", "--port", str(port), "--no-log", "tests.bench_floor:app"]  # fmt: skip
+    return [sys.executable, "-m", "uvicorn", "--workers", str(workers), "--host", "127.0.0.1", "--port", str(port),
+            "--no-access-log", "--log-level", "warning", "tests.bench_floor:app"]  # fmt: skip
+
+
 # --- the run ----------------------------------------------------------------------------------------
 
+# More scenarios, run after the built-in ones with the same context (the events feed's lands here:
+# tests/bench_events.py hands a function taking the Context and returning its Results).
+EXTRA_SCENARIOS: list[Callable[[Context], list[Result]]] = []
 
-def run(plan: Plan, out: Path, chart: Path | None) -> list[Result]:
+
+@dataclass
+class Context:
+    """What a scenario needs: the running service, its database, the plan, and how to run wrk and pgbench."""
+
+    plan: Plan
+    url: str
+    dsn: str
+    key: str
+    tenant_id: int
+    ids: list[str]
+    work: Path
+    lua: Callable[..., str]
+
+
+def run(plan: Plan, out: Path, chart: Path | None, server: str) -> list[Result]:
     """Start PostgreSQL, the simulator and the service; measure every scenario; write the figures."""
     if shutil.which("wrk") is None:
         raise SystemExit("the benchmark needs wrk: apt-get install wrk (or brew install wrk)")
     work = Path(tempfile.mkdtemp(prefix="masking-bench-"))
-    server = EmbeddedPostgres(work / "data")
-    base = server.start()
+    pg = EmbeddedPostgres(work / "data")
+    base = pg.start()
     try:
-        admin_sql = "CREATE DATABASE bench"
-        asyncio.run(_exec(base, admin_sql))
+        asyncio.run(_exec(base, "CREATE DATABASE bench"))
         dsn = dsn_for(base, "bench")
         info = asyncio.run(prepare(dsn, plan))
-        port, sim_port = free_port(), free_port()
+        port, sim_port, floor_port = free_port(), free_port(), free_port()
         url, sim_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{sim_port}"
         env = masking_env(
             MASKING_DATABASE_URL=dsn,
             MASKING_PORT=str(port),
             MASKING_WORKERS=str(plan.workers),
+            MASKING_SERVER=server,
             MASKING_DB_POOL_SIZE=str(max(4, plan.connections // plan.workers)),
             MASKING_PROVIDER="thundersms",
             MASKING_THUNDERSMS_TOKEN="bench",
@@ -373,46 +415,86 @@ def run(plan: Plan, out: Path, chart: Path | None) -> list[Result]:
             MASKING_CALLBACK_TOKEN=CALLBACK_TOKEN,
             MASKING_LOG_LEVEL="info",
             MASKING_LOG_FORMAT="json",
+            MASKING_SESSIONS_PER_MINUTE="0",
+            MASKING_CALLS_PER_MINUTE="0",
         )
         sim_cmd = [sys.executable, "-m", "service.provider.simulator", "--port", str(sim_port), "--delay", "0",
                    "--callback-url", f"{url}/v1/provider/thundersms/callback/{CALLBACK_TOKEN}"]  # fmt: skip
+        ids = "{" + ",".join(f'"{i}"' for i in info["ids"]) + "}"
+
+        def lua(kind: str, pool: str = "empty") -> str:
+            return (
+                LUA[kind]
+                .replace("KEY", info["key"])
+                .replace("POOL", pool)
+                .replace("{IDS}", ids)
+                .replace("TOKEN", CALLBACK_TOKEN)
+            )
+
+        ctx = Context(plan, url, dsn, info["key"], info["tenant_id"], info["ids"], work, lua)
+        print(f"loaded {plan.big_sessions + plan.dense_sessions} sessions in {info['load_seconds']:.1f}s", flush=True)
         results: list[Result] = []
         with process(sim_cmd, env), process([sys.executable, "-m", "service", "serve"], env, url + "/readyz"):
-            ids = "{" + ",".join(f'"{i}"' for i in info["ids"]) + "}"
-
-            def lua(kind: str, pool: str = "small") -> str:
-                return (
-                    LUA[kind]
-                    .replace("KEY", info["key"])
-                    .replace("POOL", pool)
-                    .replace("{IDS}", ids)
-                    .replace("TOKEN", CALLBACK_TOKEN)
-                )
-
-            def measure(name: str, kind: str, limit: str | None = None, pool: str = "small") -> None:
-                rps, p50, p99, errors, wrk_cpu = run_wrk(url, lua(kind, pool), plan, work)
-                limit_rps = None
-                if limit is not None:
-                    limit_rps = run_pgbench(dsn, limit, plan, work)[0]
-                results.append(Result(name, rps, p50, p99, errors, limit_rps, f"wrk used {wrk_cpu:.0%} of a core"))
-                print(f"  {name}: {rps:.0f}/s" + (f" (limit {limit_rps:.0f}/s)" if limit_rps else ""), flush=True)
-
-            print(f"loaded {plan.big_sessions} sessions in {info['load_seconds']:.1f}s; measuring...", flush=True)
-            measure("create-session (50 DIDs)", "create", create_script(info["tenant_id"], "small"))
-            measure(
-                f"create-session ({plan.big_dids} DIDs, {plan.big_sessions} active)",
-                "create",
-                create_script(info["tenant_id"], "big"),
-                pool="big",
-            )
-            measure("report ingest", "report", report_script())
-            measure("get-session", "get")
-            measure("click-to-call", "call")
-        write(results, plan, out, chart)
+            results += builtin_scenarios(ctx)
+            for scenario in EXTRA_SCENARIOS:
+                results += scenario(ctx)
+        floor_env = {**env, "BENCH_FLOOR_KEY": info["key"]}
+        floor_url = f"http://127.0.0.1:{floor_port}"
+        with process(floor_command(server, floor_port, plan.workers), floor_env, floor_url + "/readyz"):
+            floor = run_wrk(floor_url, lua("get"), plan, work)
+        for r in results:
+            if r.name == "get-session":
+                r.limit_rps, r.limit = floor.rps, f"framework floor ({floor.p50_ms:.2f} ms p50)"
+        write(results, plan, out, chart, server)
         return results
     finally:
-        server.stop()
+        pg.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def builtin_scenarios(ctx: Context) -> list[Result]:
+    """The issue's scenarios, each on its own pool, each beside its reference."""
+    plan, results = ctx.plan, []
+
+    def measure(name: str, kind: str, pool: str = "empty") -> tuple[Result, Load]:
+        load = run_wrk(ctx.url, ctx.lua(kind, pool), plan, ctx.work)
+        result = Result(name, load.rps, load.p50_ms, load.p99_ms, load.errors, note=f"wrk {load.wrk_cpu:.0%} of a core")
+        results.append(result)
+        print(f"  {name}: {load.rps:.0f}/s p50 {load.p50_ms:.1f} ms", flush=True)
+        return result, load
+
+    def reference(result: Result, script: str, what: str) -> None:
+        tps, p50, _ = run_pgbench(ctx.dsn, script, plan, ctx.work)
+        result.limit_rps, result.limit = tps, f"{what} ({p50:.2f} ms p50)"
+        print(f"    reference: {tps:.0f}/s", flush=True)
+
+    created, _ = measure(f"create-session ({plan.small_dids} DIDs, empty)", "create", "empty")
+    reference(created, reference_create(ctx.tenant_id, "empty-ref"), "reference create")
+    wide = f"create-session ({plan.big_dids:,} DIDs, {plan.big_sessions:,} sessions)"
+    created, _ = measure(wide, "create", "wide")
+    reference(created, reference_create(ctx.tenant_id, "wide"), "reference create")
+    dense = f"create-session ({plan.dense_dids} DIDs, {plan.dense_sessions:,} sessions)"
+    created, _ = measure(dense, "create", "dense")
+    reference(created, reference_create(ctx.tenant_id, "dense"), "reference create")
+    before = asyncio.run(_fetchval(ctx.dsn, "SELECT count(*) FROM provider_reports"))
+    ingested, load = measure("report ingest", "report")
+    stored = asyncio.run(_fetchval(ctx.dsn, "SELECT count(*) FROM provider_reports")) - before
+    ingested.note += f"; {stored:,} stored of {load.requests - load.errors:,} acknowledged"
+    reference(ingested, reference_ingest(), "reference ingest")
+    got, _ = measure("get-session", "get")
+    tps, _, _ = run_pgbench(ctx.dsn, reference_get(ctx.ids), plan, ctx.work)
+    got.note += f"; primary-key read {tps:,.0f}/s"
+    measure("click-to-call", "call")
+    return results
+
+
+async def _fetchval(dsn: str, sql: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        value: int = await conn.fetchval(sql)
+        return value
+    finally:
+        await conn.close()
 
 
 async def _exec(dsn: str, sql: str) -> None:
@@ -423,39 +505,77 @@ async def _exec(dsn: str, sql: str) -> None:
         await conn.close()
 
 
-def write(results: list[Result], plan: Plan, out: Path, chart: Path | None) -> None:
-    """Print the table, write the JSON figures and draw the chart."""
+def targets(results: list[Result]) -> list[dict[str, Any]]:
+    """The issue's targets, each with its measured figure and whether it is met."""
+    creates = [r for r in results if r.name.startswith("create-session")]
+    found: list[dict[str, Any]] = []
+    if len(creates) == 3:
+        empty, wide, dense = creates
+        found += [
+            _target("create-session, empty pool >= 0.5x reference create", empty.rps / (empty.limit_rps or 1), 0.5),
+            _target("create-session, empty pool p99 <= 2.5x its p50", empty.p99_ms / empty.p50_ms, 2.5, at_most=True),
+            _target("create-session, dense p50 within 1.5x of the empty pool", dense.p50_ms / empty.p50_ms, 1.5, True),
+            _target("create-session, wide p50 within 1.5x of the empty pool", wide.p50_ms / empty.p50_ms, 1.5, True),
+        ]
+    for r in results:
+        if r.name == "report ingest" and r.limit_rps:
+            found.append(_target("report ingest >= 0.5x reference ingest", r.rps / r.limit_rps, 0.5))
+        if r.name == "get-session" and r.limit_rps:
+            found.append(_target("get-session >= 0.5x framework floor", r.rps / r.limit_rps, 0.5))
+    return found
+
+
+def _target(name: str, value: float, bound: float, at_most: bool = False) -> dict[str, Any]:
+    met = value <= bound if at_most else value >= bound
+    return {"target": name, "value": round(value, 3), "bound": bound, "met": met}
+
+
+def write(results: list[Result], plan: Plan, out: Path, chart: Path | None, server: str) -> None:
+    """Print the table and the targets, write the JSON figures and draw the chart."""
     header = f"{'scenario':<52}{'rps':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'limit rps':>11}{'ratio':>7}"
-    print(f"\n{plan.connections} connections, {plan.seconds}s each, {plan.workers} service worker(s)\n{header}")
+    print(
+        f"\n{plan.connections} connections, {plan.seconds}s each, {plan.workers} service worker(s), {server}\n{header}"
+    )
     for r in results:
         ratio = f"{r.rps / r.limit_rps:.2f}" if r.limit_rps else "-"
         limit = f"{r.limit_rps:.0f}" if r.limit_rps else "-"
-        print(f"{r.name:<52}{r.rps:>9.0f}{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}{r.errors:>8}{limit:>11}{ratio:>7}   {r.note}")
-    out.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
+        print(
+            f"{r.name:<52}{r.rps:>9.0f}{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}{r.errors:>8}{limit:>11}{ratio:>7}"
+            f"   {r.limit}; {r.note}"
+        )
+    met = targets(results)
+    print()
+    for t in met:
+        print(f"{'met    ' if t['met'] else 'NOT met'}  {t['target']}: {t['value']:.2f}")
+    figures = {"server": server, "plan": asdict(plan), "results": [asdict(r) for r in results], "targets": met}
+    out.write_text(json.dumps(figures, indent=2, ensure_ascii=False) + "\n")
     if chart is not None:
-        draw(results, chart)
+        draw(results, chart, server)
 
 
-def draw(results: list[Result], path: Path) -> None:
-    """Throughput (service beside limit) and p99 per scenario, as a PNG."""
+def draw(results: list[Result], path: Path, server: str) -> None:
+    """Throughput (service beside its reference) and p50/p99 per scenario, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [r.name.replace(" (", "\n(") for r in results]
+    names = [r.name.replace(" (", "\n(").replace(", ", ",\n") for r in results]
     xs = range(len(results))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
-    left.bar([x - 0.2 for x in xs], [r.rps for r in results], 0.4, label="service (HTTP)")
-    left.bar([x + 0.2 for x in xs], [r.limit_rps or 0 for r in results], 0.4, label="limit (pgbench, same SQL)")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5.5))
+    left.bar([x - 0.2 for x in xs], [r.rps for r in results], 0.4, label=f"service (HTTP, {server})")
+    left.bar([x + 0.2 for x in xs], [r.limit_rps or 0 for r in results], 0.4, label="reference / framework floor")
     left.set_xticks(list(xs), names, fontsize=7)
     left.set_ylabel("requests / s")
+    left.set_yscale("log")
     left.set_title("Throughput")
     left.legend()
-    right.bar(list(xs), [r.p99_ms for r in results], 0.5, color="tab:red")
+    right.bar([x - 0.2 for x in xs], [r.p50_ms for r in results], 0.4, label="p50", color="tab:orange")
+    right.bar([x + 0.2 for x in xs], [r.p99_ms for r in results], 0.4, label="p99", color="tab:red")
     right.set_xticks(list(xs), names, fontsize=7)
     right.set_ylabel("ms")
-    right.set_title("p99 latency (service)")
+    right.set_title("Latency (service)")
+    right.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -463,16 +583,20 @@ def draw(results: list[Result], path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Command line of the benchmark."""
     parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="small sizes and short runs: under two minutes")
+    parser.add_argument("--quick", action="store_true", help="small sizes and short runs: about a minute")
     parser.add_argument("--seconds", type=int, help="override the duration of each scenario")
+    parser.add_argument("--workers", type=int, help="override the service's worker processes")
+    parser.add_argument("--server", choices=["uvicorn", "granian"], default=Settings().server)
     parser.add_argument("--out", type=Path, default=Path("bench-results.json"))
     parser.add_argument("--chart", type=Path, default=Path("bench-chart.png"))
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     if args.seconds:
         plan = Plan(**{**asdict(plan), "seconds": args.seconds})
+    if args.workers:
+        plan = Plan(**{**asdict(plan), "workers": args.workers})
     os.environ.pop("MASKING_DATABASE_URL", None)
-    run(plan, args.out, args.chart)
+    run(plan, args.out, args.chart, args.server)
 
 
 if __name__ == "__main__":

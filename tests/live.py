@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -20,9 +21,36 @@ CALLBACK_TOKEN = "cb-token-0123456789abcdef"
 
 
 @asynccontextmanager
-async def serve(app: Any) -> AsyncIterator[str]:
-    """Run an ASGI app with uvicorn on a free loopback port until the block ends."""
+async def _serve_granian(app: Any, port: int) -> AsyncIterator[str]:
+    from granian.constants import Interfaces
+    from granian.server.embed import Server
+
+    server = Server(app, address="127.0.0.1", port=port, interface=Interfaces.ASGI, log_enabled=False)
+    task = asyncio.create_task(server.serve())
+    url = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient() as probe:
+        while True:
+            if task.done():
+                task.result()
+            with contextlib.suppress(httpx.HTTPError):
+                await probe.get(url + "/", timeout=0.5)
+                break
+            await asyncio.sleep(0.02)
+    try:
+        yield url
+    finally:
+        server.stop()
+        await task
+
+
+@asynccontextmanager
+async def serve(app: Any, server: str = "uvicorn") -> AsyncIterator[str]:
+    """Run an ASGI app with uvicorn (or granian) on a free loopback port until the block ends."""
     port = free_port()
+    if server == "granian":
+        async with _serve_granian(app, port) as url:
+            yield url
+        return
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on", timeout_graceful_shutdown=1)
     )
@@ -65,7 +93,9 @@ async def live_service(dsn: str, provider_url: str | None = None, **settings: An
             provider_timeout_seconds=1.0,
             **settings,
         )
-        async with serve(request_context(create_app(config, dsn=dsn, background=False))) as url:
+        # The service under the server MASKING_SERVER names (the simulator always under uvicorn).
+        service = request_context(create_app(config, dsn=dsn, background=False))
+        async with serve(service, os.environ.get("MASKING_SERVER", "uvicorn")) as url:
             sim.callback_url = url + f"/v1/provider/thundersms/callback/{CALLBACK_TOKEN}"
             async with httpx.AsyncClient(base_url=url, timeout=30) as http:
                 yield Live(url, sim, http, sim_url)

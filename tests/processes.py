@@ -28,7 +28,8 @@ def free_port() -> int:
 
 def masking_env(**overrides: str) -> dict[str, str]:
     """The environment for a masking process: this one's, minus MASKING_*, plus the overrides."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MASKING_")}
+    # MASKING_SERVER passes through, so that the whole suite can run under either HTTP server.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MASKING_") or k == "MASKING_SERVER"}
     env.update({"MASKING_LOG_FORMAT": "json", **overrides})
     return env
 

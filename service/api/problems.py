@@ -141,6 +141,10 @@ def _from_http(exc: HTTPException) -> ProblemDetailsException:
         detail = f"{exc.detail}. Send a valid JSON body."
     result = problem(exc.status_code, code, title, detail)
     result.headers = dict(exc.headers) if exc.headers else None
+    if exc.status_code == 413:
+        # The unread body is left on the connection: tell the client to open a new one (granian, unlike
+        # uvicorn, would otherwise close it silently and fail the client's next request on it).
+        result.headers = {**(result.headers or {}), "connection": "close"}
     return result
 
 

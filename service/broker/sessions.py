@@ -37,9 +37,11 @@ OrderId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 Pool = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 Ttl = Annotated[int, msgspec.Meta(ge=60, le=2_592_000)]
 MAX_METADATA_BYTES = 4096
-# Candidates sampled on each side of a random slot; a lightly loaded one of these ~2k wins ("power of k
-# choices"), which keeps the busiest DID close to the mean without counting the load of the whole pool.
-SAMPLE_PER_SIDE = 8
+# Random eligible DIDs drawn per attempt; the less loaded wins (the power of two choices), which keeps the
+# busiest DID close to the mean while each draw is one index probe, whatever the pool or its DIDs hold.
+CHOICES = 2
+# Eligible DIDs looked at after each draw: one alone favours DIDs after gaps in the pool's order.
+WINDOW = 4
 
 
 class CreateSession(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -98,7 +100,8 @@ def allocation(
         cooloff=timedelta(seconds=rules.cooloff_seconds),
         tried=tried,
         slot=random.random(),
-        sample=SAMPLE_PER_SIDE,
+        sample=CHOICES,
+        window=WINDOW,
         session_id=uuid.uuid4(),
         order_id=order_id,
         expires_at=expires_at,

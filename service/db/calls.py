@@ -152,17 +152,3 @@ async def time_out_calls(conn: Conn, before: datetime, limit: int) -> list[Call]
         limit,
     )
     return [_call(r) for r in rows]
-
-
-# The previous, multi-statement ingest's lookups: the service no longer runs them (db/reports.py INGEST
-# does it all in one statement); kept only because tests/bench.py still builds its old ingest limit
-# from them. Delete with that benchmark's rewrite (issue 11).
-FIND_CALL_BY_ROUTE = """
-SELECT id, tenant_id, session_id, status, report_id FROM calls
-WHERE bridge = $1 AND from_number = $2 AND to_number = $3 AND in_flight
-ORDER BY created_at DESC LIMIT 1 FOR UPDATE
-"""
-FINISHED_CALL_EXISTS = """
-SELECT EXISTS (SELECT 1 FROM calls WHERE bridge = $1 AND from_number = $2 AND to_number = $3
-               AND report_id IS NOT NULL AND created_at > $4)
-"""

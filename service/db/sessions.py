@@ -37,24 +37,37 @@ _GEO = """
                    WHERE tenant_id = :tenant_id AND pool = :pool AND status = 'active' AND country = :country) AS only
 """
 
-# One statement per attempt: sample a few eligible DIDs around a random slot (:sample per side), add the
-# pair's previous DID (sticky), pick the sticky one or a lightly loaded one, bind both numbers to it and
-# insert the session. The binding upsert only takes over a row that has ended, and only after the
-# cool-off unless the peer is the same: so the database itself enforces rules 1 and 3 whatever the
-# candidate query saw. `bound` < 2 or no session row means the attempt lost a race and must roll back.
+
+# The first eligible DID at or after a slot on the ring of slots (wrapping around), by an index probe: one
+# branch per geo mode, and the planner runs only the branch whose one-time filter holds.
+def _probe(geo: bool) -> str:
+    country = "AND d.country = :country" if geo else ""
+    gate = "(SELECT geo.only FROM geo)" if geo else "(SELECT NOT geo.only FROM geo)"
+    eligible = f"""d.tenant_id = :tenant_id AND d.pool = :pool AND d.status = 'active' {country}
+           AND d.number NOT IN (SELECT did FROM ruled) AND {gate}"""
+    return f"""(SELECT d.number FROM dids d WHERE {eligible} AND d.slot >= s.at ORDER BY d.slot LIMIT :window)
+        UNION ALL
+        (SELECT d.number FROM dids d WHERE {eligible} AND d.slot < s.at ORDER BY d.slot LIMIT :window)"""
+
+
+# One statement per attempt, its cost independent of how many sessions the pool or its DIDs hold: probe
+# :sample random slots for eligible DIDs (two random choices), add the pair's previous DID (sticky), read
+# each candidate's approximate load from its did_load shards, and take the sticky one or the less loaded;
+# then bind both numbers to it and insert the session. The binding upsert only takes over a row that has
+# ended, and only after the cool-off unless the peer is the same: so the database itself enforces rules 1
+# and 3 whatever the candidate query saw. `bound` < 2 or no session row means the attempt lost a race and
+# must roll back. No candidate at all means no DID of the pool is eligible: the probes wrap the whole ring.
 ALLOCATE = Query(f"""
 WITH geo AS ({_GEO}),
 ruled AS (SELECT did FROM bindings WHERE {_RULES_OUT} UNION ALL SELECT unnest(:tried::text[])),
+slots AS (SELECT CASE WHEN i = 1 THEN :slot::float8 ELSE random() END AS at FROM generate_series(1, :sample) AS i),
 sample AS (
-    (SELECT d.number, false AS sticky FROM dids d, geo
-     WHERE d.tenant_id = :tenant_id AND d.pool = :pool AND d.status = 'active' AND d.slot >= :slot
-       AND (NOT geo.only OR d.country = :country) AND d.number NOT IN (SELECT did FROM ruled)
-     ORDER BY d.slot LIMIT :sample)
-    UNION ALL
-    (SELECT d.number, false FROM dids d, geo
-     WHERE d.tenant_id = :tenant_id AND d.pool = :pool AND d.status = 'active' AND d.slot < :slot
-       AND (NOT geo.only OR d.country = :country) AND d.number NOT IN (SELECT did FROM ruled)
-     ORDER BY d.slot LIMIT :sample)
+    SELECT p.number, false AS sticky FROM slots s, LATERAL (
+        SELECT number FROM (
+        {_probe(False)}
+        UNION ALL
+        {_probe(True)}
+        ) AS ring LIMIT :window) AS p
     UNION ALL
     (SELECT d.number, true FROM bindings b JOIN dids d ON d.number = b.did, geo
      WHERE b.number = :customer AND b.peer = :agent
@@ -63,17 +76,12 @@ sample AS (
 ),
 loads AS (
     SELECT s.number, s.sticky,
-           (SELECT count(*) FROM bindings b WHERE b.did = s.number AND b.ends_at > :now) / 2 AS load
+           (SELECT coalesce(sum(l.sessions), 0) FROM did_load l WHERE l.did = s.number) AS load
     FROM sample s
 ),
--- Weighted random choice (an exponential race), favouring the least loaded strongly but not
--- absolutely: concurrent requests see the same committed loads, and a strict minimum would send
--- them all to one DID.
-pick AS (
-    SELECT number FROM loads
-    ORDER BY sticky DESC, -ln(1 - random()) / power((SELECT max(load) FROM loads) - load + 1, 2)
-    LIMIT 1
-),
+-- The less loaded of the random candidates: concurrent requests draw different candidates, so they
+-- do not all go to one DID, and the busiest DID stays close to the mean (the power of two choices).
+pick AS (SELECT number FROM loads ORDER BY sticky DESC, load, random() LIMIT 1),
 bound AS (
     INSERT INTO bindings (number, did, peer, session_id, ends_at)
     SELECT v.number, pick.number, v.peer, :session_id, :expires_at
@@ -152,8 +160,9 @@ class Allocation(msgspec.Struct, frozen=True, kw_only=True):
     now: datetime
     cooloff: timedelta
     tried: list[str]
-    slot: float
-    sample: int
+    slot: float  # where on the ring of DID slots the first random choice probes
+    sample: int  # how many random choices (the first at `slot`, the rest drawn by the database)
+    window: int = 4  # eligible DIDs taken in slot order at each random choice
     session_id: UUID
     order_id: str
     expires_at: datetime
