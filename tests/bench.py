@@ -37,6 +37,7 @@ from service.broker.tenants import create_key
 from service.db.schema import migrate
 from service.embedded import EmbeddedPostgres
 from service.settings import Settings
+from tests.bench_events import events_scenario
 from tests.helpers import dsn_for
 from tests.processes import free_port, masking_env
 
@@ -371,9 +372,31 @@ def floor_command(server: str, port: int, workers: int) -> list[str]:
 
 # --- the run ----------------------------------------------------------------------------------------
 
-# More scenarios, run after the built-in ones with the same context (the events feed's lands here:
-# tests/bench_events.py hands a function taking the Context and returning its Results).
-EXTRA_SCENARIOS: list[Callable[[Context], list[Result]]] = []
+
+def event_delivery(ctx: Context) -> list[Result]:
+    """Webhook deliveries per second to a local receiver while sessions are created flat out beside them.
+
+    The limit is the creation rate: delivery keeps up when it delivers as fast as events are made and the
+    backlog does not grow (the note says whether it grew).
+    """
+    f = asyncio.run(events_scenario(ctx.dsn, ctx.plan.seconds, ctx.plan.connections))
+    note = f"backlog max {f['backlog_max']}, drained in {f['drain_seconds']} s, grew: {f['backlog_grew']}"
+    return [
+        Result(
+            name="event-delivery",
+            rps=f["delivered_per_s"],
+            p50_ms=0.0,
+            p99_ms=0.0,
+            errors=f["errors"] + f["bad_signatures"],
+            limit_rps=f["created_per_s"],
+            limit="sessions created meanwhile",
+            note=note,
+        )
+    ]
+
+
+# More scenarios, run after the built-in ones with the same context.
+EXTRA_SCENARIOS: list[Callable[[Context], list[Result]]] = [event_delivery]
 
 
 @dataclass

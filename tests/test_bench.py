@@ -25,7 +25,10 @@ def test_the_quick_benchmark_writes_its_figures_and_chart(tmp_path: Path) -> Non
     figures = run["results"]
     assert [f["name"].split(" (")[0] for f in figures] == [
         "create-session", "create-session", "create-session", "report ingest", "get-session", "click-to-call",
+        "event-delivery",
     ]  # fmt: skip
+    events = figures.pop()
+    assert events["rps"] > 0 and events["limit_rps"] > 0 and events["errors"] == 0, events
     for f in figures:
         assert f["rps"] > 0 and f["p50_ms"] > 0 and f["p99_ms"] >= f["p50_ms"]
     # every scenario but click-to-call stands beside its reference (or the framework floor)
