@@ -277,3 +277,39 @@ async def test_an_order_never_gets_two_live_sessions_for_one_pair_by_reassignmen
         body = {"agent": NEW_AGENT, "allow_new_number": allow}
         r = await client.patch(f"/v1/sessions/{s['id']}", json=body, headers=keys.a)
         assert assert_problem(r, 409, "reassign_conflict")["reason"] == "duplicate_pair"
+
+
+async def test_a_close_that_meets_a_reassignment_in_flight_ends_the_new_partys_binding_too(
+    client: httpx.AsyncClient, keys: Keys, db: asyncpg.Connection, dsn: str
+) -> None:
+    """A close waiting on a reassignment's transaction ends every binding the session has once it commits."""
+    await add_dids(client, keys.a, did_numbers(2))
+    session = (await client.post("/v1/sessions", json=session_body(), headers=keys.a)).json()
+    sid, did = session["id"], session["masked_number"]
+    other = await asyncpg.connect(dsn)
+    try:
+        async with other.transaction():
+            # a reassignment's writes, held uncommitted: the session row changed, the new agent bound
+            await other.execute("UPDATE sessions SET agent = $2 WHERE id = $1::uuid", sid, NEW_AGENT)
+            await other.execute(
+                "UPDATE bindings SET ends_at = now() WHERE session_id = $1::uuid AND number = $2", sid, AGENT
+            )
+            await other.execute(
+                "INSERT INTO bindings (number, did, peer, session_id, ends_at)"
+                " SELECT $2, did, customer, id, expires_at FROM sessions WHERE id = $1::uuid",
+                sid,
+                NEW_AGENT,
+            )
+            closing = asyncio.create_task(client.post(f"/v1/sessions/{sid}/close", headers=keys.a))
+            await asyncio.sleep(0.5)
+            assert not closing.done()  # it waits for the reassignment's row lock
+        closed = await closing
+    finally:
+        await other.close()
+    assert closed.status_code == 200, closed.text
+    live = await db.fetch(
+        "SELECT number FROM bindings WHERE session_id = $1::uuid AND ends_at > $2::text::timestamptz",
+        sid,
+        closed.json()["closed_at"],
+    )
+    assert [r["number"] for r in live] == [], f"the new agent stays bound to {did} after the close"

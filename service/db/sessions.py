@@ -271,7 +271,12 @@ async def update_expiry(
 async def close_session(
     conn: Conn, tenant_id: int, session_id: UUID, now: datetime, status: str, reason: str
 ) -> Session | None:
-    """End a live session now and free its bindings; None when it is not live."""
+    """End a live session now and free its bindings; None when it is not live.
+
+    Called in a transaction. The row lock comes first, in a statement of its own: a close that waited on a
+    reassignment then frees the bindings that reassignment made (one statement's snapshot would miss them).
+    """
+    await conn.execute("SELECT 1 FROM sessions WHERE id = $1 AND tenant_id = $2 FOR UPDATE", session_id, tenant_id)
     row = await conn.fetchrow(
         f"""
         WITH s AS (
@@ -289,6 +294,11 @@ async def close_session(
     return _session_or_none(row)
 
 
+_EXPIRABLE = """($1::bigint IS NULL OR tenant_id = $1) AND status = 'active' AND expires_at > $2
+    AND ($3::text IS NULL OR order_id = $3) AND ($4::text IS NULL OR customer = $4)
+    AND ($5::text IS NULL OR agent = $5) AND ($6::text IS NULL OR did = $6)"""
+
+
 async def expire_matching(
     conn: Conn,
     tenant_id: int | None,
@@ -299,24 +309,22 @@ async def expire_matching(
     agent: str | None,
     masked_number: str | None,
 ) -> list[Session]:
-    """Expire (by ops) every live session matching all given filters; return them as they now are."""
+    """Expire (by ops) every live session matching all given filters; return them as they now are.
+
+    Called in a transaction; the rows are locked first for the reason close_session gives.
+    """
+    args = (tenant_id, now, order_id, customer, agent, masked_number)
+    await conn.execute(f"SELECT 1 FROM sessions WHERE {_EXPIRABLE} FOR UPDATE", *args)
     rows = await conn.fetch(
         f"""
         WITH s AS (
             UPDATE sessions SET status = 'expired', close_reason = 'expired_by_ops', closed_at = $2
-            WHERE ($1::bigint IS NULL OR tenant_id = $1) AND status = 'active' AND expires_at > $2
-              AND ($3::text IS NULL OR order_id = $3) AND ($4::text IS NULL OR customer = $4)
-              AND ($5::text IS NULL OR agent = $5) AND ($6::text IS NULL OR did = $6)
+            WHERE {_EXPIRABLE}
             RETURNING *),
         b AS (UPDATE bindings SET ends_at = $2 FROM s WHERE bindings.session_id = s.id AND bindings.ends_at > $2)
         SELECT {SESSION} FROM s
         """,
-        tenant_id,
-        now,
-        order_id,
-        customer,
-        agent,
-        masked_number,
+        *args,
     )
     return [_session(r) for r in rows]
 
