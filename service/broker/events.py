@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import msgspec
 
@@ -16,7 +16,7 @@ from service.db import sessions as sessions_q
 from service.models import Call, Session
 
 SessionEvent = Literal["session.created", "session.updated", "session.closed"]
-TYPES = (
+EventType = Literal[
     "session.created",
     "session.updated",
     "session.closed",
@@ -28,7 +28,8 @@ TYPES = (
     "report.unmatched",
     "pool.low_headroom",
     "webhook.test",
-)
+]
+TYPES: tuple[str, ...] = get_args(EventType)
 # The contract's default alert level: a pool alerts when its headroom falls to this or below.
 DEFAULT_HEADROOM_ALERT = 2
 

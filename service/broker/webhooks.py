@@ -31,6 +31,7 @@ from standardwebhooks import Webhook
 from service import metrics
 from service.broker.errors import ForbiddenAddress, InvalidRequest, NotFound, parse_id
 from service.broker.events import TYPES, Event, event_id, parse_event_id, render
+from service.broker.events import EventType as Known
 from service.db import Conn
 from service.db import events as events_q
 from service.db import webhooks as q
@@ -42,20 +43,7 @@ Clock = Callable[[], datetime]
 SECRET_OVERLAP = timedelta(hours=24)
 RESOLVE_TIMEOUT = 5.0  # seconds a webhook host's name may take to resolve
 BACKLOG_SERIES = 20  # endpoints with a backlog gauge of their own (the oldest), so labels stay bounded
-EventType = Literal[
-    "*",
-    "session.created",
-    "session.updated",
-    "session.closed",
-    "call.initiated",
-    "call.completed",
-    "call.missed",
-    "call.failed",
-    "call.unknown",
-    "report.unmatched",
-    "pool.low_headroom",
-    "webhook.test",
-]
+EventType = Literal["*"] | Known  # what an endpoint subscribes to: every type, or some
 Url = Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
 Description = Annotated[str, msgspec.Meta(max_length=256)]
 
