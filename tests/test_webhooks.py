@@ -206,6 +206,20 @@ async def _true(value: bool) -> bool:
     return value
 
 
+async def test_a_redelivery_asked_for_while_the_first_attempt_is_in_flight_is_still_made(
+    dsn: str, keys: Keys
+) -> None:
+    """Redeliver pressed while the original request is still out: the event is sent again, not swallowed."""
+    async with Receiver(delay=1.0) as receiver, service(dsn, webhook_concurrency_per_endpoint=1) as http:
+        await add_dids(http, keys.a, did_numbers(5))
+        receiver.secrets = [(await register(http, keys.a, receiver.url, ["session.created"]))["secret"]]
+        await make_sessions(http, keys.a, 1)
+        await wait_for(lambda: _true(receiver.requests == 1))  # the first attempt is in flight
+        event = (await http.get("/v1/events", headers=keys.a)).json()["items"][0]["id"]
+        assert (await http.post(f"/v1/events/{event}/redeliver", headers=keys.a)).json() == {"queued": 1}
+        await wait_for(lambda: _true(receiver.delivered[event] == 2), within=10)
+
+
 async def test_a_hanging_endpoint_delays_no_other_endpoint(dsn: str, keys: Keys) -> None:
     """One endpoint hangs every request; another tenant's endpoint still gets each event within a second."""
     async with Receiver(mode="hang") as stuck, Receiver() as fine, service(dsn, webhook_timeout_seconds=30) as http:

@@ -228,9 +228,10 @@ moved AS (
     SET status = CASE o.status WHEN 'retrying' THEN 'pending' ELSE o.status END,
         next_attempt_at = coalesce(o.next_attempt_at, d.next_attempt_at)
     FROM o WHERE d.event_id = o.event_id AND d.endpoint_id = o.endpoint_id AND d.status = 'pending'
-      -- a success counts whichever attempt it was (a later one then finds nothing to do); a failure
-      -- only moves the delivery if no newer attempt has claimed it since
-      AND (d.attempts = o.attempt OR o.status = 'delivered')),
+      -- a success counts whichever attempt it was (a later one then finds nothing to do), unless a
+      -- redelivery has since started the count again; a failure only moves the delivery if no newer
+      -- attempt has claimed it since
+      AND (d.attempts = o.attempt OR (o.status = 'delivered' AND d.attempts > o.attempt))),
 per_endpoint AS (
     SELECT endpoint_id, bool_or(status = 'delivered') AS ok, min(at) AS first_at, max(at) AS last_at
     FROM o GROUP BY endpoint_id)
