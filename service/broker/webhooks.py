@@ -22,8 +22,8 @@ from datetime import datetime, timedelta
 from typing import Annotated, Literal
 from urllib.parse import urlsplit, urlunsplit
 
+import aiohttp
 import asyncpg
-import httpx
 import msgspec
 import structlog
 from standardwebhooks import Webhook
@@ -41,6 +41,7 @@ log = structlog.get_logger("service.webhooks")
 
 Clock = Callable[[], datetime]
 SECRET_OVERLAP = timedelta(hours=24)
+RESPONSE_READ = 65_536  # bytes of an endpoint's answer read (the rest is dropped with its connection)
 RESOLVE_TIMEOUT = 5.0  # seconds a webhook host's name may take to resolve
 BACKLOG_SERIES = 20  # endpoints with a backlog gauge of their own (the oldest), so labels stay bounded
 EventType = Literal["*"] | Known  # what an endpoint subscribes to: every type, or some
@@ -335,11 +336,14 @@ class Deliverer:
         self.timeout = settings.webhook_timeout_seconds
         # A request's lease: past its timeout with room to record the outcome.
         self.lease = timedelta(seconds=2 * self.timeout + 5)
-        self.http = httpx.AsyncClient(
-            timeout=self.timeout,
-            follow_redirects=False,
+        # aiohttp rather than httpx here: its connection pool is per host, where httpcore's checks every
+        # pooled connection on each request (a quarter of the worker's CPU at 32 connections, profiled).
+        self.http = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.timeout),
+            connector=aiohttp.TCPConnector(limit=settings.webhook_concurrency, use_dns_cache=False),
             trust_env=False,
-            limits=httpx.Limits(max_connections=settings.webhook_concurrency, max_keepalive_connections=32),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Content-Type"),
         )
         self.per_endpoint: dict[uuid.UUID, int] = {}
         self.running = 0
@@ -353,7 +357,7 @@ class Deliverer:
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
-        await self.http.aclose()
+        await self.http.close()
 
     async def run(self) -> None:
         """Deliver until cancelled."""
@@ -435,17 +439,22 @@ class Deliverer:
                 "webhook-timestamp": str(int(at.timestamp())),
                 "webhook-signature": signature(claimed, event.id, at, text),
             }
-            response = await self.http.post(
-                target.url, content=body, headers=headers, extensions={"sni_hostname": target.host}
-            )
-            status_code = response.status_code
+            async with self.http.post(
+                target.url,
+                data=body,
+                headers=headers,
+                allow_redirects=False,
+                server_hostname=target.host if target.url.startswith("https:") else None,
+            ) as response:
+                status_code = response.status
+                await response.content.read(RESPONSE_READ)  # a short answer is read, so its connection is kept
             if not 200 <= status_code < 300:
                 error = "redirect not followed" if 300 <= status_code < 400 else f"HTTP {status_code}"
         except (ForbiddenAddress, InvalidRequest) as exc:
             error = f"forbidden_address: {exc.detail}"[:300]
-        except httpx.TimeoutException:
+        except TimeoutError:
             error = f"no answer within {self.timeout:g} s"
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             error = f"{type(exc).__name__}: {exc}"[:300]
         except Exception as exc:  # whatever else goes wrong, the attempt is recorded as failed, never lost
             log.exception("webhook_attempt_failed", endpoint_id=str(claimed.endpoint_id))
