@@ -206,9 +206,7 @@ async def _true(value: bool) -> bool:
     return value
 
 
-async def test_a_redelivery_asked_for_while_the_first_attempt_is_in_flight_is_still_made(
-    dsn: str, keys: Keys
-) -> None:
+async def test_a_redelivery_asked_for_while_the_first_attempt_is_in_flight_is_still_made(dsn: str, keys: Keys) -> None:
     """Redeliver pressed while the original request is still out: the event is sent again, not swallowed."""
     async with Receiver(delay=1.0) as receiver, service(dsn, webhook_concurrency_per_endpoint=1) as http:
         await add_dids(http, keys.a, did_numbers(5))
