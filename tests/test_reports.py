@@ -178,6 +178,28 @@ async def test_one_bad_pending_report_does_not_stop_the_sweepers_batch(
     assert (await read(live, keys, f"/v1/calls/{call['id']}"))["status"] == "completed"
 
 
+async def test_a_pending_report_that_cannot_be_applied_tells_its_tenant(
+    live: Live, keys: Keys, db: asyncpg.Connection
+) -> None:
+    """Applying fails (a fault injected in the database): the report settles unmatched and its DID's tenant gets report.unmatched."""
+    session = await open_session(live, keys)
+    call = await click(live, keys, session)
+    await db.execute(
+        """
+        CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'injected'; END $$;
+        CREATE TRIGGER refuse BEFORE INSERT ON report_keys FOR EACH ROW EXECUTE FUNCTION refuse();
+        """
+    )
+    received = datetime.now(UTC) - 2 * PENDING_GRACE
+    await db.execute("INSERT INTO provider_reports (body, received_at) VALUES ($1, $2)", report_for(call), received)
+    await rematch_pending(db, MATCHING, datetime.now(UTC))
+    row = await db.fetchrow("SELECT outcome, reason, bridge FROM provider_reports")
+    assert (row["outcome"], row["reason"], row["bridge"]) == ("unmatched", "matching_failed", session["masked_number"])
+    feed = await read(live, keys, "/v1/events?type=report.unmatched")
+    assert [e["data"]["reason"] for e in feed["items"]] == ["matching_failed"]
+    assert feed["items"][0]["data"]["bridge"] == session["masked_number"]
+
+
 async def test_a_report_that_parses_is_stored_and_matched_in_one_statement(
     live: Live, keys: Keys, db: asyncpg.Connection
 ) -> None:

@@ -169,9 +169,20 @@ async def rematch_pending(conn: Conn, matching: Matching, now: datetime) -> int:
             if conn.is_closed():
                 raise
             log.exception("report_rematch_failed", report_id=report_id)
-            await q.settle_report(conn, report_id, "unmatched", "matching_failed")
-            _settled(q.Ingested(report_id, "unmatched", "matching_failed", None, None), None)
+            await _give_up(conn, report_id, matching, now)
     return len(ids)
+
+
+async def _give_up(conn: Conn, report_id: int, matching: Matching, now: datetime) -> None:
+    """Settle a report that cannot be applied as unmatched (matching_failed); its DID's tenant gets report.unmatched."""
+    async with conn.transaction():
+        pending = await q.lock_report(conn, report_id)
+        if pending is None:
+            return
+        report = parse_report(pending.body, matching.zone)
+        bridge = report.bridge if report else None
+        await q.give_up_report(conn, report_id, "matching_failed", bridge, pending.body, now)
+    _settled(q.Ingested(report_id, "unmatched", "matching_failed", None, None), None)
 
 
 class Report(msgspec.Struct, frozen=True):

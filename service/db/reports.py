@@ -24,6 +24,28 @@ SETTLE_REPORT = """
 UPDATE provider_reports SET outcome = $2, reason = $3 WHERE id = $1 AND outcome = 'pending'
 """
 
+
+def report_json(alias: str) -> str:
+    """A stored report row (alias) as the data of its report.unmatched event (body_text: its body as text)."""
+    a = alias
+    return f"""jsonb_build_object('id', {a}.id, 'received_at', {a}.received_at, 'bridge', {a}.bridge,
+        'outcome', {a}.outcome, 'reason', {a}.reason, 'call_id', {a}.call_id, 'body', :body_text::text)"""
+
+
+# A pending report that cannot be applied: settled unmatched with its bridge, and its DID's tenant told.
+_GIVEN_UP_EVENT = f"SELECT r.tenant_id, 'report.unmatched' AS type, {report_json('r')} AS data FROM stored r"
+GIVE_UP = Query(
+    f"""
+WITH stored AS (
+    UPDATE provider_reports r SET outcome = 'unmatched', reason = :reason, bridge = :bridge,
+        tenant_id = (SELECT tenant_id FROM dids WHERE number = :bridge)
+    WHERE r.id = :report_id AND r.outcome = 'pending'
+    RETURNING r.id, r.received_at, r.bridge, r.outcome, r.reason, r.call_id, r.tenant_id),
+{emit_ctes("emitted", _GIVEN_UP_EVENT, ":now")}
+SELECT count(*) FROM stored
+"""
+)
+
 # Store a parsed report and apply it, in one statement (one round trip, atomic, so nothing is
 # acknowledged unstored and nothing half-applied):
 # - claimed: the report's key (a hash of what it reports) goes into report_keys once; a copy finds it
@@ -110,12 +132,10 @@ stored AS (
 {
         emit_ctes(
             "emitted",
-            '''
+            f'''
     SELECT a.tenant_id, 'call.' || a.status AS type, to_jsonb(a) - 'tenant_id' AS data FROM applied a
     UNION ALL SELECT c.tenant_id, 'session.closed', c.data FROM closed c
-    UNION ALL SELECT r.tenant_id, 'report.unmatched',
-        jsonb_build_object('id', r.id, 'received_at', r.received_at, 'bridge', r.bridge, 'outcome', r.outcome,
-                           'reason', r.reason, 'call_id', r.call_id, 'body', :body_text::text)
+    UNION ALL SELECT r.tenant_id, 'report.unmatched', {report_json('r')}
     FROM stored r WHERE r.outcome = 'unmatched' ''',
             ":now",
         )
@@ -162,16 +182,19 @@ async def ingest_report(conn: Conn, values: dict[str, Any]) -> Ingested:
     return Ingested(row["report_id"], row["outcome"], row["reason"], call, row["tenant_id"])
 
 
+def as_text(body: bytes) -> str:
+    """The body as the report.unmatched event shows it (as GET /v1/reports does; PostgreSQL text holds no NUL)."""
+    return body.decode("utf-8", "replace").replace("\x00", "\ufffd")
+
+
 def ingest_values(
     *, report_id: int | None, body: bytes, key: bytes, now: datetime, since: datetime, tolerance: timedelta
 ) -> dict[str, Any]:
     """The statement's values that do not come from the report's own fields."""
-    # the body as the report.unmatched event shows it (as GET /v1/reports does; PostgreSQL text holds no NUL)
-    body_text = body.decode("utf-8", "replace").replace("\x00", "\ufffd")
     return {
         "report_id": report_id,
         "body": body,
-        "body_text": body_text,
+        "body_text": as_text(body),
         "key": key,
         "now": now,
         "since": since,
@@ -198,8 +221,16 @@ async def lock_report(conn: Conn, report_id: int) -> Pending | None:
 
 
 async def settle_report(conn: Conn, report_id: int, outcome: str, reason: str | None) -> None:
-    """Give a pending report its final outcome without applying it (unparseable, or matching failed)."""
+    """Give a pending report its final outcome without applying it (unparseable)."""
     await conn.execute(SETTLE_REPORT, report_id, outcome, reason)
+
+
+async def give_up_report(
+    conn: Conn, report_id: int, reason: str, bridge: str | None, body: bytes, now: datetime
+) -> None:
+    """Settle a pending report that cannot be applied as unmatched, emitting report.unmatched to its DID's tenant."""
+    values = {"report_id": report_id, "reason": reason, "bridge": bridge, "body_text": as_text(body), "now": now}
+    await conn.execute(GIVE_UP.sql, *GIVE_UP.args(values))
 
 
 async def select_pending_reports(conn: Conn, older_than: datetime, limit: int) -> list[int]:
