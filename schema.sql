@@ -250,6 +250,9 @@ CREATE TABLE events (
     txid        xid8 NOT NULL DEFAULT pg_current_xact_id()
 );
 CREATE INDEX events_feed ON events (tenant_id, txid, id);
+-- a session's events (session.* name it in data.id, call.* in data.session_id), for its console page
+CREATE INDEX events_subject ON events (tenant_id, (coalesce(data->>'session_id', data->>'id')), id)
+    WHERE type LIKE 'session.%' OR type LIKE 'call.%';
 
 CREATE TABLE webhook_endpoints (
     id               uuid PRIMARY KEY,

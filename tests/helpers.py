@@ -126,3 +126,11 @@ async def call_status(live: Live, keys: Keys, call_id: str, want: str) -> dict[s
 
     result: dict[str, Any] = await wait_for(reached)
     return result
+
+
+def index_names(plan: dict[str, Any]) -> list[str]:
+    """Every index an EXPLAIN (FORMAT JSON) plan node and its children scan."""
+    found = [plan["Index Name"]] if "Index Name" in plan else []
+    for child in plan.get("Plans", []):
+        found += index_names(child)
+    return found

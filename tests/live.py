@@ -79,8 +79,13 @@ class Live:
 
 
 @asynccontextmanager
-async def live_service(dsn: str, provider_url: str | None = None, **settings: Any) -> AsyncIterator[Live]:
-    """The service on loopback, its provider the simulator (or provider_url), reports flowing back."""
+async def live_service(
+    dsn: str, provider_url: str | None = None, background: bool = False, **settings: Any
+) -> AsyncIterator[Live]:
+    """The service on loopback, its provider the simulator (or provider_url), reports flowing back.
+
+    background=True also runs the sweeper and the webhook delivery worker in it.
+    """
     sim = Simulator(delay=0.05)
     async with serve(simulator_app(sim)) as sim_url:
         config = make_settings(
@@ -94,7 +99,7 @@ async def live_service(dsn: str, provider_url: str | None = None, **settings: An
             **settings,
         )
         # The service under the server MASKING_SERVER names (the simulator always under uvicorn).
-        service = request_context(create_app(config, dsn=dsn, background=False))
+        service = request_context(create_app(config, dsn=dsn, background=background))
         async with serve(service, os.environ.get("MASKING_SERVER", "uvicorn")) as url:
             sim.callback_url = url + f"/v1/provider/thundersms/callback/{CALLBACK_TOKEN}"
             async with httpx.AsyncClient(base_url=url, timeout=30) as http:

@@ -14,7 +14,7 @@ import msgspec
 import pytest
 
 from service.db import sessions as q
-from tests.helpers import CROSSED_LINES, did_numbers
+from tests.helpers import CROSSED_LINES, did_numbers, index_names
 from tests.processes import ServeProcess, masking_env, run_cli
 
 POOL_DIDS = 50
@@ -85,13 +85,6 @@ async def buffers_per_allocation(db: asyncpg.Connection, tenant_id: int) -> tupl
 
 def msgspec_values(a: q.Allocation) -> dict:
     return msgspec.structs.asdict(a)
-
-
-def index_names(plan: dict) -> list[str]:
-    found = [plan["Index Name"]] if "Index Name" in plan else []
-    for child in plan.get("Plans", []):
-        found += index_names(child)
-    return found
 
 
 async def test_an_allocation_touches_no_more_pages_at_100k_sessions_per_pool_than_at_1k(db: asyncpg.Connection) -> None:

@@ -5,12 +5,24 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 import httpx
 
 from service.broker import events, sweeps
-from tests.helpers import CUSTOMER, FakeClock, Keys, add_dids, assert_problem, did_numbers, session_body, wait_for
+from service.db import events as events_q
+from tests.helpers import (
+    CUSTOMER,
+    FakeClock,
+    Keys,
+    add_dids,
+    assert_problem,
+    did_numbers,
+    index_names,
+    session_body,
+    wait_for,
+)
 from tests.live import live_service
 
 
@@ -220,3 +232,56 @@ async def test_events_and_attempts_past_the_retention_are_deleted_by_the_sweeper
     done = await sweeps.tidy(db, settings, clock())
     assert done["events_deleted"] == 2
     assert [e["data"]["order_id"] for e in (await feed(client, keys))["items"]] == ["r2"]
+
+
+async def test_a_sessions_events_are_its_own_and_its_calls_newest_first(
+    dsn: str, keys: Keys, db: asyncpg.Connection
+) -> None:
+    """events.of_session: the session's session.* and its calls' call.* events, newest first, no other session's."""
+    async with live_service(dsn) as live:
+        await live.http.post("/v1/dids/bulk", json={"dids": [{"number": n} for n in did_numbers(2)]}, headers=keys.a)
+        s = (await live.http.post("/v1/sessions", json=session_body(max_calls=1), headers=keys.a)).json()
+        other = await live.http.post(
+            "/v1/sessions", json=session_body(order="o-2", agent="+918765432199"), headers=keys.a
+        )
+        assert other.status_code == 201, other.text
+        await live.http.post(f"/v1/sessions/{s['id']}/calls", headers=keys.a)
+
+        async def ended() -> list[events.Event] | None:
+            tenant_id = await db.fetchval("SELECT id FROM tenants WHERE name = 'tenant-a'")
+            found = await events.of_session(db, tenant_id, s["id"])
+            return found if any(e.type == "call.completed" for e in found) else None
+
+        found = await wait_for(ended)
+    assert [e.type for e in found][-2:] == ["call.initiated", "session.created"]
+    assert {e.type for e in found[:2]} == {"call.completed", "session.closed"}
+    assert [int(e.id[4:]) for e in found] == sorted((int(e.id[4:]) for e in found), reverse=True)
+    assert all(getattr(e.data, "session_id", getattr(e.data, "id", None)) == UUID(s["id"]) for e in found)
+    tenant_a = await db.fetchval("SELECT id FROM tenants WHERE name = 'tenant-a'")
+    assert [e.type for e in await events.of_session(db, tenant_a, other.json()["id"])] == ["session.created"]
+    tenant_b = await db.fetchval("SELECT id FROM tenants WHERE name = 'tenant-b'")
+    assert await events.of_session(db, tenant_b, s["id"]) == []  # another tenant sees none of them
+
+
+async def test_a_sessions_events_are_read_through_the_subject_index(db: asyncpg.Connection) -> None:
+    """With 40,000 events of 4,000 sessions, the query for one session's events scans events_subject, not the table."""
+    tenant_id = await db.fetchval("INSERT INTO tenants (name) VALUES ('many-events') RETURNING id")
+    await db.execute(
+        """
+        INSERT INTO events (tenant_id, type, created_at, data)
+        SELECT $1, (ARRAY['session.created', 'call.initiated', 'call.completed', 'report.unmatched'])[1 + i / 4000 % 4],
+               now(), CASE WHEN i / 4000 % 4 = 0 THEN jsonb_build_object('id', 'session-' || i % 4000)
+                           ELSE jsonb_build_object('id', 'call-' || i, 'session_id', 'session-' || i % 4000) END
+        FROM generate_series(0, 39999) AS i
+        """,
+        tenant_id,
+    )
+    await db.execute("ANALYZE events")
+    plan = json.loads(
+        await db.fetchval("EXPLAIN (FORMAT JSON) " + events_q.SELECT_OF_SESSION, tenant_id, "session-7", 50)
+    )
+    assert "events_subject" in index_names(plan[0]["Plan"]), plan
+    rows = await events_q.select_of_session(db, tenant_id, "session-7", 50)
+    # Ten events name session-7; two of them are report.unmatched, which is no session's event.
+    assert len(rows) == 8 and all(r.type != "report.unmatched" for r in rows)
+    assert [r.id for r in rows] == sorted((r.id for r in rows), reverse=True)

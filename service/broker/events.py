@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal, get_args
+from uuid import UUID
 
 import msgspec
 
@@ -186,3 +187,8 @@ async def feed(conn: Conn, tenant_id: int, type_: str | None, after: str | None,
         raise InvalidRequest(f"`type` must be one of: {', '.join(TYPES)}.", field="type")
     rows = await q.select_feed(conn, tenant_id, type_, _parse_cursor(after) if after else None, limit)
     return EventPage([render(r) for r in rows], _cursor(rows[-1]) if rows else after)
+
+
+async def of_session(conn: Conn, tenant_id: int, session_id: UUID, limit: int = 50) -> list[Event]:
+    """The newest events about one session (its session.* and its calls' call.*), newest first."""
+    return [render(r) for r in await q.select_of_session(conn, tenant_id, str(session_id), limit)]

@@ -103,6 +103,22 @@ async def select_event(conn: Conn, tenant_id: int, event_id: int) -> EventRow | 
     return None if row is None else msgspec.convert(row, EventRow)
 
 
+# A session's events, newest first. The subject expression and the type predicate are written exactly as
+# in the events_subject index, so the planner can use it (a partial index needs its predicate implied).
+SELECT_OF_SESSION = """
+SELECT id, type, created_at, data, txid::text AS txid FROM events
+WHERE tenant_id = $1 AND coalesce(data->>'session_id', data->>'id') = $2
+  AND (type LIKE 'session.%' OR type LIKE 'call.%')
+ORDER BY id DESC LIMIT $3
+"""
+
+
+async def select_of_session(conn: Conn, tenant_id: int, session_id: str, limit: int) -> list[EventRow]:
+    """The newest events whose subject is this session (session.* and call.*), newest first."""
+    rows = await conn.fetch(SELECT_OF_SESSION, tenant_id, session_id, limit)
+    return [msgspec.convert(r, EventRow) for r in rows]
+
+
 DELETE_EVENTS = """
 DELETE FROM events e USING (
     SELECT id FROM events WHERE created_at < $1 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED) due

@@ -1,4 +1,4 @@
-"""The ops console: sign-in with an ops key, then pools, DIDs, sessions, calls and reports of that tenant.
+"""The ops console: sign-in with an ops key, then pools, DIDs, sessions, calls, reports and webhooks of that tenant.
 
 Every change goes through the broker functions the API uses; every page needs a live console session
 whose key still has the `ops` scope (checked on each request, so a revoked key signs the console out).
@@ -23,7 +23,7 @@ from litestar.params import Body, FromPath, FromQuery
 from litestar.response import Redirect
 
 from service.api.deps import Db, MaskingRequest, Runtime
-from service.broker import calls, console, dids, reports, sessions
+from service.broker import calls, console, dids, events, reports, sessions, webhooks
 from service.broker.errors import DomainError
 from service.models import DidStatus
 from service.provider.reports import parse_report
@@ -37,10 +37,14 @@ NAV = [
     ("/console/sessions", "Sessions"),
     ("/console/calls", "Calls needing attention"),
     ("/console/reports", "Unmatched reports"),
+    ("/console/webhooks", "Webhooks"),
 ]
 DIDS_SHOWN = 500
 # The search reads at most this many of a pool's DIDs (one page of GET /v1/dids).
 DIDS_SCANNED = 1000
+SESSION_EVENTS = 50
+# Per endpoint, the newest attempts of each failing status read (retrying, failed) and shown in all.
+FAILING_SHOWN = 20
 Form = Body(media_type=RequestEncodingType.URL_ENCODED)
 
 
@@ -198,11 +202,19 @@ async def session_search(
 
 @get("/sessions/{session_id:str}", guards=[signed_in], include_in_schema=False)
 async def session_page(request: MaskingRequest, conn: Db, session_id: FromPath[str]) -> Any:
-    """One session in full, with its calls."""
+    """One session in full, with its calls and its newest events."""
     tenant_id = request.principal.tenant_id
     session = await sessions.get_session(conn, tenant_id, session_id, request.runtime.clock())
     found = await calls.list_calls(conn, tenant_id, session_id)
-    return _view(request, "console/session.html", session=session, calls=list(reversed(found)))
+    about = await events.of_session(conn, tenant_id, session.id, SESSION_EVENTS)
+    return _view(
+        request,
+        "console/session.html",
+        session=session,
+        calls=list(reversed(found)),
+        events=about,
+        events_shown=SESSION_EVENTS,
+    )
 
 
 @post("/sessions/{session_id:str}/close", guards=[signed_in], include_in_schema=False, status_code=303)
@@ -254,6 +266,44 @@ async def unmatched(request: MaskingRequest, conn: Db, cursor: FromQuery[str | N
     return _view(request, "console/reports.html", rows=rows, next_cursor=found.next_cursor)
 
 
+@get("/webhooks", guards=[signed_in], include_in_schema=False)
+async def webhook_list(
+    request: MaskingRequest, conn: Db, queued: FromQuery[str] = "", endpoints: FromQuery[int] = -1
+) -> Any:
+    """The tenant's webhook endpoints, each with its newest failing attempts (no secret is ever shown)."""
+    tenant_id = request.principal.tenant_id
+    rows = []
+    for endpoint in await webhooks.list_endpoints(conn, tenant_id):
+        failing: list[webhooks.Attempt] = []
+        for status in ("retrying", "failed"):
+            found = await webhooks.list_attempts(conn, tenant_id, str(endpoint.id), status, None, FAILING_SHOWN)
+            failing += found.items
+        failing.sort(key=lambda a: a.at, reverse=True)
+        # One Redeliver button per event, on its newest failing attempt.
+        seen: set[str] = set()
+        marked = []
+        for a in failing[:FAILING_SHOWN]:
+            marked.append((a, a.event_id not in seen))
+            seen.add(a.event_id)
+        rows.append({"endpoint": endpoint, "failing": marked})
+    done = queued if queued.startswith("evt_") and queued[4:].isdigit() and endpoints >= 0 else ""
+    return _view(request, "console/webhooks.html", rows=rows, queued=done, endpoints=endpoints)
+
+
+class Redeliver(msgspec.Struct, kw_only=True):
+    """The event to queue again, from a failing attempt's row."""
+
+    event_id: str
+
+
+@post("/webhooks/redeliver", guards=[signed_in], include_in_schema=False, status_code=303)
+async def webhook_redeliver(request: MaskingRequest, conn: Db, data: Annotated[Redeliver, Form]) -> Any:
+    """Queue an event again for every endpoint that wants it (POST /v1/events/{id}/redeliver)."""
+    done = await webhooks.redeliver(conn, request.principal.tenant_id, data.event_id, request.runtime.clock())
+    query = urlencode({"queued": data.event_id, "endpoints": done.queued})
+    return Redirect(f"/console/webhooks?{query}", status_code=303)
+
+
 # Errors.
 
 
@@ -295,6 +345,8 @@ def console_router(csrf: CSRFConfig, sessions_config: ConsoleSessionConfig) -> R
             expire_order,
             attention,
             unmatched,
+            webhook_list,
+            webhook_redeliver,
         ],
         middleware=[sessions_config.middleware, DefineMiddleware(CSRFMiddleware, config=csrf)],
         exception_handlers={
