@@ -335,6 +335,16 @@ CREATE TABLE session_changes (
 );
 CREATE INDEX session_changes_by_session ON session_changes (session_id, id);
 
+-- Sessions refused per pool and minute (pool_exhausted), summed over every process for the console's
+-- pools page; rows older than a day are deleted by the sweeper.
+CREATE TABLE pool_refusals (
+    tenant_id  bigint NOT NULL REFERENCES tenants ON DELETE CASCADE,
+    pool       text NOT NULL,
+    minute     timestamptz NOT NULL,
+    refused    integer NOT NULL,
+    PRIMARY KEY (tenant_id, pool, minute)
+);
+
 -- The masked form of a number kept after retention: +919876543210 becomes +91******3210.
 CREATE OR REPLACE FUNCTION mask_number(number text) RETURNS text LANGUAGE sql IMMUTABLE
     RETURN regexp_replace(number, '^(\+[0-9]{2})[0-9]*([0-9]{4})$', '\1******\2');

@@ -169,6 +169,32 @@ async def test_the_pools_page_shows_stats_and_a_chart_and_passes_axe(
     await page.close()
 
 
+async def test_the_pools_page_counts_the_last_hours_refusals_over_every_process(
+    browser: Browser, live: Live, keys: Keys, db: asyncpg.Connection, dsn: str
+) -> None:
+    """Creates refused on two processes are summed per pool; an older count is not; a pool with no DIDs is named."""
+    await open_session(live, keys, "ORD-1", pool="tiny", dids=DIDS[:1])  # the pair now holds tiny's one DID
+    body = {"customer": CUSTOMER, "agent": AGENT, "pool": "tiny"}
+    async with live_service(dsn) as other:
+        for service, order in [(live, "ORD-2"), (live, "ORD-3"), (other, "ORD-4"), (other, "ORD-5"), (other, "ORD-6")]:
+            r = await service.http.post("/v1/sessions", json={**body, "order_id": order}, headers=keys.a)
+            assert r.json()["code"] == "pool_exhausted", r.text
+        r = await other.http.post("/v1/sessions", json={**body, "order_id": "ORD-7", "pool": "tinny"}, headers=keys.a)
+        assert r.json()["code"] == "pool_exhausted", r.text
+    tenant_id = await db.fetchval("SELECT id FROM tenants WHERE name = 'tenant-a'")
+    await db.execute(
+        "INSERT INTO pool_refusals VALUES ($1, 'tiny', date_trunc('minute', now()) - interval '61 minutes', 40)",
+        tenant_id,
+    )
+    page = await browser.new_page()
+    await sign_in(page, live, keys.a_ops)
+    row = page.get_by_role("row", name=re.compile("^tiny"))
+    await expect(row.get_by_role("cell").last).to_have_text("5")
+    await expect(page.locator(".caution")).to_contain_text("tinny (1)")
+    await no_axe_violations(page)
+    await page.close()
+
+
 async def test_the_agent_presses_the_button_and_sees_ringing_then_completed_without_reloading(
     browser: Browser, live: Live, keys: Keys
 ) -> None:

@@ -87,6 +87,24 @@ async def test_settled_reports_are_deleted_after_the_report_retention_pending_on
     ]
 
 
+async def test_refusal_counts_are_kept_a_day(
+    client: httpx.AsyncClient, keys: Keys, db: asyncpg.Connection, settings: Settings, clock: FakeClock
+) -> None:
+    """A refused create is counted in its pool's minute; the sweeper deletes the count a day later, not before."""
+    await add_dids(client, keys.a, did_numbers(1))
+    assert (await client.post("/v1/sessions", json=session_body("o1"), headers=keys.a)).status_code == 201
+    for order in ("o2", "o3"):
+        refused = await client.post("/v1/sessions", json=session_body(order), headers=keys.a)
+        assert refused.json()["code"] == "pool_exhausted"
+    assert [tuple(r) for r in await db.fetch("SELECT pool, refused FROM pool_refusals")] == [("default", 2)]
+    clock.advance(DAY - 60)
+    await sweeps.tidy(db, settings, clock())
+    assert await db.fetchval("SELECT count(*) FROM pool_refusals") == 1
+    clock.advance(120)
+    await sweeps.tidy(db, settings, clock())
+    assert await db.fetchval("SELECT count(*) FROM pool_refusals") == 0
+
+
 async def test_in_steady_state_every_table_stays_bounded(
     client: httpx.AsyncClient, keys: Keys, db: asyncpg.Connection, settings: Settings, clock: FakeClock
 ) -> None:

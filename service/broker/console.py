@@ -16,11 +16,13 @@ from service.broker.sessions import live_view
 from service.broker.tenants import Principal, authenticate, hash_key
 from service.db import Conn
 from service.db import console as q
+from service.db import pools as pools_q
 from service.db.console import AttentionCall
 from service.models import Session
 
 SEARCH_LIMIT = 100
 ATTENTION_WINDOW = timedelta(hours=24)
+REFUSAL_WINDOW = timedelta(hours=1)
 
 
 async def sign_in(db: asyncpg.Pool | Conn, api_key: str) -> tuple[Principal, str]:
@@ -83,3 +85,8 @@ async def sessions_by_hour(conn: Conn, tenant_id: int, now: datetime, hours: int
     """Sessions created in each of the last `hours` hours, oldest first (the current hour last)."""
     rows = await q.sessions_per_hour(conn, tenant_id, now - timedelta(hours=hours - 1), hours)
     return [HourCount(at, n) for at, n in rows]
+
+
+async def refusals_last_hour(conn: Conn, tenant_id: int, now: datetime) -> dict[str, int]:
+    """Sessions refused (pool_exhausted) per pool in the last hour, over every service process."""
+    return await pools_q.select_refusals(conn, tenant_id, now - REFUSAL_WINDOW)

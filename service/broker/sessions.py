@@ -27,6 +27,7 @@ from service.broker.errors import (
 )
 from service.broker.phones import normalize, parse_with_region
 from service.db import Conn
+from service.db import pools as pools_q
 from service.db import sessions as q
 from service.models import Session
 
@@ -135,6 +136,10 @@ async def create_session(
             # Roll back what the lost attempt bound (a binding with no session would block its number on
             # that DID until its end) and go again without that DID.
             tried.append(lost.args[0])
+        except PoolExhausted:
+            # Counted after the attempt rolled back, for the console's "refused in the last hour".
+            await pools_q.count_refusal(conn, tenant_id, body.pool, now)
+            raise
 
 
 async def _create_once(

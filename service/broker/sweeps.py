@@ -80,6 +80,7 @@ async def redact_old_sessions(conn: Conn, now: datetime, days: int) -> int:
 # The deletions find their rows without an index of their own (a scan of a table bounded by them), so
 # each process runs them at most this often rather than on every sweep.
 TIDY_EVERY = timedelta(minutes=5)
+REFUSALS_KEPT = timedelta(days=1)
 _last_tidy: datetime | None = None
 # pool.low_headroom is checked this often per process (the pool statistics read every active binding).
 HEADROOM_EVERY = timedelta(minutes=1)
@@ -91,7 +92,8 @@ async def tidy(conn: Conn, settings: Settings, now: datetime) -> dict[str, int]:
 
     Idempotency keys past their 24-hour window; bindings ended longer ago than both the cool-off and
     the sticky memory; provider reports with a final outcome, and report identities, older than the report
-    retention; events and webhook attempts older than the event retention (MASKING_EVENT_RETENTION_DAYS).
+    retention; events and webhook attempts older than the event retention (MASKING_EVENT_RETENTION_DAYS);
+    per-minute refusal counts older than a day.
     """
     keys_before = now - idempotency_q.REPLAY_WINDOW
     # A pool may set a longer cool-off than the service's: ended bindings are kept for the longest of all.
@@ -119,6 +121,9 @@ async def tidy(conn: Conn, settings: Settings, now: datetime) -> dict[str, int]:
         ),
         "webhook_attempts_deleted": await _in_batches(
             conn, "webhook_attempts_deleted", lambda: events_q.delete_old_attempts(conn, events_before, BATCH)
+        ),
+        "refusal_counts_deleted": await _in_batches(
+            conn, "refusal_counts_deleted", lambda: retention_q.delete_old_refusals(conn, now - REFUSALS_KEPT, BATCH)
         ),
     }
 

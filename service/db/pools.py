@@ -120,3 +120,30 @@ async def count_pools_with(conn: Conn, tenant_id: int, pool: str) -> tuple[int, 
     )
     assert row is not None
     return row["now"], row["would"]
+
+
+async def count_refusal(conn: Conn, tenant_id: int, pool: str, now: datetime) -> None:
+    """Count one refused session in its pool's row for this minute."""
+    await conn.execute(
+        """
+        INSERT INTO pool_refusals (tenant_id, pool, minute, refused)
+        VALUES ($1, $2, date_trunc('minute', $3::timestamptz), 1)
+        ON CONFLICT (tenant_id, pool, minute) DO UPDATE SET refused = pool_refusals.refused + 1
+        """,
+        tenant_id,
+        pool,
+        now,
+    )
+
+
+async def select_refusals(conn: Conn, tenant_id: int, since: datetime) -> dict[str, int]:
+    """Sessions refused per pool since `since` (to the minute), pools with refusals only."""
+    rows = await conn.fetch(
+        """
+        SELECT pool, sum(refused)::int AS refused FROM pool_refusals
+        WHERE tenant_id = $1 AND minute >= date_trunc('minute', $2::timestamptz) GROUP BY pool ORDER BY pool
+        """,
+        tenant_id,
+        since,
+    )
+    return {r["pool"]: r["refused"] for r in rows}

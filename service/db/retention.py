@@ -68,6 +68,14 @@ WHERE k.key = due.key
 """
 
 
+# Refusal counts are read for the last hour only; a day of them is kept.
+DELETE_REFUSALS = """
+DELETE FROM pool_refusals r USING (
+    SELECT tenant_id, pool, minute FROM pool_refusals WHERE minute < $1 LIMIT $2 FOR UPDATE SKIP LOCKED) due
+WHERE r.tenant_id = due.tenant_id AND r.pool = due.pool AND r.minute = due.minute
+"""
+
+
 def _count(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
@@ -90,3 +98,8 @@ async def delete_settled_reports(conn: Conn, before: datetime, batch: int) -> in
 async def delete_report_keys(conn: Conn, before: datetime, batch: int) -> int:
     """Delete one batch of report identities received before `before` (the report retention)."""
     return _count(await conn.execute(DELETE_REPORT_KEYS, before, batch))
+
+
+async def delete_old_refusals(conn: Conn, before: datetime, batch: int) -> int:
+    """Delete one batch of per-minute refusal counts older than `before`."""
+    return _count(await conn.execute(DELETE_REFUSALS, before, batch))

@@ -43,6 +43,8 @@ DIDS_SHOWN = 500
 # The search reads at most this many of a pool's DIDs (one page of GET /v1/dids).
 DIDS_SCANNED = 1000
 SESSION_EVENTS = 50
+# Pools with refusals but no DIDs, listed under the pools table (the busiest first).
+UNKNOWN_POOLS_SHOWN = 20
 # Per endpoint, the newest attempts of each failing status read (retrying, failed) and shown in all.
 FAILING_SHOWN = 20
 Form = Body(media_type=RequestEncodingType.URL_ENCODED)
@@ -115,12 +117,23 @@ async def home() -> Redirect:
 
 @get("/pools", guards=[signed_in], include_in_schema=False)
 async def pools(request: MaskingRequest, conn: Db) -> Any:
-    """Per pool: DIDs, active sessions, headroom; and sessions created per hour over the last day."""
+    """Per pool: DIDs, active sessions, headroom, refusals in the last hour; sessions per hour over the last day."""
     now = request.runtime.clock()
     tenant_id = request.principal.tenant_id
     stats = await sessions.pool_stats(conn, tenant_id, now)
+    refused = await console.refusals_last_hour(conn, tenant_id, now)
+    # Refusals for a pool with no DIDs (a misspelt pool name in a backend, say) are listed on their own.
+    known = {p.pool for p in stats}
+    unknown = sorted(((n, pool) for pool, n in refused.items() if pool not in known), reverse=True)
     hours = await console.sessions_by_hour(conn, tenant_id, now)
-    return _view(request, "console/pools.html", pools=stats, chart=_chart(hours))
+    return _view(
+        request,
+        "console/pools.html",
+        pools=stats,
+        refused=refused,
+        unknown=unknown[:UNKNOWN_POOLS_SHOWN],
+        chart=_chart(hours),
+    )
 
 
 def _chart(hours: list[console.HourCount]) -> dict[str, Any]:
