@@ -10,7 +10,7 @@ from uuid import UUID
 import asyncpg
 import httpx
 
-from service.broker import events, sweeps
+from service.broker import events, pools, sweeps
 from service.db import events as events_q
 from tests.helpers import (
     CUSTOMER,
@@ -140,20 +140,20 @@ async def test_a_pool_alerts_once_each_time_its_headroom_falls_to_the_alert_leve
 ) -> None:
     """Four DIDs, one customer with two agents: headroom 4 - 2 - 1 = 1 alerts once; checks again say nothing; a new fall alerts."""
     await add_dids(client, keys.a, did_numbers(4))
-    assert await events.check_headroom(db, clock()) == 0  # headroom 4
+    assert await pools.check_headroom(db, clock()) == 0  # headroom 4
     for i in range(2):
         body = session_body(order=f"h{i}", agent=f"+9187654300{i:02d}")
         assert (await client.post("/v1/sessions", json=body, headers=keys.a)).status_code == 201
-    assert await events.check_headroom(db, clock()) == 1
-    assert await events.check_headroom(db, clock()) == 0
+    assert await pools.check_headroom(db, clock()) == 1
+    assert await pools.check_headroom(db, clock()) == 0
     alerts = (await feed(client, keys, type="pool.low_headroom"))["items"]
     assert len(alerts) == 1 and alerts[0]["data"]["headroom"] == 1 and alerts[0]["data"]["pool"] == "default"
     await client.post("/v1/sessions/expire", json={"customer": CUSTOMER}, headers=keys.a)
-    assert await events.check_headroom(db, clock()) == 0  # back above: re-armed
+    assert await pools.check_headroom(db, clock()) == 0  # back above: re-armed
     for i in range(2):
         body = session_body(order=f"j{i}", agent=f"+9187654310{i:02d}")
         assert (await client.post("/v1/sessions", json=body, headers=keys.a)).status_code == 201
-    assert await events.check_headroom(db, clock()) == 1
+    assert await pools.check_headroom(db, clock()) == 1
 
 
 async def test_a_pools_own_alert_level_decides_when_it_alerts(
@@ -166,10 +166,10 @@ async def test_a_pools_own_alert_level_decides_when_it_alerts(
     for i in range(2):
         body = session_body(order=f"h{i}", agent=f"+9187654300{i:02d}")
         assert (await client.post("/v1/sessions", json=body, headers=keys.a)).status_code == 201
-    assert await events.check_headroom(db, clock()) == 0  # headroom 1, level 0
+    assert await pools.check_headroom(db, clock()) == 0  # headroom 1, level 0
     body = session_body(order="h2", agent="+918765430002")
     assert (await client.post("/v1/sessions", json=body, headers=keys.a)).status_code == 201
-    assert await events.check_headroom(db, clock()) == 1  # headroom 4 - 3 - 1 = 0
+    assert await pools.check_headroom(db, clock()) == 1  # headroom 4 - 3 - 1 = 0
     alerts = (await feed(client, keys, type="pool.low_headroom"))["items"]
     assert [(a["data"]["headroom"], a["data"]["alert_level"]) for a in alerts] == [(0, 0)]
 

@@ -12,8 +12,6 @@ import msgspec
 from service.broker.errors import InvalidRequest, NotFound
 from service.db import Conn
 from service.db import events as q
-from service.db import pools as pools_q
-from service.db import sessions as sessions_q
 from service.models import Call, Session
 
 SessionEvent = Literal["session.created", "session.updated", "session.closed"]
@@ -31,8 +29,6 @@ EventType = Literal[
     "webhook.test",
 ]
 TYPES: tuple[str, ...] = get_args(EventType)
-# The contract's default alert level: a pool alerts when its headroom falls to this or below.
-DEFAULT_HEADROOM_ALERT = 2
 
 
 def _now() -> datetime:
@@ -80,54 +76,6 @@ async def calls_unknown(conn: Conn, calls: Sequence[Call], now: datetime) -> Non
         now,
         [(tenants[c.session_id], f"call.{c.status}", msgspec.json.encode(c)) for c in calls if c.session_id in tenants],
     )
-
-
-class PoolAlert(msgspec.Struct, frozen=True, kw_only=True):
-    """The data of pool.low_headroom: the pool's use as GET /v1/stats shows it, and the level it fell to."""
-
-    tenant: str
-    pool: str
-    dids: int
-    active_dids: int
-    active_sessions: int
-    busiest_party_sessions: int
-    second_party_sessions: int
-    headroom: int
-    alert_level: int
-
-
-async def check_headroom(conn: Conn, now: datetime) -> int:
-    """pool.low_headroom once for each pool whose headroom fell to its alert level since the last check.
-
-    Headroom is the contract's: active DIDs minus the two busiest parties' live sessions; the alert level
-    is the pool's `headroom_alert` (2 when the pool has no settings).
-    """
-    stats = await sessions_q.pool_stats(conn, None, now)
-    levels = await pools_q.select_all_settings(conn, None)
-    alerts: dict[tuple[int, str], PoolAlert] = {}
-    for p in stats:
-        headroom = p.active_dids - p.busiest_party - p.second_party
-        settings = levels.get((p.tenant_id, p.pool))
-        alert_level = DEFAULT_HEADROOM_ALERT if settings is None else settings.headroom_alert
-        if headroom <= alert_level:
-            alerts[(p.tenant_id, p.pool)] = PoolAlert(
-                tenant=p.tenant,
-                pool=p.pool,
-                dids=p.dids,
-                active_dids=p.active_dids,
-                active_sessions=p.active_sessions,
-                busiest_party_sessions=p.busiest_party,
-                second_party_sessions=p.second_party,
-                headroom=headroom,
-                alert_level=alert_level,
-            )
-    async with conn.transaction():
-        await q.rearm_pools(conn, list(alerts))
-        fresh = await q.alert_pools(conn, list(alerts), now)
-        await q.insert_events(
-            conn, now, [(key[0], "pool.low_headroom", msgspec.json.encode(alerts[key])) for key in fresh]
-        )
-    return len(fresh)
 
 
 class Event(msgspec.Struct, frozen=True):

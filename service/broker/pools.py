@@ -10,13 +10,16 @@ import msgspec
 
 from service.broker.errors import InvalidRequest, NotFound, TooManyPools
 from service.broker.phones import normalize
-from service.broker.sessions import CreateSession, PoolStats, Rules, StatsCache, Ttl, pool_stats
+from service.broker.sessions import CreateSession, PoolStats, Rules, StatsCache, Ttl, headroom, pool_stats
 from service.db import Conn
 from service.db import dids as dids_q
+from service.db import events as events_q
 from service.db import pools as q
+from service.db import sessions as sessions_q
 
 PoolName = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 Seconds = Annotated[int, msgspec.Meta(ge=0, le=2_592_000)]
+# The contract's default alert level: a pool alerts when its headroom falls to this or below.
 DEFAULT_HEADROOM_ALERT = 2
 # How long a process trusts the settings it read for a pool before reading them again. A PUT is seen at
 # once by the process that served it and within this many seconds by every other process.
@@ -213,3 +216,51 @@ async def for_create(
 async def rules_of_pool(conn: Conn, cache: SettingsCache, tenant_id: int, pool: str, base: Rules) -> Rules:
     """The broker's rules for one of the tenant's pools."""
     return rules_for(base, await cache.get(conn, tenant_id, pool))
+
+
+class PoolAlert(msgspec.Struct, frozen=True, kw_only=True):
+    """The data of pool.low_headroom: the pool's use as GET /v1/stats shows it, and the level it fell to."""
+
+    tenant: str
+    pool: str
+    dids: int
+    active_dids: int
+    active_sessions: int
+    busiest_party_sessions: int
+    second_party_sessions: int
+    headroom: int
+    alert_level: int
+
+
+async def check_headroom(conn: Conn, now: datetime) -> int:
+    """pool.low_headroom once for each pool whose headroom fell to its alert level since the last check.
+
+    Headroom is the contract's: active DIDs minus the two busiest parties' live sessions; the alert level
+    is the pool's `headroom_alert` (2 when the pool has no settings).
+    """
+    stats = await sessions_q.pool_stats(conn, None, now)
+    levels = await q.select_all_settings(conn, None)
+    alerts: dict[tuple[int, str], PoolAlert] = {}
+    for p in stats:
+        left = headroom(p.active_dids, p.busiest_party, p.second_party)
+        settings = levels.get((p.tenant_id, p.pool))
+        alert_level = DEFAULT_HEADROOM_ALERT if settings is None else settings.headroom_alert
+        if left <= alert_level:
+            alerts[(p.tenant_id, p.pool)] = PoolAlert(
+                tenant=p.tenant,
+                pool=p.pool,
+                dids=p.dids,
+                active_dids=p.active_dids,
+                active_sessions=p.active_sessions,
+                busiest_party_sessions=p.busiest_party,
+                second_party_sessions=p.second_party,
+                headroom=left,
+                alert_level=alert_level,
+            )
+    async with conn.transaction():
+        await events_q.rearm_pools(conn, list(alerts))
+        fresh = await events_q.alert_pools(conn, list(alerts), now)
+        await events_q.insert_events(
+            conn, now, [(key[0], "pool.low_headroom", msgspec.json.encode(alerts[key])) for key in fresh]
+        )
+    return len(fresh)

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 import structlog
 
 from service import metrics
-from service.broker import events
+from service.broker import events, pools
 from service.broker.reports import Matching, rematch_pending
 from service.db import Conn
 from service.db import calls as calls_q
@@ -136,7 +136,7 @@ async def sweep_once(conn: Conn, settings: Settings, now: datetime) -> None:
     global _last_headroom
     if _last_headroom is None or not _last_headroom <= now < _last_headroom + HEADROOM_EVERY:
         _last_headroom = now
-        await events.check_headroom(conn, now)
+        await pools.check_headroom(conn, now)
     if settings.retention_days:
         await redact_old_sessions(conn, now, settings.retention_days)
     global _last_tidy
