@@ -13,7 +13,7 @@ import structlog
 
 _PHONE = re.compile(r"(?<![\w-])\+?(\d{2})(\d{4,9})(\d{4})(?![\w-])")
 _API_KEY = re.compile(r"msk_[A-Za-z0-9_-]{8,}")
-_SECRET_PATH = re.compile(r"(/(?:callback|route)/)[^/?\s\"']+")
+_SECRET_PATH = re.compile(r"(/(?:callback|route|c)/)[^/?\s\"']+")
 _BEARER = re.compile(r"(?i)bearer\s+\S+")
 _SECRET_NAMES = ("token", "key", "authorization", "secret", "password", "dsn", "database_url")
 

@@ -8,6 +8,8 @@ from pathlib import Path
 UNMASKED_NUMBER = re.compile(r"(?<![\w*.:-])\+?\d{10,15}(?![\w-])")
 API_KEY = re.compile(r"msk_[A-Za-z0-9_-]{8,}")
 TOKENS = ("token-0123456789", "provider-token-xyz", "Bearer msk_", "whsec_")
+# A call link's token in its path (/c/<token>): it places calls, so it is a secret like a key.
+LINK_TOKEN = re.compile(r"/c/[A-Za-z0-9_-]{16,}")
 
 
 def leaks(lines: list[str]) -> list[str]:
@@ -15,7 +17,10 @@ def leaks(lines: list[str]) -> list[str]:
     return [
         line[:200]
         for line in lines
-        if UNMASKED_NUMBER.search(line) or API_KEY.search(line) or any(t in line for t in TOKENS)
+        if UNMASKED_NUMBER.search(line)
+        or API_KEY.search(line)
+        or LINK_TOKEN.search(line)
+        or any(t in line for t in TOKENS)
     ]
 
 

@@ -24,6 +24,7 @@ def test_numbers_are_masked_keeping_country_code_and_last_four() -> None:
     assert (
         scrub("/v1/provider/thundersms/callback/s3cr3t-token?x=1") == "/v1/provider/thundersms/callback/[redacted]?x=1"
     )
+    assert scrub("/c/Xjhyoz-zf5ObyXYiAAm4XdovqB_ujC-q/status") == "/c/[redacted]/status"
 
 
 def test_a_whole_request_flow_logs_no_number_key_or_token(tmp_path: Path, dsn: str) -> None:
@@ -56,3 +57,32 @@ def test_a_whole_request_flow_logs_no_number_key_or_token(tmp_path: Path, dsn: s
     for secret in (CUSTOMER, AGENT, DID, CUSTOMER[1:], key, "callback-token-0123456789", "msk_wrong_key_000000"):
         assert secret not in text, f"{secret[:6]}... leaked into the log"
     assert re.search(r"\+91\*+1234", text), "the customer's masked form should be in the log"
+
+
+def test_a_call_link_a_console_sign_in_and_a_webhook_secret_stay_out_of_the_log(tmp_path: Path, dsn: str) -> None:
+    """An agent's link token (it places calls), the ops key typed into the console, a webhook secret: none logged."""
+    env = masking_env(MASKING_DATABASE_URL=dsn, MASKING_WEBHOOK_ALLOW_HTTP="true", MASKING_WEBHOOK_ALLOW_PRIVATE="true")
+    key = json.loads(run_cli("tenant", "create", "acme", "--scope", "ops", "--scope", "sessions", env=env).stdout)[
+        "api_key"
+    ]
+    log_path = tmp_path / "serve.log"
+    with ServeProcess(env, log_path=log_path) as service:
+        with httpx.Client(base_url=service.url, headers={"Authorization": f"Bearer {key}"}) as http:
+            assert http.post("/v1/dids", json={"number": DID}).status_code == 201
+            body = {"order_id": "ORD-1", "customer": CUSTOMER, "agent": AGENT}
+            session = http.post("/v1/sessions", json=body).json()
+            link = http.post(f"/v1/sessions/{session['id']}/call-links", json={"party": "agent"}).json()
+            hook = http.post("/v1/webhooks", json={"url": "http://127.0.0.1:9/hook", "events": ["*"]}).json()
+        token = link["url"].rsplit("/c/", 1)[1]
+        with httpx.Client(base_url=service.url) as anonymous:
+            assert anonymous.get(f"/c/{token}").status_code == 200
+            assert anonymous.get(f"/c/{token}/status").status_code == 200
+            form = anonymous.get("/console/sign-in")
+            csrf = re.search(r'name="_csrf_token" value="([^"]+)"', form.text)
+            assert csrf is not None
+            signed = anonymous.post("/console/sign-in", data={"_csrf_token": csrf.group(1), "key": key})
+            assert signed.status_code == 303
+    text = log_path.read_text()
+    assert "/c/" in text, "the agent page's requests should be logged"
+    for secret in (token, key, hook["secret"], CUSTOMER, AGENT):
+        assert secret not in text, f"{secret[:6]}... leaked into the log"
