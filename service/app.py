@@ -171,7 +171,7 @@ def create_app(
         # Web pages: the CSRF signing secret is one for all processes; console sessions live in the database.
         csrf.secret = await secret(db, "web_csrf_secret", secrets.token_hex(32))
         console_store.db = db
-        app.state.link_limits = LinkLimits()
+        app.state.link_limits = LinkLimits(settings.link_presses_per_minute, settings.link_requests_per_minute)
         interval = sweep_interval or settings.sweep_interval_seconds
         tasks = [asyncio.create_task(_sweep_forever(runtime, interval))] if background else []
         # Webhook delivery runs in every process (claims are SKIP LOCKED); the test route uses it too.

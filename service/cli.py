@@ -101,6 +101,8 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
             "access_log": False,
             "lifespan": "on",
             "server_header": False,
+            # X-Forwarded-For is read by the service itself, from MASKING_TRUSTED_PROXIES only, under either server.
+            "proxy_headers": False,
         }
         # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; make that an exception so the
         # embedded PostgreSQL is stopped on the way out instead of the process dying on the spot.

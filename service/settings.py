@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 import zoneinfo
@@ -60,6 +61,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # How long a settled provider report (matched, unmatched, duplicate, unparseable) is kept.
     report_retention_days: Annotated[int, msgspec.Meta(ge=1)] = 30
     public_url: Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s/]+(/\S*)?$")] | None = None
+    # Proxies in front of the service (addresses or networks, comma-separated) whose X-Forwarded-For is
+    # believed when the agent pages limit requests per client address; empty: the peer is the client.
+    trusted_proxies: str = ""
+    # Agent pages, per process: presses of one link a minute (the session's call caps apply on top), and
+    # requests from one client address a minute (a ringing page polls every 1.5 s: 40 a minute). Raise
+    # the latter when many agents share an address (a carrier's NAT) and no proxy names them; 0: no limit.
+    link_presses_per_minute: Annotated[int, msgspec.Meta(ge=0)] = 6
+    link_requests_per_minute: Annotated[int, msgspec.Meta(ge=0)] = 120
     # Events and webhooks (issue 13): how long events and delivery attempts are kept, what addresses a
     # webhook may point at, and the delivery schedule (tests compress it; see docs/webhooks.md).
     event_retention_days: Annotated[int, msgspec.Meta(ge=1)] = 30
@@ -78,6 +87,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     def webhook_retries(self) -> list[float]:
         """Seconds to wait before each retry of a failed delivery (MASKING_WEBHOOK_RETRY_SECONDS)."""
         return [float(x) for x in self.webhook_retry_seconds.split(",")]
+
+    @property
+    def trusted_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """MASKING_TRUSTED_PROXIES as networks (a bare address is a network of one)."""
+        parts = [p.strip() for p in self.trusted_proxies.split(",")]
+        return tuple(ipaddress.ip_network(p, strict=False) for p in parts if p)
 
     @property
     def provider_kind(self) -> Literal["simulator", "thundersms"]:
@@ -120,6 +135,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError(
             f"MASKING_PROVIDER_TIMEZONE: unknown time zone {settings.provider_timezone!r} "
             "(use an IANA name such as Asia/Kolkata)"
+        ) from None
+    try:
+        settings.trusted_networks  # noqa: B018 (parsed here so a bad value stops the start)
+    except ValueError as exc:
+        raise SettingsError(
+            f"MASKING_TRUSTED_PROXIES: {exc} (give addresses or networks, comma-separated: 10.0.0.0/8,192.0.2.7)"
         ) from None
     if settings.provider_kind == "thundersms" and not settings.thundersms_token:
         raise SettingsError("MASKING_THUNDERSMS_TOKEN: required when MASKING_PROVIDER is thundersms")

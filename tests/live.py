@@ -52,7 +52,15 @@ async def serve(app: Any, server: str = "uvicorn") -> AsyncIterator[str]:
             yield url
         return
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on", timeout_graceful_shutdown=1)
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_config=None,
+            lifespan="on",
+            timeout_graceful_shutdown=1,
+            proxy_headers=False,  # as `masking serve`: the service reads X-Forwarded-For itself
+        )
     )
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]  # leave pytest's signals be
     task = asyncio.create_task(server.serve())

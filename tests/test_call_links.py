@@ -2,6 +2,7 @@
 
 import asyncio
 import hashlib
+import ipaddress
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -9,9 +10,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from service.broker.errors import RateLimited
-from service.broker.links import LinkLimits
 from service.db import links as links_q
+from service.web.security import client_address
 from tests.helpers import AGENT, CUSTOMER, Keys, assert_problem, call_status
 from tests.live import Live, live_service
 
@@ -175,19 +175,62 @@ async def test_a_form_press_needs_the_pages_csrf_token(live: Live, keys: Keys) -
     assert forged.status_code == 403
 
 
-def test_link_pages_are_rate_limited_per_link_and_per_address() -> None:
-    """Presses of one link and requests from one address each have their own bucket."""
-    limits = LinkLimits(presses_per_minute=2, per_address=3)
-    limits.presses.take(b"link-1", "presses of this link")
-    limits.presses.take(b"link-1", "presses of this link")
-    with pytest.raises(RateLimited) as refused:
-        limits.presses.take(b"link-1", "presses of this link")
-    assert refused.value.extra["retry_after"] >= 1 and "presses of this link" in refused.value.detail
-    limits.presses.take(b"link-2", "presses of this link")
-    for _ in range(3):
-        limits.addresses.take("10.0.0.1", "requests from your address")
-    with pytest.raises(RateLimited):
-        limits.addresses.take("10.0.0.1", "requests from your address")
+async def test_presses_of_one_link_are_limited_and_another_link_has_its_own_bucket(dsn: str, keys: Keys) -> None:
+    """The 7th press of one link within a minute is 429; a second link of the same session is not limited by it."""
+    async with live_service(dsn, session_calls_per_window=100, calls_per_minute=1000) as live:
+        session = await open_session(live, keys)
+        path, _ = await mint(live, keys, session["id"], max_uses=100)
+        answers = [(await live.http.post(path, headers=JSON)).status_code for _ in range(6)]
+        assert 429 not in answers and answers[0] == 202, answers
+        refused = await live.http.post(path, headers=JSON)
+        assert_problem(refused, 429, "rate_limited")
+        assert "presses of this link" in refused.json()["detail"] and int(refused.headers["retry-after"]) >= 1
+        other, _ = await mint(live, keys, session["id"], max_uses=100)
+        assert (await live.http.post(other, headers=JSON)).status_code != 429
+
+
+async def test_requests_from_one_address_are_limited_and_a_forged_forwarded_for_does_not_escape(
+    dsn: str, keys: Keys
+) -> None:
+    """MASKING_LINK_REQUESTS_PER_MINUTE per address; the next is 429 (page or JSON); a client's X-Forwarded-For ignored."""
+    async with live_service(dsn, link_requests_per_minute=10) as live:
+        session = await open_session(live, keys)
+        path, _ = await mint(live, keys, session["id"])
+        answers = await asyncio.gather(*(live.http.get(path + "/status", headers=JSON) for _ in range(10)))
+        assert [r.status_code for r in answers] == [200] * 10
+        refused = await live.http.get(path + "/status", headers=JSON)
+        assert_problem(refused, 429, "rate_limited")
+        assert "requests from your address" in refused.json()["detail"]
+        page = await live.http.get(path, headers=HTML)
+        assert page.status_code == 429 and "Too many requests" in page.text
+        forged = await live.http.get(path, headers={**HTML, "X-Forwarded-For": "203.0.113.9"})
+        assert forged.status_code == 429
+
+
+async def test_behind_a_trusted_proxy_each_agent_has_its_own_address_bucket(dsn: str, keys: Keys) -> None:
+    """MASKING_TRUSTED_PROXIES: the proxy's X-Forwarded-For names the client, so one busy agent limits only itself."""
+    async with live_service(dsn, trusted_proxies="127.0.0.0/8, ::1", link_requests_per_minute=10) as live:
+        session = await open_session(live, keys)
+        path, _ = await mint(live, keys, session["id"])
+        busy = {**JSON, "X-Forwarded-For": "203.0.113.5"}
+        assert {(await live.http.get(path + "/status", headers=busy)).status_code for _ in range(10)} == {200}
+        assert_problem(await live.http.get(path + "/status", headers=busy), 429, "rate_limited")
+        other = {**JSON, "X-Forwarded-For": "203.0.113.6"}
+        assert (await live.http.get(path + "/status", headers=other)).status_code == 200
+        # the busy agent writing its own header first: the proxy appends the real address, which is read
+        spoofed = {**JSON, "X-Forwarded-For": "203.0.113.6, 203.0.113.5"}
+        assert (await live.http.get(path + "/status", headers=spoofed)).status_code == 429
+
+
+def test_the_client_address_is_the_nearest_hop_no_trusted_proxy_added() -> None:
+    """Right to left through X-Forwarded-For, skipping only trusted proxies; untrusted peers' headers are ignored."""
+    trusted = (ipaddress.ip_network("10.0.0.0/8"),)
+    assert client_address("10.0.0.2", "198.51.100.7", trusted) == "198.51.100.7"
+    assert client_address("10.0.0.2", "1.2.3.4, 198.51.100.7, 10.0.0.9", trusted) == "198.51.100.7"
+    assert client_address("198.51.100.7", "1.2.3.4", trusted) == "198.51.100.7"
+    assert client_address("10.0.0.2", None, trusted) == "10.0.0.2"
+    assert client_address("10.0.0.2", "not-an-address", trusted) == "not-an-address"
+    assert client_address("10.0.0.2", "198.51.100.7", ()) == "10.0.0.2"
 
 
 async def test_concurrent_uses_never_exceed_max_uses(live: Live, keys: Keys, dsn: str) -> None:

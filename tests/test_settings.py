@@ -19,6 +19,8 @@ def test_values_are_read_and_converted_from_strings() -> None:
     """Numbers arrive as strings in the environment and become numbers."""
     s = load_settings({"MASKING_PORT": "9001", "MASKING_COOLOFF_SECONDS": "60", "MASKING_THUNDERSMS_TOKEN": "t"})
     assert (s.port, s.cooloff_seconds, s.provider_kind) == (9001, 60, "thundersms")
+    proxies = load_settings({"MASKING_TRUSTED_PROXIES": " 10.1.2.3, fd00::/8 "}).trusted_networks
+    assert [str(n) for n in proxies] == ["10.1.2.3/32", "fd00::/8"]
 
 
 @pytest.mark.parametrize(
@@ -31,6 +33,8 @@ def test_values_are_read_and_converted_from_strings() -> None:
         ("MASKING_LOG_FORMAT", "xml"),
         ("MASKING_PROVIDER_TIMEZONE", "Mars/Olympus"),
         ("MASKING_PROVIDER_TIMEOUT_SECONDS", "-1"),
+        ("MASKING_TRUSTED_PROXIES", "10.0.0.0/8,nginx"),
+        ("MASKING_LINK_REQUESTS_PER_MINUTE", "-5"),
     ],
 )
 def test_a_bad_value_names_its_variable(variable: str, value: str) -> None:

@@ -24,10 +24,6 @@ from service.models import Call, CallStatus, Party
 
 Clock = Callable[[], datetime]
 TOKEN_BYTES = 24  # 192 bits of randomness; only the SHA-256 of the token is stored
-# Presses of one link per minute (the session's own call caps apply on top), and requests to link
-# pages per client address per minute (a page polls its call's state every few seconds).
-PRESSES_PER_MINUTE = 6
-REQUESTS_PER_ADDRESS_PER_MINUTE = 120
 _GONE = "This call link has expired, been used up, or its order has ended; ask for a new link."
 
 
@@ -175,9 +171,7 @@ class Buckets(TokenBuckets):
 class LinkLimits:
     """The per-process rate limits of link pages: presses per link, requests per client address."""
 
-    def __init__(
-        self, presses_per_minute: int = PRESSES_PER_MINUTE, per_address: int = REQUESTS_PER_ADDRESS_PER_MINUTE
-    ) -> None:
+    def __init__(self, presses_per_minute: int, per_address: int) -> None:
         self.presses = Buckets(presses_per_minute)
         self.addresses = Buckets(per_address)
 

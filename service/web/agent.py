@@ -17,6 +17,7 @@ from service.api.problems import problem, problem_response
 from service.broker import links
 from service.broker.errors import DomainError
 from service.web.pages import CsrfUnlessJson, error_page, page, status_of, wants_json
+from service.web.security import client_address
 
 
 class LinkState(msgspec.Struct, frozen=True):
@@ -44,8 +45,9 @@ def describe(call: links.LinkCall | None) -> tuple[str, str]:
     return "unknown", "Unknown: no word on this call yet"
 
 
-def _address(request: Request[Any, Any, Any]) -> str:
-    return request.client.host if request.client else "unknown"
+def _address(request: MaskingRequest) -> str:
+    peer = request.client.host if request.client else "unknown"
+    return client_address(peer, request.headers.get("x-forwarded-for"), request.runtime.settings.trusted_networks)
 
 
 def _limit_address(request: MaskingRequest) -> None:
