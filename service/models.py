@@ -77,3 +77,15 @@ class Call(msgspec.Struct, frozen=True, kw_only=True, rename={"from_": "from"}):
     recording_url: str | None
     hangup_by: str | None
     provider: ProviderOutcome
+
+
+class Report(msgspec.Struct, frozen=True):
+    """A stored provider report, raw as the provider sent it, with what it turned out to be."""
+
+    id: int
+    received_at: datetime
+    bridge: str | None
+    outcome: str
+    reason: str | None
+    call_id: uuid.UUID | None
+    body: str

@@ -12,7 +12,7 @@ import msgspec
 from service.broker.errors import InvalidRequest, NotFound
 from service.db import Conn
 from service.db import events as q
-from service.models import Call, Session
+from service.models import Call, Report, Session
 
 SessionEvent = Literal["session.created", "session.updated", "session.closed"]
 EventType = Literal[
@@ -87,7 +87,7 @@ class Event(msgspec.Struct, frozen=True):
     data: Any
 
 
-_RESOURCES: dict[str, type[Any]] = {"session": Session, "call": Call}
+_RESOURCES: dict[str, type[Any]] = {"session": Session, "call": Call, "report": Report}
 
 
 def render(row: q.EventRow) -> Event:

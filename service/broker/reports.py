@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from uuid import UUID
 from zoneinfo import ZoneInfo
 
 import asyncpg
@@ -14,7 +13,7 @@ from service import metrics
 from service.broker.errors import InvalidRequest
 from service.db import Conn
 from service.db import reports as q
-from service.models import Call
+from service.models import Call, Report
 from service.provider.reports import ParsedReport, parse_report, report_key
 from service.settings import Settings
 
@@ -183,18 +182,6 @@ async def _give_up(conn: Conn, report_id: int, matching: Matching, now: datetime
         bridge = report.bridge if report else None
         await q.give_up_report(conn, report_id, "matching_failed", bridge, pending.body, now)
     _settled(q.Ingested(report_id, "unmatched", "matching_failed", None, None), None)
-
-
-class Report(msgspec.Struct, frozen=True):
-    """A stored provider report, raw as the provider sent it, with what it turned out to be."""
-
-    id: int
-    received_at: datetime
-    bridge: str | None
-    outcome: str
-    reason: str | None
-    call_id: UUID | None
-    body: str
 
 
 class ReportPage(msgspec.Struct, frozen=True):
