@@ -18,7 +18,7 @@ from service.db import Conn
 from service.db import console as q
 from service.db import pools as pools_q
 from service.db.console import AttentionCall
-from service.models import Session
+from service.models import Did, Session
 
 SEARCH_LIMIT = 100
 ATTENTION_WINDOW = timedelta(hours=24)
@@ -62,6 +62,22 @@ async def find_sessions(conn: Conn, tenant_id: int, text: str, now: datetime) ->
         conn, tenant_id, order_id=None if number else text, number=number, limit=SEARCH_LIMIT
     )
     return [live_view(s, now) for s in found]
+
+
+class DidSearch(msgspec.Struct, frozen=True):
+    """The first DIDs a search found, and whether more match."""
+
+    items: list[Did]
+    more: bool
+
+
+async def search_dids(
+    conn: Conn, tenant_id: int, text: str, pool: str | None, status: str | None, now: datetime, limit: int
+) -> DidSearch:
+    """DIDs whose number contains the digits of text (all, when it has none), of a pool and status when given."""
+    digits = "".join(ch for ch in text if ch.isdigit())[:16] or None
+    found = await q.search_dids(conn, tenant_id, now, digits=digits, pool=pool, status=status, limit=limit + 1)
+    return DidSearch(items=found[:limit], more=len(found) > limit)
 
 
 async def live_sessions_of_order(conn: Conn, tenant_id: int, order_id: str, now: datetime) -> int:

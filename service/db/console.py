@@ -10,8 +10,9 @@ import msgspec
 
 from service.db import Conn
 from service.db.calls import CALL
+from service.db.dids import _DID_COLUMNS as DID_COLUMNS  # a DID row as the API lists it ($2: now)
 from service.db.sessions import SESSION
-from service.models import Call, Session
+from service.models import Call, Did, Session
 
 
 async def store_get(conn: Conn, id_hash: bytes, now: datetime, renew_until: datetime | None) -> bytes | None:
@@ -100,6 +101,37 @@ async def search_sessions(
         limit,
     )
     return [msgspec.convert(r, Session) for r in rows]
+
+
+async def search_dids(
+    conn: Conn,
+    tenant_id: int,
+    now: datetime,
+    *,
+    digits: str | None,
+    pool: str | None,
+    status: str | None,
+    limit: int,
+) -> list[Did]:
+    """The tenant's DIDs whose number contains these digits (of one pool or status when given), by pool and
+    number, at most limit: the search is a predicate of the walk of the tenant's (tenant_id, pool, number) index,
+    which stops at the limit, so no DID is out of reach however big the pool."""
+    rows = await conn.fetch(
+        f"""
+        SELECT {DID_COLUMNS} FROM dids d
+        WHERE d.tenant_id = $1 AND ($3::text IS NULL OR d.pool = $3) AND ($4::text IS NULL OR d.status = $4)
+          AND ($5::text IS NULL OR strpos(d.number, $5) > 0)
+        ORDER BY d.pool, d.number
+        LIMIT $6
+        """,
+        tenant_id,
+        now,
+        pool,
+        status,
+        digits,
+        limit,
+    )
+    return [msgspec.convert(r, Did) for r in rows]
 
 
 class AttentionCall(msgspec.Struct, frozen=True, kw_only=True):

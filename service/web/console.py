@@ -24,7 +24,7 @@ from litestar.response import Redirect
 
 from service.api.deps import Db, MaskingRequest, Runtime
 from service.broker import calls, console, dids, events, reports, sessions, webhooks
-from service.broker.errors import DomainError
+from service.broker.errors import DidInUse, DomainError
 from service.models import DidStatus
 from service.provider.reports import parse_report
 from service.web.pages import error_page, page, status_of
@@ -39,9 +39,9 @@ NAV = [
     ("/console/reports", "Unmatched reports"),
     ("/console/webhooks", "Webhooks"),
 ]
+# The DIDs a search shows at most (the search itself reaches every DID: it is a predicate in SQL).
 DIDS_SHOWN = 500
-# The search reads at most this many of a pool's DIDs (one page of GET /v1/dids).
-DIDS_SCANNED = 1000
+DID_STATUSES = ("active", "draining", "retired")
 SESSION_EVENTS = 50
 # Pools with refusals but no DIDs, listed under the pools table (the busiest first).
 UNKNOWN_POOLS_SHOWN = 20
@@ -170,22 +170,39 @@ async def did_list(
     done: FromQuery[str] = "",
 ) -> Any:
     """The tenant's DIDs, searchable by number, pool and status; drain, retire or re-activate each."""
-    wanted = status if status in ("active", "draining", "retired") else None
-    page = await dids.list_dids(
-        conn, request.principal.tenant_id, request.runtime.clock(), pool or None, wanted, DIDS_SCANNED, None
+    return await _dids_page(request, conn, q, pool, status, done=done)
+
+
+async def _dids_page(
+    request: MaskingRequest,
+    conn: Db,
+    q: str,
+    pool: str,
+    status: str,
+    *,
+    done: str = "",
+    error: str = "",
+    code: int = 200,
+) -> Any:
+    """The DIDs page: a search (in SQL, over every DID of the tenant) and what was just done or refused."""
+    wanted = status if status in DID_STATUSES else None
+    found = await console.search_dids(
+        conn, request.principal.tenant_id, q[:64], pool[:64] or None, wanted, request.runtime.clock(), DIDS_SHOWN
     )
-    digits = "".join(ch for ch in q if ch.isdigit())
-    found = [d for d in page.items if digits in d.number] if digits else page.items
-    return _view(
-        request,
+    return page(
         "console/dids.html",
-        dids=found[:DIDS_SHOWN],
-        total=len(found),
-        shown=DIDS_SHOWN,
-        q=q,
-        pool=pool,
-        status_filter=status,
-        done=done if done in ("active", "draining", "retired") else "",
+        code,
+        **_ctx(
+            request,
+            dids=found.items,
+            more=found.more,
+            shown=DIDS_SHOWN,
+            q=q,
+            pool=pool,
+            status_filter=status,
+            done=done if done in DID_STATUSES else "",
+            error=error,
+        ),
     )
 
 
@@ -197,8 +214,13 @@ class DidChange(msgspec.Struct, kw_only=True):
 
 @post("/dids/{number:str}", guards=[signed_in], include_in_schema=False, status_code=303)
 async def did_change(request: MaskingRequest, conn: Db, number: FromPath[str], data: Annotated[DidChange, Form]) -> Any:
-    """Drain, retire or re-activate a DID (PATCH /v1/dids/{number}'s rules)."""
-    did = await dids.change_did(conn, request.principal.tenant_id, number, data.status, None, request.runtime.clock())
+    """Drain, retire or re-activate a DID (PATCH /v1/dids/{number}'s rules); a refusal is said on the DIDs page."""
+    try:
+        did = await dids.change_did(
+            conn, request.principal.tenant_id, number, data.status, None, request.runtime.clock()
+        )
+    except DidInUse as exc:
+        return await _dids_page(request, conn, number.lstrip("+"), "", "", error=exc.detail, code=409)
     return Redirect(f"/console/dids?q={did.number.lstrip('+')}&done={did.status}", status_code=303)
 
 
