@@ -10,7 +10,7 @@ import msgspec
 
 from service.db import Conn
 from service.db.calls import CALL
-from service.db.dids import _DID_COLUMNS as DID_COLUMNS  # a DID row as the API lists it ($2: now)
+from service.db.dids import DID_COLUMNS
 from service.db.sessions import SESSION
 from service.models import Call, Did, Session
 

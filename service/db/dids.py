@@ -9,7 +9,8 @@ import msgspec
 from service.db import Conn
 from service.models import Did
 
-_DID_COLUMNS = """
+# A DID row as the API lists it ($2: now, for its live sessions); the console's search reads the same.
+DID_COLUMNS = """
     d.number, d.pool, d.country, d.status, d.max_concurrent_calls, d.created_at,
     (SELECT count(*) FROM sessions s
       WHERE s.did = d.number AND s.status = 'active' AND s.expires_at > $2)::int AS active_sessions
@@ -42,7 +43,7 @@ async def insert_did(
 async def select_did(conn: Conn, tenant_id: int, number: str, now: datetime) -> Did | None:
     """One of the tenant's DIDs with its active session count."""
     row = await conn.fetchrow(
-        f"SELECT {_DID_COLUMNS} FROM dids d WHERE d.tenant_id = $1 AND d.number = $3", tenant_id, now, number
+        f"SELECT {DID_COLUMNS} FROM dids d WHERE d.tenant_id = $1 AND d.number = $3", tenant_id, now, number
     )
     return None if row is None else msgspec.convert(row, Did)
 
@@ -88,7 +89,7 @@ async def select_dids(
     """The tenant's DIDs by pool and number, optionally of one pool or status, after (pool, number), at most limit."""
     rows = await conn.fetch(
         f"""
-        SELECT {_DID_COLUMNS} FROM dids d
+        SELECT {DID_COLUMNS} FROM dids d
         WHERE d.tenant_id = $1 AND ($3::text IS NULL OR d.pool = $3) AND ($4::text IS NULL OR d.status = $4)
           AND ($5::text IS NULL OR (d.pool, d.number) > ($5, $6))
         ORDER BY d.pool, d.number
