@@ -25,6 +25,7 @@ class Receiver:
         self.delay = delay  # seconds before each answer
         self.secrets: list[str] = list(secrets or [])
         self.mode: Mode = mode
+        self.location = "http://127.0.0.1:1/elsewhere"  # where the redirect mode points
         self.delivered: Counter[str] = Counter()  # verified deliveries answered 2xx, by webhook-id
         self.requests = 0
         self.bad_signatures = 0
@@ -100,7 +101,7 @@ class Receiver:
                     event = json.loads(body)
                     self.delivered[headers["webhook-id"]] += 1
                     self.events[headers["webhook-id"]] = event
-                extra = "location: http://127.0.0.1:1/elsewhere\r\n" if status == 307 else ""
+                extra = f"location: {self.location}\r\n" if status == 307 else ""
                 writer.write(f"HTTP/1.1 {status} X\r\ncontent-length: 0\r\n{extra}\r\n".encode())
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):

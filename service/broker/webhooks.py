@@ -59,6 +59,7 @@ _ALWAYS_REFUSED = [
         "0.0.0.0/8",
         "169.254.0.0/16",
         "100.100.100.200/32",  # Alibaba Cloud metadata
+        "192.0.0.192/32",  # Oracle Cloud metadata
         "224.0.0.0/4",
         "240.0.0.0/4",
         "::/128",
@@ -69,16 +70,30 @@ _ALWAYS_REFUSED = [
 ]
 # Refused unless MASKING_WEBHOOK_ALLOW_PRIVATE: loopback, private ranges, carrier-grade NAT, unique local.
 _PRIVATE = [ipaddress.ip_network(n) for n in ("100.64.0.0/10", "fc00::/7")]
+# NAT64's well-known prefix (RFC 6052): a gateway turns 64:ff9b::a.b.c.d into a connection to a.b.c.d.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def embedded_ipv4(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address leads to: IPv4-mapped, NAT64 (its last 32 bits) or 6to4 (None: none)."""
+    if isinstance(ip, ipaddress.IPv4Address):
+        return None
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip in _NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFF_FFFF)
+    return ip.sixtofour
 
 
 def address_verdict(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, allow_private: bool) -> str | None:
-    """Why an address may not be a webhook target (None: it may)."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if any(ip in net for net in _ALWAYS_REFUSED):
-        return f"{ip} is link-local, metadata or otherwise never reachable for webhooks"
-    if not allow_private and (ip.is_loopback or ip.is_private or any(ip in net for net in _PRIVATE)):
-        return f"{ip} is a private or loopback address (allowed only with MASKING_WEBHOOK_ALLOW_PRIVATE=true)"
+    """Why an address may not be a webhook target (None: it may); an address wrapping an IPv4 one is judged as it."""
+    inner = embedded_ipv4(ip)
+    target = inner if inner is not None else ip
+    name = f"{ip} (that is {inner})" if inner is not None else str(ip)
+    if any(target in net for net in _ALWAYS_REFUSED):
+        return f"{name} is link-local, metadata or otherwise never reachable for webhooks"
+    if not allow_private and (target.is_loopback or target.is_private or any(target in net for net in _PRIVATE)):
+        return f"{name} is a private or loopback address (allowed only with MASKING_WEBHOOK_ALLOW_PRIVATE=true)"
     return None
 
 
@@ -296,7 +311,7 @@ async def list_attempts(
     eid = parse_id(endpoint_id, "webhook")
     if await q.select_endpoint(conn, tenant_id, eid) is None:
         raise NotFound("No webhook with that id.")
-    if cursor is not None and not (cursor.isdigit() and len(cursor) < 20):
+    if cursor is not None and not (cursor.isascii() and cursor.isdigit() and len(cursor) < 20):
         raise InvalidRequest("`cursor` is not one this service gave out.", field="cursor")
     rows = await q.select_attempts(conn, eid, status, int(cursor) if cursor else None, limit + 1)
     items = [_attempt(r, r.type) for r in rows[:limit]]
