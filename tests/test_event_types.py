@@ -133,10 +133,6 @@ async def test_a_party_and_ttl_change_in_one_patch_emits_one_session_updated_wit
         assert updates == [after]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug in service/broker/events.py _parse_cursor: str.isdigit() accepts '²', which int() refuses: 500",
-)
 async def test_a_cursor_with_a_non_ascii_digit_is_refused_as_any_bad_cursor(
     client: httpx.AsyncClient, keys: Keys
 ) -> None:

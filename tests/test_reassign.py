@@ -81,6 +81,23 @@ async def test_a_new_customer_can_take_over_too_and_ttl_changes_in_the_same_requ
     assert r.json()["expires_at"] != s["expires_at"]
 
 
+async def test_a_later_ttl_change_does_not_bring_back_the_replaced_agents_binding(
+    client: httpx.AsyncClient, keys: Keys, db: asyncpg.Connection
+) -> None:
+    """Agent replaced, then the TTL extended: the old agent's binding stays ended (else it blocks the DID for them)."""
+    await add_dids(client, keys.a, did_numbers(3))
+    s = await new_session(client, keys)
+    r = await client.patch(f"/v1/sessions/{s['id']}", json={"agent": NEW_AGENT}, headers=keys.a)
+    assert r.status_code == 200, r.text
+    ended = await db.fetchval("SELECT ends_at FROM bindings WHERE number = $1 AND did = $2", AGENT, s["masked_number"])
+    r = await client.patch(f"/v1/sessions/{s['id']}", json={"ttl_seconds": 7200}, headers=keys.a)
+    assert r.status_code == 200, r.text
+    after = await db.fetchval("SELECT ends_at FROM bindings WHERE number = $1 AND did = $2", AGENT, s["masked_number"])
+    assert after == ended
+    live = await db.fetch("SELECT number FROM bindings WHERE session_id = $1::uuid AND ends_at > now()", s["id"])
+    assert sorted(b["number"] for b in live) == sorted([CUSTOMER, NEW_AGENT])
+
+
 async def test_a_busy_new_agent_is_a_conflict_unless_a_new_number_is_allowed(
     client: httpx.AsyncClient, keys: Keys, db: asyncpg.Connection
 ) -> None:

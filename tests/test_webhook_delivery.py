@@ -409,10 +409,6 @@ async def test_the_deliveries_list_filters_by_status_and_pages_through_every_att
 _STATUSES = ("delivered", "retrying", "failed")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug in service/broker/events.py parse_event_id: str.isdigit() accepts '²', which int() refuses: 500",
-)
 async def test_redelivering_an_event_id_with_a_non_ascii_digit_is_not_found(
     client: httpx.AsyncClient, keys: Keys
 ) -> None:

@@ -106,7 +106,7 @@ def event_id(number: int) -> str:
 
 def parse_event_id(value: str) -> int:
     """An event's number from its public id; anything else is simply not found."""
-    if value.startswith("evt_") and value[4:].isdigit() and len(value) < 24:
+    if value.startswith("evt_") and value[4:].isascii() and value[4:].isdigit() and len(value) < 24:
         return int(value[4:])
     raise NotFound("No event with that id.")
 
@@ -124,7 +124,7 @@ def _cursor(row: q.EventRow) -> str:
 
 def _parse_cursor(cursor: str) -> tuple[str, int]:
     txid, _, number = cursor.partition(".")
-    if not (txid.isdigit() and number.isdigit() and len(cursor) < 48):
+    if not (cursor.isascii() and txid.isdigit() and number.isdigit() and len(cursor) < 48):
         raise InvalidRequest("`after` is not a cursor this service gave out; start again without it.", field="after")
     return txid, int(number)
 

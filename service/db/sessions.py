@@ -251,13 +251,13 @@ async def select_sessions(
 async def update_expiry(
     conn: Conn, tenant_id: int, session_id: UUID, now: datetime, expires_at: datetime
 ) -> Session | None:
-    """Move a live session's expiry and its bindings'; None when it is not live."""
+    """Move a live session's expiry and its live bindings' (a replaced party's stays ended); None when not live."""
     row = await conn.fetchrow(
         f"""
         WITH s AS (
             UPDATE sessions SET expires_at = $4
             WHERE id = $1 AND tenant_id = $2 AND status = 'active' AND expires_at > $3 RETURNING *),
-        b AS (UPDATE bindings SET ends_at = $4 FROM s WHERE bindings.session_id = s.id)
+        b AS (UPDATE bindings SET ends_at = $4 FROM s WHERE bindings.session_id = s.id AND bindings.ends_at > $3)
         SELECT {SESSION} FROM s
         """,
         session_id,
