@@ -112,11 +112,6 @@ async def test_a_party_change_emits_session_updated_with_the_session_as_get_retu
         ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug in service/api/sessions.py change(): reassign and change_ttl each emit session.updated, the first"
-    " with the old expires_at, a state no GET ever showed (and delivery order is not guaranteed)",
-)
 async def test_a_party_and_ttl_change_in_one_patch_emits_one_session_updated_with_the_final_session(
     dsn: str, keys: Keys
 ) -> None:

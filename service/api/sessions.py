@@ -134,18 +134,21 @@ class SessionController(Controller):
         runtime, tenant_id = request.runtime, request.principal.tenant_id
         if data.ttl_seconds is None and data.agent is None and data.customer is None:
             raise InvalidRequest("Give at least one of `ttl_seconds`, `agent` or `customer`.", field="body")
-        session = None
-        if data.agent is not None or data.customer is not None:
-            change = broker.Reassign(customer=data.customer, agent=data.agent, allow_new_number=data.allow_new_number)
+        if data.agent is None and data.customer is None:
+            assert data.ttl_seconds is not None
+            return await broker.change_ttl(conn, tenant_id, session_id, data.ttl_seconds, runtime.clock())
+        # Parties (and a TTL given with them) change in one transaction with one session.updated.
+        change = broker.Reassign(
+            customer=data.customer,
+            agent=data.agent,
+            allow_new_number=data.allow_new_number,
+            ttl_seconds=data.ttl_seconds,
+        )
 
-            async def rules_of(pool: str) -> broker.Rules:
-                return await pools.rules_of_pool(conn, runtime.pools, tenant_id, pool, runtime.rules)
+        async def rules_of(pool: str) -> broker.Rules:
+            return await pools.rules_of_pool(conn, runtime.pools, tenant_id, pool, runtime.rules)
 
-            session = await broker.reassign(conn, tenant_id, session_id, change, rules_of, runtime.clock)
-        if data.ttl_seconds is not None:
-            session = await broker.change_ttl(conn, tenant_id, session_id, data.ttl_seconds, runtime.clock())
-        assert session is not None
-        return session
+        return await broker.reassign(conn, tenant_id, session_id, change, rules_of, runtime.clock)
 
     @post("/{session_id:str}/close", status_code=200, summary="Close a session", responses=API_RESPONSES)
     async def close(

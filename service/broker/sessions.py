@@ -287,6 +287,7 @@ class Reassign(msgspec.Struct, frozen=True, kw_only=True):
     customer: str | None = None
     agent: str | None = None
     allow_new_number: bool = False
+    ttl_seconds: int | None = None  # a TTL change in the same PATCH: applied in the same transaction
 
 
 class _NotHere(Exception):
@@ -321,9 +322,18 @@ async def reassign(
         now = clock()
         try:
             async with conn.transaction():
-                return await _reassign_once(
+                session, changed = await _reassign_once(
                     conn, tenant_id, sid, new_customer, country, new_agent, change, rules_of, now, tried
                 )
+                if change.ttl_seconds is not None:
+                    expires_at = now + timedelta(seconds=change.ttl_seconds)
+                    moved = await q.update_expiry(conn, tenant_id, sid, now, expires_at)
+                    assert moved is not None  # locked and live in this transaction
+                    session, changed = moved, True
+                if changed:
+                    # One change, one event: the session as GET shows it after the whole PATCH.
+                    await events.emit_session(conn, tenant_id, "session.updated", session, now)
+                return session
         except _LostRace:
             continue
 
@@ -339,7 +349,8 @@ async def _reassign_once(
     rules_of: Callable[[str], Awaitable[Rules]],
     now: datetime,
     tried: list[str],
-) -> Session:
+) -> tuple[Session, bool]:
+    """The session after the party change, and whether anything changed (the caller emits the event)."""
     locked = await q.lock_session(conn, tenant_id, sid)
     if locked is None:
         raise NotFound("No session with that id.")
@@ -355,7 +366,7 @@ async def _reassign_once(
         p for p, old, new in (("customer", session.customer, customer), ("agent", session.agent, agent)) if old != new
     ]
     if not parties:
-        return session
+        return session, False
     if await q.call_in_flight(conn, sid):
         raise CallInProgress("A call of this session is still in flight: change its parties once its report arrives.")
     # find_repeat also marks a stale (expired, not yet swept) session of this order and pair expired, freeing it.
@@ -396,9 +407,10 @@ async def _reassign_once(
                 )
                 if bound == len(news):
                     ended = olds
-                    return await _finish(
+                    done = await _finish(
                         conn, tenant_id, session, sid, customer, agent, did, ended, parties, olds, news, now
                     )
+                    return done, True
                 raise _NotHere
         except _NotHere:
             pass
@@ -416,7 +428,8 @@ async def _reassign_once(
         )
     if not change.allow_new_number:
         raise ReassignConflict(_conflict_detail(why[1]), reason=why[0], masked_number=did)
-    return await _move(conn, tenant_id, session, sid, customer, agent, country, rules, parties, olds, news, now, tried)
+    moved = await _move(conn, tenant_id, session, sid, customer, agent, country, rules, parties, olds, news, now, tried)
+    return moved, True
 
 
 def _conflict_detail(reason: str) -> str:
@@ -511,7 +524,6 @@ async def _finish(
             "Another active session of this order already has this customer and agent.", reason="duplicate_pair"
         )
     log.info("session_reassigned", session_id=str(sid), parties=parties, moved=new_did != session.masked_number)
-    await events.emit_session(conn, tenant_id, "session.updated", done, now)
     return done
 
 
