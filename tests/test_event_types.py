@@ -8,7 +8,6 @@ from typing import Any
 
 import asyncpg
 import httpx
-import pytest
 
 from service.broker import sweeps
 from service.provider.simulator import Fault
