@@ -57,6 +57,8 @@ async def test_failed_missed_and_unknown_calls_emit_their_events_with_the_call_a
         seen.append(("call.unknown", await get(live, keys, f"/v1/calls/{hung['call_id']}")))
 
         assert [c["status"] for _, c in seen] == ["failed", "missed", "unknown", "unknown"]
+        # The report timeout passes for it too: it stops awaiting a report, but it was unknown already.
+        assert await sweeps.time_out_calls(db, now + timedelta(seconds=7201), 7200) == 1
         assert seen[-1][1] == await get(live, keys, f"/v1/calls/{hung['call_id']}")
         events = await all_events(live.http, keys.a)
         ends = [(e["type"], e["data"]) for e in events if e["type"] in ("call.failed", "call.missed", "call.unknown")]

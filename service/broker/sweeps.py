@@ -63,12 +63,13 @@ async def time_out_calls(conn: Conn, now: datetime, timeout_seconds: int) -> int
 
     async def step() -> list[object]:
         timed_out = await calls_q.time_out_calls(conn, before, BATCH)
-        await events.calls_unknown(conn, timed_out, now)
+        # A call already unknown (its click got no answer) changes no status: no second call.unknown.
+        newly = [call for call, already in timed_out if not already]
+        await events.calls_unknown(conn, newly, now)
+        metrics.CALLS.labels("unknown").inc(len(newly))
         return list(timed_out)
 
-    total = await _in_batches(conn, "calls_timed_out", step)
-    metrics.CALLS.labels("unknown").inc(total)
-    return total
+    return await _in_batches(conn, "calls_timed_out", step)
 
 
 async def redact_old_sessions(conn: Conn, now: datetime, days: int) -> int:

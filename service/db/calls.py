@@ -139,16 +139,17 @@ async def select_session_calls(conn: Conn, tenant_id: int, session_id: UUID) -> 
     return [_call(r) for r in rows]
 
 
-async def time_out_calls(conn: Conn, before: datetime, limit: int) -> list[Call]:
-    """Mark one batch of calls with no report since before as unknown, freeing their sessions."""
+async def time_out_calls(conn: Conn, before: datetime, limit: int) -> list[tuple[Call, bool]]:
+    """Mark one batch of calls with no report since before as unknown, freeing their sessions; each call
+    with whether it was unknown already (a click with no answer: it only stops awaiting a report)."""
     rows = await conn.fetch(
         f"""
-        WITH due AS (SELECT id FROM calls WHERE in_flight AND created_at <= $1
+        WITH due AS (SELECT id, status AS was FROM calls WHERE in_flight AND created_at <= $1
                      ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)
         UPDATE calls c SET status = 'unknown', in_flight = false FROM due WHERE c.id = due.id
-        RETURNING {CALL.replace("id, session_id", "c.id, session_id", 1)}
+        RETURNING {CALL.replace("id, session_id", "c.id, session_id", 1)}, due.was = 'unknown' AS already
         """,
         before,
         limit,
     )
-    return [_call(r) for r in rows]
+    return [(_call({k: v for k, v in r.items() if k != "already"}), r["already"]) for r in rows]
