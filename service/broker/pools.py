@@ -10,7 +10,7 @@ import msgspec
 
 from service.broker.errors import InvalidRequest, NotFound, TooManyPools
 from service.broker.phones import normalize
-from service.broker.sessions import CreateSession, PoolStats, Rules, StatsCache, Ttl, headroom, pool_stats
+from service.broker.sessions import CreateSession, PoolStats, Rules, StatsCache, Ttl, pool_stats, stats_of
 from service.db import Conn
 from service.db import dids as dids_q
 from service.db import events as events_q
@@ -218,17 +218,9 @@ async def rules_of_pool(conn: Conn, cache: SettingsCache, tenant_id: int, pool: 
     return rules_for(base, await cache.get(conn, tenant_id, pool))
 
 
-class PoolAlert(msgspec.Struct, frozen=True, kw_only=True):
+class PoolAlert(PoolStats, frozen=True, kw_only=True):
     """The data of pool.low_headroom: the pool's use as GET /v1/stats shows it, and the level it fell to."""
 
-    tenant: str
-    pool: str
-    dids: int
-    active_dids: int
-    active_sessions: int
-    busiest_party_sessions: int
-    second_party_sessions: int
-    headroom: int
     alert_level: int
 
 
@@ -241,22 +233,12 @@ async def check_headroom(conn: Conn, now: datetime) -> int:
     stats = await sessions_q.pool_stats(conn, None, now)
     levels = await q.select_all_settings(conn, None)
     alerts: dict[tuple[int, str], PoolAlert] = {}
-    for p in stats:
-        left = headroom(p.active_dids, p.busiest_party, p.second_party)
-        settings = levels.get((p.tenant_id, p.pool))
+    for row in stats:
+        pool = stats_of(row)
+        settings = levels.get((row.tenant_id, row.pool))
         alert_level = DEFAULT_HEADROOM_ALERT if settings is None else settings.headroom_alert
-        if left <= alert_level:
-            alerts[(p.tenant_id, p.pool)] = PoolAlert(
-                tenant=p.tenant,
-                pool=p.pool,
-                dids=p.dids,
-                active_dids=p.active_dids,
-                active_sessions=p.active_sessions,
-                busiest_party_sessions=p.busiest_party,
-                second_party_sessions=p.second_party,
-                headroom=left,
-                alert_level=alert_level,
-            )
+        if pool.headroom <= alert_level:
+            alerts[(row.tenant_id, row.pool)] = PoolAlert(**msgspec.structs.asdict(pool), alert_level=alert_level)
     async with conn.transaction():
         await events_q.rearm_pools(conn, list(alerts))
         fresh = await events_q.alert_pools(conn, list(alerts), now)

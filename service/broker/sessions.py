@@ -626,16 +626,18 @@ async def pool_stats(
 
 
 async def _pool_stats(conn: Conn, tenant_id: int | None, now: datetime, pool: str | None) -> list[PoolStats]:
-    return [
-        PoolStats(
-            tenant=r.tenant,
-            pool=r.pool,
-            dids=r.dids,
-            active_dids=r.active_dids,
-            active_sessions=r.active_sessions,
-            busiest_party_sessions=r.busiest_party,
-            second_party_sessions=r.second_party,
-            headroom=headroom(r.active_dids, r.busiest_party, r.second_party),
-        )
-        for r in await q.pool_stats(conn, tenant_id, now, pool)
-    ]
+    return [stats_of(r) for r in await q.pool_stats(conn, tenant_id, now, pool)]
+
+
+def stats_of(row: q.PoolUse) -> PoolStats:
+    """A pool's statistics row as the API shows it, with its headroom."""
+    return PoolStats(
+        tenant=row.tenant,
+        pool=row.pool,
+        dids=row.dids,
+        active_dids=row.active_dids,
+        active_sessions=row.active_sessions,
+        busiest_party_sessions=row.busiest_party,
+        second_party_sessions=row.second_party,
+        headroom=headroom(row.active_dids, row.busiest_party, row.second_party),
+    )
