@@ -39,7 +39,7 @@ from service.broker.errors import DatabaseUnavailable, InvalidRequest
 from service.broker.limits import CallLimits, TokenBuckets
 from service.broker.links import LinkLimits
 from service.broker.sessions import Rules
-from service.broker.sweeps import sweep_once
+from service.broker.sweeps import Sweeper
 from service.broker.tenants import KeyCache, callback_token
 from service.broker.webhooks import Deliverer
 from service.db.pool import create_pool
@@ -112,10 +112,11 @@ def request_context(app: ASGIApp) -> ASGIApp:
 
 
 async def _sweep_forever(runtime: Runtime, interval: float) -> None:
+    sweeper = Sweeper(runtime.settings)
     while True:
         try:
             async with runtime.db.acquire() as conn:
-                await sweep_once(conn, runtime.settings, runtime.clock())
+                await sweeper.sweep_once(conn, runtime.clock())
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -1,10 +1,56 @@
 """Every error is problem+json with a stable code and a sentence a person can act on."""
 
+import importlib
+import pkgutil
+
 import asyncpg
 import httpx
 import pytest
 
+import service
+from service.api.problems import STATUS, problem_response
+from service.broker import dids as dids_broker
+from service.broker.errors import DomainError
 from tests.helpers import Keys, assert_problem
+
+# The status CONTRACT.md gives each code it names (recording_unavailable: 404 for a call without one).
+CONTRACT_STATUS = {
+    "invalid_request": 422,
+    "invalid_phone_number": 422,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "not_found": 404,
+    "pool_exhausted": 409,
+    "session_not_active": 409,
+    "call_in_progress": 409,
+    "did_taken": 409,
+    "did_in_use": 409,
+    "provider_rejected": 502,
+    "provider_unavailable": 503,
+    "provider_timeout": 504,
+    "rate_limited": 429,
+    "no_session": 404,
+    "reassign_conflict": 409,
+    "link_expired": 410,
+    "forbidden_address": 422,
+    "database_unavailable": 503,
+    "conflicting_repeat": 409,
+    "recording_unavailable": 404,
+    "too_many_webhooks": 409,
+}
+
+
+def domain_error_classes() -> list[type[DomainError]]:
+    """Every DomainError subclass the service defines, in any of its modules."""
+    for module in pkgutil.walk_packages(service.__path__, "service."):
+        if not module.name.endswith("__main__"):
+            importlib.import_module(module.name)
+    found, todo = [], [DomainError]
+    while todo:
+        cls = todo.pop()
+        found.append(cls)
+        todo.extend(cls.__subclasses__())
+    return [cls for cls in found if cls.__module__.startswith("service.")]
 
 
 async def test_a_missing_key_is_401(client: httpx.AsyncClient, keys: Keys) -> None:
@@ -109,3 +155,39 @@ async def test_error_bodies_never_echo_a_partys_number(client: httpx.AsyncClient
     assert [r.status_code for r in refusals] == [409, 422, 422, 422, 422]
     for r in refusals:
         assert "9876543210" not in r.text and "8765432109" not in r.text and "8765432100" not in r.text
+
+
+def test_every_domain_error_code_has_one_status_and_the_map_no_stale_code() -> None:
+    """The code-to-status map covers exactly the codes the service's domain errors carry: none falls to a default."""
+    codes = {cls.code for cls in domain_error_classes()}
+    assert sorted(codes - set(STATUS)) == [], "a domain error code has no HTTP status in api/problems.STATUS"
+    assert sorted(set(STATUS) - codes) == [], "api/problems.STATUS maps a code no domain error carries"
+
+
+def test_every_code_the_contract_names_answers_the_contracts_status() -> None:
+    """CONTRACT.md's error codes, including those no route raises yet, map to the status it gives them."""
+    assert {code: STATUS.get(code) for code in CONTRACT_STATUS} == CONTRACT_STATUS
+
+
+def test_an_unmapped_code_is_a_programming_error_not_a_silent_400() -> None:
+    """A domain error whose code the map lacks fails loudly instead of answering 400."""
+
+    class Stray(DomainError):
+        code, title = "stray_code_for_this_test", "Stray"
+
+    with pytest.raises(KeyError, match="stray_code_for_this_test"):
+        problem_response(None, Stray("Nothing maps this."))  # type: ignore[arg-type]
+
+
+async def test_database_unavailable_is_503_with_retry_after(
+    client: httpx.AsyncClient, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection lost mid-request answers 503 database_unavailable with the Retry-After the contract promises."""
+
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise ConnectionResetError("Connection reset by peer")
+
+    monkeypatch.setattr(dids_broker, "list_dids", broken)
+    response = await client.get("/v1/dids", headers=keys.a)
+    assert_problem(response, 503, "database_unavailable")
+    assert int(response.headers["retry-after"]) >= 1

@@ -4,24 +4,47 @@ from datetime import timedelta
 
 import asyncpg
 import httpx
-import pytest
 
 from service.broker import sweeps
+from service.broker.sweeps import Sweeper
 from service.settings import Settings
 from tests.helpers import AGENT, FakeClock, Keys, add_dids, did_numbers, session_body
 
 DAY = 86_400
 
 
-@pytest.fixture(autouse=True)
-def tidy_on_every_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each sweep_once of these tests tidies (a process tidies at most every 5 minutes otherwise)."""
-    monkeypatch.setattr(sweeps, "_last_tidy", None)
-
-
 async def _sweep(db: asyncpg.Connection, settings: Settings, clock: FakeClock) -> None:
-    sweeps._last_tidy = None
-    await sweeps.sweep_once(db, settings, clock())
+    # A new sweeper's first round tidies (one process tidies at most every 5 minutes otherwise).
+    await Sweeper(settings).sweep_once(db, clock())
+
+
+async def _old_key(db: asyncpg.Connection, key: str, clock: FakeClock) -> None:
+    await db.execute(
+        "INSERT INTO idempotency_keys (tenant_id, key, request_hash, created_at) "
+        "VALUES ((SELECT min(id) FROM tenants), $1, '\\x00', $2)",
+        key,
+        clock() - timedelta(days=2),
+    )
+
+
+async def test_a_sweeper_tidies_at_most_every_5_minutes_and_keeps_its_own_schedule(
+    keys: Keys, db: asyncpg.Connection, settings: Settings, clock: FakeClock
+) -> None:
+    """One sweeper deletes old rows on its first round, not again within 5 minutes, then again; another has its own clock."""
+    sweeper = Sweeper(settings)
+    await _old_key(db, "first", clock)
+    await sweeper.sweep_once(db, clock())
+    assert await db.fetchval("SELECT count(*) FROM idempotency_keys") == 0
+    await _old_key(db, "second", clock)
+    clock.advance(60)
+    await sweeper.sweep_once(db, clock())
+    assert await db.fetchval("SELECT count(*) FROM idempotency_keys") == 1
+    await Sweeper(settings).sweep_once(db, clock())  # another app in the same process is not held back
+    assert await db.fetchval("SELECT count(*) FROM idempotency_keys") == 0
+    await _old_key(db, "third", clock)
+    clock.advance(4 * 60)
+    await sweeper.sweep_once(db, clock())
+    assert await db.fetchval("SELECT count(*) FROM idempotency_keys") == 0
 
 
 async def test_idempotency_keys_are_deleted_after_their_24_hours(

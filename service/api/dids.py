@@ -11,31 +11,9 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from service.api.deps import Db, MaskingRequest
 from service.api.problems import API_RESPONSES
 from service.broker import dids as broker
-from service.broker.sessions import Pool
 from service.models import Did, DidStatus
 
 BULK_MAX_BODY = 1024 * 1024
-
-
-class AddDid(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """The body of POST /v1/dids."""
-
-    number: str
-    pool: Pool = "default"
-    max_concurrent_calls: Annotated[int, msgspec.Meta(ge=1)] | None = None
-
-
-class BulkDid(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """One entry of a bulk add."""
-
-    number: str
-    pool: str = "default"
-
-
-class AddDids(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """The body of POST /v1/dids/bulk."""
-
-    dids: Annotated[list[BulkDid], msgspec.Meta(max_length=broker.MAX_BULK)]
 
 
 class BulkResult(msgspec.Struct, frozen=True):
@@ -43,13 +21,6 @@ class BulkResult(msgspec.Struct, frozen=True):
 
     created: int
     existing: int
-
-
-class ChangeDid(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """The body of PATCH /v1/dids/{number}."""
-
-    status: DidStatus | None = None
-    pool: Pool | None = None
 
 
 class DidController(Controller):
@@ -68,15 +39,13 @@ class DidController(Controller):
     async def add(
         self,
         request: MaskingRequest,
-        data: JSONBody[AddDid],
+        data: JSONBody[broker.AddDid],
         conn: Db,
     ) -> Response[Did]:
         did, created = await broker.add_did(
             conn,
             request.principal.tenant_id,
-            data.number,
-            data.pool,
-            data.max_concurrent_calls,
+            data,
             request.runtime.clock(),
             request.runtime.settings.max_pools_per_tenant,
         )
@@ -89,10 +58,9 @@ class DidController(Controller):
         summary="Add up to 10,000 DIDs",
         responses=API_RESPONSES,
     )
-    async def bulk(self, request: MaskingRequest, data: JSONBody[AddDids], conn: Db) -> BulkResult:
-        entries = [broker.NewDid(d.number, d.pool) for d in data.dids]
+    async def bulk(self, request: MaskingRequest, data: JSONBody[broker.AddDids], conn: Db) -> BulkResult:
         created, existing = await broker.add_dids(
-            conn, request.principal.tenant_id, entries, max_pools=request.runtime.settings.max_pools_per_tenant
+            conn, request.principal.tenant_id, data.dids, max_pools=request.runtime.settings.max_pools_per_tenant
         )
         return BulkResult(created=created, existing=existing)
 
@@ -119,7 +87,7 @@ class DidController(Controller):
         self,
         request: MaskingRequest,
         number: FromPath[str],
-        data: JSONBody[ChangeDid],
+        data: JSONBody[broker.ChangeDid],
         conn: Db,
     ) -> Did:
         return await broker.change_did(

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Final
 
 import msgspec
 import structlog
@@ -48,8 +49,9 @@ API_RESPONSES = problem_responses(*API_ERRORS)
 PUBLIC_RESPONSES = problem_responses(*PUBLIC_ERRORS)
 
 
-# The HTTP status of each domain error code: the one place where the domain meets HTTP.
-STATUS = {
+# The HTTP status of each domain error code: the one place where the domain meets HTTP. Total by test
+# (tests/test_http_errors.py walks every DomainError): a code missing here is a bug, never a silent 400.
+STATUS: Final[Mapping[str, int]] = {
     "invalid_request": 422,
     "invalid_phone_number": 422,
     "unauthorized": 401,
@@ -64,6 +66,9 @@ STATUS = {
     "did_in_use": 409,
     "idempotency_in_flight": 409,
     "too_many_pools": 409,
+    "too_many_webhooks": 409,
+    "conflicting_repeat": 409,
+    "recording_unavailable": 404,
     "rate_limited": 429,
     "link_expired": 410,
     "provider_rejected": 502,
@@ -87,7 +92,7 @@ def problem(status: int, code: str, title: str, detail: str, **extra: Any) -> Pr
 
 
 def _from_domain(exc: DomainError) -> ProblemDetailsException:
-    result = problem(STATUS.get(exc.code, 400), exc.code, exc.title, exc.detail, **exc.extra)
+    result = problem(STATUS[exc.code], exc.code, exc.title, exc.detail, **exc.extra)
     if "retry_after" in exc.extra:
         result.headers = {"Retry-After": str(exc.extra["retry_after"])}
     return result

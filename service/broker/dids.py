@@ -6,11 +6,13 @@ import base64
 import binascii
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Annotated
 
 import msgspec
 
 from service.broker.errors import DidInUse, DidTaken, InvalidPhoneNumber, InvalidRequest, NotFound, TooManyPools
 from service.broker.phones import parse_with_region
+from service.broker.sessions import Pool
 from service.db import Conn
 from service.db import dids as q
 from service.models import Did, DidStatus
@@ -39,27 +41,43 @@ async def _check_pools(conn: Conn, tenant_id: int, pools: Sequence[str], max_poo
         )
 
 
-class NewDid(msgspec.Struct, frozen=True):
-    """One DID to add: its number and pool."""
+class AddDid(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One DID to add with its settings (the body of POST /v1/dids)."""
 
     number: str
+    pool: Pool = "default"
+    max_concurrent_calls: Annotated[int, msgspec.Meta(ge=1)] | None = None
+
+
+class NewDid(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One DID of a bulk add (an entry of POST /v1/dids/bulk, or a CSV line): its number and pool."""
+
+    number: str
+    # Checked by validate_entries, so that every bad entry is named at once rather than the first.
     pool: str = "default"
 
 
+class AddDids(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Many DIDs to add at once, all or nothing (the body of POST /v1/dids/bulk)."""
+
+    dids: Annotated[list[NewDid], msgspec.Meta(max_length=MAX_BULK)]
+
+
+class ChangeDid(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A DID's new status and/or pool (the body of PATCH /v1/dids/{number})."""
+
+    status: DidStatus | None = None
+    pool: Pool | None = None
+
+
 async def add_did(
-    conn: Conn,
-    tenant_id: int,
-    number: str,
-    pool: str,
-    max_concurrent_calls: int | None,
-    now: datetime,
-    max_pools: int = MAX_POOLS,
+    conn: Conn, tenant_id: int, did: AddDid, now: datetime, max_pools: int = MAX_POOLS
 ) -> tuple[Did, bool]:
     """Add a DID to the tenant's pool; (the DID, True) when created, (unchanged DID, False) when it was there."""
-    e164, country = parse_with_region(number, "number")
+    e164, country = parse_with_region(did.number, "number")
     async with conn.transaction():
-        await _check_pools(conn, tenant_id, [pool], max_pools)
-        created = await q.insert_did(conn, tenant_id, e164, pool, country, max_concurrent_calls)
+        await _check_pools(conn, tenant_id, [did.pool], max_pools)
+        created = await q.insert_did(conn, tenant_id, e164, did.pool, country, did.max_concurrent_calls)
     row = await q.select_did(conn, tenant_id, e164, now)
     if row is None:
         raise DidTaken(f"{e164} belongs to another tenant; it cannot be added to your pool.", number=e164)

@@ -95,11 +95,30 @@ class LinkExpired(DomainError):
 
 
 class DatabaseUnavailable(DomainError):
+    """The database cannot be reached or is failing over; `retry_after` (seconds) says when to try again."""
+
     code, title = "database_unavailable", "Database unavailable"
+
+    def __init__(self, detail: str, retry_after: int = 2, **extra: Any) -> None:
+        super().__init__(detail, retry_after=retry_after, **extra)
 
 
 class TooManyPools(DomainError):
     code, title = "too_many_pools", "Too many pools"
+
+
+class TooManyWebhooks(DomainError):
+    code, title = "too_many_webhooks", "Too many webhooks"
+
+
+class ConflictingRepeat(DomainError):
+    """A repeated create whose other fields differ from the first; the detail names them."""
+
+    code, title = "conflicting_repeat", "Conflicting repeat"
+
+
+class RecordingUnavailable(DomainError):
+    code, title = "recording_unavailable", "Recording unavailable"
 
 
 class ForbiddenAddress(DomainError):

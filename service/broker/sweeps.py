@@ -7,6 +7,7 @@ of service processes can run it at once and none holds a lock for long.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import structlog
@@ -82,10 +83,8 @@ async def redact_old_sessions(conn: Conn, now: datetime, days: int) -> int:
 # each process runs them at most this often rather than on every sweep.
 TIDY_EVERY = timedelta(minutes=5)
 REFUSALS_KEPT = timedelta(days=1)
-_last_tidy: datetime | None = None
 # pool.low_headroom is checked this often per process (the pool statistics read every active binding).
 HEADROOM_EVERY = timedelta(minutes=1)
-_last_headroom: datetime | None = None
 
 
 async def tidy(conn: Conn, settings: Settings, now: datetime) -> dict[str, int]:
@@ -129,22 +128,41 @@ async def tidy(conn: Conn, settings: Settings, now: datetime) -> dict[str, int]:
     }
 
 
-async def sweep_once(conn: Conn, settings: Settings, now: datetime) -> None:
-    """One round of every job."""
-    await sweep_expired(conn, now)
-    await time_out_calls(conn, now, settings.call_report_timeout_seconds)
-    await rematch_pending(conn, Matching.from_settings(settings), now)
-    global _last_headroom
-    if _last_headroom is None or not _last_headroom <= now < _last_headroom + HEADROOM_EVERY:
-        _last_headroom = now
-        await pools.check_headroom(conn, now)
-    if settings.retention_days:
-        await redact_old_sessions(conn, now, settings.retention_days)
-    global _last_tidy
-    if _last_tidy is None or not _last_tidy <= now < _last_tidy + TIDY_EVERY:
-        _last_tidy = now
-        await tidy(conn, settings, now)
-    await tidy_web(conn, now)
+@dataclass
+class Every:
+    """A job one sweeper runs at most once per period (a clock that went back makes it due at once)."""
+
+    period: timedelta
+    last: datetime | None = None
+
+    def due(self, now: datetime) -> bool:
+        """Whether the job runs now; when it does, the period starts again from now."""
+        if self.last is not None and self.last <= now < self.last + self.period:
+            return False
+        self.last = now
+        return True
+
+
+@dataclass
+class Sweeper:
+    """The background runner's sweeps: every job each round, the costly ones on their own schedule."""
+
+    settings: Settings
+    headroom: Every = field(default_factory=lambda: Every(HEADROOM_EVERY))
+    tidying: Every = field(default_factory=lambda: Every(TIDY_EVERY))
+
+    async def sweep_once(self, conn: Conn, now: datetime) -> None:
+        """One round of every job."""
+        await sweep_expired(conn, now)
+        await time_out_calls(conn, now, self.settings.call_report_timeout_seconds)
+        await rematch_pending(conn, Matching.from_settings(self.settings), now)
+        if self.headroom.due(now):
+            await pools.check_headroom(conn, now)
+        if self.settings.retention_days:
+            await redact_old_sessions(conn, now, self.settings.retention_days)
+        if self.tidying.due(now):
+            await tidy(conn, self.settings, now)
+        await tidy_web(conn, now)
 
 
 async def tidy_web(conn: Conn, now: datetime) -> int:

@@ -1,16 +1,24 @@
-"""SQL for Idempotency-Key records."""
+"""SQL for Idempotency-Key records: claim a key, read what it holds, store or release the first response."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-import asyncpg
+import msgspec
 
 from service.db import Conn
 
 REPLAY_WINDOW = timedelta(hours=24)
 # A claim whose request never finished (the process died) may be taken over after this.
 ABANDONED_AFTER = timedelta(seconds=60)
+
+
+class Held(msgspec.Struct, frozen=True, kw_only=True):
+    """What a key holds: the hash of the request that claimed it, and its response once it finished."""
+
+    request_hash: bytes
+    status_code: int | None
+    body: bytes | None
 
 
 async def claim(conn: Conn, tenant_id: int, key: str, request_hash: bytes, now: datetime) -> bool:
@@ -35,14 +43,14 @@ async def claim(conn: Conn, tenant_id: int, key: str, request_hash: bytes, now: 
     return bool(claimed)
 
 
-async def select(conn: Conn, tenant_id: int, key: str) -> asyncpg.Record | None:
-    """The record held under a key."""
-    row: asyncpg.Record | None = await conn.fetchrow(
+async def select(conn: Conn, tenant_id: int, key: str) -> Held | None:
+    """What a key holds, or None when no request holds it."""
+    row = await conn.fetchrow(
         "SELECT request_hash, status_code, body FROM idempotency_keys WHERE tenant_id = $1 AND key = $2",
         tenant_id,
         key,
     )
-    return row
+    return None if row is None else msgspec.convert(row, Held)
 
 
 async def store(conn: Conn, tenant_id: int, key: str, status_code: int, body: bytes) -> None:
