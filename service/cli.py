@@ -6,15 +6,20 @@ import argparse
 import asyncio
 import contextlib
 import csv
+import errno
 import json
 import os
 import signal
+import socket
 import sys
+import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import asyncpg
 import msgspec
 import structlog
 
@@ -24,6 +29,14 @@ from service.settings import Settings, SettingsError, load_settings
 
 T = TypeVar("T")
 log = structlog.get_logger("service.cli")
+
+
+class CliError(Exception):
+    """A command cannot go on for a reason a person can fix: one line on stderr, and this exit code."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @contextlib.contextmanager
@@ -43,16 +56,32 @@ def describe_database(settings: Settings) -> str:
     if not settings.database_url:
         return f"embedded PostgreSQL in {Path(settings.data_dir).resolve() / 'pg'}"
     url = urlsplit(settings.database_url)
-    return f"PostgreSQL at {url.hostname or 'local socket'}:{url.port or 5432}{url.path}"
+    # netloc, not hostname/port: a multi-host DSN (h1:5432,h2:5432) has no single port to parse.
+    hosts = url.netloc.rpartition("@")[2] or "local socket"
+    return f"PostgreSQL at {hosts}{url.path}"
+
+
+async def open_pool(settings: Settings, dsn: str, size: int) -> asyncpg.Pool:
+    """A pool on the database, or a CliError naming the variable that points at a database that does not answer."""
+    from service.db.pool import create_pool
+
+    try:
+        return await create_pool(dsn, size, timeout=_CONNECT_TIMEOUT)
+    except (OSError, TimeoutError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        variable = "MASKING_DATABASE_URL" if settings.database_url else "MASKING_DATA_DIR"
+        reason = " ".join(str(exc).replace(dsn, "[dsn]").split()) or type(exc).__name__
+        raise CliError(f"{variable}: cannot connect to {describe_database(settings)}: {reason}") from None
+
+
+_CONNECT_TIMEOUT = 10.0
 
 
 def run_with_db(settings: Settings, work: Callable[[Conn], Awaitable[T]], *, migrated: bool = True) -> T:
     """Open the database (migrated first, unless the work is the migration), run work on one connection."""
-    from service.db.pool import create_pool
     from service.db.schema import migrate
 
     async def main(dsn: str) -> T:
-        pool = await create_pool(dsn, 2)
+        pool = await open_pool(settings, dsn, 2)
         try:
             async with pool.acquire() as conn:
                 if migrated:
@@ -69,11 +98,12 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.app import create_app, request_context
-    from service.db.pool import create_pool
     from service.db.schema import migrate
 
+    refuse_taken_port(settings.host, settings.port)
+
     async def prepare(dsn: str) -> int:
-        pool = await create_pool(dsn, 1)
+        pool = await open_pool(settings, dsn, 1)
         try:
             async with pool.acquire() as conn:
                 return (await migrate(conn)).schema_version
@@ -114,7 +144,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
             elif settings.workers > 1:
                 # Each worker process builds its own app from the environment, on this database.
                 os.environ["MASKING_DATABASE_URL"] = dsn
-                uvicorn.run("service.app:app_from_env", factory=True, workers=settings.workers, **common)
+                uvicorn.run("service.cli:worker_app", factory=True, workers=settings.workers, **common)
             else:
                 simulator = None
                 if settings.provider_kind == "simulator":
@@ -137,7 +167,7 @@ def _serve_granian(settings: Settings, dsn: str) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     Granian(
-        "service.app:app_from_env",
+        "service.cli:worker_app",
         address=settings.host,
         port=settings.port,
         interface=Interfaces.ASGI,
@@ -150,6 +180,55 @@ def _serve_granian(settings: Settings, dsn: str) -> None:
 
 def _exit_quietly(signum: int, frame: object) -> None:
     raise SystemExit(0)
+
+
+def refuse_taken_port(host: str, port: int) -> None:
+    """Raise CliError when host:port cannot be listened on, above all when another process already listens there.
+
+    Both HTTP servers bind with SO_REUSEPORT, so a second service on a taken port would start without a word and
+    share the traffic with the first; this probe binds without it, which fails while anyone listens there.
+    """
+    if port == 0:
+        return
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise CliError(f"MASKING_HOST: cannot listen on {host!r}: {exc.strerror}") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+            probe.listen()
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise CliError(
+                    f"MASKING_PORT: port {port} on {host} is already in use by another process; "
+                    "stop that process or choose another MASKING_PORT"
+                ) from None
+            raise CliError(f"MASKING_HOST, MASKING_PORT: cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+def worker_app() -> Any:
+    """The app of one worker process of `masking serve`; the worker exits as soon as `masking serve` is gone."""
+    from service.app import app_from_env
+
+    _exit_with_parent(os.getppid())
+    return app_from_env()
+
+
+def _exit_with_parent(parent: int, interval: float = 0.5) -> None:
+    # A worker whose parent was killed (SIGKILL, OOM) is re-parented and would go on serving the port beside
+    # a restarted service. Polling getppid() is portable and, unlike PR_SET_PDEATHSIG, is not fooled by the
+    # parent's spawning thread ending before the parent does.
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        log.warning("parent_gone", parent=parent)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
@@ -327,5 +406,9 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_logging(settings.log_renderer, settings.log_level)
     run: Callable[[Settings, argparse.Namespace], int] = args.run
-    result: Any = run(settings, args)
+    try:
+        result: Any = run(settings, args)
+    except CliError as exc:
+        print(f"masking: {exc}", file=sys.stderr)
+        return exc.code
     return int(result)
