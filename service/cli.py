@@ -25,7 +25,7 @@ import structlog
 
 from service.db import Conn
 from service.db.schema import SchemaTooNew
-from service.settings import Settings, SettingsError, load_settings
+from service.settings import PREFIX, Settings, SettingsError, load_settings
 
 T = TypeVar("T")
 log = structlog.get_logger("service.cli")
@@ -251,6 +251,24 @@ def cmd_tenant_create(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tenant_list(settings: Settings, args: argparse.Namespace) -> int:
+    from service.broker.tenants import list_tenants
+
+    for tenant in run_with_db(settings, list_tenants):
+        sys.stdout.write(msgspec.json.encode(tenant).decode() + "\n")
+    return 0
+
+
+def cmd_key_revoke(settings: Settings, args: argparse.Namespace) -> int:
+    from service.broker.tenants import revoke_key
+
+    revoked = run_with_db(settings, lambda conn: revoke_key(conn, args.key_id))
+    if revoked is None:
+        raise CliError(f"no API key with id {args.key_id}; `masking tenant list` shows every key's id", code=1)
+    sys.stdout.write(msgspec.json.encode(revoked).decode() + "\n")
+    return 0
+
+
 async def _tenant_id(conn: Conn, name: str | None) -> int:
     from service.db import tenants as q
 
@@ -312,7 +330,7 @@ def cmd_sessions_expire(settings: Settings, args: argparse.Namespace) -> int:
     from service.broker.sessions import ExpireFilter, expire_sessions
 
     async def work(conn: Conn) -> int:
-        tenant_id = await _tenant_id(conn, args.tenant) if args.tenant else None
+        tenant_id = await _tenant_id(conn, args.tenant)
         return await expire_sessions(conn, tenant_id, ExpireFilter(order_id=args.order_id), utc_now())
 
     print(json.dumps({"expired": run_with_db(settings, work)}))
@@ -355,19 +373,36 @@ def cmd_provider_urls(settings: Settings, args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     """The command line's grammar."""
-    top = argparse.ArgumentParser(prog="masking", description="Number-masking service.")
+    top = argparse.ArgumentParser(
+        prog="masking", description="Number-masking service.", formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    top.add_argument("--version", action="version", version=f"masking {_version()}")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    sub.add_parser("serve", help="apply the schema and run the HTTP service").set_defaults(run=cmd_serve)
+    sub.add_parser(
+        "serve",
+        help="apply the schema and run the HTTP service",
+        description="Apply the schema, then serve HTTP and run the background work (expiry, reports, webhooks).",
+        epilog=_variables_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    ).set_defaults(run=cmd_serve)
     sub.add_parser("migrate", help="bring the database to this version's schema (says what it applied)").set_defaults(
         run=cmd_migrate
     )
 
     tenant = sub.add_parser("tenant", help="tenants and API keys").add_subparsers(dest="action", required=True)
-    create = tenant.add_parser("create", help="create a tenant (if needed) and a new API key")
+    create = tenant.add_parser("create", help="create a tenant (if needed) and a new API key, shown once")
     create.add_argument("name")
     create.add_argument("--scope", action="append", choices=["sessions", "ops"], help="repeatable")
     create.set_defaults(run=cmd_tenant_create)
+    tenant.add_parser(
+        "list", help="every tenant with its keys' ids, prefixes, scopes and times (never a key): a JSON line each"
+    ).set_defaults(run=cmd_tenant_list)
+
+    key = sub.add_parser("key", help="API keys").add_subparsers(dest="action", required=True)
+    revoke = key.add_parser("revoke", help="revoke an API key by its id (`tenant list`); refused within 10 s")
+    revoke.add_argument("key_id", type=int, metavar="KEY_ID")
+    revoke.set_defaults(run=cmd_key_revoke)
 
     dids = sub.add_parser("dids", help="the DID pool").add_subparsers(dest="action", required=True)
     imp = dids.add_parser("import", help="add DIDs from a CSV file: number[,pool] per line")
@@ -377,9 +412,9 @@ def parser() -> argparse.ArgumentParser:
     imp.set_defaults(run=cmd_dids_import)
 
     sessions = sub.add_parser("sessions", help="sessions").add_subparsers(dest="action", required=True)
-    exp = sessions.add_parser("expire", help="expire active sessions of an order")
+    exp = sessions.add_parser("expire", help="expire a tenant's active sessions of an order")
     exp.add_argument("--order-id", required=True)
-    exp.add_argument("--tenant", help="only this tenant's (default: every tenant's)")
+    exp.add_argument("--tenant", required=True, help="the tenant whose sessions to expire")
     exp.set_defaults(run=cmd_sessions_expire)
 
     reports = sub.add_parser("reports", help="provider reports that matched no call")
@@ -391,7 +426,38 @@ def parser() -> argparse.ArgumentParser:
     urls = sub.add_parser("provider-urls", help="print the callback and routing URLs to give the provider")
     urls.add_argument("--base-url", help="the service's public base URL (default: its listen address)")
     urls.set_defaults(run=cmd_provider_urls)
+    top.epilog = "commands:\n" + "\n".join(_commands(top))
     return top
+
+
+def _commands(parent: argparse.ArgumentParser, path: str = "masking") -> Iterator[str]:
+    """Every runnable command under parent, with its help, for the top-level --help."""
+    for action in parent._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help for a in action._choices_actions}
+            for name, child in action.choices.items():
+                if any(isinstance(a, argparse._SubParsersAction) for a in child._actions):
+                    yield from _commands(child, f"{path} {name}")
+                else:
+                    yield f"  {path} {name}".ljust(30) + f" {helps.get(name) or ''}"
+
+
+def _variables_help() -> str:
+    """The MASKING_* variables `serve` reads, with their defaults (docs/configuration.md says what each means)."""
+    lines = ["environment (see docs/configuration.md):"]
+    for field in msgspec.structs.fields(Settings):
+        default = "unset" if field.default in (None, msgspec.NODEFAULT) else field.default
+        lines.append(f"  {PREFIX}{field.name.upper()} (default {default})")
+    return "\n".join(lines)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("masking")
+    except PackageNotFoundError:
+        return "unknown (not installed as a package)"
 
 
 def main(argv: list[str] | None = None) -> int:
