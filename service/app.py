@@ -257,7 +257,8 @@ def _reachable(host: str) -> str:
 def _mount_simulator(simulator: Simulator) -> Any:
     inner = simulator_app(simulator)
 
-    @asgi("/_simulator", is_mount=True, include_in_schema=False)
+    # copy_scope: the simulator's own app changes the scope it gets; it must not change ours (and Litestar warns).
+    @asgi("/_simulator", is_mount=True, include_in_schema=False, copy_scope=True)
     async def simulator_mount(scope: Scope, receive: Receive, send: Send) -> None:
         await inner(scope, receive, send)
 
