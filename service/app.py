@@ -19,6 +19,7 @@ from litestar import Litestar, Request, Response, Router, asgi
 from litestar.di import Provide
 from litestar.enums import ScopeType
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin, OpenAPIRenderPlugin, RedocRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -241,6 +242,7 @@ def create_app(
             title="Number masking",
             version="1",
             path="/schema",
+            render_plugins=_openapi_viewers(),
             components=Components(
                 security_schemes={"apiKey": SecurityScheme(type="http", scheme="bearer", description="API key")}
             ),
@@ -251,6 +253,20 @@ def create_app(
     return app
 
 
+def _openapi_viewers() -> list[OpenAPIRenderPlugin]:
+    """/schema: Redoc from the package's own static files (no CDN, no web fonts), and the JSON document."""
+    no_favicon = "<link rel='icon' href='data:,'>"  # Litestar's default favicon comes from a CDN
+    return [
+        RedocRenderPlugin(
+            js_url=f"{pages.STATIC_PATH}/openapi/redoc.standalone.js",
+            google_fonts=False,
+            path=["/", "/redoc"],
+            favicon=no_favicon,
+        ),
+        JsonRenderPlugin(favicon=no_favicon),
+    ]
+
+
 def _reachable(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104
 
@@ -258,7 +274,8 @@ def _reachable(host: str) -> str:
 def _mount_simulator(simulator: Simulator) -> Any:
     inner = simulator_app(simulator)
 
-    @asgi("/_simulator", is_mount=True, include_in_schema=False)
+    # copy_scope: the simulator's own app changes the scope it gets; it must not change ours (and Litestar warns).
+    @asgi("/_simulator", is_mount=True, include_in_schema=False, copy_scope=True)
     async def simulator_mount(scope: Scope, receive: Receive, send: Send) -> None:
         await inner(scope, receive, send)
 

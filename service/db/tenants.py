@@ -54,6 +54,36 @@ async def select_tenant_names(conn: Conn) -> list[str]:
     return [r["name"] for r in await conn.fetch("SELECT name FROM tenants ORDER BY name")]
 
 
+async def select_tenants_with_keys(conn: Conn) -> list[asyncpg.Record]:
+    """Every tenant by name, with its keys (id, prefix, scopes, created_at, revoked_at; never a hash) oldest first."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        """
+        SELECT t.name AS tenant, t.created_at,
+               coalesce(jsonb_agg(jsonb_build_object(
+                   'id', k.id, 'prefix', k.prefix, 'scopes', k.scopes,
+                   'created_at', k.created_at, 'revoked_at', k.revoked_at) ORDER BY k.id)
+                   FILTER (WHERE k.id IS NOT NULL), '[]') AS keys
+        FROM tenants t LEFT JOIN api_keys k ON k.tenant_id = t.id
+        GROUP BY t.id
+        ORDER BY t.name
+        """
+    )
+    return rows
+
+
+async def revoke_api_key(conn: Conn, key_id: int) -> asyncpg.Record | None:
+    """Mark a key revoked (once: a revoked key keeps its first revocation time); its id, tenant and revoked_at."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        """
+        WITH done AS (UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1
+                      RETURNING id, tenant_id, revoked_at)
+        SELECT done.id AS key_id, t.name AS tenant, done.revoked_at FROM done JOIN tenants t ON t.id = done.tenant_id
+        """,
+        key_id,
+    )
+    return row
+
+
 async def get_or_create_secret(conn: Conn | asyncpg.Pool, name: str, candidate: str) -> str:
     """The stored secret of that name, storing candidate first if there is none yet."""
     value: str = await conn.fetchval(
