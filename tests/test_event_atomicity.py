@@ -20,14 +20,14 @@ IST = ZoneInfo("Asia/Kolkata")
 # row it describes: the two are the same transaction exactly when the low 32 bits of txid equal xmin.
 SAME_XACT = """
 SELECT e.type, (e.txid::text::bigint % 4294967296) AS event_xact, r.xmin::text::bigint AS row_xact
-FROM events e JOIN {table} r ON r.id::text = coalesce(e.data->>'{key}', e.data->>'id')
+FROM events e JOIN {table} r ON r.id::text = e.data->>'id'
 WHERE e.type = $1 AND r.id = $2::uuid
 """
 
 
 async def written_with(db: asyncpg.Connection, table: str, row_id: str, event_type: str) -> None:
     """Exactly one event of this type about the row, written by the transaction that last wrote the row."""
-    rows = await db.fetch(SAME_XACT.format(table=table, key="id"), event_type, row_id)
+    rows = await db.fetch(SAME_XACT.format(table=table), event_type, row_id)
     assert len(rows) == 1, f"{event_type}: {len(rows)} events about {table} {row_id}"
     assert rows[0]["event_xact"] == rows[0]["row_xact"], (
         f"{event_type} was written by transaction {rows[0]['event_xact']}, "
