@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections import deque
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -35,13 +34,23 @@ class Fault(msgspec.Struct, kw_only=True):
     answer_after: float = 0.0  # seconds the provider takes to answer
 
 
+class SimSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The simulator's behaviour beyond single faults, changed through POST /_sim/settings."""
+
+    send_mid: bool
+
+
 class Simulator:
     """The provider's behaviour, with a queue of faults for tests and a log of what it received."""
 
-    def __init__(self, callback_url: str = "", timezone: str = "Asia/Kolkata", delay: float = 0.5) -> None:
+    def __init__(
+        self, callback_url: str = "", timezone: str = "Asia/Kolkata", delay: float = 0.5, send_mid: bool = False
+    ) -> None:
         self.callback_url = callback_url
         self.zone = ZoneInfo(timezone)
         self.delay = delay
+        # The provider may echo the click's `mid` in its report (the contract matches by it when present).
+        self.send_mid = send_mid
         self.faults: deque[Fault] = deque()
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
@@ -62,13 +71,18 @@ class Simulator:
             self.faults.popleft()
         return fault
 
-    def report_for(self, click: dict[str, Any], outcome: Reporting) -> dict[str, Any]:
-        """A report shaped like the provider's example: numbers unquoted, times in its zone."""
-        end = datetime.now(self.zone)
+    def report_for(self, click: dict[str, Any], outcome: Reporting, placed: datetime | None = None) -> dict[str, Any]:
+        """A report shaped like the provider's example: numbers unquoted, times in its zone.
+
+        Its times tell the call from when it was placed (default now): it starts on the next whole second and
+        the report is dated at its end. It is posted after `delay`, sooner than a real call would end.
+        """
+        placed = (placed or datetime.now(self.zone)).astimezone(self.zone)
+        start = placed.replace(microsecond=0) + timedelta(seconds=1)
         talked = outcome in ("answered", "duplicate", "before_answer")
         billing = random.randint(5, 120) if talked else 0
         duration = billing + random.randint(3, 15) if outcome != "busy" else 0
-        start = end - timedelta(seconds=duration)
+        end = start + timedelta(seconds=duration)
         statuses = {
             True: ("COMPLETED", "ANSWER", "ANSWER"),
             False: ("NOANSWER", "ANSWER", "NOANSWER") if outcome == "missed" else ("BUSY", "BUSY", ""),
@@ -82,7 +96,7 @@ class Simulator:
             "start_at": start.strftime(fmt),
             "end_at": end.strftime(fmt),
             "date": end.strftime(fmt),
-            "unixtime": str(int(time.time())),
+            "unixtime": str(int(end.timestamp())),
             "duration": str(duration),
             "billing": str(billing),
             "status": statuses[0],
@@ -95,6 +109,8 @@ class Simulator:
         }
         if click.get("webhook_id"):
             report["webhook_id"] = click["webhook_id"]
+        if self.send_mid and click.get("mid"):
+            report["mid"] = click["mid"]
         return report
 
     async def post_report(self, report: dict[str, Any]) -> None:
@@ -133,6 +149,7 @@ class Simulator:
             return Response({"status": 422, "message": "bridge, from and to are mandatory"}, status_code=422)
         if str(click.get("record", "0")) not in ("0", "1"):
             return Response({"status": 422, "message": "record must be 0 or 1"}, status_code=422)
+        placed = datetime.now(self.zone)
         self.requests.append(click)
         self.headers.append(dict(request.headers))
         fault = self._next_fault()
@@ -144,7 +161,7 @@ class Simulator:
             return Response({"status": 400, "message": "Insufficient balance"}, status_code=200)
         if fault.answer == "http_500":
             return Response({"status": 500, "message": "Internal Server Error"}, status_code=500)
-        report = self.report_for(click, fault.report)
+        report = self.report_for(click, fault.report, placed)
         if fault.report == "before_answer":
             await self.post_report(report)
         elif fault.report != "none":
@@ -175,6 +192,10 @@ def simulator_app(sim: Simulator) -> Any:
     async def faults(data: JSONBody[Fault]) -> None:
         sim.inject(data)
 
+    @post("/_sim/settings", status_code=204)
+    async def settings(data: JSONBody[SimSettings]) -> None:
+        sim.send_mid = data.send_mid
+
     @get("/_sim/requests")
     async def requests() -> list[dict[str, Any]]:
         return sim.requests
@@ -188,7 +209,7 @@ def simulator_app(sim: Simulator) -> Any:
             await sim.http.aclose()
 
     app = Litestar(
-        [c2c, faults, requests],
+        [c2c, faults, settings, requests],
         on_startup=[lifespan_http],
         on_shutdown=[close_http],
         openapi_config=None,
@@ -231,8 +252,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--callback-url", required=True, help="the service's callback URL, token included")
     parser.add_argument("--delay", type=float, default=0.5, help="seconds before a report is posted")
     parser.add_argument("--timezone", default="Asia/Kolkata")
+    parser.add_argument("--send-mid", action="store_true", help="echo each click's mid in its report")
     args = parser.parse_args(argv)
-    sim = Simulator(args.callback_url, args.timezone, args.delay)
+    sim = Simulator(args.callback_url, args.timezone, args.delay, args.send_mid)
     uvicorn.run(simulator_app(sim), host=args.host, port=args.port, log_config=None, access_log=False)
 
 

@@ -1,0 +1,89 @@
+"""Rule 8 for every kind of change: the event row is written by the very transaction that made the change."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import asyncpg
+import httpx
+
+from service.provider.simulator import Fault
+from tests.helpers import Keys, add_dids, did_numbers, session_body
+from tests.live import live_service
+
+IST = ZoneInfo("Asia/Kolkata")
+
+# The event's writing transaction (xid8) next to the xmin (the last writing transaction, a 32-bit xid) of the
+# row it describes: the two are the same transaction exactly when the low 32 bits of txid equal xmin.
+SAME_XACT = """
+SELECT e.type, (e.txid::text::bigint % 4294967296) AS event_xact, r.xmin::text::bigint AS row_xact
+FROM events e JOIN {table} r ON r.id::text = e.data->>'id'
+WHERE e.type = $1 AND r.id = $2::uuid
+"""
+
+
+async def written_with(db: asyncpg.Connection, table: str, row_id: str, event_type: str) -> None:
+    """Exactly one event of this type about the row, written by the transaction that last wrote the row."""
+    rows = await db.fetch(SAME_XACT.format(table=table), event_type, row_id)
+    assert len(rows) == 1, f"{event_type}: {len(rows)} events about {table} {row_id}"
+    assert rows[0]["event_xact"] == rows[0]["row_xact"], (
+        f"{event_type} was written by transaction {rows[0]['event_xact']}, "
+        f"the change by {rows[0]['row_xact']}: not one transaction"
+    )
+
+
+async def test_a_close_a_ttl_change_and_a_bulk_expiry_each_write_their_event_in_their_own_transaction(
+    client: httpx.AsyncClient, keys: Keys, db: asyncpg.Connection
+) -> None:
+    """session.updated (PATCH TTL), session.closed (close, expire by order) share the change's transaction id."""
+    await add_dids(client, keys.a, did_numbers(3))
+    first = (await client.post("/v1/sessions", json=session_body("o1"), headers=keys.a)).json()
+    await written_with(db, "sessions", first["id"], "session.created")
+    r = await client.patch(f"/v1/sessions/{first['id']}", json={"ttl_seconds": 600}, headers=keys.a)
+    assert r.status_code == 200, r.text
+    await written_with(db, "sessions", first["id"], "session.updated")
+    assert (await client.post(f"/v1/sessions/{first['id']}/close", headers=keys.a)).status_code == 200
+    await written_with(db, "sessions", first["id"], "session.closed")
+    second = (await client.post("/v1/sessions", json=session_body("o2"), headers=keys.a)).json()
+    r = await client.post("/v1/sessions/expire", json={"order_id": "o2"}, headers=keys.a)
+    assert r.json() == {"expired": 1}
+    await written_with(db, "sessions", second["id"], "session.closed")
+
+
+def report_of(call: dict[str, Any]) -> bytes:
+    start = datetime.now(UTC)
+    fmt = "%Y-%m-%d %H:%M:%S"
+    return json.dumps(
+        {
+            "bridge": int(call["bridge"][1:]),
+            "from": int(call["from"][1:]),
+            "to": int(call["to"][1:]),
+            "source": "C2C",
+            "start_at": start.astimezone(IST).strftime(fmt),
+            "end_at": (start + timedelta(seconds=20)).astimezone(IST).strftime(fmt),
+            "duration": "20",
+            "billing": "15",
+            "status": "COMPLETED",
+            "status1": "RECEIVED",
+            "status2": "ANSWER",
+        }
+    ).encode()
+
+
+async def test_a_click_and_its_report_each_write_their_call_event_in_their_own_transaction(
+    dsn: str, keys: Keys, db: asyncpg.Connection
+) -> None:
+    """call.initiated is written by the transaction that records the provider's answer; call.completed by the report's."""
+    async with live_service(dsn) as live:
+        await live.http.post("/v1/dids", json={"number": "+918068281234"}, headers=keys.a)
+        session = (await live.http.post("/v1/sessions", json=session_body(), headers=keys.a)).json()
+        live.sim.inject(Fault(report="none"))
+        call = (await live.http.post(f"/v1/sessions/{session['id']}/calls", headers=keys.a)).json()
+        assert call["status"] == "initiated"
+        await written_with(db, "calls", call["id"], "call.initiated")
+        assert (await live.http.post(live.callback, content=report_of(call))).status_code == 200
+        assert (await live.http.get(f"/v1/calls/{call['id']}", headers=keys.a)).json()["status"] == "completed"
+        await written_with(db, "calls", call["id"], "call.completed")
