@@ -250,3 +250,27 @@ async def test_concurrent_uses_never_exceed_max_uses(live: Live, keys: Keys, dsn
         await pool.close()
     assert sum(results) == 3
     assert_problem(await live.http.post(path, headers=JSON, content=b"{}"), 410, "link_expired")
+
+
+async def test_a_replaced_partys_link_is_gone_and_never_rings_the_new_party(live: Live, keys: Keys) -> None:
+    """After PATCH replaces the agent, the old agent's link is 410 link_expired on GET and POST and rings nobody;
+    the customer's link (its party stays) rings the new agent, and a link minted for the new agent works."""
+    session = await open_session(live, keys)
+    old_agent_link, _ = await mint(live, keys, session["id"], party="agent")
+    customer_link, _ = await mint(live, keys, session["id"], party="customer")
+    new_agent = "+918765432100"
+    r = await live.http.patch(f"/v1/sessions/{session['id']}", json={"agent": new_agent}, headers=keys.a)
+    assert r.status_code == 200, r.text
+    assert_problem(await live.http.post(old_agent_link, headers=JSON, content=b"{}"), 410, "link_expired")
+    assert (await live.http.get(old_agent_link, headers=HTML)).status_code == 410
+    assert (await live.http.get(old_agent_link + "/status")).status_code == 410
+    assert live.sim.requests == []
+    r = await live.http.post(customer_link, headers=JSON, content=b"{}")
+    assert r.status_code == 202, r.text
+    assert live.sim.requests[-1]["to"] == new_agent[1:]
+    await call_status(live, keys, r.json()["id"], "completed")
+    new_agent_link, _ = await mint(live, keys, session["id"], party="agent")
+    assert (await live.http.get(new_agent_link, headers=HTML)).status_code == 200
+    r = await live.http.post(new_agent_link, headers=JSON, content=b"{}")
+    assert r.status_code == 202, r.text
+    assert live.sim.requests[-1]["from"] == new_agent[1:]
