@@ -16,8 +16,7 @@ from service.api.deps import MaskingRequest
 from service.api.problems import problem, problem_response
 from service.broker import links
 from service.broker.errors import DomainError
-from service.web.pages import CsrfUnlessJson, error_page, page, status_of, wants_json
-from service.web.security import client_address
+from service.web.pages import CsrfUnlessJson, address_of, error_page, page, status_of, wants_json
 
 
 class LinkState(msgspec.Struct, frozen=True):
@@ -45,13 +44,8 @@ def describe(call: links.LinkCall | None) -> tuple[str, str]:
     return "unknown", "Unknown: no word on this call yet"
 
 
-def _address(request: MaskingRequest) -> str:
-    peer = request.client.host if request.client else "unknown"
-    return client_address(peer, request.headers.get("x-forwarded-for"), request.runtime.settings.trusted_networks)
-
-
 def _limit_address(request: MaskingRequest) -> None:
-    request.app.state.link_limits.addresses.take(_address(request), "requests from your address")
+    request.app.state.link_limits.addresses.take(address_of(request), "requests from your address")
 
 
 def _gone_or_error(request: Request[Any, Any, Any], exc: DomainError) -> Response[Any]:

@@ -23,11 +23,11 @@ from litestar.params import Body, FromPath, FromQuery
 from litestar.response import Redirect
 
 from service.api.deps import Db, MaskingRequest, Runtime
-from service.broker import calls, console, dids, events, reports, sessions, webhooks
-from service.broker.errors import DidInUse, DomainError
+from service.broker import calls, console, dids, events, links, reports, sessions, webhooks
+from service.broker.errors import DidInUse, DomainError, RateLimited
 from service.models import DidStatus
 from service.provider.reports import parse_report
-from service.web.pages import error_page, page, status_of
+from service.web.pages import address_of, error_page, page, status_of
 from service.web.security import ROTATE, ConsoleSessionConfig
 
 # The console's sections, in the order of its navigation bar: (path, label). A new section is one entry.
@@ -48,6 +48,9 @@ UNKNOWN_POOLS_SHOWN = 20
 # Per endpoint, the newest attempts of each failing status read (retrying, failed) and shown in all.
 FAILING_SHOWN = 20
 Form = Body(media_type=RequestEncodingType.URL_ENCODED)
+# Sign-in attempts (right or wrong key) a client address may make a minute, per service process; the burst is
+# the same size. Enough for a person who mistypes; 300 guesses take half an hour per process.
+SIGN_INS_PER_MINUTE = 10
 
 
 async def signed_in(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
@@ -89,7 +92,16 @@ async def sign_in_form() -> Any:
 
 @post("/sign-in", include_in_schema=False, status_code=303)
 async def sign_in(request: MaskingRequest, data: Annotated[SignIn, Form]) -> Any:
-    """Exchange an ops key for a console session; the key itself is never stored, shown or logged."""
+    """Exchange an ops key for a console session; the key itself is never stored, shown or logged.
+
+    Attempts are limited per client address (a plain 429 page with Retry-After), so keys cannot be guessed fast.
+    """
+    buckets: links.Buckets = request.route_handler.opt["sign_in_limit"]
+    try:
+        buckets.take(address_of(request), "sign-in attempts from your address")
+    except RateLimited as exc:
+        wait = str(exc.extra["retry_after"])
+        return error_page(429, "Too many sign-in attempts", exc.detail, {"Retry-After": wait}, console=True)
     try:
         principal, key_hash = await console.sign_in(request.runtime.db, data.key[:256])
     except DomainError as exc:
@@ -384,6 +396,7 @@ def console_router(csrf: CSRFConfig, sessions_config: ConsoleSessionConfig) -> R
             webhook_redeliver,
         ],
         middleware=[sessions_config.middleware, DefineMiddleware(CSRFMiddleware, config=csrf)],
+        opt={"sign_in_limit": links.Buckets(SIGN_INS_PER_MINUTE)},
         exception_handlers={
             NotAuthorizedException: _signed_out,
             DomainError: _domain_error,

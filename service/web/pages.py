@@ -17,8 +17,10 @@ from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 from litestar.types import ASGIApp, Receive, Scope, Send
 
+from service.api.deps import MaskingRequest
 from service.api.problems import STATUS
 from service.logging import mask_number
+from service.web.security import client_address
 
 HERE = Path(str(resources.files("service.web")))
 STATIC_PATH = "/static/web"
@@ -61,9 +63,20 @@ def status_of(code: str) -> int:
     return STATUS.get(code, 400)
 
 
-def error_page(status: int, title: str, detail: str, **context: Any) -> Response[Any]:
+def error_page(
+    status: int, title: str, detail: str, headers: dict[str, str] | None = None, **context: Any
+) -> Response[Any]:
     """A plain page that says what went wrong and what to do."""
-    return page("error.html", status, title=title, detail=detail, **context)
+    shown = page("error.html", status, title=title, detail=detail, **context)
+    if headers:
+        shown.headers.update(headers)
+    return shown
+
+
+def address_of(request: MaskingRequest) -> str:
+    """The client's address, for per-address limits: the peer, or what MASKING_TRUSTED_PROXIES say it is."""
+    peer = request.client.host if request.client else "unknown"
+    return client_address(peer, request.headers.get("x-forwarded-for"), request.runtime.settings.trusted_networks)
 
 
 class CsrfUnlessJson:
