@@ -10,6 +10,7 @@ from typing import Any
 from litestar import Request, Response
 from litestar.config.csrf import CSRFConfig
 from litestar.enums import ScopeType
+from litestar.exceptions import NotFoundException
 from litestar.middleware.csrf import CSRFMiddleware
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Template
@@ -18,7 +19,7 @@ from litestar.template.config import TemplateConfig
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from service.api.deps import MaskingRequest
-from service.api.problems import STATUS
+from service.api.problems import STATUS, problem
 from service.logging import mask_number
 from service.web.security import client_address
 
@@ -77,6 +78,19 @@ def address_of(request: MaskingRequest) -> str:
     """The client's address, for per-address limits: the peer, or what MASKING_TRUSTED_PROXIES say it is."""
     peer = request.client.host if request.client else "unknown"
     return client_address(peer, request.headers.get("x-forwarded-for"), request.runtime.settings.trusted_networks)
+
+
+def not_found(request: Request[Any, Any, Any], exc: NotFoundException) -> Response[Any]:
+    """App-wide 404: a plain HTML page under /console (and /c/, unless JSON is asked for), problem+json elsewhere.
+
+    Paths no route matches never reach a router's own handlers, so this is registered on the app.
+    """
+    path = request.url.path
+    if path.startswith("/console"):
+        return error_page(404, "Not found", "There is no such console page.", console=True)
+    if path.startswith("/c/") and not wants_json(request):
+        return error_page(404, "No such page", "Check the link you were sent.", agent=True)
+    return problem(404, "not_found", "Not found", "No such resource: check the path and the id.").to_response(request)
 
 
 class CsrfUnlessJson:
