@@ -222,3 +222,29 @@ async def test_the_webhooks_page_shows_each_failing_event_once_with_its_state_an
             assert failing.requests == before + 1
             shown = await http.get(tested.headers["location"])
             assert "Test event sent" in shown.text and "HTTP 500" in shown.text
+
+
+def test_a_provider_status_that_is_not_a_plain_word_is_never_shown() -> None:
+    """Statuses become words; a token with digits (it could be a number) is "other"; no report says why."""
+    from datetime import UTC, datetime
+    from uuid import uuid4
+
+    from service.models import Call, ProviderOutcome
+    from service.web.pages import provider_outcome
+
+    def call(status: str, *said: str | None, first: str = "customer") -> Call:
+        s1, s2 = (said + (None, None))[:2]
+        return Call(
+            id=uuid4(), session_id=uuid4(), first=first, from_="+919876543210", to="+918765432109",
+            bridge="+918068281234", flow=None, status=status, record=False, created_at=datetime.now(UTC),
+            started_at=None, ended_at=None, duration_seconds=None, billing_seconds=None, recording_url=None,
+            hangup_by=None, provider=ProviderOutcome(status=said[2] if len(said) > 2 else None, status1=s1,
+                                                     status2=s2, message="Call to 919876543210 failed"),
+        )  # fmt: skip
+
+    assert provider_outcome(call("completed", "RECEIVED", "ANSWER", "COMPLETED")) == (
+        "Completed (customer answered, agent answered)"
+    )
+    assert provider_outcome(call("missed", "BUSY", "", "BUSY")) == "Busy (customer was busy)"
+    assert provider_outcome(call("missed", "919876543210", None, "ODD_STATE")) == "Odd state (customer other)"
+    assert provider_outcome(call("failed")) == "Refused by the provider, or it could not be reached"

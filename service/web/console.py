@@ -156,26 +156,31 @@ async def pools(request: MaskingRequest, conn: Db) -> Any:
 
 
 def _chart(hours: list[console.HourCount]) -> dict[str, Any]:
-    """Bars of an inline SVG: 24 hours, scaled to the busiest."""
-    top = max((h.sessions for h in hours), default=0) or 1
-    width, height, gap = 20, 120, 3
+    """Bars of an inline SVG that scales to its card: 24 hours, a y axis from 0 to the busiest hour, hour labels."""
+    top = max((h.sessions for h in hours), default=0)
+    scale = top or 1
+    left, width, gap, height, bottom = 36, 20, 3, 120, 18
     bars = [
         {
-            "x": i * (width + gap),
-            "y": height - round(h.sessions * height / top),
-            "h": round(h.sessions * height / top),
+            "x": left + i * (width + gap),
+            "y": height - round(h.sessions * height / scale),
+            "h": round(h.sessions * height / scale),
             "n": h.sessions,
             "at": h.at.strftime("%H:00"),
         }
         for i, h in enumerate(hours)
     ]
+    ticks = sorted({0, (scale + 1) // 2, scale})
     return {
         "bars": bars,
-        "width": len(hours) * (width + gap),
+        "left": left,
+        "width": left + len(hours) * (width + gap),
         "height": height,
+        "full_height": height + bottom,
         "bar": width,
+        "ticks": [{"n": t, "y": height - round(t * height / scale)} for t in ticks],
         "total": sum(h.sessions for h in hours),
-        "top": max((h.sessions for h in hours), default=0),
+        "top": top,
     }
 
 
@@ -340,21 +345,13 @@ async def webhook_list(
     """The tenant's webhook endpoints, each with its failing events as they stand now and a Test button (no secret
     is ever shown)."""
     tenant_id = request.principal.tenant_id
-    rows = [
-        {"endpoint": e, "failing": await console.failing_events(conn, tenant_id, e.id)}
-        for e in await webhooks.list_endpoints(conn, tenant_id)
-    ]
+    found = await webhooks.list_endpoints(conn, tenant_id)
+    rows = [{"endpoint": e, "failing": await console.failing_events(conn, tenant_id, e.id)} for e in found]
     done = queued if queued.startswith("evt_") and queued[4:].isdigit() and endpoints >= 0 else ""
+    tested_endpoint = next((e for e in found if str(e.id) == tested), None)
     test = None
-    if outcome in ("delivered", "retrying", "failed"):
-        test = next(
-            (
-                {"endpoint": r["endpoint"], "outcome": outcome, "code": code}
-                for r in rows
-                if str(r["endpoint"].id) == tested
-            ),
-            None,
-        )
+    if tested_endpoint is not None and outcome in ("delivered", "retrying", "failed"):
+        test = {"endpoint": tested_endpoint, "outcome": outcome, "code": code}
     return _view(
         request,
         "console/webhooks.html",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
@@ -21,6 +22,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from service.api.deps import MaskingRequest
 from service.api.problems import STATUS, problem
 from service.logging import mask_number
+from service.models import Call
 from service.web.security import client_address
 
 HERE = Path(str(resources.files("service.web")))
@@ -31,8 +33,60 @@ def _when(value: datetime | None) -> str:
     return "" if value is None else value.strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
+# The provider's call statuses in words: (the call as a whole, one leg). Other tokens are shown only when they are
+# plain words (letters, spaces and underscores), so nothing the provider sends can put a number on a page.
+_STATUS_WORDS = {
+    "COMPLETED": ("Completed", "answered"),
+    "ANSWER": ("Answered", "answered"),
+    "ANSWERED": ("Answered", "answered"),
+    "RECEIVED": ("Answered", "answered"),
+    "NOANSWER": ("No answer", "did not answer"),
+    "NO ANSWER": ("No answer", "did not answer"),
+    "BUSY": ("Busy", "was busy"),
+    "CANCEL": ("Cancelled", "hung up first"),
+    "CANCELLED": ("Cancelled", "hung up first"),
+    "FAILED": ("Failed", "could not be reached"),
+    "CONGESTION": ("Network busy", "could not be reached"),
+    "CHANUNAVAIL": ("Unreachable", "could not be reached"),
+}
+_PLAIN_WORD = re.compile(r"[A-Za-z_ ]{1,24}")
+_NO_REPORT = {
+    "initiated": "Waiting for the provider's report",
+    "failed": "Refused by the provider, or it could not be reached",
+    "unknown": "No word from the provider",
+}
+
+
+def _words(token: str | None, leg: bool) -> str | None:
+    if not token or not token.strip():
+        return None
+    token = token.strip().upper()
+    if token in _STATUS_WORDS:
+        return _STATUS_WORDS[token][leg]
+    return token.replace("_", " ").lower() if _PLAIN_WORD.fullmatch(token) else "other"
+
+
+def provider_outcome(call: Call) -> str:
+    """What the provider reported about a call, in words: "No answer (agent answered, customer did not answer)".
+
+    Built from its status, status1 (the party rung first) and status2 (the other); never its free-text message.
+    """
+    p = call.provider
+    headline = _words(p.status, leg=False)
+    if headline is None:
+        return _NO_REPORT.get(call.status, "")
+    other = "customer" if call.first == "agent" else "agent"
+    legs = [
+        f"{party} {said}"
+        for party, said in ((call.first, _words(p.status1, leg=True)), (other, _words(p.status2, leg=True)))
+        if said is not None
+    ]
+    return f"{headline[0].upper()}{headline[1:]} ({', '.join(legs)})" if legs else headline
+
+
 def _setup(engine: JinjaTemplateEngine) -> None:
     engine.engine.filters["masked"] = mask_number
+    engine.engine.filters["outcome"] = provider_outcome
     engine.engine.filters["when"] = _when
     engine.engine.globals["static"] = lambda name: f"{STATIC_PATH}/{name}"
 
