@@ -84,7 +84,12 @@ def provider_outcome(call: Call) -> str:
     return f"{headline[0].upper()}{headline[1:]} ({', '.join(legs)})" if legs else headline
 
 
+def _iso(value: datetime | None) -> str:
+    return "" if value is None else value.isoformat()
+
+
 def _setup(engine: JinjaTemplateEngine) -> None:
+    engine.engine.filters["iso"] = _iso
     engine.engine.filters["masked"] = mask_number
     engine.engine.filters["outcome"] = provider_outcome
     engine.engine.filters["when"] = _when
