@@ -19,6 +19,7 @@ from service.db import Conn
 from service.db import console as q
 from service.db import pools as pools_q
 from service.db.console import AttentionCall, FailingEvent
+from service.db.console import HourCount as HourCount  # the pools chart's bars, re-exported for web
 from service.models import Did, Session
 
 SEARCH_LIMIT = 100
@@ -46,10 +47,10 @@ async def principal_of(conn: Conn, key_hash_hex: str) -> Principal | None:
         digest = bytes.fromhex(key_hash_hex)
     except ValueError:
         return None
-    row = await q.select_principal(conn, digest)
-    if row is None:
+    owner = await q.select_principal(conn, digest)
+    if owner is None:
         return None
-    return Principal(tenant_id=row["tenant_id"], tenant=row["tenant"], scopes=frozenset(row["scopes"]))
+    return Principal(tenant_id=owner.tenant_id, tenant=owner.tenant, scopes=frozenset(owner.scopes))
 
 
 async def find_sessions(conn: Conn, tenant_id: int, text: str, now: datetime) -> list[Session]:
@@ -110,17 +111,9 @@ async def calls_needing_attention(conn: Conn, tenant_id: int, now: datetime) -> 
     return await q.select_attention_calls(conn, tenant_id, now - ATTENTION_WINDOW, SEARCH_LIMIT)
 
 
-class HourCount(msgspec.Struct, frozen=True):
-    """Sessions created in one hour."""
-
-    at: datetime
-    sessions: int
-
-
 async def sessions_by_hour(conn: Conn, tenant_id: int, now: datetime, hours: int = 24) -> list[HourCount]:
     """Sessions created in each of the last `hours` hours, oldest first (the current hour last)."""
-    rows = await q.sessions_per_hour(conn, tenant_id, now - timedelta(hours=hours - 1), hours)
-    return [HourCount(at, n) for at, n in rows]
+    return await q.sessions_per_hour(conn, tenant_id, now - timedelta(hours=hours - 1), hours)
 
 
 async def refusals_last_hour(conn: Conn, tenant_id: int, now: datetime) -> dict[str, int]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 from uuid import UUID
 
 import msgspec
@@ -72,15 +71,24 @@ async def store_delete_all(conn: Conn) -> None:
     await conn.execute("DELETE FROM console_sessions")
 
 
-async def select_principal(conn: Conn, key_hash: bytes) -> Any:
+class KeyOwner(msgspec.Struct, frozen=True, kw_only=True):
+    """The tenant of a live key and the key's scopes."""
+
+    tenant_id: int
+    tenant: str
+    scopes: list[str]
+
+
+async def select_principal(conn: Conn, key_hash: bytes) -> KeyOwner | None:
     """The tenant and scopes of a live key, by its hash."""
-    return await conn.fetchrow(
+    row = await conn.fetchrow(
         """
         SELECT k.tenant_id, t.name AS tenant, k.scopes FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
         WHERE k.key_hash = $1 AND k.revoked_at IS NULL
         """,
         key_hash,
     )
+    return None if row is None else msgspec.convert(row, KeyOwner)
 
 
 async def recent_sessions(conn: Conn, tenant_id: int, limit: int) -> list[Session]:
@@ -184,11 +192,18 @@ async def select_attention_calls(conn: Conn, tenant_id: int, since: datetime, li
     return [msgspec.convert(dict(r), AttentionCall, strict=False) for r in rows]
 
 
-async def sessions_per_hour(conn: Conn, tenant_id: int, since: datetime, hours: int) -> list[tuple[datetime, int]]:
+class HourCount(msgspec.Struct, frozen=True):
+    """Sessions created in one hour."""
+
+    at: datetime
+    sessions: int
+
+
+async def sessions_per_hour(conn: Conn, tenant_id: int, since: datetime, hours: int) -> list[HourCount]:
     """Sessions the tenant created in each hour from since, oldest first, every hour present."""
     rows = await conn.fetch(
         """
-        SELECT h.at, count(s.id)::int AS n
+        SELECT h.at, count(s.id)::int AS sessions
         FROM generate_series(date_trunc('hour', $2::timestamptz), date_trunc('hour', $2::timestamptz)
                              + ($3 - 1) * interval '1 hour', interval '1 hour') AS h(at)
         LEFT JOIN sessions s ON s.tenant_id = $1 AND s.created_at >= h.at AND s.created_at < h.at + interval '1 hour'
@@ -198,7 +213,7 @@ async def sessions_per_hour(conn: Conn, tenant_id: int, since: datetime, hours: 
         since,
         hours,
     )
-    return [(r["at"], r["n"]) for r in rows]
+    return [msgspec.convert(r, HourCount) for r in rows]
 
 
 async def select_session_ids_of_order(conn: Conn, tenant_id: int, order_id: str, now: datetime) -> list[UUID]:
