@@ -132,7 +132,9 @@ async def test_a_used_up_link_is_gone_as_json_and_as_a_page(live: Live, keys: Ke
     # the used-up page keeps the order and the last outcome, its button disabled with the reason
     assert "ORD-7" in page.text and "Completed: talked" in page.text
     button = re.search(r"<button[^>]*id=\"call-button\"[^>]*>", page.text)
-    assert button is not None and " disabled" in button.group(0) and 'aria-describedby="why-disabled"' in button.group(0)
+    assert (
+        button is not None and " disabled" in button.group(0) and 'aria-describedby="why-disabled"' in button.group(0)
+    )
     assert re.search(r'id="why-disabled"[^>]*>No calls left on this link', page.text)
     status = await live.http.get(path + "/status")  # the last press's outcome stays readable until the link's end
     assert status.status_code == 200 and status.json()["state"] == "completed" and status.json()["uses_left"] == 0
