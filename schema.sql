@@ -225,7 +225,9 @@ CREATE TABLE call_links (
     max_uses    integer NOT NULL CHECK (max_uses >= 1),
     uses        integer NOT NULL DEFAULT 0 CHECK (uses >= 0 AND uses <= max_uses),
     created_at  timestamptz NOT NULL,
-    expires_at  timestamptz NOT NULL
+    expires_at  timestamptz NOT NULL,
+    -- the times its party had been replaced when it was made (session_changes): a larger count ends it
+    party_changes integer NOT NULL DEFAULT 0 CHECK (party_changes >= 0)
 );
 CREATE INDEX call_links_by_session ON call_links (session_id);
 

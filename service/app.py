@@ -18,6 +18,7 @@ import structlog
 from litestar import Litestar, Request, Response, Router, asgi
 from litestar.di import Provide
 from litestar.enums import ScopeType
+from litestar.exceptions import NotFoundException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, OpenAPIRenderPlugin, RedocRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
@@ -230,6 +231,7 @@ def create_app(
         exception_handlers={
             Exception: internal_error_handler,
             RecursionError: too_deep_handler,
+            NotFoundException: pages.not_found,  # HTML under /console and /c/
             asyncpg.DataError: _bad_text,
             **dict.fromkeys(_DB_DOWN, _database_down),
         },

@@ -5,7 +5,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +156,10 @@ async def test_the_pools_page_shows_stats_and_a_chart_and_passes_axe(
     await expect(table).to_contain_text("express")
     await expect(page.get_by_role("img", name=re.compile("Sessions created per hour"))).to_be_visible()
     assert await page.locator("svg rect").count() == 24
+    card = await page.locator("figure.chart").bounding_box()
+    chart = await page.locator("figure.chart svg").bounding_box()
+    assert card is not None and chart is not None and chart["width"] >= 0.9 * (card["width"] - 32), (card, chart)
+    await expect(page.locator("svg .y-tick").first).to_have_text("0")
     await no_axe_violations(page)
     await page.screenshot(path=str(DOCS / "console-pools.png"), full_page=True)
     for section in ("DIDs", "Calls needing attention", "Unmatched reports"):
@@ -219,6 +223,44 @@ async def test_the_agent_presses_the_button_and_sees_ringing_then_completed_with
     await no_axe_violations(page)
     await page.screenshot(path=str(DOCS / "agent-page.png"), full_page=True)
     await page.close()
+
+
+async def test_the_agent_page_shows_times_in_the_phones_zone_and_disables_the_button_when_no_calls_are_left(
+    browser: Browser, live: Live, keys: Keys
+) -> None:
+    """On a phone set to India's time the link's end is shown in IST; after its one press has completed the button
+    is disabled, saying no calls are left, and a reload still shows the order and the last outcome."""
+    session = await open_session(live, keys, "ORD-ZONE")
+    r = await live.http.post(
+        f"/v1/sessions/{session['id']}/call-links", json={"party": "agent", "max_uses": 1}, headers=keys.a
+    )
+    link = r.json()
+    ends = datetime.fromisoformat(link["expires_at"]).astimezone(timezone(timedelta(hours=5, minutes=30)))
+    context = await browser.new_context(
+        timezone_id="Asia/Kolkata", locale="en-GB", viewport={"width": 390, "height": 720}
+    )
+    try:
+        page = await context.new_page()
+        await page.goto(live.url + "/c/" + link["url"].rsplit("/c/", 1)[1])
+        until = page.locator("time").last
+        await expect(until).to_contain_text(ends.strftime("%H:%M"))
+        await expect(until).not_to_contain_text("UTC")
+        button = page.get_by_role("button", name="Call customer")
+        why = page.get_by_text("No calls left on this link.")
+        await expect(why).to_be_hidden()
+        await button.click()
+        await expect(page.get_by_role("status")).to_contain_text("Completed: talked", timeout=15_000)
+        await expect(button).to_be_disabled()
+        await expect(why).to_be_visible()
+        response = await page.reload()
+        assert response is not None and response.status == 410
+        await expect(page.get_by_text("ORD-ZONE")).to_be_visible()
+        await expect(page.get_by_role("status")).to_contain_text("Completed: talked")
+        await expect(button).to_be_disabled()
+        await expect(why).to_be_visible()
+        await no_axe_violations(page)
+    finally:
+        await context.close()
 
 
 async def test_an_expired_link_says_so_plainly(browser: Browser, live: Live, keys: Keys) -> None:

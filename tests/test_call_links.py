@@ -86,6 +86,8 @@ async def test_the_page_shows_the_order_and_the_button_and_no_real_number(live: 
     r = await live.http.get(path, headers=HTML)
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     assert "ORD-PAGE" in r.text and "Call customer" in r.text and "No call yet" in r.text
+    # times are machine-readable, for the page's script to show in the phone's own zone
+    assert re.search(r'<time datetime="\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|\+00:00)"', r.text), r.text
     for number in (CUSTOMER, AGENT, CUSTOMER[1:], AGENT[1:], CUSTOMER[-10:], AGENT[-10:]):
         assert number not in r.text
     assert r.headers["cache-control"] == "no-store"
@@ -117,7 +119,8 @@ async def test_pressing_places_the_call_as_the_calls_api_does_with_the_links_par
 
 
 async def test_a_used_up_link_is_gone_as_json_and_as_a_page(live: Live, keys: Keys) -> None:
-    """After max_uses presses the link answers 410 link_expired: problem+json, or a page that says so."""
+    """After max_uses presses the link answers 410 link_expired: problem+json, or a page that says so and still
+    shows the order and the last call's outcome, with the button disabled because no calls are left."""
     session = await open_session(live, keys)
     path, _ = await mint(live, keys, session["id"], max_uses=1)
     r = await live.http.post(path, headers=JSON, content=b"{}")
@@ -126,6 +129,13 @@ async def test_a_used_up_link_is_gone_as_json_and_as_a_page(live: Live, keys: Ke
     assert_problem(await live.http.post(path, headers=JSON, content=b"{}"), 410, "link_expired")
     page = await live.http.get(path, headers=HTML)
     assert page.status_code == 410 and "This link has expired" in page.text
+    # the used-up page keeps the order and the last outcome, its button disabled with the reason
+    assert "ORD-7" in page.text and "Completed: talked" in page.text
+    button = re.search(r"<button[^>]*id=\"call-button\"[^>]*>", page.text)
+    assert (
+        button is not None and " disabled" in button.group(0) and 'aria-describedby="why-disabled"' in button.group(0)
+    )
+    assert re.search(r'id="why-disabled"[^>]*>No calls left on this link', page.text)
     status = await live.http.get(path + "/status")  # the last press's outcome stays readable until the link's end
     assert status.status_code == 200 and status.json()["state"] == "completed" and status.json()["uses_left"] == 0
     assert page.headers["cache-control"] == "no-store"
@@ -250,3 +260,27 @@ async def test_concurrent_uses_never_exceed_max_uses(live: Live, keys: Keys, dsn
         await pool.close()
     assert sum(results) == 3
     assert_problem(await live.http.post(path, headers=JSON, content=b"{}"), 410, "link_expired")
+
+
+async def test_a_replaced_partys_link_is_gone_and_never_rings_the_new_party(live: Live, keys: Keys) -> None:
+    """After PATCH replaces the agent, the old agent's link is 410 link_expired on GET and POST and rings nobody;
+    the customer's link (its party stays) rings the new agent, and a link minted for the new agent works."""
+    session = await open_session(live, keys)
+    old_agent_link, _ = await mint(live, keys, session["id"], party="agent")
+    customer_link, _ = await mint(live, keys, session["id"], party="customer")
+    new_agent = "+918765432100"
+    r = await live.http.patch(f"/v1/sessions/{session['id']}", json={"agent": new_agent}, headers=keys.a)
+    assert r.status_code == 200, r.text
+    assert_problem(await live.http.post(old_agent_link, headers=JSON, content=b"{}"), 410, "link_expired")
+    assert (await live.http.get(old_agent_link, headers=HTML)).status_code == 410
+    assert (await live.http.get(old_agent_link + "/status")).status_code == 410
+    assert live.sim.requests == []
+    r = await live.http.post(customer_link, headers=JSON, content=b"{}")
+    assert r.status_code == 202, r.text
+    assert live.sim.requests[-1]["to"] == new_agent[1:]
+    await call_status(live, keys, r.json()["id"], "completed")
+    new_agent_link, _ = await mint(live, keys, session["id"], party="agent")
+    assert (await live.http.get(new_agent_link, headers=HTML)).status_code == 200
+    r = await live.http.post(new_agent_link, headers=JSON, content=b"{}")
+    assert r.status_code == 202, r.text
+    assert live.sim.requests[-1]["from"] == new_agent[1:]

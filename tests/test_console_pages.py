@@ -201,7 +201,7 @@ async def test_on_a_phone_no_console_page_is_wider_than_the_screen_and_the_navig
         await no_horizontal_overflow(page, "session page")
         await nav_is_usable(page)
         await page.get_by_role("link", name="Webhooks", exact=True).tap()
-        await expect(page.get_by_role("table", name=re.compile("Failing attempts"))).to_be_visible()
+        await expect(page.get_by_role("table", name=re.compile("Events not delivered"))).to_be_visible()
         await no_horizontal_overflow(page, "webhooks")
         await nav_is_usable(page)
         await page.close()
@@ -342,8 +342,8 @@ async def test_behind_an_https_public_url_the_console_cookie_is_secure_httponly_
 async def test_ops_find_a_did_drain_it_and_retire_it_only_once_no_session_uses_it(
     browser: Browser, live: Live, keys: Keys
 ) -> None:
-    """Search finds the DID; Drain makes it draining (the API agrees); Retire is refused with the reason while a
-    session holds it, and works once the session closed."""
+    """Search finds the DID; Drain makes it draining (the API agrees); Retire asks for a confirmation, is refused
+    with the reason while a session holds it, and works once the session closed."""
     did = "+918068281299"
     session = await open_session(live, keys, "ORD-DID", pool="solo", dids=[did])
     assert session["masked_number"] == did
@@ -363,6 +363,9 @@ async def test_ops_find_a_did_drain_it_and_retire_it_only_once_no_session_uses_i
     assert [(d["number"], d["status"], d["active_sessions"]) for d in listed] == [(did, "draining", 1)]
 
     await page.get_by_role("button", name=f"Retire {did}").click()
+    await expect(page.get_by_role("heading", level=1)).to_have_text(f"Retire {did}?")  # nothing done yet
+    await no_axe_violations(page)
+    await page.get_by_role("button", name=f"Yes, retire {did}").click()
     await expect(page.get_by_role("alert")).to_contain_text("still carries active sessions")
     await expect(page.get_by_role("row", name=re.compile(re.escape(did)))).to_contain_text("draining")
     listed = (await live.http.get("/v1/dids", params={"pool": "solo"}, headers=keys.a)).json()["items"]
@@ -371,6 +374,7 @@ async def test_ops_find_a_did_drain_it_and_retire_it_only_once_no_session_uses_i
 
     assert (await live.http.post(f"/v1/sessions/{session['id']}/close", headers=keys.a)).status_code == 200
     await page.get_by_role("button", name=f"Retire {did}").click()
+    await page.get_by_role("button", name=f"Yes, retire {did}").click()
     await expect(page.get_by_role("status")).to_have_text("Done: the DID is now retired.")
     listed = (await live.http.get("/v1/dids", params={"pool": "solo"}, headers=keys.a)).json()["items"]
     assert [(d["number"], d["status"]) for d in listed] == [(did, "retired")]

@@ -6,6 +6,7 @@ Every change the console makes goes through the same broker functions as the API
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from uuid import UUID
 
 import asyncpg
 import msgspec
@@ -17,12 +18,17 @@ from service.broker.tenants import Principal, authenticate, hash_key
 from service.db import Conn
 from service.db import console as q
 from service.db import pools as pools_q
-from service.db.console import AttentionCall
+from service.db.console import AttentionCall, FailingEvent
+from service.db.console import HourCount as HourCount  # the pools chart's bars, re-exported for web
 from service.models import Did, Session
 
 SEARCH_LIMIT = 100
+RECENT_SHOWN = 50  # sessions the sessions page opens on
+PREFIX_WINDOW = 50_000  # newest sessions an order-id prefix search reads (an exact id is found at any age)
 ATTENTION_WINDOW = timedelta(hours=24)
 REFUSAL_WINDOW = timedelta(hours=1)
+ATTEMPTS_READ = 5_000  # newest attempts per endpoint the webhooks page reads for failing events
+FAILING_SHOWN = 20  # failing events shown per endpoint
 
 
 async def sign_in(db: asyncpg.Pool | Conn, api_key: str) -> tuple[Principal, str]:
@@ -41,27 +47,37 @@ async def principal_of(conn: Conn, key_hash_hex: str) -> Principal | None:
         digest = bytes.fromhex(key_hash_hex)
     except ValueError:
         return None
-    row = await q.select_principal(conn, digest)
-    if row is None:
+    owner = await q.select_principal(conn, digest)
+    if owner is None:
         return None
-    return Principal(tenant_id=row["tenant_id"], tenant=row["tenant"], scopes=frozenset(row["scopes"]))
+    return Principal(tenant_id=owner.tenant_id, tenant=owner.tenant, scopes=frozenset(owner.scopes))
 
 
 async def find_sessions(conn: Conn, tenant_id: int, text: str, now: datetime) -> list[Session]:
-    """Sessions by order id, or by a party's or the masked number (anything that reads as a phone number)."""
+    """The newest sessions (no text), or those of a party's or the masked number (text that reads as a phone
+    number), or of an order id or the order ids it begins (among the newest PREFIX_WINDOW sessions)."""
     text = text.strip()
     if not text:
-        return []
-    number = None
-    if text.lstrip("+").isdigit():
-        try:
-            number = normalize(text, "q")
-        except InvalidPhoneNumber:
-            number = None
-    found = await q.search_sessions(
-        conn, tenant_id, order_id=None if number else text, number=number, limit=SEARCH_LIMIT
-    )
+        found = await q.recent_sessions(conn, tenant_id, RECENT_SHOWN)
+    elif (number := _number_in(text)) is not None:
+        found = await q.sessions_with_number(conn, tenant_id, number, SEARCH_LIMIT)
+    else:
+        found = await q.sessions_of_order_prefix(conn, tenant_id, text, PREFIX_WINDOW, SEARCH_LIMIT)
     return [live_view(s, now) for s in found]
+
+
+def _number_in(text: str) -> str | None:
+    if not text.lstrip("+").isdigit():
+        return None
+    try:
+        return normalize(text, "q")
+    except InvalidPhoneNumber:
+        return None
+
+
+def orders_to_expire(found: list[Session]) -> list[str]:
+    """The order ids of the live sessions found, in the order listed, each once (what "Expire order" offers)."""
+    return list(dict.fromkeys(s.order_id for s in found if s.status == "active"))
 
 
 class DidSearch(msgspec.Struct, frozen=True):
@@ -85,22 +101,19 @@ async def live_sessions_of_order(conn: Conn, tenant_id: int, order_id: str, now:
     return len(await q.select_session_ids_of_order(conn, tenant_id, order_id, now))
 
 
+async def failing_events(conn: Conn, tenant_id: int, endpoint_id: UUID) -> list[FailingEvent]:
+    """An endpoint's events not delivered, one each with its current state, newest first (of its recent attempts)."""
+    return await q.failing_events(conn, tenant_id, endpoint_id, ATTEMPTS_READ, FAILING_SHOWN)
+
+
 async def calls_needing_attention(conn: Conn, tenant_id: int, now: datetime) -> list[AttentionCall]:
     """Calls of the last 24 hours that ended unknown (no word from the provider) or failed."""
     return await q.select_attention_calls(conn, tenant_id, now - ATTENTION_WINDOW, SEARCH_LIMIT)
 
 
-class HourCount(msgspec.Struct, frozen=True):
-    """Sessions created in one hour."""
-
-    at: datetime
-    sessions: int
-
-
 async def sessions_by_hour(conn: Conn, tenant_id: int, now: datetime, hours: int = 24) -> list[HourCount]:
     """Sessions created in each of the last `hours` hours, oldest first (the current hour last)."""
-    rows = await q.sessions_per_hour(conn, tenant_id, now - timedelta(hours=hours - 1), hours)
-    return [HourCount(at, n) for at, n in rows]
+    return await q.sessions_per_hour(conn, tenant_id, now - timedelta(hours=hours - 1), hours)
 
 
 async def refusals_last_hour(conn: Conn, tenant_id: int, now: datetime) -> dict[str, int]:

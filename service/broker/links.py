@@ -24,7 +24,9 @@ from service.models import Call, CallStatus, Party
 
 Clock = Callable[[], datetime]
 TOKEN_BYTES = 24  # 192 bits of randomness; only the SHA-256 of the token is stored
-_GONE = "This call link has expired, been used up, or its order has ended; ask for a new link."
+_GONE = (
+    "This call link has expired, been used up, or its order has ended or passed to someone else; ask for a new link."
+)
 
 
 class CreateLink(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -125,6 +127,7 @@ def _live(link: q.LinkRow, now: datetime, used_up_ok: bool = False) -> bool:
         and link.expires_at > now
         and link.session_status == "active"
         and link.session_expires_at > now
+        and not link.replaced
     )
 
 

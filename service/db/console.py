@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 from uuid import UUID
 
 import msgspec
@@ -72,32 +71,66 @@ async def store_delete_all(conn: Conn) -> None:
     await conn.execute("DELETE FROM console_sessions")
 
 
-async def select_principal(conn: Conn, key_hash: bytes) -> Any:
+class KeyOwner(msgspec.Struct, frozen=True, kw_only=True):
+    """The tenant of a live key and the key's scopes."""
+
+    tenant_id: int
+    tenant: str
+    scopes: list[str]
+
+
+async def select_principal(conn: Conn, key_hash: bytes) -> KeyOwner | None:
     """The tenant and scopes of a live key, by its hash."""
-    return await conn.fetchrow(
+    row = await conn.fetchrow(
         """
         SELECT k.tenant_id, t.name AS tenant, k.scopes FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
         WHERE k.key_hash = $1 AND k.revoked_at IS NULL
         """,
         key_hash,
     )
+    return None if row is None else msgspec.convert(row, KeyOwner)
 
 
-async def search_sessions(
-    conn: Conn, tenant_id: int, *, order_id: str | None, number: str | None, limit: int
-) -> list[Session]:
-    """The tenant's sessions, newest first, of an order id, or with a number as a party or masked number."""
+async def recent_sessions(conn: Conn, tenant_id: int, limit: int) -> list[Session]:
+    """The tenant's newest sessions (the walk of its (tenant_id, created_at) index)."""
+    rows = await conn.fetch(
+        f"SELECT {SESSION} FROM sessions WHERE tenant_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2",
+        tenant_id,
+        limit,
+    )
+    return [msgspec.convert(r, Session) for r in rows]
+
+
+async def sessions_with_number(conn: Conn, tenant_id: int, number: str, limit: int) -> list[Session]:
+    """The tenant's sessions, newest first, with a number as a party or as the masked number."""
     rows = await conn.fetch(
         f"""
         SELECT {SESSION} FROM sessions
-        WHERE tenant_id = $1
-          AND ($2::text IS NULL OR order_id = $2)
-          AND ($3::text IS NULL OR customer = $3 OR agent = $3 OR did = $3)
+        WHERE tenant_id = $1 AND (customer = $2 OR agent = $2 OR did = $2)
+        ORDER BY created_at DESC, id DESC LIMIT $3
+        """,
+        tenant_id,
+        number,
+        limit,
+    )
+    return [msgspec.convert(r, Session) for r in rows]
+
+
+async def sessions_of_order_prefix(conn: Conn, tenant_id: int, prefix: str, window: int, limit: int) -> list[Session]:
+    """The tenant's sessions, newest first, of the order id itself (at any age, by index), and of order ids
+    starting with it among its newest `window` sessions (a bounded walk, whatever the table's size)."""
+    rows = await conn.fetch(
+        f"""
+        SELECT {SESSION} FROM sessions WHERE tenant_id = $1 AND order_id = $2
+        UNION
+        SELECT {SESSION} FROM (
+            SELECT * FROM sessions WHERE tenant_id = $1 ORDER BY created_at DESC, id DESC LIMIT $3) AS recent
+        WHERE starts_with(order_id, $2)
         ORDER BY created_at DESC, id DESC LIMIT $4
         """,
         tenant_id,
-        order_id,
-        number,
+        prefix,
+        window,
         limit,
     )
     return [msgspec.convert(r, Session) for r in rows]
@@ -159,11 +192,18 @@ async def select_attention_calls(conn: Conn, tenant_id: int, since: datetime, li
     return [msgspec.convert(dict(r), AttentionCall, strict=False) for r in rows]
 
 
-async def sessions_per_hour(conn: Conn, tenant_id: int, since: datetime, hours: int) -> list[tuple[datetime, int]]:
+class HourCount(msgspec.Struct, frozen=True):
+    """Sessions created in one hour."""
+
+    at: datetime
+    sessions: int
+
+
+async def sessions_per_hour(conn: Conn, tenant_id: int, since: datetime, hours: int) -> list[HourCount]:
     """Sessions the tenant created in each hour from since, oldest first, every hour present."""
     rows = await conn.fetch(
         """
-        SELECT h.at, count(s.id)::int AS n
+        SELECT h.at, count(s.id)::int AS sessions
         FROM generate_series(date_trunc('hour', $2::timestamptz), date_trunc('hour', $2::timestamptz)
                              + ($3 - 1) * interval '1 hour', interval '1 hour') AS h(at)
         LEFT JOIN sessions s ON s.tenant_id = $1 AND s.created_at >= h.at AND s.created_at < h.at + interval '1 hour'
@@ -173,7 +213,7 @@ async def sessions_per_hour(conn: Conn, tenant_id: int, since: datetime, hours: 
         since,
         hours,
     )
-    return [(r["at"], r["n"]) for r in rows]
+    return [msgspec.convert(r, HourCount) for r in rows]
 
 
 async def select_session_ids_of_order(conn: Conn, tenant_id: int, order_id: str, now: datetime) -> list[UUID]:
@@ -185,3 +225,42 @@ async def select_session_ids_of_order(conn: Conn, tenant_id: int, order_id: str,
         now,
     )
     return [r["id"] for r in rows]
+
+
+class FailingEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """An event an endpoint has not taken, as it stands now: its delivery's state and its newest attempt."""
+
+    event_id: int
+    type: str | None  # None once the event itself is past retention
+    state: str  # pending (retried later) or failed (given up); the newest attempt's status without a delivery row
+    attempts: int
+    next_attempt_at: datetime | None  # when pending
+    status_code: int | None  # of the newest attempt
+    error: str | None
+    at: datetime
+
+
+async def failing_events(conn: Conn, tenant_id: int, endpoint_id: UUID, window: int, limit: int) -> list[FailingEvent]:
+    """The events whose newest attempt to an endpoint did not deliver and that are not delivered since, newest
+    first: one row each, read from the endpoint's newest `window` attempts (a bounded walk of its index)."""
+    rows = await conn.fetch(
+        """
+        WITH newest AS (
+            SELECT DISTINCT ON (event_id) id, event_id FROM (
+                SELECT id, event_id FROM webhook_attempts WHERE endpoint_id = $2 ORDER BY id DESC LIMIT $3) AS w
+            ORDER BY event_id, id DESC)
+        SELECT a.event_id, e.type, coalesce(d.status, a.status) AS state, coalesce(d.attempts, a.attempt) AS attempts,
+               CASE WHEN d.status = 'pending' THEN d.next_attempt_at END AS next_attempt_at,
+               a.status_code, a.error, a.at
+        FROM newest n JOIN webhook_attempts a ON a.id = n.id
+        LEFT JOIN webhook_deliveries d ON d.event_id = n.event_id AND d.endpoint_id = $2
+        LEFT JOIN events e ON e.id = n.event_id AND e.tenant_id = $1
+        WHERE coalesce(d.status, a.status) <> 'delivered' AND a.status <> 'delivered'
+        ORDER BY a.id DESC LIMIT $4
+        """,
+        tenant_id,
+        endpoint_id,
+        window,
+        limit,
+    )
+    return [msgspec.convert(r, FailingEvent) for r in rows]

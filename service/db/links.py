@@ -23,10 +23,13 @@ class LinkRow(msgspec.Struct, frozen=True, kw_only=True):
     order_id: str
     session_status: str
     session_expires_at: datetime
+    replaced: bool  # its party was replaced (PATCH) since it was made: the link is dead
 
 
-_LINK = """l.tenant_id, l.session_id, l.party, l.max_uses, l.uses, l.expires_at, s.order_id,
-    s.status AS session_status, s.expires_at AS session_expires_at"""
+# How many times a link's party has been replaced in its session (one session_changes row per replacement).
+_CHANGES = "(SELECT count(*)::int FROM session_changes c WHERE c.session_id = l.session_id AND c.party = l.party)"
+_LINK = f"""l.tenant_id, l.session_id, l.party, l.max_uses, l.uses, l.expires_at, s.order_id,
+    s.status AS session_status, s.expires_at AS session_expires_at, {_CHANGES} <> l.party_changes AS replaced"""
 
 
 async def insert_link(
@@ -40,13 +43,17 @@ async def insert_link(
     now: datetime,
     expires_at: datetime,
 ) -> datetime | None:
-    """Store a link to a live session of the tenant; its effective end, or None when the session is not live."""
+    """Store a link to a live session of the tenant, for the party as it is now (its replacements counted); its
+    effective end, or None when the session is not live."""
     ends: datetime | None = await conn.fetchval(
         """
         WITH s AS (SELECT id, expires_at FROM sessions
                    WHERE id = $3 AND tenant_id = $2 AND status = 'active' AND expires_at > $6),
-        l AS (INSERT INTO call_links (token_hash, tenant_id, session_id, party, max_uses, created_at, expires_at)
-              SELECT $1, $2, s.id, $4, $5, $6, $7 FROM s RETURNING expires_at)
+        l AS (INSERT INTO call_links (token_hash, tenant_id, session_id, party, max_uses, created_at, expires_at,
+                                      party_changes)
+              SELECT $1, $2, s.id, $4, $5, $6, $7,
+                     (SELECT count(*) FROM session_changes c WHERE c.session_id = s.id AND c.party = $4)
+              FROM s RETURNING expires_at)
         SELECT least(l.expires_at, s.expires_at) FROM l, s
         """,
         token_hash,
@@ -70,13 +77,14 @@ async def select_link(conn: Conn, token_hash: bytes) -> LinkRow | None:
 
 
 async def take_use(conn: Conn, token_hash: bytes, now: datetime) -> LinkRow | None:
-    """Count one use of a link that is live (unexpired, uses left, session live); None when it is not."""
+    """Count one use of a link that is live (unexpired, uses left, session live, party not replaced); None when
+    it is not."""
     row = await conn.fetchrow(
         f"""
         WITH l AS (
             UPDATE call_links l SET uses = uses + 1 FROM sessions s
             WHERE l.token_hash = $1 AND s.id = l.session_id AND l.uses < l.max_uses AND l.expires_at > $2
-              AND s.status = 'active' AND s.expires_at > $2
+              AND s.status = 'active' AND s.expires_at > $2 AND {_CHANGES} = l.party_changes
             RETURNING l.*)
         SELECT {_LINK} FROM l JOIN sessions s ON s.id = l.session_id
         """,

@@ -16,8 +16,7 @@ from service.api.deps import MaskingRequest
 from service.api.problems import problem, problem_response
 from service.broker import links
 from service.broker.errors import DomainError
-from service.web.pages import CsrfUnlessJson, error_page, page, status_of, wants_json
-from service.web.security import client_address
+from service.web.pages import CsrfUnlessJson, address_of, error_page, page, status_of, wants_json
 
 
 class LinkState(msgspec.Struct, frozen=True):
@@ -45,13 +44,8 @@ def describe(call: links.LinkCall | None) -> tuple[str, str]:
     return "unknown", "Unknown: no word on this call yet"
 
 
-def _address(request: MaskingRequest) -> str:
-    peer = request.client.host if request.client else "unknown"
-    return client_address(peer, request.headers.get("x-forwarded-for"), request.runtime.settings.trusted_networks)
-
-
 def _limit_address(request: MaskingRequest) -> None:
-    request.app.state.link_limits.addresses.take(_address(request), "requests from your address")
+    request.app.state.link_limits.addresses.take(address_of(request), "requests from your address")
 
 
 def _gone_or_error(request: Request[Any, Any, Any], exc: DomainError) -> Response[Any]:
@@ -79,12 +73,13 @@ def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
 
 @get("/{token:str}", include_in_schema=False)
 async def show(request: MaskingRequest, token: FromPath[str]) -> Any:
-    """The page: order, the button, the last call's state."""
+    """The page: order, the button, the last call's state. A used-up link answers 410 with the same page, its
+    button disabled because no calls are left, so the agent still sees the order and how the last call went."""
     _limit_address(request)
     async with request.runtime.db.acquire() as conn:
-        view = await links.view_link(conn, token, request.runtime.clock())
+        view = await links.view_link(conn, token, request.runtime.clock(), used_up_ok=True)
     state, label = describe(view.last_call)
-    return page("agent.html", view=view, state=state, label=label, token=token)
+    return page("agent.html", 200 if view.uses_left else 410, view=view, state=state, label=label, token=token)
 
 
 @get("/{token:str}/status", include_in_schema=False)
@@ -110,7 +105,7 @@ async def press(request: MaskingRequest, token: FromPath[str]) -> Any:
         if wants_json(request) or exc.code in ("link_expired", "not_found"):
             raise
         async with runtime.db.acquire() as conn:
-            view = await links.view_link(conn, token, runtime.clock())
+            view = await links.view_link(conn, token, runtime.clock(), used_up_ok=True)
         state, label = describe(view.last_call)
         return page(
             "agent.html", status_of(exc.code), view=view, state=state, label=label, token=token, error=exc.detail

@@ -23,11 +23,11 @@ from litestar.params import Body, FromPath, FromQuery
 from litestar.response import Redirect
 
 from service.api.deps import Db, MaskingRequest, Runtime
-from service.broker import calls, console, dids, events, reports, sessions, webhooks
-from service.broker.errors import DidInUse, DomainError
+from service.broker import calls, console, dids, events, links, reports, sessions, webhooks
+from service.broker.errors import DidInUse, DomainError, RateLimited
 from service.models import DidStatus
 from service.provider.reports import parse_report
-from service.web.pages import error_page, page, status_of
+from service.web.pages import address_of, error_page, page, status_of
 from service.web.security import ROTATE, ConsoleSessionConfig
 
 # The console's sections, in the order of its navigation bar: (path, label). A new section is one entry.
@@ -45,9 +45,19 @@ DID_STATUSES = ("active", "draining", "retired")
 SESSION_EVENTS = 50
 # Pools with refusals but no DIDs, listed under the pools table (the busiest first).
 UNKNOWN_POOLS_SHOWN = 20
-# Per endpoint, the newest attempts of each failing status read (retrying, failed) and shown in all.
-FAILING_SHOWN = 20
 Form = Body(media_type=RequestEncodingType.URL_ENCODED)
+# Why a report matched no call, in words (the code is shown beside them; see provider_reports.reason).
+REPORT_REASONS = {
+    "no_call": "no call in flight on that DID between those numbers",
+    "before_call": "it ended before the call was placed",
+    "times_in_future": "its times are in the future",
+    "matching_failed": "it could not be matched (see the logs)",
+    "same_report": "the same report again",
+    "call_already_reported": "its call already had a report",
+}
+# Sign-in attempts (right or wrong key) a client address may make a minute, per service process; the burst is
+# the same size. Enough for a person who mistypes; 300 guesses take half an hour per process.
+SIGN_INS_PER_MINUTE = 10
 
 
 async def signed_in(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
@@ -89,7 +99,16 @@ async def sign_in_form() -> Any:
 
 @post("/sign-in", include_in_schema=False, status_code=303)
 async def sign_in(request: MaskingRequest, data: Annotated[SignIn, Form]) -> Any:
-    """Exchange an ops key for a console session; the key itself is never stored, shown or logged."""
+    """Exchange an ops key for a console session; the key itself is never stored, shown or logged.
+
+    Attempts are limited per client address (a plain 429 page with Retry-After), so keys cannot be guessed fast.
+    """
+    buckets: links.Buckets = request.route_handler.opt["sign_in_limit"]
+    try:
+        buckets.take(address_of(request), "sign-in attempts from your address")
+    except RateLimited as exc:
+        wait = str(exc.extra["retry_after"])
+        return error_page(429, "Too many sign-in attempts", exc.detail, {"Retry-After": wait}, console=True)
     try:
         principal, key_hash = await console.sign_in(request.runtime.db, data.key[:256])
     except DomainError as exc:
@@ -137,26 +156,31 @@ async def pools(request: MaskingRequest, conn: Db) -> Any:
 
 
 def _chart(hours: list[console.HourCount]) -> dict[str, Any]:
-    """Bars of an inline SVG: 24 hours, scaled to the busiest."""
-    top = max((h.sessions for h in hours), default=0) or 1
-    width, height, gap = 20, 120, 3
+    """Bars of an inline SVG that scales to its card: 24 hours, a y axis from 0 to the busiest hour, hour labels."""
+    top = max((h.sessions for h in hours), default=0)
+    scale = top or 1
+    left, width, gap, height, bottom = 36, 20, 3, 120, 18
     bars = [
         {
-            "x": i * (width + gap),
-            "y": height - round(h.sessions * height / top),
-            "h": round(h.sessions * height / top),
+            "x": left + i * (width + gap),
+            "y": height - round(h.sessions * height / scale),
+            "h": round(h.sessions * height / scale),
             "n": h.sessions,
             "at": h.at.strftime("%H:00"),
         }
         for i, h in enumerate(hours)
     ]
+    ticks = sorted({0, (scale + 1) // 2, scale})
     return {
         "bars": bars,
-        "width": len(hours) * (width + gap),
+        "left": left,
+        "width": left + len(hours) * (width + gap),
         "height": height,
+        "full_height": height + bottom,
         "bar": width,
+        "ticks": [{"n": t, "y": height - round(t * height / scale)} for t in ticks],
         "total": sum(h.sessions for h in hours),
-        "top": max((h.sessions for h in hours), default=0),
+        "top": top,
     }
 
 
@@ -207,14 +231,20 @@ async def _dids_page(
 
 
 class DidChange(msgspec.Struct, kw_only=True):
-    """A DID's new status, from its row's form."""
+    """A DID's new status, from its row's form; retiring is done only once confirmed."""
 
     status: DidStatus
+    confirm: str = ""
 
 
 @post("/dids/{number:str}", guards=[signed_in], include_in_schema=False, status_code=303)
 async def did_change(request: MaskingRequest, conn: Db, number: FromPath[str], data: Annotated[DidChange, Form]) -> Any:
-    """Drain, retire or re-activate a DID (PATCH /v1/dids/{number}'s rules); a refusal is said on the DIDs page."""
+    """Drain, retire or re-activate a DID (PATCH /v1/dids/{number}'s rules); a refusal is said on the DIDs page.
+
+    Retire first answers a confirmation page (a form, so it works without JavaScript); its Yes retires.
+    """
+    if data.status == "retired" and data.confirm != "yes":
+        return _view(request, "console/retire.html", number=number)
     try:
         did = await dids.change_did(
             conn, request.principal.tenant_id, number, data.status, None, request.runtime.clock()
@@ -228,11 +258,11 @@ async def did_change(request: MaskingRequest, conn: Db, number: FromPath[str], d
 async def session_search(
     request: MaskingRequest, conn: Db, q: FromQuery[str] = "", expired: FromQuery[int] = -1
 ) -> Any:
-    """Sessions by order id, party number or masked number; numbers masked."""
-    found = (
-        await console.find_sessions(conn, request.principal.tenant_id, q[:128], request.runtime.clock()) if q else []
-    )
-    return _view(request, "console/sessions.html", q=q, sessions=found, expired=expired)
+    """The newest sessions, or those of an order id (or its beginning), a party's or the masked number; the
+    parties masked; "Expire order" offered for each order found live."""
+    found = await console.find_sessions(conn, request.principal.tenant_id, q[:128], request.runtime.clock())
+    orders = console.orders_to_expire(found)
+    return _view(request, "console/sessions.html", q=q, sessions=found, orders=orders, expired=expired)
 
 
 @get("/sessions/{session_id:str}", guards=[signed_in], include_in_schema=False)
@@ -279,7 +309,8 @@ async def expire_order(request: MaskingRequest, conn: Db, data: Annotated[Expire
     count = await sessions.expire_sessions(
         conn, request.principal.tenant_id, sessions.ExpireFilter(order_id=data.order_id), request.runtime.clock()
     )
-    return Redirect(f"/console/sessions?{urlencode({'q': data.order_id, 'expired': count})}", status_code=303)
+    query = urlencode({"q": data.order_id, "expired": count})
+    return Redirect(f"/console/sessions?{query}", status_code=303)
 
 
 @get("/calls", guards=[signed_in], include_in_schema=False)
@@ -298,31 +329,51 @@ async def unmatched(request: MaskingRequest, conn: Db, cursor: FromQuery[str | N
     for r in found.items:
         parsed = parse_report(r.body.encode(), ZoneInfo(zone))
         rows.append({"report": r, "parsed": parsed})
-    return _view(request, "console/reports.html", rows=rows, next_cursor=found.next_cursor)
+    return _view(request, "console/reports.html", rows=rows, next_cursor=found.next_cursor, reasons=REPORT_REASONS)
 
 
 @get("/webhooks", guards=[signed_in], include_in_schema=False)
 async def webhook_list(
-    request: MaskingRequest, conn: Db, queued: FromQuery[str] = "", endpoints: FromQuery[int] = -1
+    request: MaskingRequest,
+    conn: Db,
+    queued: FromQuery[str] = "",
+    endpoints: FromQuery[int] = -1,
+    tested: FromQuery[str] = "",
+    outcome: FromQuery[str] = "",
+    code: FromQuery[int] = 0,
 ) -> Any:
-    """The tenant's webhook endpoints, each with its newest failing attempts (no secret is ever shown)."""
+    """The tenant's webhook endpoints, each with its failing events as they stand now and a Test button (no secret
+    is ever shown)."""
     tenant_id = request.principal.tenant_id
-    rows = []
-    for endpoint in await webhooks.list_endpoints(conn, tenant_id):
-        failing: list[webhooks.Attempt] = []
-        for status in ("retrying", "failed"):
-            found = await webhooks.list_attempts(conn, tenant_id, str(endpoint.id), status, None, FAILING_SHOWN)
-            failing += found.items
-        failing.sort(key=lambda a: a.at, reverse=True)
-        # One Redeliver button per event, on its newest failing attempt.
-        seen: set[str] = set()
-        marked = []
-        for a in failing[:FAILING_SHOWN]:
-            marked.append((a, a.event_id not in seen))
-            seen.add(a.event_id)
-        rows.append({"endpoint": endpoint, "failing": marked})
+    found = await webhooks.list_endpoints(conn, tenant_id)
+    rows = [{"endpoint": e, "failing": await console.failing_events(conn, tenant_id, e.id)} for e in found]
     done = queued if queued.startswith("evt_") and queued[4:].isdigit() and endpoints >= 0 else ""
-    return _view(request, "console/webhooks.html", rows=rows, queued=done, endpoints=endpoints)
+    tested_endpoint = next((e for e in found if str(e.id) == tested), None)
+    test = None
+    if tested_endpoint is not None and outcome in ("delivered", "retrying", "failed"):
+        test = {"endpoint": tested_endpoint, "outcome": outcome, "code": code}
+    return _view(
+        request,
+        "console/webhooks.html",
+        rows=rows,
+        queued=done,
+        endpoints=endpoints,
+        test=test,
+        now=request.runtime.clock(),
+    )
+
+
+@post("/webhooks/{endpoint_id:str}/test", guards=[signed_in], include_in_schema=False, status_code=303)
+async def webhook_test(request: MaskingRequest, endpoint_id: FromPath[str]) -> Any:
+    """Send a webhook.test event to one endpoint now (POST /v1/webhooks/{id}/test) and say how it went.
+
+    No pooled connection is held while the endpoint answers: send_test takes its own, before and after.
+    """
+    runtime = request.runtime
+    deliverer: webhooks.Deliverer = request.app.state.webhooks
+    attempt = await webhooks.send_test(runtime.db, deliverer, request.principal.tenant_id, endpoint_id, runtime.clock())
+    query = urlencode({"tested": endpoint_id, "outcome": attempt.status, "code": attempt.status_code or 0})
+    return Redirect(f"/console/webhooks?{query}", status_code=303)
 
 
 class Redeliver(msgspec.Struct, kw_only=True):
@@ -381,9 +432,11 @@ def console_router(csrf: CSRFConfig, sessions_config: ConsoleSessionConfig) -> R
             attention,
             unmatched,
             webhook_list,
+            webhook_test,
             webhook_redeliver,
         ],
         middleware=[sessions_config.middleware, DefineMiddleware(CSRFMiddleware, config=csrf)],
+        opt={"sign_in_limit": links.Buckets(SIGN_INS_PER_MINUTE)},
         exception_handlers={
             NotAuthorizedException: _signed_out,
             DomainError: _domain_error,

@@ -1,6 +1,14 @@
 // The call-link page without reloads: press the button by fetch, then poll the call's state until it ends.
 (function () {
   "use strict";
+  // Times in the phone's own zone: the server writes them as ISO 8601 in <time datetime>, shown here locally.
+  var times = document.querySelectorAll("time[datetime]");
+  for (var i = 0; i < times.length; i++) {
+    var at = new Date(times[i].getAttribute("datetime"));
+    if (!isNaN(at.getTime())) {
+      times[i].textContent = at.toLocaleString([], { dateStyle: "medium", timeStyle: "short" });
+    }
+  }
   var form = document.getElementById("call-form");
   var state = document.getElementById("call-state");
   var button = document.getElementById("call-button");
@@ -13,7 +21,10 @@
     state.textContent = data.label;
     var left = document.getElementById("uses-left");
     if (left && typeof data.uses_left === "number") { left.textContent = String(data.uses_left); }
-    button.disabled = data.state === "ringing";
+    var usedUp = data.uses_left === 0;
+    var why = document.getElementById("why-disabled");
+    if (why) { why.hidden = !usedUp; }
+    button.disabled = data.state === "ringing" || usedUp;
     if (data.state === "ringing") { poll(); } else { timer = null; }
   }
 
