@@ -136,13 +136,24 @@ class KeyRing:
             KeyFile(KeySet(self.current, encode(self.data)), KeySet(self.current_index, encode(self.index)))
         )
 
-    def rotated(self) -> KeyRing:
-        """The same ring plus a fresh data key made current (old keys stay, so old ciphertexts still open)."""
+    def rotated(self, *, make_current: bool = True) -> KeyRing:
+        """The same ring plus a fresh data key, made current unless asked not to (old keys stay, old ciphertexts open).
+
+        With several instances, add the key first (make_current=False) and give every instance the new
+        file, then make it current: no instance ever meets a ciphertext under a key it has not been given.
+        """
         number = len(self.data) + 1
         while f"d{number}" in self.data:
             number += 1
         new_id = f"d{number}"
-        return KeyRing({**self.data, new_id: secrets.token_bytes(KEY_BYTES)}, new_id, self.index, self.current_index)
+        current = new_id if make_current else self.current
+        return KeyRing({**self.data, new_id: secrets.token_bytes(KEY_BYTES)}, current, self.index, self.current_index)
+
+    def with_current(self, key_id: str) -> KeyRing:
+        """The same ring with another of its data keys current (the second step of a rotation)."""
+        if key_id not in self.data:
+            raise UnknownKey([key_id])
+        return KeyRing(self.data, key_id, self.index, self.current_index)
 
     def encrypt(self, tenant_id: int | None, column: str, plaintext: bytes | str) -> bytes:
         """AES-256-GCM under the current data key, bound to this tenant and column."""

@@ -166,6 +166,17 @@ async def test_a_reveal_needs_a_reason_and_every_reason_is_short(db: asyncpg.Con
     assert await db.fetchval("SELECT count(*) FROM audit_log") == 0
 
 
+async def test_a_number_typed_into_a_reason_or_target_is_kept_masked(db: asyncpg.Connection, clock: FakeClock) -> None:
+    """Rule 11 holds in the audit log too: a party number in a reason or a target id is stored masked, a DID is not."""
+    await _record(db, 1, clock(), CONSOLE, "session.reveal", reason="customer +919876543210 says agent no-show")
+    await _record(db, 1, clock(), API_KEY, "erasure", Target("number", "+919876543210"))
+    await _record(db, 1, clock(), API_KEY, "did.drain", Target("did", "+918068200000"))
+    rows = await db.fetch("SELECT reason, target_id FROM audit_log ORDER BY id")
+    assert rows[0]["reason"] == "customer +91******3210 says agent no-show"
+    assert rows[1]["target_id"] == "+91******3210"
+    assert rows[2]["target_id"] == "+918068200000"
+
+
 def test_an_actor_is_exactly_one_kind() -> None:
     """An Actor naming both a key and a console session (or nothing) is refused before it is stored."""
     for actor in (Actor(key_id="1", console_session_of="1"), Actor(), Actor(key_id="1", command_line="me@here")):

@@ -91,6 +91,17 @@ def test_after_rotation_old_ciphertexts_still_open_and_new_ones_use_the_new_key(
     assert rotated.blind_index(5, NUMBER) == ring.blind_index(5, NUMBER)  # the index key did not change
 
 
+def test_a_key_added_but_not_yet_current_opens_values_and_becomes_current_later(ring: KeyRing) -> None:
+    """The two-step rotation: a ring with d2 added reads d2 values while still writing under d1, then switches."""
+    added = ring.rotated(make_current=False)
+    assert added.current == "d1" and set(added.data) == {"d1", "d2"}
+    switched = added.with_current("d2")
+    assert added.decrypt_text(1, "calls.to", switched.encrypt(1, "calls.to", NUMBER)) == NUMBER
+    assert crypto.key_ids([switched.encrypt(1, "calls.to", NUMBER)]) == {"d2"}
+    with pytest.raises(UnknownKey, match="'d7'"):
+        added.with_current("d7")
+
+
 def test_blind_indexes_match_within_a_tenant_and_differ_between_tenants(ring: KeyRing) -> None:
     """One tenant's index of a number is stable; another tenant's, or another index key's, differs."""
     a = ring.blind_index(1, NUMBER)

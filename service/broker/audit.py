@@ -10,6 +10,7 @@ import msgspec
 from service.broker.errors import InvalidRequest
 from service.db import Conn
 from service.db import audit as q
+from service.logging import scrub
 
 Action = Literal[
     "console.sign_in",
@@ -123,7 +124,8 @@ async def record(
     """
     if action not in ACTIONS:
         raise ValueError(f"unknown audit action {action!r}")
-    reason = (reason or "").strip() or None
+    # Free text may hold what must not rest in clear (rule 11): a party number is kept masked, a key dropped.
+    reason = scrub((reason or "").strip()) or None
     if reason is None and action in REASON_REQUIRED:
         raise InvalidRequest(
             "Say in a few words why you need this (the reason is kept in the audit log).", field="reason"
@@ -141,12 +143,19 @@ async def record(
             actor_name=actor_name[:128] if actor_name else None,
             action=action,
             target_type=target.type[:64] if target else None,
-            target_id=target.id[:256] if target else None,
+            target_id=_target_id(target),
             reason=reason,
             client_address=client_address[:64] if client_address else None,
             request_id=request_id[:64] if request_id else None,
         ),
     )
+
+
+def _target_id(target: Target | None) -> str | None:
+    if target is None:
+        return None
+    # DIDs are the tenant's published numbers and stay in clear; any other number-like id is masked.
+    return (target.id if target.type == "did" else scrub(target.id))[:256]
 
 
 def render(row: q.AuditRow) -> AuditEntry:
