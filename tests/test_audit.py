@@ -8,11 +8,17 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from asgi_lifespan import LifespanManager
+from litestar import post
+from litestar.params import FromPath
 
+from service.api.audit import audit_context
+from service.api.deps import Db, MaskingRequest, require_key
+from service.app import create_app, request_context
 from service.broker import audit
 from service.broker.audit import Actor, Target
 from service.broker.errors import InvalidRequest
-from tests.helpers import FakeClock, Keys
+from tests.helpers import FakeClock, Keys, make_settings
 
 API_KEY = Actor.api_key("41", "msk_AbCd1234")
 CONSOLE = Actor.console("42")
@@ -231,3 +237,30 @@ async def test_the_retention_purge_deletes_only_rows_past_the_retention(
     assert await audit.purge(db, 400, clock()) == 0
     with pytest.raises(asyncpg.InsufficientPrivilegeError):  # nothing left open for anyone else
         await db.execute("DELETE FROM audit_log")
+
+
+@post("/v1/_audited/{number:str}", guards=[require_key], opt={"scope": "ops"}, status_code=204)
+async def _audited_action(request: MaskingRequest, conn: Db, number: FromPath[str]) -> None:
+    """An ops action wired the way real routes are to be: the audit row in the action's transaction."""
+    context = audit_context(request, Actor.api_key("41", "msk_AbCd1234"))
+    async with conn.transaction():
+        await context.record(conn, "did.drain", Target("did", number), request.runtime.clock())
+
+
+async def test_an_api_request_is_recorded_with_its_tenant_key_client_address_and_request_id(
+    dsn: str, keys: Keys, db: asyncpg.Connection, clock: FakeClock
+) -> None:
+    """audit_context() takes the tenant from the key, the client behind a trusted proxy, and the request id."""
+    app = create_app(make_settings(dsn, trusted_proxies="127.0.0.1"), dsn=dsn, clock=clock, background=False)
+    app.register(_audited_action)
+    async with LifespanManager(app):
+        transport = httpx.ASGITransport(app=request_context(app))
+        async with httpx.AsyncClient(transport=transport, base_url="http://masking.test") as http:
+            headers = {**keys.a, "x-forwarded-for": "198.51.100.7", "x-request-id": "req-abc"}
+            assert (await http.post("/v1/_audited/+918068200000", headers=headers)).status_code == 204
+            page = (await http.get("/v1/audit", headers=keys.a)).json()
+    (entry,) = page["items"]
+    assert entry["tenant_id"] == await _tenant(db, "tenant-a")
+    assert (entry["client_address"], entry["request_id"]) == ("198.51.100.7", "req-abc")
+    assert entry["actor"] == {"key_id": "41", "key_name": "msk_AbCd1234"}
+    assert entry["target"] == {"type": "did", "id": "+918068200000"}

@@ -1,10 +1,10 @@
-"""HTTP route for the audit log (scope ops), and where an audited request's client address and request id come from."""
+"""HTTP route for the audit log (scope ops), and the audit context (who, from where) of an API request."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-from litestar import Controller, Request, get
+from litestar import Controller, get
 from litestar.params import FromQuery, QueryParameter
 
 from service.api.deps import Db, MaskingRequest
@@ -13,16 +13,21 @@ from service.broker import audit as broker
 from service.web.security import client_address
 
 
-def request_origin(request: Request[Any, Any, Any]) -> tuple[str | None, str | None]:
-    """(client address, request id) of a request, for broker.audit.record: the address as behind trusted proxies."""
+def audit_context(request: MaskingRequest, actor: broker.Actor) -> broker.Context:
+    """The audit context of an authenticated request: its tenant, this actor, the client address and request id.
+
+    The address is the peer's, or behind MASKING_TRUSTED_PROXIES the nearest X-Forwarded-For hop they did
+    not add (the same rule as the agent pages' limits).
+    """
     peer = request.client.host if request.client else None
     address = None
     if peer:
-        address = client_address(
-            peer, request.headers.get("x-forwarded-for"), request.app.state.runtime.settings.trusted_networks
-        )
+        trusted = request.runtime.settings.trusted_networks
+        address = client_address(peer, request.headers.get("x-forwarded-for"), trusted)
     request_id: str | None = request.scope.get("state", {}).get("request_id")
-    return address, request_id
+    return broker.Context(
+        tenant_id=request.principal.tenant_id, actor=actor, client_address=address, request_id=request_id
+    )
 
 
 class AuditController(Controller):

@@ -107,6 +107,23 @@ class AuditPage(msgspec.Struct, frozen=True):
     next_cursor: str | None
 
 
+class Context(msgspec.Struct, frozen=True, kw_only=True):
+    """Who is acting, for which tenant, from where: built once per request, handed down to the audited action."""
+
+    tenant_id: int | None
+    actor: Actor
+    client_address: str | None = None
+    request_id: str | None = None
+
+    async def record(
+        self, conn: Conn, action: Action, target: Target | None, now: datetime, reason: str | None = None
+    ) -> int:
+        """record() this context's action, in the caller's transaction."""
+        return await record(
+            conn, self.tenant_id, self.actor, action, target, reason, self.client_address, self.request_id, now
+        )
+
+
 async def record(
     conn: Conn,
     tenant_id: int | None,
