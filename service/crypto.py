@@ -236,7 +236,7 @@ def load(keys_file: str | None, keys: str | None) -> KeyRing:
         return KeyRing.parse(keys, "MASKING_KEYS")
     if not keys_file:
         raise KeysError("Set MASKING_KEYS_FILE (a 0600 key file) or MASKING_KEYS; see docs/security.md.")
-    path = Path(keys_file)
+    path = Path(keys_file).expanduser()
     try:
         mode = path.stat().st_mode
     except OSError as exc:
