@@ -25,6 +25,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import metrics
+from service.api.audit import AuditController
 from service.api.bodies import body_deadline
 from service.api.calls import CallController, ReportController
 from service.api.deps import MaskingRequest, Runtime, provide_conn, require_key
@@ -211,6 +212,7 @@ def create_app(
             EventController,
             WebhookController,
             PoolController,
+            AuditController,
         ],
         guards=[require_key],
     )

@@ -82,6 +82,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     webhook_poll_seconds: Annotated[float, msgspec.Meta(gt=0, le=60)] = 0.5
     webhook_concurrency_per_endpoint: Annotated[int, msgspec.Meta(ge=1, le=64)] = 8
     webhook_concurrency: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 64
+    # Privacy at rest (issue 20): the key ring (a 0600 file, or its JSON in one variable; unset with the
+    # embedded database: keys.json beside its data) and how long the audit log is kept.
+    keys_file: str | None = None
+    keys: str | None = None
+    audit_retention_days: Annotated[int, msgspec.Meta(ge=1)] = 400
 
     @property
     def webhook_retries(self) -> list[float]:

@@ -1,0 +1,110 @@
+"""SQL for the audit log: rows inserted in the caller's transaction, keyset pages of a tenant's, the retention purge."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import msgspec
+
+from service.db import Conn, Query
+
+
+class AuditRow(msgspec.Struct, frozen=True, kw_only=True):
+    """One audit row as stored, with its feed position (txid, id)."""
+
+    id: int
+    at: datetime
+    tenant_id: int | None
+    actor_kind: str
+    actor_id: str
+    actor_name: str | None
+    action: str
+    target_type: str | None
+    target_id: str | None
+    reason: str | None
+    client_address: str | None
+    request_id: str | None
+    txid: str
+
+
+class NewAuditRow(msgspec.Struct, frozen=True, kw_only=True):
+    """What an ops action writes to the audit log."""
+
+    at: datetime
+    tenant_id: int | None
+    actor_kind: str
+    actor_id: str
+    actor_name: str | None
+    action: str
+    target_type: str | None
+    target_id: str | None
+    reason: str | None
+    client_address: str | None
+    request_id: str | None
+
+
+INSERT = Query("""
+INSERT INTO audit_log (at, tenant_id, actor_kind, actor_id, actor_name, action, target_type, target_id, reason,
+                       client_address, request_id)
+VALUES (:at, :tenant_id, :actor_kind, :actor_id, :actor_name, :action, :target_type, :target_id, :reason,
+        :client_address, :request_id)
+RETURNING id
+""")
+
+
+async def insert(conn: Conn, row: NewAuditRow) -> int:
+    """Append one row (in the caller's transaction, so it commits or rolls back with the action); its id."""
+    new_id: int = await conn.fetchval(INSERT.sql, *INSERT.args(msgspec.structs.asdict(row)))
+    return new_id
+
+
+# Oldest first after a feed position, as the events feed pages: only transactions older than every one still
+# running are shown, so a row whose transaction commits after a younger one's never lands behind a cursor.
+SELECT_PAGE = Query("""
+SELECT id, at, tenant_id, actor_kind, actor_id, actor_name, action, target_type, target_id, reason,
+       client_address, request_id, txid::text AS txid
+FROM audit_log
+WHERE tenant_id = :tenant_id
+  AND (:action::text IS NULL OR action = :action)
+  AND (:actor::text IS NULL OR actor_id = :actor)
+  AND (:after_txid::text IS NULL OR (txid, id) > (:after_txid::text::xid8, :after_id::bigint))
+  AND txid < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY txid, id
+LIMIT :limit
+""")
+
+
+async def select_page(
+    conn: Conn, tenant_id: int, action: str | None, actor: str | None, after: tuple[str, int] | None, limit: int
+) -> list[AuditRow]:
+    """A page of the tenant's audit rows, oldest first, after a feed position, optionally of one action or actor."""
+    values = {
+        "tenant_id": tenant_id,
+        "action": action,
+        "actor": actor,
+        "after_txid": after[0] if after else None,
+        "after_id": after[1] if after else None,
+        "limit": limit,
+    }
+    rows = await conn.fetch(SELECT_PAGE.sql, *SELECT_PAGE.args(values))
+    return [msgspec.convert(r, AuditRow) for r in rows]
+
+
+# The trigger on audit_log lets a DELETE through only for rows older than the transaction's setting
+# masking.audit_purge_before: set here (transaction-local) for this batch and cleared right after it, so
+# that even inside a caller's transaction nothing else may delete audit rows.
+_ALLOW = "SELECT set_config('masking.audit_purge_before', $1, true)"
+_PURGE = """
+DELETE FROM audit_log a USING (
+    SELECT id FROM audit_log WHERE at < $1 ORDER BY at LIMIT $2 FOR UPDATE SKIP LOCKED) due
+WHERE a.id = due.id
+"""
+
+
+async def purge_batch(conn: Conn, before: datetime, batch: int) -> int:
+    """Delete one batch of rows older than `before` (its own transaction, or a savepoint); how many went."""
+    async with conn.transaction():
+        await conn.execute(_ALLOW, before.isoformat())
+        status = await conn.execute(_PURGE, before, batch)
+        await conn.execute(_ALLOW, "")
+    return int(status.rsplit(" ", 1)[-1])
