@@ -10,8 +10,8 @@ from typing import Any
 import asyncpg
 import pytest
 
+from service.api.addresses import client_address
 from service.db import links as links_q
-from service.web.security import client_address
 from tests.helpers import AGENT, CUSTOMER, Keys, assert_problem, call_status
 from tests.live import Live, live_service
 

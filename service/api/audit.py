@@ -7,10 +7,10 @@ from typing import Annotated
 from litestar import Controller, get
 from litestar.params import FromQuery, QueryParameter
 
+from service.api.addresses import client_address
 from service.api.deps import Db, MaskingRequest
 from service.api.problems import API_RESPONSES
 from service.broker import audit as broker
-from service.web.security import client_address
 
 
 def audit_context(request: MaskingRequest, actor: broker.Actor) -> broker.Context:

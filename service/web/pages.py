@@ -19,11 +19,11 @@ from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 from litestar.types import ASGIApp, Receive, Scope, Send
 
+from service.api.addresses import client_address
 from service.api.deps import MaskingRequest
 from service.api.problems import STATUS, problem
 from service.logging import mask_number
 from service.models import Call
-from service.web.security import client_address
 
 HERE = Path(str(resources.files("service.web")))
 STATIC_PATH = "/static/web"
