@@ -42,7 +42,7 @@ from service.broker.sessions import Rules
 from service.broker.sweeps import sweep_once
 from service.broker.tenants import KeyCache, callback_token
 from service.broker.webhooks import Deliverer
-from service.db.pool import create_pool
+from service.db.pool import FAILOVER_ERRORS, create_pool
 from service.db.tenants import get_or_create_secret as secret
 from service.provider.simulator import Simulator, simulator_app
 from service.provider.thundersms import ThunderSMS
@@ -54,11 +54,8 @@ log = structlog.get_logger("service.app")
 MAX_BODY = 64 * 1024
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _DB_DOWN = (
-    OSError,
+    *FAILOVER_ERRORS,  # gone, shutting down, starting, or a standby now (25006): a failover's window
     TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
     asyncpg.TooManyConnectionsError,
     asyncpg.InterfaceError,  # "connection is closed" while the server is away
     # "cannot switch to state N; protocol is in the failed state" (or "another operation is in progress"):
@@ -274,7 +271,8 @@ def _bad_text(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
 def _database_down(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     log.warning("database_unavailable", error=type(exc).__name__, message=str(exc)[:200])
     return problem_response(
-        request, DatabaseUnavailable("The database is unavailable right now; retry in a few seconds.")
+        request,
+        DatabaseUnavailable("The database is unavailable right now; retry in a few seconds.", retry_after=2),
     )
 
 
