@@ -43,7 +43,8 @@ def describe_database(settings: Settings) -> str:
     if not settings.database_url:
         return f"embedded PostgreSQL in {Path(settings.data_dir).resolve() / 'pg'}"
     url = urlsplit(settings.database_url)
-    return f"PostgreSQL at {url.hostname or 'local socket'}:{url.port or 5432}{url.path}"
+    hosts = [h if ":" in h else f"{h}:5432" for h in url.netloc.rpartition("@")[2].split(",") if h]
+    return f"PostgreSQL at {','.join(hosts) or 'local socket'}{url.path}"
 
 
 def run_with_db(settings: Settings, work: Callable[[Conn], Awaitable[T]], *, migrated: bool = True) -> T:

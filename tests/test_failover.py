@@ -4,11 +4,19 @@ import asyncio
 
 import pytest
 
+from service.cli import describe_database
+from service.settings import Settings
 from tests.failover import Cluster, broken, run, why_not
 
-pytestmark = pytest.mark.skipif(why_not() is not None, reason=str(why_not()))
+
+def test_a_multi_host_dsn_is_described_by_all_its_hosts_without_credentials() -> None:
+    """`masking migrate` and `serve` name every host of a multi-host DSN, and never its password."""
+    dsn = "postgresql://app:s3cret@db1:5432,db2:5433/masking?target_session_attrs=read-write"
+    assert describe_database(Settings(database_url=dsn)) == "PostgreSQL at db1:5432,db2:5433/masking"
+    assert describe_database(Settings(database_url="postgresql://db/masking")) == "PostgreSQL at db:5432/masking"
 
 
+@pytest.mark.skipif(why_not() is not None, reason=str(why_not()))
 def test_a_switchover_under_load_loses_nothing_and_the_service_follows_the_new_primary() -> None:
     """Under load on a multi-host DSN, a planned switchover gives 503s only, loses nothing, and leaves no process."""
     cluster = Cluster()
