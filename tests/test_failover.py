@@ -1,12 +1,63 @@
 """The database fails over under load (pg_auto_failover, one switchover): nothing acknowledged is lost, no 500."""
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
+import asyncpg
+import httpx
 import pytest
 
 from service.cli import describe_database
+from service.db.pool import create_pool
 from service.settings import Settings
 from tests.failover import Cluster, broken, run, why_not
+from tests.helpers import Keys, assert_problem, session_body
+
+
+@contextlib.asynccontextmanager
+async def read_only(db: asyncpg.Connection) -> AsyncIterator[None]:
+    """The server turns read-only under open connections, as a primary being demoted to a standby does."""
+    await db.execute("ALTER SYSTEM SET default_transaction_read_only = on")
+    await db.execute("SELECT pg_reload_conf()")
+    try:
+        await asyncio.sleep(0.3)  # backends take the reloaded setting at their next command
+        yield
+    finally:
+        await db.execute("ALTER SYSTEM RESET default_transaction_read_only")
+        await db.execute("SELECT pg_reload_conf()")
+        await asyncio.sleep(0.3)
+
+
+async def test_a_write_refused_as_read_only_is_503_with_retry_after_and_readyz_says_503(
+    client: httpx.AsyncClient, keys: Keys, db: asyncpg.Connection
+) -> None:
+    """On a node turned read-only (25006) a write answers 503 database_unavailable with Retry-After, never 500."""
+    assert (await client.get("/readyz")).status_code == 200
+    await client.post("/v1/dids", json={"number": "+918068281234"}, headers=keys.a)
+    async with read_only(db):
+        r = await client.post("/v1/sessions", json=session_body(), headers=keys.a)
+        assert_problem(r, 503, "database_unavailable")
+        assert int(r.headers["retry-after"]) >= 1
+        assert (await client.get("/readyz")).status_code == 503
+    assert (await client.get("/readyz")).status_code == 200
+    assert (await client.post("/v1/sessions", json=session_body(), headers=keys.a)).status_code == 201
+
+
+async def test_a_connection_that_met_a_standby_is_replaced_with_all_its_siblings(
+    dsn: str, db: asyncpg.Connection
+) -> None:
+    """A 25006 expires the pool: once a writable primary answers again, the pool's connections are new ones."""
+    pool = await create_pool(dsn, 2)
+    try:
+        before = await pool.fetchval("SELECT pg_backend_pid()")
+        async with read_only(db):
+            with pytest.raises(asyncpg.ReadOnlySQLTransactionError):
+                await pool.execute("CREATE TEMP TABLE t (x int)")
+        after = await pool.fetchval("SELECT pg_backend_pid()")
+        assert after != before
+    finally:
+        await pool.close()
 
 
 def test_a_multi_host_dsn_is_described_by_all_its_hosts_without_credentials() -> None:
