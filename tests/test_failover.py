@@ -3,10 +3,12 @@
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 import httpx
 import pytest
+import yaml
 
 from service.cli import describe_database
 from service.db.pool import create_pool
@@ -81,3 +83,15 @@ def test_a_switchover_under_load_loses_nothing_and_the_service_follows_the_new_p
     assert broken(figures) == []
     assert figures["creates answered 2xx"] > 10 and figures["reports answered 200"] > 0
     assert figures["switches"][0]["primary after"] != figures["switches"][0]["primary before"]
+
+
+def test_the_ha_compose_runs_a_monitor_two_nodes_and_two_replicas_on_a_multi_host_dsn() -> None:
+    """deploy/ha/compose.yaml parses; both replicas use one DSN naming both nodes, read-write only."""
+    compose = yaml.safe_load((Path(__file__).parent.parent / "deploy" / "ha" / "compose.yaml").read_text())
+    services = compose["services"]
+    assert {"monitor", "node1", "node2", "service-1", "service-2", "proxy"} <= set(services)
+    assert "create monitor" in services["monitor"]["command"]
+    dsns = {services[s]["environment"]["MASKING_DATABASE_URL"] for s in ("service-1", "service-2", "migrate")}
+    assert len(dsns) == 1
+    (dsn,) = dsns
+    assert "@node1:5432,node2:5432/" in dsn and "target_session_attrs=read-write" in dsn
