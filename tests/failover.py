@@ -72,6 +72,7 @@ class Cluster:
         self.root.chmod(0o755)
         self.monitor_port, *self.ports = free_port(), free_port(), free_port()
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.runs: dict[str, subprocess.Popen[bytes]] = {}  # the latest `pg_autoctl` of each node, by name
         self.logs: list[Any] = []
         self.events: list[str] = []
 
@@ -101,15 +102,15 @@ class Cluster:
     def _run(self, name: str, *args: str) -> None:
         log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115
         self.logs.append(log)
-        self.procs.append(
-            subprocess.Popen(
-                [*self._env(), "pg_autoctl", *args],
-                stdout=log,
-                stderr=log,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+        proc = subprocess.Popen(
+            [*self._env(), "pg_autoctl", *args],
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
+        self.procs.append(proc)
+        self.runs[name] = proc
 
     @property
     def monitor_uri(self) -> str:
@@ -232,6 +233,22 @@ class Cluster:
         pid = int((self.pgdata(f"node{i}") / "postmaster.pid").read_text().split()[0])
         os.kill(pid, signal.SIGKILL)
         return port
+
+    def crash_node(self) -> int:
+        """kill -9 the primary's keeper and postmaster, as when its machine dies; return the port it served."""
+        port = self.primary_port()
+        name = f"node{self.ports.index(port) + 1}"
+        pid = int((self.pgdata(name) / "postmaster.pid").read_text().split()[0])
+        os.killpg(self.runs[name].pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        self.runs[name].wait()
+        return port
+
+    def restart_node(self, port: int) -> None:
+        """Start a crashed node's keeper again: it rejoins as the standby."""
+        name = f"node{self.ports.index(port) + 1}"
+        self._run(name, "run", "--pgdata", str(self.pgdata(name)))
 
     def processes(self) -> list[int]:
         """Our pg_autoctl and postgres processes (by the scratch folder in their command line, or a postmaster's)."""
@@ -384,12 +401,12 @@ async def _writable(port: int) -> bool:
     except (OSError, asyncpg.PostgresError, TimeoutError):
         return False
     try:
-        return bool(await conn.fetchval("SELECT NOT pg_is_in_recovery()"))
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        # A transaction id commits only once the synchronous standby has it: "accepts writes" means this returns.
+        return bool(await conn.fetchval("SELECT txid_current() > 0", timeout=1))
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
         return False
     finally:
-        with contextlib.suppress(Exception):
-            await conn.close()
+        conn.terminate()
 
 
 async def _on_node(port: int, sql: str) -> Any:
@@ -404,16 +421,18 @@ async def _switch(cluster: Cluster, load: Load, kind: str) -> dict[str, Any]:
     """One switch (a switchover or a kill -9 of the primary); its measures."""
     before = await asyncio.to_thread(cluster.primary_port)
     began = time.monotonic()
+    task = None
     if kind == "switchover":
         task = asyncio.create_task(asyncio.to_thread(cluster.switchover))
-    else:
+    elif kind == "crash":
         await asyncio.to_thread(cluster.crash_primary)
-        task = None
+    else:
+        await asyncio.to_thread(cluster.crash_node)
     promoted = None
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # the first moment any node accepts a write again
+    while time.monotonic() < deadline:  # the first moment a node accepts a write again (the other, if it moved)
         for port in cluster.ports:
-            if (kind != "switchover" or port != before) and await _writable(port):
+            if (kind == "crash" or port != before) and await _writable(port):
                 promoted = time.monotonic()
                 break
         if promoted:
@@ -421,6 +440,8 @@ async def _switch(cluster: Cluster, load: Load, kind: str) -> dict[str, Any]:
         await asyncio.sleep(0.05)
     if task is not None:
         await task
+    if kind == "node-crash":
+        await asyncio.to_thread(cluster.restart_node, before)
     await asyncio.to_thread(cluster.wait_stable, 180)
     after = await asyncio.to_thread(cluster.primary_port)
     first_write = next((t for t in load.writes if promoted and t >= promoted), None)
@@ -443,20 +464,21 @@ async def _switch(cluster: Cluster, load: Load, kind: str) -> dict[str, Any]:
     }
 
 
-def _plan(switchovers: int, crashes: int) -> list[str]:
-    """Switchovers and crashes in turn: switchover, crash, switchover, ..."""
+def _plan(switchovers: int, crashes: int, node_crashes: int = 0) -> list[str]:
+    """Switchovers, crashes and node crashes in turn: switchover, crash, node-crash, switchover, ..."""
+    left = {"switchover": switchovers, "crash": crashes, "node-crash": node_crashes}
     plan: list[str] = []
-    while switchovers or crashes:
-        if switchovers:
-            plan.append("switchover")
-            switchovers -= 1
-        if crashes:
-            plan.append("crash")
-            crashes -= 1
+    while any(left.values()):
+        for kind, n in left.items():
+            if n:
+                plan.append(kind)
+                left[kind] -= 1
     return plan
 
 
-async def run(cluster: Cluster, seconds: float, switchovers: int, crashes: int, workers: int) -> dict[str, Any]:
+async def run(
+    cluster: Cluster, seconds: float, switchovers: int, crashes: int, workers: int, node_crashes: int = 0
+) -> dict[str, Any]:
     """Load for `seconds`, with the switches spread over it; then drain and count."""
     sim = Simulator(delay=0.2)
     async with serve(simulator_app(sim)) as sim_url, Receiver() as receiver:
@@ -500,7 +522,7 @@ async def run(cluster: Cluster, seconds: float, switchovers: int, crashes: int, 
                 endpoint = hook.json()["id"]
                 started = time.monotonic()
                 tasks = [asyncio.create_task(load.worker(http, w)) for w in range(workers)]
-                plan = _plan(switchovers, crashes)
+                plan = _plan(switchovers, crashes, node_crashes)
                 gap = seconds / (len(plan) + 1)
                 switches = []
                 for i, kind in enumerate(plan):
@@ -610,13 +632,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=180)
     parser.add_argument("--switchovers", type=int, default=3)
     parser.add_argument("--crashes", type=int, default=2)
+    parser.add_argument("--node-crashes", type=int, default=0, help="kill -9 the primary's keeper too: a real failover")
     parser.add_argument("--workers", type=int, default=6)
     args = parser.parse_args(argv)
     reason = why_not()
     if reason:
         sys.exit(f"cannot run: {reason}")
     with Cluster() as cluster:
-        figures = asyncio.run(run(cluster, args.seconds, args.switchovers, args.crashes, args.workers))
+        figures = asyncio.run(
+            run(cluster, args.seconds, args.switchovers, args.crashes, args.workers, args.node_crashes)
+        )
     print(json.dumps(figures, indent=2))
     problems = broken(figures)
     for line in problems:
