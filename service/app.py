@@ -53,15 +53,9 @@ log = structlog.get_logger("service.app")
 
 MAX_BODY = 64 * 1024
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
-_DB_DOWN = (
-    *FAILOVER_ERRORS,  # gone, shutting down, starting, or a standby now (25006): a failover's window
-    TimeoutError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.InterfaceError,  # "connection is closed" while the server is away
-    # "cannot switch to state N; protocol is in the failed state" (or "another operation is in progress"):
-    # a connection left unusable by the server going away mid-operation (issue 12: 3 such 500s in 10,547).
-    asyncpg.exceptions.InternalClientError,
-)
+# A failover's window (the server gone, shutting down, starting, a standby now, a connection cut
+# mid-operation: issue 12 saw 3 such 500s in 10,547), a timeout, or no connection slot left.
+_DB_DOWN = (*FAILOVER_ERRORS, TimeoutError, asyncpg.TooManyConnectionsError)
 
 
 def utc_now() -> datetime:

@@ -564,6 +564,7 @@ async def _count(
             "SELECT count(*) FROM webhook_deliveries WHERE endpoint_id = $1::uuid AND status <> 'delivered'", endpoint
         )
         crossed = await db.fetchval(CROSSED_LINES)
+        in_flight = await db.fetchval("SELECT count(*) FROM calls WHERE in_flight")
     finally:
         await db.close()
     acked = Counter(load.acked)
@@ -583,6 +584,7 @@ async def _count(
         "clicks answered 202 without a call row": len(load.clicks - calls),
         "clicks dialled twice": sum(1 for n in dials.values() if n > 1),
         "crossed lines (after each switch, and at the end)": sum(s["crossed lines"] for s in switches) + crossed,
+        "calls still in flight after draining (report timeout stuck)": in_flight,
         "answers 500": sum(n for s, n in statuses.items() if s >= 500 and s != 503),
         "answers 503 without Retry-After": load.no_retry_after,
         "answers by status": dict(sorted(statuses.items())),
@@ -608,6 +610,7 @@ def broken(figures: dict[str, Any]) -> list[str]:
         "clicks answered 202 without a call row",
         "clicks dialled twice",
         "crossed lines (after each switch, and at the end)",
+        "calls still in flight after draining (report timeout stuck)",
         "answers 500",
         "answers 503 without Retry-After",
         "connections still pointing at a standby after 10 s",

@@ -95,3 +95,15 @@ def test_the_ha_compose_runs_a_monitor_two_nodes_and_two_replicas_on_a_multi_hos
     assert len(dsns) == 1
     (dsn,) = dsns
     assert "@node1:5432,node2:5432/" in dsn and "target_session_attrs=read-write" in dsn
+
+
+async def test_a_value_the_driver_cannot_encode_keeps_the_pool(dsn: str) -> None:
+    """asyncpg's DataError is an InterfaceError too, but says nothing of the server: the connections stay."""
+    pool = await create_pool(dsn, 1)
+    try:
+        before = await pool.fetchval("SELECT pg_backend_pid()")
+        with pytest.raises(asyncpg.DataError):
+            await pool.fetchval("SELECT $1::int", "not a number")
+        assert await pool.fetchval("SELECT pg_backend_pid()") == before
+    finally:
+        await pool.close()

@@ -25,8 +25,10 @@ FAILOVER_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,
     asyncpg.ReadOnlySQLTransactionError,
-    asyncpg.exceptions.ConnectionDoesNotExistError,
-    asyncpg.exceptions.TargetServerAttributeNotMatched,
+    # A connection cut mid-operation: "connection was closed in the middle of operation", "cannot call
+    # Transaction.__aexit__(): the underlying connection is closed", "another operation is in progress".
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,  # and TargetServerAttributeNotMatched: no host is writable
 )
 # Failures to *open* a connection: nothing was sent, so trying again is always safe.
 CONNECT_ERRORS: tuple[type[BaseException], ...] = (
@@ -90,7 +92,8 @@ class _Acquire:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         conn, self.conn = self.conn, None
-        if exc is not None and isinstance(exc, FAILOVER_ERRORS):
+        # asyncpg's DataError (a value it cannot encode) is an InterfaceError too, but says nothing of the server.
+        if isinstance(exc, FAILOVER_ERRORS) and not isinstance(exc, asyncpg.DataError):
             await self.pool.failed_over(exc)
         if conn is not None:
             await self.pool.release(conn)
