@@ -45,7 +45,7 @@ from service.broker.sessions import Rules
 from service.broker.sweeps import Sweeper
 from service.broker.tenants import KeyCache, callback_token
 from service.broker.webhooks import Deliverer
-from service.db.pool import create_pool
+from service.db.pool import FAILOVER_ERRORS, create_pool
 from service.db.tenants import get_or_create_secret as secret
 from service.provider.simulator import Simulator, simulator_app
 from service.provider.thundersms import ThunderSMS
@@ -56,18 +56,9 @@ log = structlog.get_logger("service.app")
 
 MAX_BODY = 64 * 1024
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
-_DB_DOWN = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.InterfaceError,  # "connection is closed" while the server is away
-    # "cannot switch to state N; protocol is in the failed state" (or "another operation is in progress"):
-    # a connection left unusable by the server going away mid-operation (issue 12: 3 such 500s in 10,547).
-    asyncpg.exceptions.InternalClientError,
-)
+# A failover's window (the server gone, shutting down, starting, a standby now, a connection cut
+# mid-operation: issue 12 saw 3 such 500s in 10,547), a timeout, or no connection slot left.
+_DB_DOWN = (*FAILOVER_ERRORS, TimeoutError, asyncpg.TooManyConnectionsError)
 
 
 def utc_now() -> datetime:
@@ -296,7 +287,8 @@ def _bad_text(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
 def _database_down(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     log.warning("database_unavailable", error=type(exc).__name__, message=str(exc)[:200])
     return problem_response(
-        request, DatabaseUnavailable("The database is unavailable right now; retry in a few seconds.")
+        request,
+        DatabaseUnavailable("The database is unavailable right now; retry in a few seconds.", retry_after=2),
     )
 
 

@@ -56,9 +56,8 @@ def describe_database(settings: Settings) -> str:
     if not settings.database_url:
         return f"embedded PostgreSQL in {Path(settings.data_dir).resolve() / 'pg'}"
     url = urlsplit(settings.database_url)
-    # netloc, not hostname/port: a multi-host DSN (h1:5432,h2:5432) has no single port to parse.
-    hosts = url.netloc.rpartition("@")[2] or "local socket"
-    return f"PostgreSQL at {hosts}{url.path}"
+    hosts = [h if ":" in h else f"{h}:5432" for h in url.netloc.rpartition("@")[2].split(",") if h]
+    return f"PostgreSQL at {','.join(hosts) or 'local socket'}{url.path}"
 
 
 async def open_pool(settings: Settings, dsn: str, size: int) -> asyncpg.Pool:
