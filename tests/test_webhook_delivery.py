@@ -19,7 +19,8 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from service.broker import sweeps
-from service.broker.webhooks import Deliverer, address_verdict
+from service.broker.webhooks.delivery import Deliverer
+from service.broker.webhooks.guard import address_verdict
 from service.db import webhooks as webhooks_q
 from service.db.pool import create_pool
 from service.settings import Settings
