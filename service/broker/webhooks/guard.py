@@ -14,8 +14,9 @@ from service.broker.errors import ForbiddenAddress, InvalidRequest
 RESOLVE_TIMEOUT = 5.0  # seconds a webhook host's name may take to resolve
 
 
-# Never a webhook target, whatever the settings: link-local (cloud metadata lives there), unspecified,
-# multicast, broadcast, and the metadata addresses clouds put elsewhere.
+# Never a webhook target, whatever the settings: link-local (cloud metadata lives there) and site-local
+# (deprecated, link-local's old sibling), unspecified, multicast, broadcast, and the metadata addresses
+# clouds put elsewhere.
 _ALWAYS_REFUSED = [
     ipaddress.ip_network(n)
     for n in (
@@ -27,24 +28,31 @@ _ALWAYS_REFUSED = [
         "240.0.0.0/4",
         "::/128",
         "fe80::/10",
+        "fec0::/10",
         "fd00:ec2::254/128",  # AWS metadata over IPv6
         "ff00::/8",
     )
 ]
-# Refused unless MASKING_WEBHOOK_ALLOW_PRIVATE: loopback, private ranges, carrier-grade NAT, unique local.
-_PRIVATE = [ipaddress.ip_network(n) for n in ("100.64.0.0/10", "fc00::/7")]
-# NAT64's well-known prefix (RFC 6052): a gateway turns 64:ff9b::a.b.c.d into a connection to a.b.c.d.
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# Refused unless MASKING_WEBHOOK_ALLOW_PRIVATE, beside loopback and private ranges: carrier-grade NAT, unique
+# local, and NAT64's local-use prefix (RFC 8215: a private network's own translator, its layout unknown).
+_PRIVATE = [ipaddress.ip_network(n) for n in ("100.64.0.0/10", "fc00::/7", "64:ff9b:1::/48")]
+# IPv6 forms whose last 32 bits are an IPv4 address that a host or gateway connects to: NAT64's well-known
+# prefix (RFC 6052), SIIT's IPv4-translated ::ffff:0:a.b.c.d (RFC 2765), and the deprecated IPv4-compatible
+# ::a.b.c.d (RFC 4291; but :: and ::1 are themselves). IPv4-mapped, 6to4 and Teredo: see embedded_ipv4.
+_LAST_32_BITS = [ipaddress.ip_network(n) for n in ("64:ff9b::/96", "::ffff:0:0:0/96", "::/96")]
+_SELF = ipaddress.ip_network("::/127")
 
 
 def embedded_ipv4(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 address leads to: IPv4-mapped, NAT64 (its last 32 bits) or 6to4 (None: none)."""
-    if isinstance(ip, ipaddress.IPv4Address):
+    """The IPv4 address an IPv6 address leads to (None: none): mapped, NAT64, SIIT, compatible, 6to4, Teredo."""
+    if isinstance(ip, ipaddress.IPv4Address) or ip in _SELF:
         return None
     if ip.ipv4_mapped is not None:
         return ip.ipv4_mapped
-    if ip in _NAT64:
+    if any(ip in net for net in _LAST_32_BITS):
         return ipaddress.IPv4Address(int(ip) & 0xFFFF_FFFF)
+    if ip.teredo is not None:
+        return ip.teredo[1]
     return ip.sixtofour
 
 
