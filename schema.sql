@@ -260,7 +260,9 @@ CREATE TABLE webhook_endpoints (
     url              text NOT NULL CHECK (length(url) BETWEEN 1 AND 2048),
     events           text[] NOT NULL CHECK (cardinality(events) > 0),
     description      text CHECK (length(description) <= 256),
-    status           text NOT NULL DEFAULT 'enabled' CHECK (status IN ('enabled', 'disabled', 'disabled_failing')),
+    -- 'deleted': kept (secretless) so that an event written while it is deleted still finds it (migration 0010)
+    status           text NOT NULL DEFAULT 'enabled'
+        CHECK (status IN ('enabled', 'disabled', 'disabled_failing', 'deleted')),
     -- the signing secret must be kept as is (an HMAC key cannot be checked against a hash of itself)
     secret           text NOT NULL,
     previous_secret  text,

@@ -52,7 +52,7 @@ class WebhookController(Controller):
 
     @delete("/{webhook_id:str}", status_code=204, summary="Delete an endpoint", responses=API_RESPONSES)
     async def remove(self, request: MaskingRequest, webhook_id: FromPath[str], conn: Db) -> None:
-        await broker.delete_endpoint(conn, request.principal.tenant_id, webhook_id)
+        await broker.delete_endpoint(conn, request.principal.tenant_id, webhook_id, request.runtime.clock())
 
     @post(
         "/{webhook_id:str}/rotate-secret",

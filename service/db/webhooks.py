@@ -63,7 +63,9 @@ async def insert_endpoint(
 async def select_endpoints(conn: Conn, tenant_id: int) -> list[Endpoint]:
     """The tenant's endpoints, oldest first."""
     rows = await conn.fetch(
-        f"SELECT {ENDPOINT} FROM webhook_endpoints WHERE tenant_id = $1 ORDER BY created_at, id", tenant_id
+        f"""SELECT {ENDPOINT} FROM webhook_endpoints WHERE tenant_id = $1 AND status <> 'deleted'
+        ORDER BY created_at, id""",
+        tenant_id,
     )
     return [_endpoint(r) for r in rows]
 
@@ -71,7 +73,9 @@ async def select_endpoints(conn: Conn, tenant_id: int) -> list[Endpoint]:
 async def select_endpoint(conn: Conn, tenant_id: int, endpoint_id: UUID) -> Endpoint | None:
     """One of the tenant's endpoints."""
     row = await conn.fetchrow(
-        f"SELECT {ENDPOINT} FROM webhook_endpoints WHERE id = $1 AND tenant_id = $2", endpoint_id, tenant_id
+        f"SELECT {ENDPOINT} FROM webhook_endpoints WHERE id = $1 AND tenant_id = $2 AND status <> 'deleted'",
+        endpoint_id,
+        tenant_id,
     )
     return None if row is None else _endpoint(row)
 
@@ -93,7 +97,7 @@ async def update_endpoint(
         UPDATE webhook_endpoints SET url = coalesce($3, url), events = coalesce($4, events),
             description = coalesce($5, description), status = coalesce($6, status), updated_at = $7,
             failing_since = CASE WHEN $6 = 'enabled' THEN NULL ELSE failing_since END
-        WHERE id = $1 AND tenant_id = $2 RETURNING {ENDPOINT}
+        WHERE id = $1 AND tenant_id = $2 AND status <> 'deleted' RETURNING {ENDPOINT}
         """,
         endpoint_id,
         tenant_id,
@@ -106,10 +110,22 @@ async def update_endpoint(
     return None if row is None else _endpoint(row)
 
 
-async def delete_endpoint(conn: Conn, tenant_id: int, endpoint_id: UUID) -> bool:
-    """Delete an endpoint with its deliveries and attempts."""
+async def delete_endpoint(conn: Conn, tenant_id: int, endpoint_id: UUID, now: datetime) -> bool:
+    """Mark an endpoint deleted and forget its secrets; nothing is sent to it again.
+
+    The row stays: a transaction that is writing an event (and its delivery to this endpoint) at the same
+    moment then finds its foreign key intact, where a DELETE made it fail or deadlock. The deliveries left
+    pending are never claimed and go with their events at the retention purge.
+    """
     status = await conn.execute(
-        "DELETE FROM webhook_endpoints WHERE id = $1 AND tenant_id = $2", endpoint_id, tenant_id
+        """
+        UPDATE webhook_endpoints SET status = 'deleted', secret = '', previous_secret = NULL, previous_until = NULL,
+            updated_at = $3
+        WHERE id = $1 AND tenant_id = $2 AND status <> 'deleted'
+        """,
+        endpoint_id,
+        tenant_id,
+        now,
     )
     return status.endswith(" 1")
 
@@ -121,7 +137,7 @@ async def rotate_secret(
     row = await conn.fetchrow(
         f"""
         UPDATE webhook_endpoints SET previous_secret = secret, previous_until = $5, secret = $3, updated_at = $4
-        WHERE id = $1 AND tenant_id = $2 RETURNING {ENDPOINT}
+        WHERE id = $1 AND tenant_id = $2 AND status <> 'deleted' RETURNING {ENDPOINT}
         """,
         endpoint_id,
         tenant_id,
@@ -333,7 +349,7 @@ async def insert_test_delivery(
     """Write a webhook.test event with one delivery to this endpoint, already claimed for its first attempt."""
     row = await conn.fetchrow(
         """
-        WITH w AS (SELECT * FROM webhook_endpoints WHERE id = $2 AND tenant_id = $1),
+        WITH w AS (SELECT * FROM webhook_endpoints WHERE id = $2 AND tenant_id = $1 AND status <> 'deleted'),
         e AS (INSERT INTO events (tenant_id, type, created_at, data)
               SELECT $1, 'webhook.test', $4, $3::text::jsonb FROM w RETURNING id, type, created_at, data),
         d AS (INSERT INTO webhook_deliveries (event_id, endpoint_id, attempts, next_attempt_at, created_at)

@@ -134,9 +134,9 @@ async def change_endpoint(
     return _resource(row)
 
 
-async def delete_endpoint(conn: Conn, tenant_id: int, endpoint_id: str) -> None:
-    """Delete an endpoint; its pending deliveries go with it."""
-    if not await q.delete_endpoint(conn, tenant_id, parse_id(endpoint_id, "webhook")):
+async def delete_endpoint(conn: Conn, tenant_id: int, endpoint_id: str, now: datetime) -> None:
+    """Delete an endpoint: nothing more is sent to it, and it is gone from every listing."""
+    if not await q.delete_endpoint(conn, tenant_id, parse_id(endpoint_id, "webhook"), now):
         raise NotFound("No webhook with that id.")
 
 
