@@ -286,6 +286,9 @@ CREATE TABLE webhook_deliveries (
 );
 CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at) WHERE status = 'pending';
 CREATE INDEX webhook_deliveries_endpoint ON webhook_deliveries (endpoint_id, created_at) WHERE status = 'pending';
+-- the claim takes each endpoint's oldest due deliveries, endpoint by endpoint (fair across tenants, 0010)
+CREATE INDEX webhook_deliveries_endpoint_due ON webhook_deliveries (endpoint_id, next_attempt_at)
+    WHERE status = 'pending';
 
 CREATE TABLE webhook_attempts (
     id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

@@ -82,6 +82,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     webhook_poll_seconds: Annotated[float, msgspec.Meta(gt=0, le=60)] = 0.5
     webhook_concurrency_per_endpoint: Annotated[int, msgspec.Meta(ge=1, le=64)] = 8
     webhook_concurrency: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 64
+    max_webhooks_per_tenant: Annotated[int, msgspec.Meta(ge=1)] = 20
 
     @property
     def webhook_retries(self) -> list[float]:

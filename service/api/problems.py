@@ -64,6 +64,7 @@ STATUS = {
     "did_in_use": 409,
     "idempotency_in_flight": 409,
     "too_many_pools": 409,
+    "too_many_webhooks": 409,
     "rate_limited": 429,
     "link_expired": 410,
     "provider_rejected": 502,

@@ -102,6 +102,10 @@ class TooManyPools(DomainError):
     code, title = "too_many_pools", "Too many pools"
 
 
+class TooManyWebhooks(DomainError):
+    code, title = "too_many_webhooks", "Too many webhook endpoints"
+
+
 class ForbiddenAddress(DomainError):
     code, title = "forbidden_address", "Forbidden address"
 

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -47,6 +48,14 @@ def signature(claimed: q.Claimed, msg_id: str, at: datetime, body: str) -> str:
     return " ".join(sigs)
 
 
+def _release(counts: dict[Any, int], key: object) -> None:
+    left = counts.get(key, 1) - 1
+    if left:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
+
+
 class Deliverer:
     """The delivery worker of one process: claims due deliveries, posts them, records how they went."""
 
@@ -65,6 +74,10 @@ class Deliverer:
             skip_auto_headers=("User-Agent", "Content-Type"),
         )
         self.per_endpoint: dict[uuid.UUID, int] = {}
+        self.per_tenant: dict[int, int] = {}
+        # A tenant's share of this worker: a quarter of it (at least one endpoint's), so that a few tenants
+        # whose endpoints hang cannot hold every slot for the request timeout while others wait.
+        self.tenant_cap = max(settings.webhook_concurrency_per_endpoint, settings.webhook_concurrency // 4)
         self.running = 0
         self.done: list[q.Outcome] = []
         self.tasks: set[asyncio.Task[None]] = set()
@@ -107,15 +120,23 @@ class Deliverer:
         now = self.clock()
         async with self.db.acquire() as conn:
             claimed = await q.claim(
-                conn, now, self.per_endpoint, self.settings.webhook_concurrency_per_endpoint, room, now + self.lease
+                conn,
+                now,
+                self.per_endpoint,
+                self.settings.webhook_concurrency_per_endpoint,
+                self.per_tenant,
+                self.tenant_cap,
+                room,
+                now + self.lease,
             )
         for c in claimed:
             self.start(c)
         return len(claimed)
 
     def start(self, claimed: q.Claimed) -> None:
-        """Make one attempt in the background, counted against its endpoint's share."""
+        """Make one attempt in the background, counted against its endpoint's and its tenant's share."""
         self.per_endpoint[claimed.endpoint_id] = self.per_endpoint.get(claimed.endpoint_id, 0) + 1
+        self.per_tenant[claimed.tenant_id] = self.per_tenant.get(claimed.tenant_id, 0) + 1
         self.running += 1
         task = asyncio.create_task(self._attempt(claimed))
         self.tasks.add(task)
@@ -123,11 +144,8 @@ class Deliverer:
         def finished(t: asyncio.Task[None]) -> None:
             self.tasks.discard(t)
             self.running -= 1
-            left = self.per_endpoint.get(claimed.endpoint_id, 1) - 1
-            if left:
-                self.per_endpoint[claimed.endpoint_id] = left
-            else:
-                self.per_endpoint.pop(claimed.endpoint_id, None)
+            _release(self.per_endpoint, claimed.endpoint_id)
+            _release(self.per_tenant, claimed.tenant_id)
             self.wake.set()
 
         task.add_done_callback(finished)

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from service.broker.errors import NotFound, parse_id
+from service.broker.errors import NotFound, TooManyWebhooks, parse_id
 from service.broker.events import TYPES
 from service.broker.events import EventType as Known
 from service.broker.webhooks.guard import resolve_target
@@ -95,7 +95,13 @@ async def create_endpoint(
         description=body.description,
         secret=secret,
         now=now,
+        cap=settings.max_webhooks_per_tenant,
     )
+    if row is None:
+        raise TooManyWebhooks(
+            f"This tenant has {settings.max_webhooks_per_tenant} webhook endpoints, the most it may have "
+            "(MASKING_MAX_WEBHOOKS_PER_TENANT); delete one, or subscribe an existing one to more events."
+        )
     return _resource(row, secret)
 
 
