@@ -84,14 +84,20 @@ async def test_a_body_sent_to_a_route_that_takes_none_breaks_no_later_request_on
                 routes.append(f"/v1/webhooks/{endpoint['id']}/test")
                 for i in range(200):
                     route = routes[i % 3]
-                    # Bodies past what the server buffers unasked (64 KiB) broke the next request 1 time in 3.
+                    # Bodies past what the server buffers unasked broke the next request 1 time in 3; past the
+                    # service's body limit (64 KiB) they are refused, as on every route.
                     body = {"note": "x" * (i * 1_237 % 200_000)}
                     r = await http.post(route, json=body)
                     answered[(route.rsplit("/", 1)[-1], r.status_code)] += 1
+                    if r.status_code == 413:
+                        assert r.headers["content-type"].startswith("application/problem+json")
                     r = await http.get(f"/v1/webhooks/{endpoint['id']}")
                     answered[("read", r.status_code)] += 1
     print(f"\n200 bodies to routes that take none, each followed by a read, one connection: {dict(answered)}")
-    assert set(answered) == {("redeliver", 202), ("rotate-secret", 200), ("test", 200), ("read", 200)}
+    assert answered[("read", 200)] == 200
+    assert set(answered) <= {("redeliver", 202), ("rotate-secret", 200), ("test", 200), ("read", 200)} | {
+        (r, 413) for r in ("redeliver", "rotate-secret", "test")
+    }
 
 
 async def _delays(
