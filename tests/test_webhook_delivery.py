@@ -158,7 +158,10 @@ async def test_each_retry_waits_the_contracts_delay_within_20_percent_with_jitte
             await db.execute("UPDATE webhook_deliveries SET attempts = $1", last.attempt)
             await webhooks_q.record(db, [last], timedelta(days=3))
             assert await db.fetchval("SELECT status FROM webhook_deliveries") == "failed"
-            assert await webhooks_q.claim(db, fixed + timedelta(days=30), {}, 8, 10, fixed + timedelta(days=31)) == []
+            assert (
+                await webhooks_q.claim(db, fixed + timedelta(days=30), {}, 8, {}, 16, 10, fixed + timedelta(days=31))
+                == []
+            )
         finally:
             await deliverer.close()
             await pool.close()
