@@ -262,7 +262,9 @@ CREATE TABLE webhook_endpoints (
     url              text NOT NULL CHECK (length(url) BETWEEN 1 AND 2048),
     events           text[] NOT NULL CHECK (cardinality(events) > 0),
     description      text CHECK (length(description) <= 256),
-    status           text NOT NULL DEFAULT 'enabled' CHECK (status IN ('enabled', 'disabled', 'disabled_failing')),
+    -- 'deleted': kept (secretless) so that an event written while it is deleted still finds it (migration 0010)
+    status           text NOT NULL DEFAULT 'enabled'
+        CHECK (status IN ('enabled', 'disabled', 'disabled_failing', 'deleted')),
     -- the signing secret must be kept as is (an HMAC key cannot be checked against a hash of itself)
     secret           text NOT NULL,
     previous_secret  text,
@@ -286,6 +288,9 @@ CREATE TABLE webhook_deliveries (
 );
 CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at) WHERE status = 'pending';
 CREATE INDEX webhook_deliveries_endpoint ON webhook_deliveries (endpoint_id, created_at) WHERE status = 'pending';
+-- the claim takes each endpoint's oldest due deliveries, endpoint by endpoint (fair across tenants, 0010)
+CREATE INDEX webhook_deliveries_endpoint_due ON webhook_deliveries (endpoint_id, next_attempt_at)
+    WHERE status = 'pending';
 
 CREATE TABLE webhook_attempts (
     id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

@@ -44,7 +44,7 @@ from service.broker.links import LinkLimits
 from service.broker.sessions import Rules
 from service.broker.sweeps import Sweeper
 from service.broker.tenants import KeyCache, callback_token
-from service.broker.webhooks import Deliverer
+from service.broker.webhooks.delivery import Deliverer
 from service.db.pool import FAILOVER_ERRORS, create_pool
 from service.db.tenants import get_or_create_secret as secret
 from service.provider.simulator import Simulator, simulator_app

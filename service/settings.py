@@ -87,6 +87,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     keys_file: str | None = None
     keys: str | None = None
     audit_retention_days: Annotated[int, msgspec.Meta(ge=1)] = 400
+    max_webhooks_per_tenant: Annotated[int, msgspec.Meta(ge=1)] = 20
 
     @property
     def webhook_retries(self) -> list[float]:

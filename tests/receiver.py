@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections import Counter
 from typing import Any, Literal
 
@@ -30,6 +31,7 @@ class Receiver:
         self.requests = 0
         self.bad_signatures = 0
         self.events: dict[str, dict[str, Any]] = {}
+        self.arrived: dict[str, float] = {}  # when (time.monotonic) each webhook-id was first delivered
         self.headers: list[dict[str, str]] = []
         self.raw: list[tuple[bytes, dict[str, str]]] = []  # every request's body and headers
         self.verified_by: Counter[int] = Counter()  # how many requests each secret (by index) verified
@@ -100,6 +102,7 @@ class Receiver:
                 if status == 200:
                     event = json.loads(body)
                     self.delivered[headers["webhook-id"]] += 1
+                    self.arrived.setdefault(headers["webhook-id"], time.monotonic())
                     self.events[headers["webhook-id"]] = event
                 extra = f"location: {self.location}\r\n" if status == 307 else ""
                 writer.write(f"HTTP/1.1 {status} X\r\ncontent-length: 0\r\n{extra}\r\n".encode())

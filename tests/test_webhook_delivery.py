@@ -19,7 +19,8 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from service.broker import sweeps
-from service.broker.webhooks import Deliverer, address_verdict
+from service.broker.webhooks.delivery import Deliverer
+from service.broker.webhooks.guard import address_verdict
 from service.db import webhooks as webhooks_q
 from service.db.pool import create_pool
 from service.settings import Settings
@@ -157,7 +158,10 @@ async def test_each_retry_waits_the_contracts_delay_within_20_percent_with_jitte
             await db.execute("UPDATE webhook_deliveries SET attempts = $1", last.attempt)
             await webhooks_q.record(db, [last], timedelta(days=3))
             assert await db.fetchval("SELECT status FROM webhook_deliveries") == "failed"
-            assert await webhooks_q.claim(db, fixed + timedelta(days=30), {}, 8, 10, fixed + timedelta(days=31)) == []
+            assert (
+                await webhooks_q.claim(db, fixed + timedelta(days=30), {}, 8, {}, 16, 10, fixed + timedelta(days=31))
+                == []
+            )
         finally:
             await deliverer.close()
             await pool.close()

@@ -19,7 +19,8 @@ import httpx
 import pytest
 
 from service.app import create_app, request_context
-from service.broker.webhooks import Deliverer, new_secret
+from service.broker.webhooks.delivery import Deliverer
+from service.broker.webhooks.endpoints import new_secret
 from service.db import webhooks as webhooks_q
 from service.db.pool import create_pool
 from tests.helpers import Keys, add_dids, assert_problem, did_numbers, make_settings, mobile_numbers, wait_for

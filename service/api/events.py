@@ -9,6 +9,7 @@ from litestar.params import FromPath, FromQuery, QueryParameter
 
 from service.api.deps import Db, MaskingRequest
 from service.api.problems import API_RESPONSES
+from service.api.webhooks import read_ignored_body
 from service.broker import events as broker
 from service.broker import webhooks
 
@@ -33,6 +34,7 @@ class EventController(Controller):
     @post(
         "/{event_id:str}/redeliver",
         status_code=202,
+        before_request=read_ignored_body,
         opt={"scope": "ops"},
         summary="Queue an event again for every endpoint that wants it",
         responses=API_RESPONSES,

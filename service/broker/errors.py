@@ -108,7 +108,7 @@ class TooManyPools(DomainError):
 
 
 class TooManyWebhooks(DomainError):
-    code, title = "too_many_webhooks", "Too many webhooks"
+    code, title = "too_many_webhooks", "Too many webhook endpoints"
 
 
 class ConflictingRepeat(DomainError):

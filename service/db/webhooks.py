@@ -42,28 +42,37 @@ async def insert_endpoint(
     description: str | None,
     secret: str,
     now: datetime,
-) -> Endpoint:
-    """Register an endpoint (enabled) with its signing secret."""
-    row = await conn.fetchrow(
-        f"""
-        INSERT INTO webhook_endpoints (id, tenant_id, url, events, description, secret, created_at, updated_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING {ENDPOINT}
-        """,
-        endpoint_id,
-        tenant_id,
-        url,
-        events,
-        description,
-        secret,
-        now,
-    )
-    return _endpoint(row)
+    cap: int,
+) -> Endpoint | None:
+    """Register an endpoint (enabled) with its signing secret; None when the tenant already has `cap` of them."""
+    async with conn.transaction():
+        # One tenant's registrations take turns here, so that two at once cannot both pass the count.
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('webhook_endpoints', $1))", tenant_id)
+        row = await conn.fetchrow(
+            f"""
+            INSERT INTO webhook_endpoints (id, tenant_id, url, events, description, secret, created_at, updated_at)
+            SELECT $1, $2, $3, $4, $5, $6, $7, $7
+            WHERE (SELECT count(*) FROM webhook_endpoints WHERE tenant_id = $2 AND status <> 'deleted') < $8
+            RETURNING {ENDPOINT}
+            """,
+            endpoint_id,
+            tenant_id,
+            url,
+            events,
+            description,
+            secret,
+            now,
+            cap,
+        )
+    return None if row is None else _endpoint(row)
 
 
 async def select_endpoints(conn: Conn, tenant_id: int) -> list[Endpoint]:
     """The tenant's endpoints, oldest first."""
     rows = await conn.fetch(
-        f"SELECT {ENDPOINT} FROM webhook_endpoints WHERE tenant_id = $1 ORDER BY created_at, id", tenant_id
+        f"""SELECT {ENDPOINT} FROM webhook_endpoints WHERE tenant_id = $1 AND status <> 'deleted'
+        ORDER BY created_at, id""",
+        tenant_id,
     )
     return [_endpoint(r) for r in rows]
 
@@ -71,7 +80,9 @@ async def select_endpoints(conn: Conn, tenant_id: int) -> list[Endpoint]:
 async def select_endpoint(conn: Conn, tenant_id: int, endpoint_id: UUID) -> Endpoint | None:
     """One of the tenant's endpoints."""
     row = await conn.fetchrow(
-        f"SELECT {ENDPOINT} FROM webhook_endpoints WHERE id = $1 AND tenant_id = $2", endpoint_id, tenant_id
+        f"SELECT {ENDPOINT} FROM webhook_endpoints WHERE id = $1 AND tenant_id = $2 AND status <> 'deleted'",
+        endpoint_id,
+        tenant_id,
     )
     return None if row is None else _endpoint(row)
 
@@ -93,7 +104,7 @@ async def update_endpoint(
         UPDATE webhook_endpoints SET url = coalesce($3, url), events = coalesce($4, events),
             description = coalesce($5, description), status = coalesce($6, status), updated_at = $7,
             failing_since = CASE WHEN $6 = 'enabled' THEN NULL ELSE failing_since END
-        WHERE id = $1 AND tenant_id = $2 RETURNING {ENDPOINT}
+        WHERE id = $1 AND tenant_id = $2 AND status <> 'deleted' RETURNING {ENDPOINT}
         """,
         endpoint_id,
         tenant_id,
@@ -106,10 +117,22 @@ async def update_endpoint(
     return None if row is None else _endpoint(row)
 
 
-async def delete_endpoint(conn: Conn, tenant_id: int, endpoint_id: UUID) -> bool:
-    """Delete an endpoint with its deliveries and attempts."""
+async def delete_endpoint(conn: Conn, tenant_id: int, endpoint_id: UUID, now: datetime) -> bool:
+    """Mark an endpoint deleted and forget its secrets; nothing is sent to it again.
+
+    The row stays: a transaction that is writing an event (and its delivery to this endpoint) at the same
+    moment then finds its foreign key intact, where a DELETE made it fail or deadlock. The deliveries left
+    pending are never claimed and go with their events at the retention purge.
+    """
     status = await conn.execute(
-        "DELETE FROM webhook_endpoints WHERE id = $1 AND tenant_id = $2", endpoint_id, tenant_id
+        """
+        UPDATE webhook_endpoints SET status = 'deleted', secret = '', previous_secret = NULL, previous_until = NULL,
+            updated_at = $3
+        WHERE id = $1 AND tenant_id = $2 AND status <> 'deleted'
+        """,
+        endpoint_id,
+        tenant_id,
+        now,
     )
     return status.endswith(" 1")
 
@@ -121,7 +144,7 @@ async def rotate_secret(
     row = await conn.fetchrow(
         f"""
         UPDATE webhook_endpoints SET previous_secret = secret, previous_until = $5, secret = $3, updated_at = $4
-        WHERE id = $1 AND tenant_id = $2 RETURNING {ENDPOINT}
+        WHERE id = $1 AND tenant_id = $2 AND status <> 'deleted' RETURNING {ENDPOINT}
         """,
         endpoint_id,
         tenant_id,
@@ -137,6 +160,7 @@ class Claimed(msgspec.Struct, frozen=True, kw_only=True):
 
     event_id: int
     endpoint_id: UUID
+    tenant_id: int
     attempt: int
     type: str
     created_at: datetime
@@ -147,47 +171,69 @@ class Claimed(msgspec.Struct, frozen=True, kw_only=True):
     previous_until: datetime | None
 
 
-# One statement (one round trip, its row locks held only while it runs): lock due deliveries of enabled
-# endpoints, skipping rows another process holds and endpoints this process already has its fill of;
-# keep at most each endpoint's free share; count their attempt and give each a lease (next_attempt_at
-# pushed past the request's timeout), so no other process makes the same attempt. A process that dies
-# mid-request leaves its leases to run out and the attempt is made again (at least once).
+# One statement (one round trip, its row locks held only while it runs), fair across tenants and endpoints:
+# each enabled endpoint this process has room for offers its oldest due deliveries up to its free share
+# (locked, skipping rows another process holds); a tenant keeps at most its free share of those, taking its
+# endpoints in turn; and the batch takes tenants in turn (every tenant's first before anyone's second). Each
+# chosen delivery counts its attempt and gets a lease (next_attempt_at pushed past the request's timeout),
+# so no other process makes the same attempt. A process that dies mid-request leaves its leases to run
+# out and the attempt is made again (at least once).
 CLAIM = Query("""
-WITH due AS (
-    SELECT d.event_id, d.endpoint_id, d.next_attempt_at FROM webhook_deliveries d
-    WHERE d.status = 'pending' AND d.next_attempt_at <= :now AND NOT (d.endpoint_id = ANY(:busy::uuid[]))
-      AND EXISTS (SELECT 1 FROM webhook_endpoints w WHERE w.id = d.endpoint_id AND w.status = 'enabled')
-    ORDER BY d.next_attempt_at LIMIT :scan
-    FOR UPDATE OF d SKIP LOCKED),
+WITH room AS (
+    SELECT w.id, w.tenant_id, coalesce(p.free, :cap) AS free FROM webhook_endpoints w
+    LEFT JOIN unnest(:partly::uuid[], :left::int[]) AS p(endpoint_id, free) ON p.endpoint_id = w.id
+    WHERE w.status = 'enabled' AND NOT (w.id = ANY(:busy::uuid[]))
+      AND NOT (w.tenant_id = ANY(:busy_tenants::bigint[]))),
+due AS (
+    SELECT d.event_id, d.endpoint_id, d.next_attempt_at, o.tenant_id,
+           row_number() OVER (PARTITION BY d.endpoint_id ORDER BY d.next_attempt_at) AS endpoint_turn
+    FROM room o CROSS JOIN LATERAL (
+        SELECT d.event_id, d.endpoint_id, d.next_attempt_at FROM webhook_deliveries d
+        WHERE d.endpoint_id = o.id AND d.status = 'pending' AND d.next_attempt_at <= :now
+        ORDER BY d.next_attempt_at LIMIT o.free
+        FOR UPDATE SKIP LOCKED) d),
 ranked AS (
-    SELECT due.*, row_number() OVER (PARTITION BY due.endpoint_id ORDER BY due.next_attempt_at) AS rn FROM due),
+    SELECT due.*, row_number() OVER (PARTITION BY due.tenant_id ORDER BY due.endpoint_turn, due.next_attempt_at)
+        AS tenant_turn FROM due),
 chosen AS (
     SELECT r.event_id, r.endpoint_id FROM ranked r
-    LEFT JOIN unnest(:partly::uuid[], :left::int[]) AS p(endpoint_id, free) ON p.endpoint_id = r.endpoint_id
-    WHERE r.rn <= coalesce(p.free, :cap)
-    ORDER BY r.next_attempt_at LIMIT :take),
+    LEFT JOIN unnest(:tenants_partly::bigint[], :tenants_left::int[]) AS t(tenant_id, free)
+        ON t.tenant_id = r.tenant_id
+    WHERE r.tenant_turn <= coalesce(t.free, :tenant_cap)
+    ORDER BY r.tenant_turn, r.next_attempt_at LIMIT :take),
 c AS (
     UPDATE webhook_deliveries d SET attempts = d.attempts + 1, next_attempt_at = :lease_until
     FROM chosen k WHERE d.event_id = k.event_id AND d.endpoint_id = k.endpoint_id
     RETURNING d.event_id, d.endpoint_id, d.attempts)
-SELECT c.event_id, c.endpoint_id, c.attempts AS attempt, e.type, e.created_at, e.data,
+SELECT c.event_id, c.endpoint_id, w.tenant_id, c.attempts AS attempt, e.type, e.created_at, e.data,
        w.url, w.secret, w.previous_secret, w.previous_until
 FROM c JOIN events e ON e.id = c.event_id JOIN webhook_endpoints w ON w.id = c.endpoint_id
 """)
 
 
 async def claim(
-    conn: Conn, now: datetime, in_flight: dict[UUID, int], cap: int, take: int, lease_until: datetime
+    conn: Conn,
+    now: datetime,
+    in_flight: dict[UUID, int],
+    cap: int,
+    tenants_in_flight: dict[int, int],
+    tenant_cap: int,
+    take: int,
+    lease_until: datetime,
 ) -> list[Claimed]:
-    """Claim up to `take` due deliveries, at most `cap` in flight per endpoint counting `in_flight`."""
+    """Claim up to `take` due deliveries, at most `cap` in flight per endpoint and `tenant_cap` per tenant."""
     partly = [e for e, n in in_flight.items() if n < cap]
+    tenants_partly = [t for t, n in tenants_in_flight.items() if n < tenant_cap]
     values = {
         "now": now,
         "busy": [e for e, n in in_flight.items() if n >= cap],
-        "scan": take * 2,
         "partly": partly,
         "left": [cap - in_flight[e] for e in partly],
         "cap": cap,
+        "busy_tenants": [t for t, n in tenants_in_flight.items() if n >= tenant_cap],
+        "tenants_partly": tenants_partly,
+        "tenants_left": [tenant_cap - tenants_in_flight[t] for t in tenants_partly],
+        "tenant_cap": tenant_cap,
         "take": take,
         "lease_until": lease_until,
     }
@@ -333,12 +379,12 @@ async def insert_test_delivery(
     """Write a webhook.test event with one delivery to this endpoint, already claimed for its first attempt."""
     row = await conn.fetchrow(
         """
-        WITH w AS (SELECT * FROM webhook_endpoints WHERE id = $2 AND tenant_id = $1),
+        WITH w AS (SELECT * FROM webhook_endpoints WHERE id = $2 AND tenant_id = $1 AND status <> 'deleted'),
         e AS (INSERT INTO events (tenant_id, type, created_at, data)
               SELECT $1, 'webhook.test', $4, $3::text::jsonb FROM w RETURNING id, type, created_at, data),
         d AS (INSERT INTO webhook_deliveries (event_id, endpoint_id, attempts, next_attempt_at, created_at)
               SELECT e.id, w.id, 1, $5, $4 FROM e, w)
-        SELECT e.id AS event_id, w.id AS endpoint_id, 1 AS attempt, e.type, e.created_at, e.data,
+        SELECT e.id AS event_id, w.id AS endpoint_id, w.tenant_id, 1 AS attempt, e.type, e.created_at, e.data,
                w.url, w.secret, w.previous_secret, w.previous_until
         FROM e, w
         """,
