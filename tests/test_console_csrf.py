@@ -43,7 +43,7 @@ def concrete(path: str, **values: str) -> str:
 async def test_every_console_form_is_refused_without_its_csrf_token_and_done_with_it(
     client: httpx.AsyncClient, keys: Keys, settings: Settings, dsn: str, db: asyncpg.Connection
 ) -> None:
-    """Sign-in, DID drain and retire, close, expire by order, redeliver, sign-out: 403 without the token, 303 with it."""
+    """Sign-in, DID drain and retire, close, expire by order, redeliver, webhook test, sign-out: 403 without the token, 303 with it."""
     forms = console_forms(settings, dsn)
     await add_dids(client, keys.a, [SESSIONS_DID])
     closing = (await client.post("/v1/sessions", json=session_body("to-close"), headers=keys.a)).json()
@@ -57,7 +57,13 @@ async def test_every_console_form_is_refused_without_its_csrf_token_and_done_wit
     await add_dids(client, keys.a, [SPARE_DID])  # added after the sessions: none uses it, so it may retire
     event = (await client.get("/v1/events", headers=keys.a)).json()["items"][0]["id"]
     hook = {"url": "http://127.0.0.1:9/hook", "events": ["*"]}
-    assert (await client.post("/v1/webhooks", json=hook, headers=keys.a)).status_code == 201  # after the event
+    made = await client.post("/v1/webhooks", json=hook, headers=keys.a)  # after the event
+    assert made.status_code == 201
+    hook_id = made.json()["id"]
+
+    async def tested() -> bool:
+        count: int = await db.fetchval("SELECT count(*) FROM events WHERE type = 'webhook.test'")
+        return count > 0
 
     async def redelivered() -> bool:
         count: int = await db.fetchval(
@@ -85,13 +91,14 @@ async def test_every_console_form_is_refused_without_its_csrf_token_and_done_wit
         ("/console/sign-in", "/console/sign-in", {"key": keys.a_ops}, signed_in),
         ("/console/dids/{number:str}", f"/console/dids/{SPARE_DID}", {"status": "draining"},
          lambda: _is(did_status(), "draining")),
-        ("/console/dids/{number:str}", f"/console/dids/{SPARE_DID}", {"status": "retired"},
+        ("/console/dids/{number:str}", f"/console/dids/{SPARE_DID}", {"status": "retired", "confirm": "yes"},
          lambda: _is(did_status(), "retired")),
         ("/console/sessions/{session_id:str}/close", f"/console/sessions/{closing['id']}/close", {},
          lambda: _is(status(closing), "closed")),
         ("/console/expire", "/console/expire", {"order_id": "to-expire", "confirm": "yes"},
          lambda: _is(status(expiring), "expired")),
         ("/console/webhooks/redeliver", "/console/webhooks/redeliver", {"event_id": event}, redelivered),
+        ("/console/webhooks/{endpoint_id:str}/test", f"/console/webhooks/{hook_id}/test", {}, tested),
         ("/console/sign-out", "/console/sign-out", {}, lambda: _not(signed_in())),
     ]  # fmt: skip
     assert {path for _, path in forms} == {route for route, *_ in cases}, (
