@@ -51,7 +51,7 @@ async def test_headroom_above_zero_means_the_two_busiest_parties_can_still_pair(
 
 def test_a_slow_stats_computation_is_reused_briefly_and_a_fast_one_never() -> None:
     """Big pools' stats (seconds to count) are reused for 20x their cost, at most 30 s; small pools stay fresh."""
-    from service.broker.sessions import PoolStats, StatsCache
+    from service.broker.pools import PoolStats, StatsCache
 
     stats = [
         PoolStats(tenant="t", pool="p", dids=1, active_dids=1, active_sessions=0, busiest_party_sessions=0, headroom=1)

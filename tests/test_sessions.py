@@ -28,7 +28,7 @@ async def test_a_session_is_created_on_a_did_of_the_pool(client: httpx.AsyncClie
     assert r.status_code == 201, r.text
     s = r.json()
     assert set(s) == {
-        "id", "order_id", "customer", "agent", "masked_number", "pool", "status", "close_reason", "created_at",
+        "id", "order_id", "customer", "agent", "masked_number", "pool", "status", "close_reason", "close_note", "created_at",
         "expires_at", "closed_at", "record", "max_call_minutes", "max_calls", "calls_made", "metadata",
     }  # fmt: skip
     assert (s["customer"], s["agent"], s["status"], s["pool"]) == (CUSTOMER, AGENT, "active", "default")
@@ -38,11 +38,24 @@ async def test_a_session_is_created_on_a_did_of_the_pool(client: httpx.AsyncClie
 
 
 async def test_a_repeated_create_returns_the_same_session_with_200(client: httpx.AsyncClient, keys: Keys) -> None:
-    """Same tenant, order and pair while active: 200 with the existing session, unchanged."""
+    """Same tenant, order and pair while active, other fields absent or equal: 200 with the existing session."""
     await add_dids(client, keys.a, did_numbers(3))
-    first = await create(client, keys)
-    again = await create(client, keys, ttl_seconds=600)
-    assert again.status_code == 200 and again.json() == first.json()
+    first = await create(client, keys, ttl_seconds=600, max_calls=2, metadata={"k": 1})
+    assert first.status_code == 201, first.text
+    for again in (await create(client, keys), await create(client, keys, ttl_seconds=600, max_calls=2)):
+        assert again.status_code == 200 and again.json() == first.json()
+
+
+async def test_a_repeated_create_with_other_values_is_409_naming_them(client: httpx.AsyncClient, keys: Keys) -> None:
+    """A repeat whose ttl_seconds, max_calls or metadata differ is 409 conflicting_repeat naming each; nothing changes."""
+    await add_dids(client, keys.a, did_numbers(3))
+    first = await create(client, keys, ttl_seconds=600, max_calls=2, metadata={"k": 1})
+    again = await create(client, keys, ttl_seconds=900, max_calls=2, metadata={"k": 2}, record=True)
+    problem = assert_problem(again, 409, "conflicting_repeat")
+    assert problem["fields"] == ["record", "metadata", "ttl_seconds"]
+    assert all(name in problem["detail"] for name in ("record", "metadata", "ttl_seconds"))
+    session = (await client.get(f"/v1/sessions/{first.json()['id']}", headers=keys.a)).json()
+    assert session == first.json()
 
 
 async def test_customer_equal_to_agent_is_422(client: httpx.AsyncClient, keys: Keys) -> None:

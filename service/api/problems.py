@@ -60,6 +60,7 @@ STATUS = {
     "session_not_active": 409,
     "call_in_progress": 409,
     "reassign_conflict": 409,
+    "conflicting_repeat": 409,
     "did_taken": 409,
     "did_in_use": 409,
     "idempotency_in_flight": 409,
