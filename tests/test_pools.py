@@ -5,6 +5,7 @@ from datetime import datetime, timedelta
 import asyncpg
 import httpx
 
+from tests.factories import app_client, pool
 from tests.helpers import AGENT, CUSTOMER, FakeClock, Keys, add_dids, assert_problem, did_numbers, session_body
 
 
@@ -100,3 +101,19 @@ async def test_a_pool_cooloff_overrides_the_service_wide_one(
     clock.advance(61)
     assert (await client.post("/v1/sessions", json=other, headers=keys.a)).status_code == 201
     assert CUSTOMER != AGENT
+
+
+async def test_pools_with_settings_only_count_against_the_pool_cap_when_dids_are_added(dsn: str, keys: Keys) -> None:
+    """With MASKING_MAX_POOLS_PER_TENANT=2 and two pools made by settings alone, a DID in a third pool is 409."""
+    async with app_client(dsn, max_pools_per_tenant=2) as http:
+        await pool(http, keys.a, "first", dids=0, cooloff_seconds=60)
+        await pool(http, keys.a, "second", dids=0, cooloff_seconds=60)
+        third = await http.post("/v1/dids", json={"number": did_numbers(1)[0], "pool": "third"}, headers=keys.a)
+        assert_problem(third, 409, "too_many_pools")
+        bulk = {"dids": [{"number": did_numbers(1, start=1)[0], "pool": "third"}]}
+        assert_problem(await http.post("/v1/dids/bulk", json=bulk, headers=keys.a), 409, "too_many_pools")
+        assert [p["name"] for p in (await http.get("/v1/pools", headers=keys.a)).json()["items"]] == ["first", "second"]
+        # A pool the tenant holds (by settings) still takes DIDs.
+        assert (
+            await http.post("/v1/dids", json={"number": did_numbers(1)[0], "pool": "first"}, headers=keys.a)
+        ).status_code == 201

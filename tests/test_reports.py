@@ -16,7 +16,7 @@ import pytest
 from service.broker import reports
 from service.broker.reports import PENDING_GRACE, rematch_pending
 from service.provider.simulator import Fault
-from tests.helpers import Keys, session_body
+from tests.helpers import Keys, assert_problem, session_body
 from tests.live import Live, live_service
 from tests.processes import ServeProcess, masking_env
 
@@ -313,3 +313,31 @@ async def test_a_request_that_cannot_get_a_connection_answers_503_quickly(dsn: s
             assert (await slow).status_code == 201
         finally:
             await holder.close()
+
+
+async def test_every_list_refuses_a_cursor_of_non_ascii_digits_and_report_pages_walk_once(
+    client: httpx.AsyncClient, keys: Keys, db: asyncpg.Connection
+) -> None:
+    """'٣' is not a cursor of reports, sessions or events (422 naming it); pages of unmatched reports walk each once."""
+    tenant_a = await db.fetchval("SELECT id FROM tenants WHERE name = 'tenant-a'")
+    await db.executemany(
+        "INSERT INTO provider_reports (body, received_at, outcome, reason, tenant_id) VALUES ($1, now(), 'unmatched', 'no_call', $2)",
+        [(f"report {i}".encode(), tenant_a) for i in range(5)],
+    )
+    for path, field in (("/v1/reports", "cursor"), ("/v1/sessions", "cursor"), ("/v1/events", "after")):
+        for bad in ("٣", "12٣", "²", "nonsense!"):
+            problem = assert_problem(
+                await client.get(path, params={field: bad}, headers=keys.a), 422, "invalid_request"
+            )
+            assert problem["field"] == field and f"`{field}`" in problem["detail"]
+    seen: list[int] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"matched": "false", "limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = (await client.get("/v1/reports", params=params, headers=keys.a)).json()
+        seen += [r["id"] for r in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+        assert cursor.isascii() and "=" not in cursor
+    assert len(seen) == 5 == len(set(seen)) and seen == sorted(seen, reverse=True)

@@ -4,6 +4,7 @@ import asyncpg
 import httpx
 
 from service.app import create_app
+from tests.factories import close_session, open_session, pool
 from tests.helpers import (
     AGENT,
     CUSTOMER,
@@ -173,6 +174,23 @@ async def test_closing_is_idempotent(client: httpx.AsyncClient, keys: Keys) -> N
     assert (body["status"], body["close_reason"]) == ("closed", "closed_by_client") and body["closed_at"]
     again = await client.post(f"/v1/sessions/{s['id']}/close", headers=keys.a)
     assert again.status_code == 200 and again.json() == body
+
+
+async def test_the_reason_given_to_close_is_kept_as_close_note_on_the_session_and_its_event(
+    client: httpx.AsyncClient, keys: Keys
+) -> None:
+    """A close's `reason` comes back as `close_note` on the session, its GET and its session.closed event; over 256 is 422."""
+    await pool(client, keys.a, dids=2)
+    s = await open_session(client, keys.a)
+    too_long = await client.post(f"/v1/sessions/{s['id']}/close", json={"reason": "x" * 257}, headers=keys.a)
+    assert_problem(too_long, 422, "invalid_request")
+    closed = await close_session(client, keys.a, s, reason="order delivered")
+    assert (closed["close_reason"], closed["close_note"]) == ("closed_by_client", "order delivered")
+    assert (await client.get(f"/v1/sessions/{s['id']}", headers=keys.a)).json() == closed
+    events = (await client.get("/v1/events", params={"type": "session.closed"}, headers=keys.a)).json()["items"]
+    assert [e["data"] for e in events] == [closed]
+    other = await open_session(client, keys.a, order="ORD-2")
+    assert (await close_session(client, keys.a, other))["close_note"] is None
 
 
 async def test_bulk_expire_needs_a_filter_and_ends_matching_sessions(client: httpx.AsyncClient, keys: Keys) -> None:

@@ -233,7 +233,7 @@ async def put_pool(
     )
     async with conn.transaction():
         await dids_q.lock_pools(conn, tenant_id)
-        held, would = await q.count_pools_with(conn, tenant_id, name)
+        held, would = await q.count_pools_with(conn, tenant_id, [name])
         if would > held and would > max_pools:
             raise TooManyPools(
                 f"This would make {would} pools; a tenant may hold at most {max_pools} "

@@ -43,7 +43,7 @@ def load(path: Path, **fragments: str) -> Query:
     sql = path.read_text()
     for name, text in fragments.items():
         marker = "{" + name + "}"
-        if marker not in sql:
-            raise ValueError(f"{path.name} has no {marker}")
+        if sql.count(marker) != 1:
+            raise ValueError(f"{path.name} must hold {marker} once")
         sql = sql.replace(marker, text)
     return Query(sql)

@@ -1,7 +1,7 @@
 -- INGEST: store a parsed provider report and apply it, in one statement: one round trip, atomic, so
 -- nothing is acknowledged unstored (DESIGN rule 5) and nothing is half-applied. Loaded once by
--- service/db/reports.py; {call} is the Call resource's columns, {end_at_max_calls} and {events} are the
--- one end-session rule and the one event writer (service/db/sessions/end.py, service/db/events.py).
+-- service/db/reports.py, which fills in the three names in braces below: the Call resource's columns,
+-- the one end-session rule (service/db/sessions/end.py) and the one event writer (service/db/events.py).
 WITH
 -- The report's id: the pending row being re-matched (:report_id), else a new one.
 rid AS (

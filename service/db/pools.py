@@ -106,17 +106,20 @@ async def select_fallback(conn: Conn, did: str, caller: str) -> FallbackRow | No
     return None if row is None else msgspec.convert(row, FallbackRow)
 
 
-async def count_pools_with(conn: Conn, tenant_id: int, pool: str) -> tuple[int, int]:
-    """How many pools (with a DID or settings) the tenant holds now, and would hold with this one."""
+async def count_pools_with(conn: Conn, tenant_id: int, pools: list[str]) -> tuple[int, int]:
+    """How many pools the tenant holds now (a pool exists once it has a DID or settings), and would with these.
+
+    The one count MASKING_MAX_POOLS_PER_TENANT is checked against, by DID adds and moves and by pool PUTs.
+    """
     row = await conn.fetchrow(
         """
         WITH held AS (
             SELECT pool FROM dids WHERE tenant_id = $1 UNION SELECT pool FROM pool_settings WHERE tenant_id = $1)
         SELECT (SELECT count(*) FROM held)::int AS now,
-               (SELECT count(*) FROM (SELECT pool FROM held UNION SELECT $2) x)::int AS would
+               (SELECT count(*) FROM (SELECT pool FROM held UNION SELECT unnest($2::text[])) x)::int AS would
         """,
         tenant_id,
-        pool,
+        pools,
     )
     assert row is not None
     return row["now"], row["would"]

@@ -1,6 +1,6 @@
 -- ALLOCATE: one attempt to create a session on a DID of its pool, in one statement. Its cost does not
 -- depend on how many sessions the pool or its DIDs hold: a few index probes, two upserts, one insert.
--- Loaded once by service/db/sessions/create.py; {session} is the Session resource's column list.
+-- Loaded once by service/db/sessions/create.py, which fills in the Session resource's columns (in braces).
 -- `bound` < 2 or no session row means the attempt lost a race and must roll back; no `picked` at all
 -- means no DID of the pool is eligible (the probes wrap the whole ring of slots).
 WITH
