@@ -57,9 +57,9 @@ def session_body(order: str = "ORD-1", customer: str = CUSTOMER, agent: str = AG
     return {"order_id": order, "customer": customer, "agent": agent, **extra}
 
 
-async def create_session(http: httpx.AsyncClient, headers: dict[str, str], **body: Any) -> httpx.Response:
-    """POST /v1/sessions with session_body(**body): the raw response."""
-    return await http.post("/v1/sessions", json=session_body(**body), headers=headers)
+async def create_session(http: httpx.AsyncClient, headers: dict[str, str], *pair: str, **body: Any) -> httpx.Response:
+    """POST /v1/sessions with session_body(*pair, **body) (order, customer, agent): the raw response."""
+    return await http.post("/v1/sessions", json=session_body(*pair, **body), headers=headers)
 
 
 async def open_session(

@@ -4,7 +4,7 @@ import asyncpg
 import httpx
 
 from service.app import create_app
-from tests.factories import close_session, open_session, pool
+from tests.factories import close_session, create_session, open_session, pool
 from tests.helpers import (
     AGENT,
     CUSTOMER,
@@ -14,12 +14,11 @@ from tests.helpers import (
     assert_problem,
     did_numbers,
     mobile_numbers,
-    session_body,
 )
 
 
 async def create(client: httpx.AsyncClient, keys: Keys, **body: object) -> httpx.Response:
-    return await client.post("/v1/sessions", json=session_body(**body), headers=keys.a)  # type: ignore[arg-type]
+    return await create_session(client, keys.a, **body)  # type: ignore[arg-type]
 
 
 async def test_a_session_is_created_on_a_did_of_the_pool(client: httpx.AsyncClient, keys: Keys) -> None:
@@ -274,7 +273,7 @@ async def test_the_background_sweeper_expires_sessions(settings, dsn: str, keys:
     async with LifespanManager(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
             await add_dids(http, keys.a, did_numbers(1))
-            s = (await http.post("/v1/sessions", json=session_body(ttl_seconds=60), headers=keys.a)).json()
+            s = (await create_session(http, keys.a, ttl_seconds=60)).json()
             clock.advance(61)
 
             async def swept() -> bool:
