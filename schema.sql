@@ -59,6 +59,8 @@ CREATE TABLE sessions (
     pool              text NOT NULL,
     status            text NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'closed', 'expired')),
     close_reason      text CHECK (close_reason IN ('ttl', 'closed_by_client', 'expired_by_ops', 'max_calls_reached')),
+    -- the client's own words when it closed the session (the API bounds them to 256 characters)
+    close_note        text,
     created_at        timestamptz NOT NULL,
     expires_at        timestamptz NOT NULL,
     closed_at         timestamptz,

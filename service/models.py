@@ -38,6 +38,7 @@ class Session(msgspec.Struct, frozen=True, kw_only=True):
     pool: str
     status: SessionStatus
     close_reason: CloseReason | None
+    close_note: str | None = None  # the client's words when it closed the session (its `reason`)
     created_at: datetime
     expires_at: datetime
     closed_at: datetime | None

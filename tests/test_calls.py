@@ -12,6 +12,7 @@ import pytest
 
 from service.broker.sweeps import time_out_calls
 from service.provider.simulator import Fault
+from tests.factories import open_session
 from tests.helpers import Keys, call_status, did_numbers, wait_for
 from tests.live import CALLBACK_TOKEN, Live, live_service
 from tests.processes import free_port, masking_env, run_cli
@@ -60,20 +61,11 @@ async def live(dsn: str) -> Any:
         yield service
 
 
-async def open_session(live: Live, keys: Keys, **extra: Any) -> dict[str, Any]:
-    r = await live.http.post("/v1/dids", json={"number": DID}, headers=keys.a)
-    assert r.status_code in (200, 201)
-    body = {"order_id": "ORD-1", "customer": CUSTOMER, "agent": AGENT, **extra}
-    r = await live.http.post("/v1/sessions", json=body, headers=keys.a)
-    assert r.status_code == 201, r.text
-    return r.json()
-
-
 async def test_the_provider_receives_its_documented_request_and_the_report_completes_the_call(
     live: Live, keys: Keys
 ) -> None:
     """Field by field as the provider documents it; its report completes the call."""
-    session = await open_session(live, keys, record=True, max_call_minutes=5)
+    session = await open_session(live.http, keys.a, dids=[DID], record=True, max_call_minutes=5)
     r = await live.http.post(f"/v1/sessions/{session['id']}/calls", json={"first": "agent"}, headers=keys.a)
     assert r.status_code == 202, r.text
     call = r.json()
@@ -94,7 +86,7 @@ async def test_the_provider_receives_its_documented_request_and_the_report_compl
 
 async def test_a_flow_call_sends_flow_and_variables(live: Live, keys: Keys) -> None:
     """With a flow, `to` is flow:<id> and variables go as variables[Name]; customer first rings the customer."""
-    session = await open_session(live, keys)
+    session = await open_session(live.http, keys.a, dids=[DID])
     body = {"first": "customer", "flow": "220", "variables": {"Name": "YourName", "otp": "12344"}}
     r = await live.http.post(f"/v1/sessions/{session['id']}/calls", json=body, headers=keys.a)
     assert r.status_code == 202, r.text
@@ -107,7 +99,7 @@ async def test_a_flow_call_sends_flow_and_variables(live: Live, keys: Keys) -> N
 
 async def test_the_documents_example_report_completes_the_call(live: Live, keys: Keys) -> None:
     """The provider's example report, numbers unquoted, completes the call with its durations and times."""
-    session = await open_session(live, keys)
+    session = await open_session(live.http, keys.a, dids=[DID])
     live.sim.inject(Fault(report="none"))
     call = (await live.http.post(f"/v1/sessions/{session['id']}/calls", headers=keys.a)).json()
     report = doc_report()
@@ -137,7 +129,7 @@ async def test_provider_faults_give_the_contracts_answers(
     live: Live, keys: Keys, answer: str, status: int, code: str, call_status: str
 ) -> None:
     """Rejections, 5xx, hangs and dropped connections: the contract's status, code and call status; one dial."""
-    session = await open_session(live, keys)
+    session = await open_session(live.http, keys.a, dids=[DID])
     live.sim.inject(Fault(answer=answer, report="none"))  # type: ignore[arg-type]
     r = await live.http.post(f"/v1/sessions/{session['id']}/calls", headers=keys.a)
     assert r.status_code == status, r.text
@@ -154,7 +146,7 @@ async def test_provider_faults_give_the_contracts_answers(
 async def test_a_refused_connection_is_503_and_the_call_failed(dsn: str, keys: Keys) -> None:
     """Nobody listening at the provider's address: 503 provider_unavailable, the call failed, safe to retry."""
     async with live_service(dsn, provider_url=f"http://127.0.0.1:{free_port()}") as live:
-        session = await open_session(live, keys)
+        session = await open_session(live.http, keys.a, dids=[DID])
         r = await live.http.post(f"/v1/sessions/{session['id']}/calls", headers=keys.a)
         assert r.status_code == 503 and r.json()["code"] == "provider_unavailable"
         call = (await live.http.get(f"/v1/calls/{r.json()['call_id']}", headers=keys.a)).json()
@@ -165,7 +157,7 @@ async def test_a_refused_connection_is_503_and_the_call_failed(dsn: str, keys: K
 
 async def test_a_hundred_concurrent_clicks_reach_the_provider_once(live: Live, keys: Keys) -> None:
     """100 clicks at once on one session: one call placed, 99 call_in_progress."""
-    session = await open_session(live, keys)
+    session = await open_session(live.http, keys.a, dids=[DID])
     live.sim.inject(Fault(report="none"))
     responses = await asyncio.gather(
         *(live.http.post(f"/v1/sessions/{session['id']}/calls", headers=keys.a) for _ in range(100))
@@ -177,7 +169,7 @@ async def test_a_hundred_concurrent_clicks_reach_the_provider_once(live: Live, k
 
 async def test_a_report_before_the_providers_answer_still_completes_the_call(live: Live, keys: Keys) -> None:
     """The report can beat the provider's HTTP answer: the call was recorded before dialling, so it matches."""
-    session = await open_session(live, keys)
+    session = await open_session(live.http, keys.a, dids=[DID])
     live.sim.inject(Fault(report="before_answer"))
     r = await live.http.post(f"/v1/sessions/{session['id']}/calls", headers=keys.a)
     assert r.status_code == 202
@@ -189,7 +181,7 @@ async def test_repeated_and_out_of_order_reports_have_one_effect(
     live: Live, keys: Keys, db: asyncpg.Connection
 ) -> None:
     """Each report three times, and an earlier 'missed' after the final one: one effect, all answered 200."""
-    session = await open_session(live, keys)
+    session = await open_session(live.http, keys.a, dids=[DID])
     live.sim.inject(Fault(report="none"))
     call = (await live.http.post(f"/v1/sessions/{session['id']}/calls", headers=keys.a)).json()
     report = doc_report()
@@ -207,7 +199,7 @@ async def test_repeated_and_out_of_order_reports_have_one_effect(
 
 async def test_max_calls_closes_the_session(live: Live, keys: Keys) -> None:
     """When completed calls reach max_calls, the session closes with max_calls_reached."""
-    session = await open_session(live, keys, max_calls=1)
+    session = await open_session(live.http, keys.a, dids=[DID], max_calls=1)
     call = (await live.http.post(f"/v1/sessions/{session['id']}/calls", headers=keys.a)).json()
     await call_status(live, keys, call["id"], "completed")
     read = (await live.http.get(f"/v1/sessions/{session['id']}", headers=keys.a)).json()
@@ -218,7 +210,7 @@ async def test_max_calls_closes_the_session(live: Live, keys: Keys) -> None:
 
 async def test_a_missed_call_does_not_count_toward_max_calls(live: Live, keys: Keys) -> None:
     """A report with no talk time marks the call missed and leaves the session open."""
-    session = await open_session(live, keys, max_calls=1)
+    session = await open_session(live.http, keys.a, dids=[DID], max_calls=1)
     live.sim.inject(Fault(report="missed"))
     call = (await live.http.post(f"/v1/sessions/{session['id']}/calls", headers=keys.a)).json()
     missed = await call_status(live, keys, call["id"], "missed")
@@ -230,7 +222,7 @@ async def test_a_call_with_no_report_times_out_to_unknown_and_frees_the_session(
     live: Live, keys: Keys, db: asyncpg.Connection
 ) -> None:
     """After the report timeout the call is unknown and the session may call again."""
-    session = await open_session(live, keys)
+    session = await open_session(live.http, keys.a, dids=[DID])
     live.sim.inject(Fault(report="none"))
     call = (await live.http.post(f"/v1/sessions/{session['id']}/calls", headers=keys.a)).json()
     blocked = await live.http.post(f"/v1/sessions/{session['id']}/calls", headers=keys.a)
@@ -262,7 +254,7 @@ async def test_callbacks_store_everything_with_a_good_token_and_nothing_without(
 
 async def test_unmatched_reports_are_listed_to_the_did_owner_only(live: Live, keys: Keys, dsn: str) -> None:
     """A report on tenant A's DID matching no call shows in A's list, not B's; one on no DID in neither."""
-    await open_session(live, keys)
+    await open_session(live.http, keys.a, dids=[DID])
     stray = doc_report().replace("918765432109", "918765400000")
     nowhere = doc_report().replace("918068281234", "918068299999")
     for body in (stray, nowhere):
@@ -290,7 +282,7 @@ async def test_unmatched_reports_are_listed_to_the_did_owner_only(live: Live, ke
 
 async def test_inbound_routing_connects_a_party_to_the_other(live: Live, keys: Keys) -> None:
     """A party calling the masked number back is routed to the other party; a stranger gets no_session."""
-    session = await open_session(live, keys)
+    session = await open_session(live.http, keys.a, dids=[DID])
     route = f"/v1/provider/thundersms/route/{CALLBACK_TOKEN}"
     r = await live.http.get(route, params={"did": "918068281234", "caller": "919876543210"})
     assert r.status_code == 200 and r.json() == {"session_id": session["id"], "connect_to": "918765432109"}
@@ -308,7 +300,7 @@ async def test_inbound_routing_connects_a_party_to_the_other(live: Live, keys: K
 
 async def test_tenant_b_sees_none_of_tenant_as_calls(live: Live, keys: Keys) -> None:
     """Another tenant's call and session calls answer 404, and it cannot place a call in A's session."""
-    session = await open_session(live, keys)
+    session = await open_session(live.http, keys.a, dids=[DID])
     call = (await live.http.post(f"/v1/sessions/{session['id']}/calls", headers=keys.a)).json()
     for r in (
         await live.http.get(f"/v1/calls/{call['id']}", headers=keys.b),
@@ -357,7 +349,7 @@ async def test_a_thousand_concurrent_reports_are_all_stored_and_each_call_comple
 
 async def test_a_slow_answer_just_inside_the_timeout_is_one_accepted_dial(live: Live, keys: Keys) -> None:
     """The provider answering 0.8 s into a 1 s timeout: accepted, and dialled once."""
-    session = await open_session(live, keys)
+    session = await open_session(live.http, keys.a, dids=[DID])
     live.sim.inject(Fault(answer_after=0.8))
     r = await live.http.post(f"/v1/sessions/{session['id']}/calls", headers=keys.a)
     assert r.status_code == 202 and r.json()["status"] in ("initiated", "completed")

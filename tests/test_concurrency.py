@@ -9,6 +9,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 
+from tests.factories import create_session
 from tests.helpers import CROSSED_LINES, CUSTOMER, Keys, add_dids, did_numbers, mobile_numbers, session_body
 from tests.processes import ServeProcess, masking_env, run_cli
 
@@ -61,9 +62,7 @@ async def test_twenty_identical_creates_make_one_session(
 ) -> None:
     """The same create sent 20 times at once: one 201, nineteen 200 with the same session."""
     await add_dids(client, keys.a, did_numbers(10))
-    responses = await asyncio.gather(
-        *(client.post("/v1/sessions", json=session_body(), headers=keys.a) for _ in range(20))
-    )
+    responses = await asyncio.gather(*(create_session(client, keys.a) for _ in range(20)))
     assert Counter(r.status_code for r in responses) == {201: 1, 200: 19}
     assert len({r.json()["id"] for r in responses}) == 1
     assert await db.fetchval("SELECT count(*) FROM sessions") == 1

@@ -11,7 +11,8 @@ import httpx
 
 from service.broker import sweeps
 from service.provider.simulator import Fault
-from tests.helpers import Keys, add_dids, assert_problem, call_status, session_body
+from tests.factories import create_session
+from tests.helpers import Keys, add_dids, assert_problem, call_status
 from tests.live import Live, live_service
 from tests.test_events import all_events
 
@@ -31,7 +32,7 @@ async def test_failed_missed_and_unknown_calls_emit_their_events_with_the_call_a
     """Rejected: call.failed; no talk: call.missed; no answer, or no report in time: call.unknown; data = GET call."""
     async with live_service(dsn, session_calls_per_window=10) as live:  # four calls on one session
         await add_dids(live.http, keys.a, [DID])
-        session = (await live.http.post("/v1/sessions", json=session_body(), headers=keys.a)).json()
+        session = (await create_session(live.http, keys.a)).json()
         calls = f"/v1/sessions/{session['id']}/calls"
         seen: list[tuple[str, dict[str, Any]]] = []  # (type, the call as GET showed it right after)
 
@@ -77,12 +78,10 @@ async def test_a_party_change_emits_session_updated_with_the_session_as_get_retu
     """A new agent on the same DID, then a new agent only another DID can take (allow_new_number): session.updated each."""
     async with live_service(dsn) as live:
         await add_dids(live.http, keys.a, [DID])
-        first = (await live.http.post("/v1/sessions", json=session_body(), headers=keys.a)).json()
+        first = (await create_session(live.http, keys.a)).json()
         busy_agent = "+918765432199"
         # The only DID also carries busy_agent, so giving them the first session needs another DID.
-        other = await live.http.post(
-            "/v1/sessions", json=session_body(order="ORD-2", customer="+919876543299", agent=busy_agent), headers=keys.a
-        )
+        other = await create_session(live.http, keys.a, order="ORD-2", customer="+919876543299", agent=busy_agent)
         assert other.status_code == 201 and other.json()["masked_number"] == DID, other.text
         await add_dids(live.http, keys.a, [OTHER_DID])
         path = f"/v1/sessions/{first['id']}"
@@ -119,7 +118,7 @@ async def test_a_party_and_ttl_change_in_one_patch_emits_one_session_updated_wit
     """PATCH {customer, ttl_seconds}: one change, one session.updated, whose data is what GET returns after it."""
     async with live_service(dsn) as live:
         await add_dids(live.http, keys.a, [DID])
-        session = (await live.http.post("/v1/sessions", json=session_body(), headers=keys.a)).json()
+        session = (await create_session(live.http, keys.a)).json()
         path = f"/v1/sessions/{session['id']}"
         r = await live.http.patch(path, json={"customer": "+919876543211", "ttl_seconds": 600}, headers=keys.a)
         assert r.status_code == 200, r.text

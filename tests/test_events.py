@@ -12,6 +12,7 @@ import httpx
 
 from service.broker import events, pools, sweeps
 from service.db import events as events_q
+from tests.factories import create_session
 from tests.helpers import (
     CUSTOMER,
     FakeClock,
@@ -50,7 +51,7 @@ async def test_a_sessions_life_is_told_as_events_whose_data_is_what_get_returns(
 ) -> None:
     """Created, TTL changed, closed: three events oldest first, each carrying the session as GET showed it then."""
     await add_dids(client, keys.a, did_numbers(3))
-    created = (await client.post("/v1/sessions", json=session_body(), headers=keys.a)).json()
+    created = (await create_session(client, keys.a)).json()
     sid = created["id"]
     updated = (await client.patch(f"/v1/sessions/{sid}", json={"ttl_seconds": 600}, headers=keys.a)).json()
     closed = (await client.post(f"/v1/sessions/{sid}/close", headers=keys.a)).json()
@@ -69,9 +70,7 @@ async def test_the_feed_pages_oldest_first_after_a_cursor_and_filters_by_type(
     """Pages of two walk every event once in order; the last cursor waits for what comes next; types filter."""
     await add_dids(client, keys.a, did_numbers(5))
     for i in range(5):
-        r = await client.post(
-            "/v1/sessions", json=session_body(order=f"o{i}", agent=f"+9187654321{i:02d}"), headers=keys.a
-        )
+        r = await create_session(client, keys.a, order=f"o{i}", agent=f"+9187654321{i:02d}")
         assert r.status_code == 201
     walked = await all_events(client, keys.a)
     assert [e["data"]["order_id"] for e in walked] == [f"o{i}" for i in range(5)]
@@ -92,7 +91,7 @@ async def test_the_feed_pages_oldest_first_after_a_cursor_and_filters_by_type(
 async def test_tenants_never_see_each_others_events(client: httpx.AsyncClient, keys: Keys) -> None:
     """Tenant B's feed stays empty while A's fills; B cannot redeliver A's event."""
     await add_dids(client, keys.a, did_numbers(2))
-    await client.post("/v1/sessions", json=session_body(), headers=keys.a)
+    await create_session(client, keys.a)
     assert (await client.get("/v1/events", headers=keys.b)).json()["items"] == []
     event = (await feed(client, keys))["items"][0]
     assert_problem(await client.post(f"/v1/events/{event['id']}/redeliver", headers=keys.b), 404, "not_found")
@@ -104,11 +103,11 @@ async def test_a_create_that_rolls_back_emits_nothing(
 ) -> None:
     """pool_exhausted (the one DID already carries the customer) leaves no event; the committed create has one."""
     await add_dids(client, keys.a, did_numbers(1))
-    assert (await client.post("/v1/sessions", json=session_body(), headers=keys.a)).status_code == 201
-    refused = await client.post("/v1/sessions", json=session_body(order="o2", agent="+918765400000"), headers=keys.a)
+    assert (await create_session(client, keys.a)).status_code == 201
+    refused = await create_session(client, keys.a, order="o2", agent="+918765400000")
     assert_problem(refused, 409, "pool_exhausted")
     assert await db.fetchval("SELECT count(*) FROM events") == 1
-    repeat = await client.post("/v1/sessions", json=session_body(), headers=keys.a)  # a repeat: no new event
+    repeat = await create_session(client, keys.a)  # a repeat: no new event
     assert repeat.status_code == 200
     assert [e["type"] for e in (await feed(client, keys))["items"]] == ["session.created"]
 
@@ -180,7 +179,7 @@ async def test_calls_and_reports_emit_their_events_in_the_same_statement(
     """A call placed and reported: call.initiated then call.completed; a report naming no call: report.unmatched."""
     async with live_service(dsn) as live:
         await live.http.post("/v1/dids", json={"number": "+918068281234"}, headers=keys.a)
-        s = (await live.http.post("/v1/sessions", json=session_body(max_calls=1), headers=keys.a)).json()
+        s = (await create_session(live.http, keys.a, max_calls=1)).json()
         call = (await live.http.post(f"/v1/sessions/{s['id']}/calls", headers=keys.a)).json()
 
         async def completed() -> list[dict[str, Any]] | None:
@@ -239,10 +238,8 @@ async def test_a_sessions_events_are_its_own_and_its_calls_newest_first(
     """events.of_session: the session's session.* and its calls' call.* events, newest first, no other session's."""
     async with live_service(dsn) as live:
         await live.http.post("/v1/dids/bulk", json={"dids": [{"number": n} for n in did_numbers(2)]}, headers=keys.a)
-        s = (await live.http.post("/v1/sessions", json=session_body(max_calls=1), headers=keys.a)).json()
-        other = await live.http.post(
-            "/v1/sessions", json=session_body(order="o-2", agent="+918765432199"), headers=keys.a
-        )
+        s = (await create_session(live.http, keys.a, max_calls=1)).json()
+        other = await create_session(live.http, keys.a, order="o-2", agent="+918765432199")
         assert other.status_code == 201, other.text
         await live.http.post(f"/v1/sessions/{s['id']}/calls", headers=keys.a)
 

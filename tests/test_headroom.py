@@ -2,7 +2,8 @@
 
 import httpx
 
-from tests.helpers import Keys, add_dids, assert_problem, did_numbers, session_body
+from tests.factories import create_session
+from tests.helpers import Keys, add_dids, assert_problem, did_numbers
 
 
 async def test_the_old_headroom_said_fine_and_the_pair_was_refused(client: httpx.AsyncClient, keys: Keys) -> None:
@@ -13,21 +14,21 @@ async def test_the_old_headroom_said_fine_and_the_pair_was_refused(client: httpx
     await add_dids(client, keys.a, first)
     # A's earlier orders on the first two DIDs keep A off them (cool-off), so C's and A's DIDs are disjoint.
     for i in range(2):
-        r = await client.post("/v1/sessions", json=session_body(f"old{i}", f"+91987650010{i}", a), headers=keys.a)
+        r = await create_session(client, keys.a, f"old{i}", f"+91987650010{i}", a)
         await client.post(f"/v1/sessions/{r.json()['id']}/close", headers=keys.a)
     for i in range(2):
-        r = await client.post("/v1/sessions", json=session_body(f"c{i}", c, f"+91876540010{i}"), headers=keys.a)
+        r = await create_session(client, keys.a, f"c{i}", c, f"+91876540010{i}")
         assert r.status_code == 201 and r.json()["masked_number"] in first, r.text
     await add_dids(client, keys.a, second)
     for i in range(2):
-        r = await client.post("/v1/sessions", json=session_body(f"a{i}", f"+91987650020{i}", a), headers=keys.a)
+        r = await create_session(client, keys.a, f"a{i}", f"+91987650020{i}", a)
         assert r.status_code == 201 and r.json()["masked_number"] in second, r.text
     stats = (await client.get("/v1/stats", headers=keys.a)).json()["pools"][0]
     old_headroom = stats["active_dids"] - stats["busiest_party_sessions"]
     assert old_headroom == 2  # what the old rule reported: "room for two more"
     assert stats["second_party_sessions"] == 2
     assert stats["headroom"] == 0  # the honest figure: the two busiest parties may be refused together
-    refused = await client.post("/v1/sessions", json=session_body("pair", c, a), headers=keys.a)
+    refused = await create_session(client, keys.a, "pair", c, a)
     problem = assert_problem(refused, 409, "pool_exhausted")
     assert problem["pool_dids"] == 4 and problem["ruled_out"]["party_busy"] >= 2
     pool = (await client.get("/v1/pools/default", headers=keys.a)).json()
@@ -44,14 +45,14 @@ async def test_headroom_above_zero_means_the_two_busiest_parties_can_still_pair(
     c, a = "+919876500001", "+918765400001"
     for i, (customer, agent) in enumerate([(c, "+918765400002"), (c, "+918765400003"),
                                            ("+919876500002", a), ("+919876500003", a)]):  # fmt: skip
-        await client.post("/v1/sessions", json=session_body(f"o{i}", customer, agent), headers=keys.a)
+        await create_session(client, keys.a, f"o{i}", customer, agent)
     assert (await client.get("/v1/stats", headers=keys.a)).json()["pools"][0]["headroom"] == 1
-    assert (await client.post("/v1/sessions", json=session_body("pair", c, a), headers=keys.a)).status_code == 201
+    assert (await create_session(client, keys.a, "pair", c, a)).status_code == 201
 
 
 def test_a_slow_stats_computation_is_reused_briefly_and_a_fast_one_never() -> None:
     """Big pools' stats (seconds to count) are reused for 20x their cost, at most 30 s; small pools stay fresh."""
-    from service.broker.sessions import PoolStats, StatsCache
+    from service.broker.pools import PoolStats, StatsCache
 
     stats = [
         PoolStats(tenant="t", pool="p", dids=1, active_dids=1, active_sessions=0, busiest_party_sessions=0, headroom=1)

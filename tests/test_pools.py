@@ -5,6 +5,7 @@ from datetime import datetime, timedelta
 import asyncpg
 import httpx
 
+from tests.factories import app_client, create_session, pool
 from tests.helpers import AGENT, CUSTOMER, FakeClock, Keys, add_dids, assert_problem, did_numbers, session_body
 
 
@@ -74,13 +75,11 @@ async def test_a_pool_default_max_calls_closes_each_session_after_its_first_comp
     """default_max_calls and default_ttl_seconds apply to sessions created without their own values."""
     await add_dids(client, keys.a, did_numbers(2))
     await client.put("/v1/pools/default", json={"default_max_calls": 1, "default_ttl_seconds": 600}, headers=keys.a)
-    s = (await client.post("/v1/sessions", json=session_body(), headers=keys.a)).json()
+    s = (await create_session(client, keys.a)).json()
     assert s["max_calls"] == 1
     life = datetime.fromisoformat(s["expires_at"]) - datetime.fromisoformat(s["created_at"])
     assert life == timedelta(seconds=600)
-    own = (
-        await client.post("/v1/sessions", json=session_body("o2", max_calls=3, ttl_seconds=60), headers=keys.a)
-    ).json()
+    own = (await create_session(client, keys.a, "o2", max_calls=3, ttl_seconds=60)).json()
     assert own["max_calls"] == 3
     assert datetime.fromisoformat(own["expires_at"]) - datetime.fromisoformat(own["created_at"]) == timedelta(
         seconds=60
@@ -93,10 +92,26 @@ async def test_a_pool_cooloff_overrides_the_service_wide_one(
     """With the pool's cool-off at 60 s (service-wide 3600 s) the DID serves a new partner after a minute."""
     await add_dids(client, keys.a, did_numbers(1))
     await client.put("/v1/pools/default", json={"cooloff_seconds": 60}, headers=keys.a)
-    first = (await client.post("/v1/sessions", json=session_body(), headers=keys.a)).json()
+    first = (await create_session(client, keys.a)).json()
     await client.post(f"/v1/sessions/{first['id']}/close", headers=keys.a)
     other = session_body("o2", agent="+918765432100")
     assert_problem(await client.post("/v1/sessions", json=other, headers=keys.a), 409, "pool_exhausted")
     clock.advance(61)
     assert (await client.post("/v1/sessions", json=other, headers=keys.a)).status_code == 201
     assert CUSTOMER != AGENT
+
+
+async def test_pools_with_settings_only_count_against_the_pool_cap_when_dids_are_added(dsn: str, keys: Keys) -> None:
+    """With MASKING_MAX_POOLS_PER_TENANT=2 and two pools made by settings alone, a DID in a third pool is 409."""
+    async with app_client(dsn, max_pools_per_tenant=2) as http:
+        await pool(http, keys.a, "first", dids=0, cooloff_seconds=60)
+        await pool(http, keys.a, "second", dids=0, cooloff_seconds=60)
+        third = await http.post("/v1/dids", json={"number": did_numbers(1)[0], "pool": "third"}, headers=keys.a)
+        assert_problem(third, 409, "too_many_pools")
+        bulk = {"dids": [{"number": did_numbers(1, start=1)[0], "pool": "third"}]}
+        assert_problem(await http.post("/v1/dids/bulk", json=bulk, headers=keys.a), 409, "too_many_pools")
+        assert [p["name"] for p in (await http.get("/v1/pools", headers=keys.a)).json()["items"]] == ["first", "second"]
+        # A pool the tenant holds (by settings) still takes DIDs.
+        assert (
+            await http.post("/v1/dids", json={"number": did_numbers(1)[0], "pool": "first"}, headers=keys.a)
+        ).status_code == 201

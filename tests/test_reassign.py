@@ -10,6 +10,7 @@ import asyncpg
 import httpx
 import pytest
 
+from tests.factories import create_session
 from tests.helpers import (
     AGENT,
     CROSSED_LINES,
@@ -39,7 +40,7 @@ def route(client: httpx.AsyncClient, did: str, caller: str):  # type: ignore[no-
 
 
 async def new_session(client: httpx.AsyncClient, keys: Keys, order: str = "ORD-1", **kw: str) -> dict:
-    r = await client.post("/v1/sessions", json=session_body(order, **kw), headers=keys.a)
+    r = await create_session(client, keys.a, order, **kw)
     assert r.status_code == 201, r.text
     return r.json()
 
@@ -148,10 +149,10 @@ async def test_a_new_agent_cooling_off_on_the_did_is_refused_and_the_old_agent_c
     assert problem["reason"] == "cooling_off"
     third = "+918765432133"
     assert (await client.patch(f"/v1/sessions/{s['id']}", json={"agent": third}, headers=keys.a)).status_code == 200
-    refused = await client.post("/v1/sessions", json=session_body("X", "+919876543233", AGENT), headers=keys.a)
+    refused = await create_session(client, keys.a, "X", "+919876543233", AGENT)
     assert assert_problem(refused, 409, "pool_exhausted")["ruled_out"]["cooling_off"] == 1
     clock.advance(3601)
-    refused_no_more = await client.post("/v1/sessions", json=session_body("X", "+919876543233", AGENT), headers=keys.a)
+    refused_no_more = await create_session(client, keys.a, "X", "+919876543233", AGENT)
     assert refused_no_more.status_code == 201
 
 
@@ -301,7 +302,7 @@ async def test_a_close_that_meets_a_reassignment_in_flight_ends_the_new_partys_b
 ) -> None:
     """A close waiting on a reassignment's transaction ends every binding the session has once it commits."""
     await add_dids(client, keys.a, did_numbers(2))
-    session = (await client.post("/v1/sessions", json=session_body(), headers=keys.a)).json()
+    session = (await create_session(client, keys.a)).json()
     sid, did = session["id"], session["masked_number"]
     other = await asyncpg.connect(dsn)
     try:

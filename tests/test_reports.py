@@ -5,7 +5,7 @@ import json
 import socket
 import time
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -16,56 +16,20 @@ import pytest
 from service.broker import reports
 from service.broker.reports import PENDING_GRACE, rematch_pending
 from service.provider.simulator import Fault
-from tests.helpers import Keys, session_body
+from tests.factories import IST, create_session, open_session, report_for
+from tests.helpers import Keys, assert_problem, session_body
 from tests.live import Live, live_service
 from tests.processes import ServeProcess, masking_env
 
 DID = "+918068281234"
-IST = ZoneInfo("Asia/Kolkata")
 TOKEN = "reports-callback-token-0123456789"
 MATCHING = reports.Matching(zone=IST, timeout_seconds=7200, tolerance_seconds=300)
-
-
-def report_for(
-    call: dict[str, Any], *, billing: int = 23, start: datetime | None = None, seconds: int | None = None, **extra: Any
-) -> bytes:
-    """A report shaped like the provider's example (no mid), its times in the provider's zone."""
-    start = start or datetime.now(UTC)
-    fmt = "%Y-%m-%d %H:%M:%S"
-    end = start + timedelta(seconds=billing + 5 if seconds is None else seconds)
-    body = {
-        "bridge": int(call["bridge"][1:]),
-        "from": int(call["from"][1:]),
-        "to": int(call["to"][1:]),
-        "source": "C2C",
-        "start_at": start.astimezone(IST).strftime(fmt),
-        "end_at": end.astimezone(IST).strftime(fmt),
-        "date": end.astimezone(IST).strftime(fmt),
-        "unixtime": str(int(end.timestamp())),
-        "duration": str(int((end - start).total_seconds())),
-        "billing": str(billing),
-        "status": "COMPLETED" if billing else "NOANSWER",
-        "status1": "RECEIVED",
-        "status2": "ANSWER" if billing else "NOANSWER",
-        "recording_url": "",
-        "hangup_by": "caller",
-        **extra,
-    }
-    return json.dumps(body).encode()
 
 
 @pytest.fixture
 async def live(dsn: str) -> Any:
     async with live_service(dsn) as service:
         yield service
-
-
-async def open_session(live: Live, keys: Keys, **extra: Any) -> dict[str, Any]:
-    await live.http.post("/v1/dids", json={"number": DID}, headers=keys.a)
-    r = await live.http.post("/v1/sessions", json=session_body(**extra), headers=keys.a)
-    assert r.status_code == 201, r.text
-    result: dict[str, Any] = r.json()
-    return result
 
 
 async def click(live: Live, keys: Keys, session: dict[str, Any]) -> dict[str, Any]:
@@ -88,7 +52,7 @@ async def outcomes(db: asyncpg.Connection) -> Counter[tuple[str, str | None]]:
 
 async def test_a_resent_report_does_not_complete_the_next_call(live: Live, keys: Keys, db: asyncpg.Connection) -> None:
     """Call 1's report re-sent while call 2 is in flight is a duplicate; call 2's own report completes call 2."""
-    session = await open_session(live, keys, max_calls=2)
+    session = await open_session(live.http, keys.a, dids=[DID], max_calls=2)
     first = await click(live, keys, session)
     r1 = report_for(first, billing=23)
     assert (await live.http.post(live.callback, content=r1)).status_code == 200
@@ -111,7 +75,7 @@ async def test_a_report_of_a_conversation_before_the_call_was_placed_is_not_appl
 ) -> None:
     """A different report about call 1, its conversation begun before call 2 was placed, leaves call 2 in flight."""
     async with live_service(dsn, report_clock_tolerance_seconds=2) as live:
-        session = await open_session(live, keys, max_calls=3)
+        session = await open_session(live.http, keys.a, dids=[DID], max_calls=3)
         first = await click(live, keys, session)
         began = datetime.now(UTC)
         await live.http.post(live.callback, content=report_for(first, billing=0, start=began, seconds=1))
@@ -131,7 +95,7 @@ async def test_a_misconfigured_provider_time_zone_leaves_reports_unmatched_and_s
     live: Live, keys: Keys, db: asyncpg.Connection, zone: str, reason: str
 ) -> None:
     """Times written in another zone than MASKING_PROVIDER_TIMEZONE: unmatched with a reason, a metric, a log line."""
-    session = await open_session(live, keys)
+    session = await open_session(live.http, keys.a, dids=[DID])
     call = await click(live, keys, session)
     now = datetime.now(ZoneInfo(zone)).replace(tzinfo=IST)  # the provider's wall clock, read as if in IST
     assert (await live.http.post(live.callback, content=report_for(call, start=now))).status_code == 200
@@ -145,7 +109,7 @@ async def test_a_misconfigured_provider_time_zone_leaves_reports_unmatched_and_s
 
 async def test_odd_field_values_are_stored_answered_and_settled(live: Live, keys: Keys, db: asyncpg.Connection) -> None:
     """Year 1, huge durations and a NUL in status: 200, a final outcome, the call finished, the odd fields empty."""
-    session = await open_session(live, keys)
+    session = await open_session(live.http, keys.a, dids=[DID])
     call = await click(live, keys, session)
     odd = json.loads(report_for(call))
     odd.update(start_at="0001-01-01 00:00:00", duration=99999999999, billing=3000000000, status="COMP\u0000LETED")
@@ -162,7 +126,7 @@ async def test_one_bad_pending_report_does_not_stop_the_sweepers_batch(
     live: Live, keys: Keys, db: asyncpg.Connection
 ) -> None:
     """Pending reports (stored by a process that died before matching): an odd one first, a valid one behind it."""
-    session = await open_session(live, keys)
+    session = await open_session(live.http, keys.a, dids=[DID])
     call = await click(live, keys, session)
     odd = json.loads(report_for(call))
     odd.update(start_at="0001-01-01 00:00:00", billing=3000000000, status="A\u0000B", bridge="+" + "9" * 15)
@@ -182,7 +146,7 @@ async def test_a_pending_report_that_cannot_be_applied_tells_its_tenant(
     live: Live, keys: Keys, db: asyncpg.Connection
 ) -> None:
     """Applying fails (a fault injected in the database): the report settles unmatched and its DID's tenant gets report.unmatched."""
-    session = await open_session(live, keys)
+    session = await open_session(live.http, keys.a, dids=[DID])
     call = await click(live, keys, session)
     await db.execute(
         """
@@ -204,7 +168,7 @@ async def test_a_report_that_parses_is_stored_and_matched_in_one_statement(
     live: Live, keys: Keys, db: asyncpg.Connection
 ) -> None:
     """Ingest runs one statement for a matched report and one for its copy: one round trip each."""
-    session = await open_session(live, keys)
+    session = await open_session(live.http, keys.a, dids=[DID])
     call = await click(live, keys, session)
     statements: list[str] = []
     db.add_query_logger(lambda record: statements.append(record.query))
@@ -303,13 +267,41 @@ async def test_a_request_that_cannot_get_a_connection_answers_503_quickly(dsn: s
         holder = await asyncpg.connect(dsn)
         try:
             await holder.execute("BEGIN; LOCK TABLE dids IN ACCESS EXCLUSIVE MODE")
-            slow = asyncio.create_task(live.http.post("/v1/sessions", json=session_body(), headers=keys.a))
+            slow = asyncio.create_task(create_session(live.http, keys.a))
             await asyncio.sleep(0.3)
             started = time.monotonic()
-            r = await live.http.post("/v1/sessions", json=session_body("o2"), headers=keys.a)
+            r = await create_session(live.http, keys.a, "o2")
             assert r.status_code == 503 and r.json()["code"] == "database_unavailable"
             assert time.monotonic() - started < 5
             await holder.execute("ROLLBACK")
             assert (await slow).status_code == 201
         finally:
             await holder.close()
+
+
+async def test_every_list_refuses_a_cursor_of_non_ascii_digits_and_report_pages_walk_once(
+    client: httpx.AsyncClient, keys: Keys, db: asyncpg.Connection
+) -> None:
+    """'٣' is not a cursor of reports, sessions or events (422 naming it); pages of unmatched reports walk each once."""
+    tenant_a = await db.fetchval("SELECT id FROM tenants WHERE name = 'tenant-a'")
+    await db.executemany(
+        "INSERT INTO provider_reports (body, received_at, outcome, reason, tenant_id) VALUES ($1, now(), 'unmatched', 'no_call', $2)",
+        [(f"report {i}".encode(), tenant_a) for i in range(5)],
+    )
+    for path, field in (("/v1/reports", "cursor"), ("/v1/sessions", "cursor"), ("/v1/events", "after")):
+        for bad in ("٣", "12٣", "²", "nonsense!"):
+            problem = assert_problem(
+                await client.get(path, params={field: bad}, headers=keys.a), 422, "invalid_request"
+            )
+            assert problem["field"] == field and f"`{field}`" in problem["detail"]
+    seen: list[int] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"matched": "false", "limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = (await client.get("/v1/reports", params=params, headers=keys.a)).json()
+        seen += [r["id"] for r in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+        assert cursor.isascii() and "=" not in cursor
+    assert len(seen) == 5 == len(set(seen)) and seen == sorted(seen, reverse=True)

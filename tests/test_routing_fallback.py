@@ -3,7 +3,8 @@
 import httpx
 import pytest
 
-from tests.helpers import AGENT, CUSTOMER, FakeClock, Keys, add_dids, assert_problem, did_numbers, session_body
+from tests.factories import create_session
+from tests.helpers import AGENT, CUSTOMER, FakeClock, Keys, add_dids, assert_problem, did_numbers
 
 TOKEN = "route-token-0123456789abcdef"
 
@@ -30,7 +31,7 @@ async def test_without_a_fallback_a_caller_with_no_session_gets_404(client: http
     """No fallback set: 404 no_session, as before; a party of a live session still reaches the other party."""
     did = did_numbers(1)[0]
     await add_dids(client, keys.a, [did])
-    s = (await client.post("/v1/sessions", json=session_body(), headers=keys.a)).json()
+    s = (await create_session(client, keys.a)).json()
     ok = (await route(client, did, CUSTOMER)).json()
     assert ok == {"session_id": s["id"], "connect_to": AGENT.lstrip("+")}
     before = fallback_count((await client.get("/metrics")).text, "no_session", "no")
@@ -56,7 +57,7 @@ async def test_a_caller_whose_session_ended_within_the_cooloff_hears_session_end
     did = did_numbers(1)[0]
     await add_dids(client, keys.a, [did])
     await client.put("/v1/pools/default", json={"fallback": {"flow": "220"}, "cooloff_seconds": 600}, headers=keys.a)
-    s = (await client.post("/v1/sessions", json=session_body(), headers=keys.a)).json()
+    s = (await create_session(client, keys.a)).json()
     await client.post(f"/v1/sessions/{s['id']}/close", headers=keys.a)
     clock.advance(30)
     answer = (await route(client, did, CUSTOMER)).json()
@@ -74,7 +75,7 @@ async def test_an_expired_session_counts_as_ended_and_the_fallback_is_per_pool(
     await add_dids(client, keys.a, [vip], pool="vip")
     await add_dids(client, keys.a, [plain])
     await client.put("/v1/pools/vip", json={"fallback": {"connect_to": "+918068200000"}}, headers=keys.a)
-    await client.post("/v1/sessions", json=session_body(pool="vip", ttl_seconds=60), headers=keys.a)
+    await create_session(client, keys.a, pool="vip", ttl_seconds=60)
     clock.advance(61)
     assert (await route(client, vip, AGENT)).json()["reason"] == "session_ended"
     problem = assert_problem(await route(client, plain, AGENT), 404, "no_session")

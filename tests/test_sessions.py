@@ -4,6 +4,7 @@ import asyncpg
 import httpx
 
 from service.app import create_app
+from tests.factories import close_session, create_session, open_session, pool
 from tests.helpers import (
     AGENT,
     CUSTOMER,
@@ -13,12 +14,11 @@ from tests.helpers import (
     assert_problem,
     did_numbers,
     mobile_numbers,
-    session_body,
 )
 
 
 async def create(client: httpx.AsyncClient, keys: Keys, **body: object) -> httpx.Response:
-    return await client.post("/v1/sessions", json=session_body(**body), headers=keys.a)  # type: ignore[arg-type]
+    return await create_session(client, keys.a, **body)  # type: ignore[arg-type]
 
 
 async def test_a_session_is_created_on_a_did_of_the_pool(client: httpx.AsyncClient, keys: Keys) -> None:
@@ -28,7 +28,7 @@ async def test_a_session_is_created_on_a_did_of_the_pool(client: httpx.AsyncClie
     assert r.status_code == 201, r.text
     s = r.json()
     assert set(s) == {
-        "id", "order_id", "customer", "agent", "masked_number", "pool", "status", "close_reason", "created_at",
+        "id", "order_id", "customer", "agent", "masked_number", "pool", "status", "close_reason", "close_note", "created_at",
         "expires_at", "closed_at", "record", "max_call_minutes", "max_calls", "calls_made", "metadata",
     }  # fmt: skip
     assert (s["customer"], s["agent"], s["status"], s["pool"]) == (CUSTOMER, AGENT, "active", "default")
@@ -38,11 +38,24 @@ async def test_a_session_is_created_on_a_did_of_the_pool(client: httpx.AsyncClie
 
 
 async def test_a_repeated_create_returns_the_same_session_with_200(client: httpx.AsyncClient, keys: Keys) -> None:
-    """Same tenant, order and pair while active: 200 with the existing session, unchanged."""
+    """Same tenant, order and pair while active, other fields absent or equal: 200 with the existing session."""
     await add_dids(client, keys.a, did_numbers(3))
-    first = await create(client, keys)
-    again = await create(client, keys, ttl_seconds=600)
-    assert again.status_code == 200 and again.json() == first.json()
+    first = await create(client, keys, ttl_seconds=600, max_calls=2, metadata={"k": 1})
+    assert first.status_code == 201, first.text
+    for again in (await create(client, keys), await create(client, keys, ttl_seconds=600, max_calls=2)):
+        assert again.status_code == 200 and again.json() == first.json()
+
+
+async def test_a_repeated_create_with_other_values_is_409_naming_them(client: httpx.AsyncClient, keys: Keys) -> None:
+    """A repeat whose ttl_seconds, max_calls or metadata differ is 409 conflicting_repeat naming each; nothing changes."""
+    await add_dids(client, keys.a, did_numbers(3))
+    first = await create(client, keys, ttl_seconds=600, max_calls=2, metadata={"k": 1})
+    again = await create(client, keys, ttl_seconds=900, max_calls=2, metadata={"k": 2}, record=True)
+    problem = assert_problem(again, 409, "conflicting_repeat")
+    assert problem["fields"] == ["record", "metadata", "ttl_seconds"]
+    assert all(name in problem["detail"] for name in ("record", "metadata", "ttl_seconds"))
+    session = (await client.get(f"/v1/sessions/{first.json()['id']}", headers=keys.a)).json()
+    assert session == first.json()
 
 
 async def test_customer_equal_to_agent_is_422(client: httpx.AsyncClient, keys: Keys) -> None:
@@ -162,6 +175,23 @@ async def test_closing_is_idempotent(client: httpx.AsyncClient, keys: Keys) -> N
     assert again.status_code == 200 and again.json() == body
 
 
+async def test_the_reason_given_to_close_is_kept_as_close_note_on_the_session_and_its_event(
+    client: httpx.AsyncClient, keys: Keys
+) -> None:
+    """A close's `reason` comes back as `close_note` on the session, its GET and its session.closed event; over 256 is 422."""
+    await pool(client, keys.a, dids=2)
+    s = await open_session(client, keys.a)
+    too_long = await client.post(f"/v1/sessions/{s['id']}/close", json={"reason": "x" * 257}, headers=keys.a)
+    assert_problem(too_long, 422, "invalid_request")
+    closed = await close_session(client, keys.a, s, reason="order delivered")
+    assert (closed["close_reason"], closed["close_note"]) == ("closed_by_client", "order delivered")
+    assert (await client.get(f"/v1/sessions/{s['id']}", headers=keys.a)).json() == closed
+    events = (await client.get("/v1/events", params={"type": "session.closed"}, headers=keys.a)).json()["items"]
+    assert [e["data"] for e in events] == [closed]
+    other = await open_session(client, keys.a, order="ORD-2")
+    assert (await close_session(client, keys.a, other))["close_note"] is None
+
+
 async def test_bulk_expire_needs_a_filter_and_ends_matching_sessions(client: httpx.AsyncClient, keys: Keys) -> None:
     """Ops expire every active session matching all filters; no filter is 422; sessions keys get 403."""
     await add_dids(client, keys.a, did_numbers(3))
@@ -243,7 +273,7 @@ async def test_the_background_sweeper_expires_sessions(settings, dsn: str, keys:
     async with LifespanManager(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
             await add_dids(http, keys.a, did_numbers(1))
-            s = (await http.post("/v1/sessions", json=session_body(ttl_seconds=60), headers=keys.a)).json()
+            s = (await create_session(http, keys.a, ttl_seconds=60)).json()
             clock.advance(61)
 
             async def swept() -> bool:

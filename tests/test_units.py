@@ -7,7 +7,7 @@ import pytest
 from service.broker import limits
 from service.broker.errors import InvalidPhoneNumber, RateLimited, parse_id
 from service.broker.phones import normalize, parse_with_region, provider_digits
-from service.broker.sessions import _exhausted
+from service.broker.sessions.create import exhausted as _exhausted
 from service.db import Query
 from service.db.sessions import Exhaustion
 

@@ -19,9 +19,9 @@ from litestar.handlers.base import BaseRouteHandler
 from service.broker.calls import Dialler
 from service.broker.errors import Forbidden, Unauthorized
 from service.broker.limits import CallLimits, TokenBuckets
-from service.broker.pools import SettingsCache
+from service.broker.pools import SettingsCache, StatsCache
 from service.broker.reports import Matching
-from service.broker.sessions import Rules, StatsCache
+from service.broker.sessions import Rules
 from service.broker.tenants import KeyCache, Principal
 from service.settings import Settings
 

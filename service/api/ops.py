@@ -18,7 +18,7 @@ from service import metrics
 from service.api.deps import MaskingRequest
 from service.api.problems import API_RESPONSES
 from service.broker.errors import InvalidRequest
-from service.broker.sessions import PoolStats, pool_stats
+from service.broker.pools import PoolStats, pool_stats
 from service.db.pool import ping
 
 

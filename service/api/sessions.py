@@ -29,7 +29,7 @@ class ChangeSession(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class CloseSession(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """The body of POST /v1/sessions/{id}/close (optional)."""
+    """The body of POST /v1/sessions/{id}/close (optional): `reason`, the client's words, kept as `close_note`."""
 
     reason: Annotated[str, msgspec.Meta(max_length=256)] | None = None
 
@@ -158,7 +158,8 @@ class SessionController(Controller):
         conn: Db,
         data: JSONBody[CloseSession | None] = None,
     ) -> Session:
-        return await broker.close_session(conn, request.principal.tenant_id, session_id, request.runtime.clock())
+        note = data.reason if data is not None else None
+        return await broker.close_session(conn, request.principal.tenant_id, session_id, request.runtime.clock(), note)
 
     @post(
         "/expire",

@@ -15,6 +15,7 @@ from service.broker.phones import parse_with_region
 from service.broker.sessions import Pool
 from service.db import Conn
 from service.db import dids as q
+from service.db import pools as pools_q
 from service.models import Did, DidStatus
 
 MAX_BULK = 10_000
@@ -32,7 +33,7 @@ class DidPage(msgspec.Struct, frozen=True):
 async def _check_pools(conn: Conn, tenant_id: int, pools: Sequence[str], max_pools: int) -> None:
     """Inside a transaction: refuse when these pools would take the tenant past max_pools."""
     await q.lock_pools(conn, tenant_id)
-    held, count = await q.count_pools_with(conn, tenant_id, sorted(set(pools)))
+    held, count = await pools_q.count_pools_with(conn, tenant_id, sorted(set(pools)))
     if count > max_pools and count > held:  # a tenant already past a lowered cap may still use its pools
         raise TooManyPools(
             f"This would make {count} pools; a tenant may hold at most {max_pools} "

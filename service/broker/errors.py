@@ -56,6 +56,12 @@ class ReassignConflict(DomainError):
     code, title = "reassign_conflict", "Reassignment conflict"
 
 
+class ConflictingRepeat(DomainError):
+    """A repeated create whose other fields differ from the live session's (extra `fields` names them)."""
+
+    code, title = "conflicting_repeat", "Conflicting repeat"
+
+
 class DidTaken(DomainError):
     code, title = "did_taken", "DID owned by another tenant"
 
@@ -109,12 +115,6 @@ class TooManyPools(DomainError):
 
 class TooManyWebhooks(DomainError):
     code, title = "too_many_webhooks", "Too many webhook endpoints"
-
-
-class ConflictingRepeat(DomainError):
-    """A repeated create whose other fields differ from the first; the detail names them."""
-
-    code, title = "conflicting_repeat", "Conflicting repeat"
 
 
 class RecordingUnavailable(DomainError):

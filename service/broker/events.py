@@ -10,6 +10,7 @@ from uuid import UUID
 import msgspec
 
 from service.broker.errors import InvalidRequest, NotFound
+from service.broker.paging import Cursor
 from service.db import Conn
 from service.db import events as q
 from service.models import Call, Report, Session
@@ -37,7 +38,14 @@ def _now() -> datetime:
 
 async def emit(conn: Conn, tenant_id: int, type_: str, data: Any, now: datetime | None = None) -> None:
     """Write one event (data: the resource as its GET route returns it) with its deliveries."""
-    await q.insert_events(conn, now or _now(), [(tenant_id, type_, msgspec.json.encode(data))])
+    await emit_many(conn, now or _now(), [(tenant_id, type_, data)])
+
+
+async def emit_many(conn: Conn, now: datetime, batch: Sequence[tuple[int, str, Any]]) -> None:
+    """The one way Python writes events (DESIGN rule 8: in the caller's transaction, with the change):
+    each (tenant, type, data) with a pending delivery per endpoint that wants it. SQL that changes and
+    emits in one statement uses db/events.emit_ctes, which this runs too."""
+    await q.insert_events(conn, now, [(t, type_, msgspec.json.encode(data)) for t, type_, data in batch])
 
 
 async def emit_session(
@@ -56,9 +64,7 @@ async def sessions_closed(conn: Conn, sessions: Sequence[Session], now: datetime
         if tenant_id
         else await q.tenants_of_sessions(conn, [s.id for s in sessions])
     )
-    await q.insert_events(
-        conn, now, [(tenants[s.id], "session.closed", msgspec.json.encode(s)) for s in sessions if s.id in tenants]
-    )
+    await emit_many(conn, now, [(tenants[s.id], "session.closed", s) for s in sessions if s.id in tenants])
 
 
 async def emit_call(conn: Conn, tenant_id: int, call: Call, now: datetime | None = None) -> None:
@@ -71,10 +77,8 @@ async def calls_unknown(conn: Conn, calls: Sequence[Call], now: datetime) -> Non
     if not calls:
         return
     tenants = await q.tenants_of_sessions(conn, [c.session_id for c in calls])
-    await q.insert_events(
-        conn,
-        now,
-        [(tenants[c.session_id], f"call.{c.status}", msgspec.json.encode(c)) for c in calls if c.session_id in tenants],
+    await emit_many(
+        conn, now, [(tenants[c.session_id], f"call.{c.status}", c) for c in calls if c.session_id in tenants]
     )
 
 
@@ -118,23 +122,20 @@ class EventPage(msgspec.Struct, frozen=True):
     next_cursor: str | None
 
 
-def _cursor(row: q.EventRow) -> str:
-    return f"{row.txid}.{row.id}"
-
-
-def _parse_cursor(cursor: str) -> tuple[str, int]:
-    txid, _, number = cursor.partition(".")
-    if not (cursor.isascii() and txid.isdigit() and number.isdigit() and len(cursor) < 48):
-        raise InvalidRequest("`after` is not a cursor this service gave out; start again without it.", field="after")
-    return txid, int(number)
+# The feed resumes after (txid, id). Cursors given out before the paging codec were "txid.id": still taken.
+CURSOR = Cursor("after", legacy_sep=".")
 
 
 async def feed(conn: Conn, tenant_id: int, type_: str | None, after: str | None, limit: int) -> EventPage:
     """The tenant's events oldest first after a cursor: a backend that was down catches up here."""
     if type_ is not None and type_ not in TYPES:
         raise InvalidRequest(f"`type` must be one of: {', '.join(TYPES)}.", field="type")
-    rows = await q.select_feed(conn, tenant_id, type_, _parse_cursor(after) if after else None, limit)
-    return EventPage([render(r) for r in rows], _cursor(rows[-1]) if rows else after)
+    position = None
+    if after:
+        txid, number = CURSOR.numbers(after, 2)
+        position = (str(txid), number)
+    rows = await q.select_feed(conn, tenant_id, type_, position, limit)
+    return EventPage([render(r) for r in rows], CURSOR.encode(rows[-1].txid, rows[-1].id) if rows else after)
 
 
 async def of_session(conn: Conn, tenant_id: int, session_id: UUID, limit: int = 50) -> list[Event]:

@@ -10,7 +10,7 @@ import msgspec
 import structlog
 
 from service import metrics
-from service.broker.errors import InvalidRequest
+from service.broker.paging import Cursor
 from service.db import Conn
 from service.db import reports as q
 from service.models import Call, Report
@@ -88,34 +88,35 @@ async def _apply(
     received_at: datetime,
     now: datetime,
 ) -> q.Ingested:
+    """Store and apply one parsed report (INGEST): DESIGN rule 5, the same report twice has one effect."""
     times = report.times()
-    values = {
-        **q.ingest_values(
-            report_id=report_id,
-            body=body,
-            key=report_key(report),
-            now=now,
-            since=now - timedelta(seconds=matching.timeout_seconds) - REPORT_GRACE,
-            tolerance=matching.tolerance,
-        ),
-        "bridge": report.bridge,
-        "from": report.from_,
-        "to": report.to,
-        "mid": report.mid,
-        "earliest": min(times, default=None),
-        "future": any(t > received_at + matching.tolerance for t in times),
-        "status": report.call_status,
-        "started_at": report.started_at,
-        "ended_at": report.ended_at,
-        "duration_seconds": report.duration_seconds,
-        "billing_seconds": report.billing_seconds,
-        "recording_url": report.recording_url,
-        "hangup_by": report.hangup_by,
-        "provider_status": report.status,
-        "provider_status1": report.status1,
-        "provider_status2": report.status2,
-    }
-    result = await q.ingest_report(conn, values)
+    stored = q.Ingest(
+        report_id=report_id,
+        body=body,
+        body_text=q.as_text(body),
+        key=report_key(report),
+        now=now,
+        # An unnamed report matches only calls recent enough that the provider may still report them.
+        since=now - timedelta(seconds=matching.timeout_seconds) - REPORT_GRACE,
+        tolerance=matching.tolerance,
+        bridge=report.bridge,
+        from_=report.from_,
+        to=report.to,
+        mid=report.mid,
+        earliest=min(times, default=None),
+        future=any(t > received_at + matching.tolerance for t in times),
+        status=report.call_status,
+        started_at=report.started_at,
+        ended_at=report.ended_at,
+        duration_seconds=report.duration_seconds,
+        billing_seconds=report.billing_seconds,
+        recording_url=report.recording_url,
+        hangup_by=report.hangup_by,
+        provider_status=report.status,
+        provider_status1=report.status1,
+        provider_status2=report.status2,
+    )
+    result = await q.ingest_report(conn, stored)
     if result.call is not None:
         _completed(result.call)
     return _settled(result, report)
@@ -184,6 +185,10 @@ async def _give_up(conn: Conn, report_id: int, matching: Matching, now: datetime
     _settled(q.Ingested(report_id, "unmatched", "matching_failed", None, None), None)
 
 
+# A reports page resumes below the id of its last report. Cursors given out before the paging codec were the id.
+CURSOR = Cursor("cursor", legacy_sep=".")
+
+
 class ReportPage(msgspec.Struct, frozen=True):
     """A page of reports, newest first."""
 
@@ -193,10 +198,7 @@ class ReportPage(msgspec.Struct, frozen=True):
 
 async def list_reports(conn: Conn, tenant_id: int | None, matched: bool, cursor: str | None, limit: int) -> ReportPage:
     """Reports that matched a call (or, matched=False, matched none): a tenant's, or for None, on no known DID."""
-    try:
-        after = int(cursor) if cursor else None
-    except ValueError:
-        raise InvalidRequest("`cursor` is not one this service gave out.", field="cursor") from None
+    after = CURSOR.numbers(cursor, 1)[0] if cursor else None
     outcomes = ["matched", "duplicate"] if matched else ["unmatched", "unparseable"]
     rows = await q.select_reports(conn, tenant_id, outcomes, after, limit + 1)
     items = [
@@ -211,4 +213,4 @@ async def list_reports(conn: Conn, tenant_id: int | None, matched: bool, cursor:
         )
         for r in rows[:limit]
     ]
-    return ReportPage(items, str(rows[limit - 1].id) if len(rows) > limit else None)
+    return ReportPage(items, CURSOR.encode(rows[limit - 1].id) if len(rows) > limit else None)

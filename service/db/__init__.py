@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from asyncpg import Connection
@@ -32,3 +33,17 @@ class Query:
     def args(self, values: Mapping[str, Any]) -> list[Any]:
         """The arguments in $n order; a missing name raises KeyError naming it."""
         return [values[name] for name in self.names]
+
+
+def load(path: Path, **fragments: str) -> Query:
+    """A statement from its .sql file, each `{name}` in it replaced by the fragment of that name, loaded once.
+
+    Fragments are the few pieces of SQL with one definition in Python (a session's columns, say).
+    """
+    sql = path.read_text()
+    for name, text in fragments.items():
+        marker = "{" + name + "}"
+        if sql.count(marker) != 1:
+            raise ValueError(f"{path.name} must hold {marker} once")
+        sql = sql.replace(marker, text)
+    return Query(sql)

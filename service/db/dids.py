@@ -111,21 +111,6 @@ async def lock_pools(conn: Conn, tenant_id: int) -> None:
     await conn.execute("SELECT pg_advisory_xact_lock(73051, $1::int)", tenant_id)
 
 
-async def count_pools_with(conn: Conn, tenant_id: int, pools: list[str]) -> tuple[int, int]:
-    """How many distinct pools the tenant holds now, and would hold with these added."""
-    row = await conn.fetchrow(
-        """
-        WITH held AS (SELECT DISTINCT pool FROM dids WHERE tenant_id = $1)
-        SELECT (SELECT count(*) FROM held)::int AS now,
-               (SELECT count(*) FROM (SELECT pool FROM held UNION SELECT unnest($2::text[])) x)::int AS would
-        """,
-        tenant_id,
-        pools,
-    )
-    assert row is not None
-    return row["now"], row["would"]
-
-
 async def update_did(conn: Conn, tenant_id: int, number: str, status: str | None, pool: str | None) -> bool:
     """Change a DID's status and pool; False when the tenant has no such DID."""
     result: str = await conn.execute(

@@ -11,16 +11,6 @@ import msgspec
 from service.db import Conn
 
 
-def session_json(alias: str) -> str:
-    """A session row (alias) as the JSON of the Session resource, for events built inside a statement."""
-    a = alias
-    return f"""jsonb_build_object('id', {a}.id, 'order_id', {a}.order_id, 'customer', {a}.customer,
-        'agent', {a}.agent, 'masked_number', {a}.did, 'pool', {a}.pool, 'status', {a}.status,
-        'close_reason', {a}.close_reason, 'created_at', {a}.created_at, 'expires_at', {a}.expires_at,
-        'closed_at', {a}.closed_at, 'record', {a}.record, 'max_call_minutes', {a}.max_call_minutes,
-        'max_calls', {a}.max_calls, 'calls_made', {a}.calls_made, 'metadata', {a}.metadata)"""
-
-
 def emit_ctes(name: str, source: str, now: str) -> str:
     """Two CTEs that write an event for each row of source (tenant_id, type, data) and its pending deliveries.
 

@@ -1,4 +1,4 @@
-"""SQL for pools: their settings rows, the pools a tenant has, and what the routing fallback needs to know."""
+"""SQL for pools: their settings rows, their statistics (use and busiest parties), and the routing fallback."""
 
 from __future__ import annotations
 
@@ -106,17 +106,20 @@ async def select_fallback(conn: Conn, did: str, caller: str) -> FallbackRow | No
     return None if row is None else msgspec.convert(row, FallbackRow)
 
 
-async def count_pools_with(conn: Conn, tenant_id: int, pool: str) -> tuple[int, int]:
-    """How many pools (with a DID or settings) the tenant holds now, and would hold with this one."""
+async def count_pools_with(conn: Conn, tenant_id: int, pools: list[str]) -> tuple[int, int]:
+    """How many pools the tenant holds now (a pool exists once it has a DID or settings), and would with these.
+
+    The one count MASKING_MAX_POOLS_PER_TENANT is checked against, by DID adds and moves and by pool PUTs.
+    """
     row = await conn.fetchrow(
         """
         WITH held AS (
             SELECT pool FROM dids WHERE tenant_id = $1 UNION SELECT pool FROM pool_settings WHERE tenant_id = $1)
         SELECT (SELECT count(*) FROM held)::int AS now,
-               (SELECT count(*) FROM (SELECT pool FROM held UNION SELECT $2) x)::int AS would
+               (SELECT count(*) FROM (SELECT pool FROM held UNION SELECT unnest($2::text[])) x)::int AS would
         """,
         tenant_id,
-        pool,
+        pools,
     )
     assert row is not None
     return row["now"], row["would"]
@@ -147,3 +150,57 @@ async def select_refusals(conn: Conn, tenant_id: int, since: datetime) -> dict[s
         since,
     )
     return {r["pool"]: r["refused"] for r in rows}
+
+
+class PoolUse(msgspec.Struct, frozen=True, kw_only=True):
+    """Per tenant and pool: DIDs by status, active sessions, and the two busiest parties' active sessions."""
+
+    tenant_id: int
+    tenant: str
+    pool: str
+    dids: int
+    active_dids: int
+    active_sessions: int
+    busiest_party: int
+    second_party: int
+
+
+# A pool exists once it has a DID or a settings row. The parties' loads come from the pool's live bindings
+# only, found per DID through bindings_load (did, ends_at): the cost is one index range per DID plus one
+# row per live binding of the pool (about 2 x its live sessions), independent of the rest of the table.
+POOL_STATS = """
+WITH d AS (
+    SELECT tenant_id, pool, count(*)::int AS dids, count(*) FILTER (WHERE status = 'active')::int AS active_dids
+    FROM dids WHERE ($1::bigint IS NULL OR tenant_id = $1) AND ($3::text IS NULL OR pool = $3)
+    GROUP BY tenant_id, pool),
+named AS (
+    SELECT tenant_id, pool FROM d
+    UNION
+    SELECT tenant_id, pool FROM pool_settings
+    WHERE ($1::bigint IS NULL OR tenant_id = $1) AND ($3::text IS NULL OR pool = $3)),
+s AS (
+    SELECT tenant_id, pool, count(*)::int AS active_sessions FROM sessions
+    WHERE ($1::bigint IS NULL OR tenant_id = $1) AND ($3::text IS NULL OR pool = $3)
+      AND status = 'active' AND expires_at > $2
+    GROUP BY tenant_id, pool),
+p AS (
+    -- Per pool, the live-session counts of its two busiest numbers: its DIDs (dids_list), each DID's live
+    -- bindings (bindings_load range), counted per number, and a top-2 heap rather than a full sort.
+    SELECT named.tenant_id, named.pool,
+           (SELECT array_agg(n ORDER BY n DESC) FROM (
+                SELECT count(*)::int AS n FROM dids dd JOIN bindings b ON b.did = dd.number AND b.ends_at > $2
+                WHERE dd.tenant_id = named.tenant_id AND dd.pool = named.pool
+                GROUP BY b.number ORDER BY n DESC LIMIT 2) top) AS top
+    FROM named)
+SELECT named.tenant_id, t.name AS tenant, named.pool, coalesce(d.dids, 0) AS dids,
+       coalesce(d.active_dids, 0) AS active_dids, coalesce(s.active_sessions, 0) AS active_sessions,
+       coalesce(p.top[1], 0) AS busiest_party, coalesce(p.top[2], 0) AS second_party
+FROM named JOIN tenants t ON t.id = named.tenant_id
+LEFT JOIN d USING (tenant_id, pool) LEFT JOIN s USING (tenant_id, pool) LEFT JOIN p USING (tenant_id, pool)
+ORDER BY t.name, named.pool
+"""
+
+
+async def pool_stats(conn: Conn, tenant_id: int | None, now: datetime, pool: str | None = None) -> list[PoolUse]:
+    """Per tenant and pool (or one pool): DIDs by status, active sessions, the two busiest parties' sessions."""
+    return [msgspec.convert(r, PoolUse) for r in await conn.fetch(POOL_STATS, tenant_id, now, pool)]

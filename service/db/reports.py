@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from pathlib import Path
 from uuid import UUID
 
 import msgspec
 
-from service.db import Conn, Query
+from service.db import Conn, Query, load
 from service.db.calls import CALL
-from service.db.events import emit_ctes, session_json
+from service.db.events import emit_ctes
+from service.db.sessions.end import end_sessions
 from service.models import Call
 
 INSERT_REPORT = "INSERT INTO provider_reports (body, received_at) VALUES ($1, $2) RETURNING id"
@@ -46,103 +47,57 @@ SELECT count(*) FROM stored
 """
 )
 
-# Store a parsed report and apply it, in one statement (one round trip, atomic, so nothing is
-# acknowledged unstored and nothing half-applied):
-# - claimed: the report's key (a hash of what it reports) goes into report_keys once; a copy finds it
-#   taken (a concurrent copy waits for the first one's commit) and is a duplicate, whatever came since.
-# - candidate: the call `mid` names, else the newest in-flight call on (bridge, from, to), locked. It is
-#   applied only if it was placed no later than the report's earliest time plus the clock tolerance: a
-#   report never completes a call placed after the conversation it describes.
-# - applied / closed: the call completed or missed from the report; its session closed at max_calls.
-# - prior: a call that already had its report (a later, different report about it is a duplicate).
-# - stored: the report row with its outcome and reason; for a pending row being re-matched (:report_id
-#   given) the same row is updated.
-INGEST = Query(
+# The max_calls close inside INGEST: the one end-session rule, for the session of a call just completed.
+_END_AT_MAX_CALLS = end_sessions(
+    "closed",
+    using="FROM applied a",
+    where="""s.id = a.session_id AND a.status = 'completed' AND s.expires_at > :now AND s.max_calls IS NOT NULL
+      AND (SELECT count(*) FROM calls WHERE session_id = s.id AND status = 'completed') + 1 >= s.max_calls""",
+    status="closed",
+    reason="max_calls_reached",
+    closed_at=":now",
+    now=":now",
+)
+_INGEST_EVENTS = emit_ctes(
+    "emitted",
     f"""
-WITH rid AS (
-    SELECT coalesce(:report_id::bigint, nextval(pg_get_serial_sequence('provider_reports', 'id'))) AS id),
-claimed AS (
-    INSERT INTO report_keys (key, report_id, received_at) SELECT :key, rid.id, :now FROM rid
-    ON CONFLICT (key) DO NOTHING RETURNING report_id),
-named AS (
-    SELECT id FROM calls WHERE id = :mid::uuid AND bridge = :bridge),
-target AS (
-    SELECT coalesce(
-        (SELECT id FROM named),
-        (SELECT c.id FROM calls c
-         WHERE c.in_flight AND c.bridge = :bridge AND c.from_number = :from AND c.to_number = :to
-           AND NOT EXISTS (SELECT 1 FROM named)
-         ORDER BY c.created_at DESC LIMIT 1)) AS id),
-candidate AS (
-    SELECT c.id AS call_id,
-           (:earliest::timestamptz IS NULL OR c.created_at <= :earliest::timestamptz + :tolerance::interval) AS in_time
-    FROM calls c JOIN target t ON c.id = t.id
-    WHERE EXISTS (SELECT 1 FROM claimed) AND NOT :future::boolean AND c.in_flight
-    FOR UPDATE OF c),
-applied AS (
-    UPDATE calls SET status = :status, in_flight = false, report_id = (SELECT id FROM rid),
-        started_at = :started_at, ended_at = :ended_at, duration_seconds = :duration_seconds,
-        billing_seconds = :billing_seconds, recording_url = :recording_url, hangup_by = :hangup_by,
-        provider_status = :provider_status, provider_status1 = :provider_status1,
-        provider_status2 = :provider_status2
-    FROM candidate WHERE calls.id = candidate.call_id AND candidate.in_time
-    RETURNING {CALL}, tenant_id),
-closed AS (
-    UPDATE sessions s SET status = 'closed', close_reason = 'max_calls_reached', closed_at = :now
-    FROM applied a
-    WHERE s.id = a.session_id AND a.status = 'completed' AND s.status = 'active' AND s.expires_at > :now
-      AND s.max_calls IS NOT NULL
-      AND (SELECT count(*) FROM calls WHERE session_id = s.id AND status = 'completed') + 1 >= s.max_calls
-    RETURNING s.id, s.tenant_id, {session_json("s")} AS data),
-unbound AS (
-    UPDATE bindings b SET ends_at = :now FROM closed WHERE b.session_id = closed.id AND b.ends_at > :now),
-prior AS (
-    SELECT 1 FROM calls c
-    WHERE EXISTS (SELECT 1 FROM claimed) AND NOT EXISTS (SELECT 1 FROM candidate WHERE in_time)
-      AND c.report_id IS NOT NULL AND c.bridge = :bridge
-      AND (c.id = (SELECT id FROM named)
-           OR (NOT EXISTS (SELECT 1 FROM named) AND c.from_number = :from AND c.to_number = :to
-               AND c.created_at > :since))
-      AND (:earliest::timestamptz IS NULL OR c.created_at <= :earliest::timestamptz + :tolerance::interval)
-    LIMIT 1),
-verdict AS (
-    SELECT rid.id,
-        CASE WHEN NOT EXISTS (SELECT 1 FROM claimed) THEN 'duplicate'
-             WHEN EXISTS (SELECT 1 FROM candidate WHERE in_time) THEN 'matched'
-             WHEN EXISTS (SELECT 1 FROM prior) THEN 'duplicate'
-             ELSE 'unmatched' END AS outcome,
-        CASE WHEN NOT EXISTS (SELECT 1 FROM claimed) THEN 'same_report'
-             WHEN EXISTS (SELECT 1 FROM candidate WHERE in_time) THEN NULL
-             WHEN EXISTS (SELECT 1 FROM prior) THEN 'call_already_reported'
-             WHEN :future::boolean THEN 'times_in_future'
-             WHEN EXISTS (SELECT 1 FROM candidate) THEN 'before_call'
-             ELSE 'no_call' END AS reason
-    FROM rid),
-stored AS (
-    INSERT INTO provider_reports (id, body, received_at, outcome, reason, bridge, call_id, tenant_id)
-    OVERRIDING SYSTEM VALUE
-    SELECT v.id, :body, :now, v.outcome, v.reason, :bridge, (SELECT id FROM applied),
-           coalesce((SELECT tenant_id FROM applied), (SELECT tenant_id FROM dids WHERE number = :bridge))
-    FROM verdict v
-    ON CONFLICT (id) DO UPDATE SET outcome = EXCLUDED.outcome, reason = EXCLUDED.reason, bridge = EXCLUDED.bridge,
-        call_id = EXCLUDED.call_id, tenant_id = EXCLUDED.tenant_id
-    RETURNING id, outcome, reason, tenant_id, received_at, bridge, call_id),
--- the events of what this report did (issue 13), written in this same statement: the call's new
--- status, its session closed at max_calls, or the report matching nothing
-{
-        emit_ctes(
-            "emitted",
-            f'''
     SELECT a.tenant_id, 'call.' || a.status AS type, to_jsonb(a) - 'tenant_id' AS data FROM applied a
     UNION ALL SELECT c.tenant_id, 'session.closed', c.data FROM closed c
-    UNION ALL SELECT r.tenant_id, 'report.unmatched', {report_json('r')}
-    FROM stored r WHERE r.outcome = 'unmatched' ''',
-            ":now",
-        )
-    }
-SELECT s.id AS report_id, s.outcome, s.reason, a.* FROM stored s LEFT JOIN applied a ON true
-"""
+    UNION ALL SELECT r.tenant_id, 'report.unmatched', {report_json("r")}
+    FROM stored r WHERE r.outcome = 'unmatched' """,
+    ":now",
 )
+INGEST = load(
+    Path(__file__).with_name("ingest.sql"), call=CALL, end_at_max_calls=_END_AT_MAX_CALLS, events=_INGEST_EVENTS
+)
+
+
+class Ingest(msgspec.Struct, frozen=True, kw_only=True):
+    """A parsed report as INGEST stores and applies it (its named parameters)."""
+
+    report_id: int | None  # a pending row being re-matched, else None (a new row)
+    body: bytes
+    body_text: str  # the body as the report.unmatched event shows it (as_text)
+    key: bytes  # what the report reports, hashed: the same report twice has one effect
+    now: datetime
+    since: datetime  # calls placed before this are too old for an unnamed report
+    tolerance: timedelta  # how far the provider's clock may differ from ours
+    bridge: str
+    from_: str
+    to: str
+    mid: UUID | None
+    earliest: datetime | None
+    future: bool
+    status: str
+    started_at: datetime | None
+    ended_at: datetime | None
+    duration_seconds: int | None
+    billing_seconds: int | None
+    recording_url: str | None
+    hangup_by: str | None
+    provider_status: str | None
+    provider_status1: str | None
+    provider_status2: str | None
 
 
 class Ingested(msgspec.Struct, frozen=True):
@@ -174,8 +129,10 @@ class Pending(msgspec.Struct, frozen=True):
     received_at: datetime
 
 
-async def ingest_report(conn: Conn, values: dict[str, Any]) -> Ingested:
-    """Store a parsed report and apply it to its call in one statement (INGEST's :names in values)."""
+async def ingest_report(conn: Conn, report: Ingest) -> Ingested:
+    """Store a parsed report and apply it to its call in one statement."""
+    values = msgspec.structs.asdict(report)
+    values["from"] = values.pop("from_")
     row = await conn.fetchrow(INGEST.sql, *INGEST.args(values))
     assert row is not None, "the statement always returns the stored report"
     call = msgspec.convert(row, Call) if row["id"] is not None else None
@@ -185,21 +142,6 @@ async def ingest_report(conn: Conn, values: dict[str, Any]) -> Ingested:
 def as_text(body: bytes) -> str:
     """The body as the report.unmatched event shows it (as GET /v1/reports does; PostgreSQL text holds no NUL)."""
     return body.decode("utf-8", "replace").replace("\x00", "\ufffd")
-
-
-def ingest_values(
-    *, report_id: int | None, body: bytes, key: bytes, now: datetime, since: datetime, tolerance: timedelta
-) -> dict[str, Any]:
-    """The statement's values that do not come from the report's own fields."""
-    return {
-        "report_id": report_id,
-        "body": body,
-        "body_text": as_text(body),
-        "key": key,
-        "now": now,
-        "since": since,
-        "tolerance": tolerance,
-    }
 
 
 async def insert_unparseable(conn: Conn, body: bytes, received_at: datetime) -> int:

@@ -25,6 +25,7 @@ from litestar.response import Redirect
 from service.api.deps import Db, MaskingRequest, Runtime
 from service.broker import calls, console, dids, events, links, reports, sessions, webhooks
 from service.broker.errors import DidInUse, DomainError, RateLimited
+from service.broker.pools import pool_stats
 from service.models import DidStatus
 from service.provider.reports import parse_report
 from service.web.pages import address_of, error_page, page, status_of
@@ -139,7 +140,7 @@ async def pools(request: MaskingRequest, conn: Db) -> Any:
     """Per pool: DIDs, active sessions, headroom, refusals in the last hour; sessions per hour over the last day."""
     now = request.runtime.clock()
     tenant_id = request.principal.tenant_id
-    stats = await sessions.pool_stats(conn, tenant_id, now)
+    stats = await pool_stats(conn, tenant_id, now)
     refused = await console.refusals_last_hour(conn, tenant_id, now)
     # Refusals for a pool with no DIDs (a misspelt pool name in a backend, say) are listed on their own.
     known = {p.pool for p in stats}

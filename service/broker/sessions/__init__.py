@@ -1,0 +1,27 @@
+"""Masking sessions, one module per job: create (allocation), change (TTL, reassignment), end (close, expiry), read."""
+
+from service.broker.sessions.base import Clock, OrderId, Pool, Rules, Ttl, live_view
+from service.broker.sessions.change import Reassign, change_ttl, reassign
+from service.broker.sessions.create import CreateSession, create_session
+from service.broker.sessions.end import ExpireFilter, close_session, expire_sessions
+from service.broker.sessions.read import Page, get_session, list_sessions
+
+__all__ = [
+    "Clock",
+    "CreateSession",
+    "ExpireFilter",
+    "OrderId",
+    "Page",
+    "Pool",
+    "Reassign",
+    "Rules",
+    "Ttl",
+    "change_ttl",
+    "close_session",
+    "create_session",
+    "expire_sessions",
+    "get_session",
+    "list_sessions",
+    "live_view",
+    "reassign",
+]

@@ -1,0 +1,42 @@
+"""What every session job shares: the rules' settings, the bounded input types, and a session as of now."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Annotated
+from uuid import UUID
+
+import msgspec
+
+from service.broker.errors import NotFound
+from service.db import Conn
+from service.db import sessions as q
+from service.models import Session
+
+Clock = Callable[[], datetime]
+OrderId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+Pool = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+Ttl = Annotated[int, msgspec.Meta(ge=60, le=2_592_000)]
+
+
+class Rules(msgspec.Struct, frozen=True):
+    """The settings the broker's rules depend on."""
+
+    default_ttl_seconds: int
+    cooloff_seconds: int
+
+
+def live_view(session: Session, now: datetime) -> Session:
+    """DESIGN rule 2: a session past its expiry reads as expired at once, before the sweeper marks it."""
+    if session.status == "active" and session.expires_at <= now:
+        return msgspec.structs.replace(session, status="expired", close_reason="ttl", closed_at=session.expires_at)
+    return session
+
+
+async def read_or_raise(conn: Conn, tenant_id: int, session_id: UUID, now: datetime) -> Session:
+    """One of the tenant's sessions as of now, or not_found (DESIGN rule 6: a foreign id is a 404)."""
+    session = await q.select_session(conn, tenant_id, session_id)
+    if session is None:
+        raise NotFound("No session with that id.")
+    return live_view(session, now)

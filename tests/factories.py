@@ -1,0 +1,128 @@
+"""Test factories: tenants with keys, pools with DIDs, sessions, calls and provider reports, made the way users make them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import asyncpg
+import httpx
+from asgi_lifespan import LifespanManager
+
+from service.app import create_app, request_context
+from service.broker.tenants import create_key
+from tests.helpers import AGENT, CUSTOMER, FakeClock, did_numbers, make_settings
+
+IST = ZoneInfo("Asia/Kolkata")
+Json = dict[str, Any]
+
+
+@asynccontextmanager
+async def app_client(dsn: str, clock: FakeClock | None = None, **overrides: object) -> AsyncIterator[httpx.AsyncClient]:
+    """The app in the test's loop with these settings overridden (no sweeper), and a client for it."""
+    app = create_app(make_settings(dsn, **overrides), dsn=dsn, clock=clock or FakeClock(), background=False)
+    async with LifespanManager(app):
+        transport = httpx.ASGITransport(app=request_context(app))
+        async with httpx.AsyncClient(transport=transport, base_url="http://masking.test") as http:
+            yield http
+
+
+async def tenant(db: asyncpg.Connection, name: str, scope: str = "ops") -> dict[str, str]:
+    """A tenant (made when new) and the Authorization header of a new key of this scope."""
+    key = await create_key(db, name, [scope])  # type: ignore[list-item]
+    return {"Authorization": f"Bearer {key.api_key}"}
+
+
+async def pool(
+    http: httpx.AsyncClient, headers: dict[str, str], name: str = "default", dids: int | list[str] = 1, **settings: Any
+) -> list[str]:
+    """A pool with these DIDs (a count: the first of did_numbers) and, when given, these settings; its DIDs."""
+    numbers = did_numbers(dids) if isinstance(dids, int) else dids
+    if numbers:
+        body = {"dids": [{"number": n, "pool": name} for n in numbers]}
+        r = await http.post("/v1/dids/bulk", json=body, headers=headers)
+        assert r.status_code == 200, r.text
+    if settings:
+        r = await http.put(f"/v1/pools/{name}", json=settings, headers=headers)
+        assert r.status_code == 200, r.text
+    return numbers
+
+
+def session_body(order: str = "ORD-1", customer: str = CUSTOMER, agent: str = AGENT, **extra: Any) -> Json:
+    """A create-session body (the contract's example pair unless told)."""
+    return {"order_id": order, "customer": customer, "agent": agent, **extra}
+
+
+async def create_session(http: httpx.AsyncClient, headers: dict[str, str], *pair: str, **body: Any) -> httpx.Response:
+    """POST /v1/sessions with session_body(*pair, **body) (order, customer, agent): the raw response."""
+    return await http.post("/v1/sessions", json=session_body(*pair, **body), headers=headers)
+
+
+async def open_session(
+    http: httpx.AsyncClient,
+    headers: dict[str, str],
+    *,
+    dids: int | list[str] = 0,
+    pool_name: str = "default",
+    **body: Any,
+) -> Json:
+    """A new session (201), after adding DIDs to its pool when asked: the session resource."""
+    if dids:
+        await pool(http, headers, pool_name, dids)
+    if pool_name != "default":
+        body["pool"] = pool_name
+    r = await create_session(http, headers, **body)
+    assert r.status_code == 201, r.text
+    result: Json = r.json()
+    return result
+
+
+async def close_session(
+    http: httpx.AsyncClient, headers: dict[str, str], session: Json, reason: str | None = None
+) -> Json:
+    """POST /v1/sessions/{id}/close (with the client's reason when given): the session resource."""
+    body = {"reason": reason} if reason is not None else None
+    r = await http.post(f"/v1/sessions/{session['id']}/close", json=body, headers=headers)
+    assert r.status_code == 200, r.text
+    result: Json = r.json()
+    return result
+
+
+async def place_call(http: httpx.AsyncClient, headers: dict[str, str], session: Json) -> Json:
+    """POST /v1/sessions/{id}/calls, accepted (202): the call resource."""
+    r = await http.post(f"/v1/sessions/{session['id']}/calls", headers=headers)
+    assert r.status_code == 202, r.text
+    result: Json = r.json()
+    return result
+
+
+def report_for(
+    call: Json, *, billing: int = 23, start: datetime | None = None, seconds: int | None = None, **extra: Any
+) -> bytes:
+    """A provider report of this call shaped like the provider's example (no mid), its times in the provider's zone."""
+    start = start or datetime.now(UTC)
+    fmt = "%Y-%m-%d %H:%M:%S"
+    end = start + timedelta(seconds=billing + 5 if seconds is None else seconds)
+    body = {
+        "bridge": int(call["bridge"][1:]),
+        "from": int(call["from"][1:]),
+        "to": int(call["to"][1:]),
+        "source": "C2C",
+        "start_at": start.astimezone(IST).strftime(fmt),
+        "end_at": end.astimezone(IST).strftime(fmt),
+        "date": end.astimezone(IST).strftime(fmt),
+        "unixtime": str(int(end.timestamp())),
+        "duration": str(int((end - start).total_seconds())),
+        "billing": str(billing),
+        "status": "COMPLETED" if billing else "NOANSWER",
+        "status1": "RECEIVED",
+        "status2": "ANSWER" if billing else "NOANSWER",
+        "recording_url": "",
+        "hangup_by": "caller",
+        **extra,
+    }
+    return json.dumps(body).encode()
