@@ -1,4 +1,4 @@
-"""The delivery worker every service process runs, with its HTTP client, and the test send of one endpoint.
+"""The delivery worker every service process runs, and the test send of one endpoint.
 
 Delivery is at least once. A process claims due deliveries with FOR UPDATE SKIP LOCKED and gives each a
 lease (its next attempt time pushed past the request timeout) in one short transaction, makes the
@@ -18,7 +18,6 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
 import asyncpg
 import msgspec
 import structlog
@@ -31,12 +30,12 @@ from service.broker.webhooks.attempts import Attempt, attempt_of
 from service.broker.webhooks.guard import resolve_target
 from service.db import events as events_q
 from service.db import webhooks as q
+from service.outbound import PostFailed, WebhookPoster
 from service.settings import Settings
 
 log = structlog.get_logger("service.webhooks")
 
 Clock = Callable[[], datetime]
-RESPONSE_READ = 65_536  # bytes of an endpoint's answer read (the rest is dropped with its connection)
 BACKLOG_SERIES = 20  # endpoints with a backlog gauge of their own (the oldest), so labels stay bounded
 
 
@@ -64,15 +63,7 @@ class Deliverer:
         self.timeout = settings.webhook_timeout_seconds
         # A request's lease: past its timeout with room to record the outcome.
         self.lease = timedelta(seconds=2 * self.timeout + 5)
-        # aiohttp rather than httpx here: its connection pool is per host, where httpcore's checks every
-        # pooled connection on each request (a quarter of the worker's CPU at 32 connections, profiled).
-        self.http = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self.timeout),
-            connector=aiohttp.TCPConnector(limit=settings.webhook_concurrency, use_dns_cache=False),
-            trust_env=False,
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Content-Type"),
-        )
+        self.http = WebhookPoster(self.timeout, settings.webhook_concurrency)
         self.per_endpoint: dict[uuid.UUID, int] = {}
         self.per_tenant: dict[int, int] = {}
         # A tenant's share of this worker: a quarter of it (at least one endpoint's), so that a few tenants
@@ -176,23 +167,16 @@ class Deliverer:
                 "webhook-timestamp": str(int(at.timestamp())),
                 "webhook-signature": signature(claimed, event.id, at, text),
             }
-            async with self.http.post(
-                target.url,
-                data=body,
-                headers=headers,
-                allow_redirects=False,
-                server_hostname=target.host if target.url.startswith("https:") else None,
-            ) as response:
-                status_code = response.status
-                await response.content.read(RESPONSE_READ)  # a short answer is read, so its connection is kept
+            server = target.host if target.url.startswith("https:") else None
+            status_code = await self.http.post(target.url, body, headers, server)
             if not 200 <= status_code < 300:
                 error = "redirect not followed" if 300 <= status_code < 400 else f"HTTP {status_code}"
         except (ForbiddenAddress, InvalidRequest) as exc:
             error = f"forbidden_address: {exc.detail}"[:300]
         except TimeoutError:
             error = f"no answer within {self.timeout:g} s"
-        except aiohttp.ClientError as exc:
-            error = f"{type(exc).__name__}: {exc}"[:300]
+        except PostFailed as exc:
+            error = str(exc)[:300]
         except Exception as exc:  # whatever else goes wrong, the attempt is recorded as failed, never lost
             log.exception("webhook_attempt_failed", endpoint_id=str(claimed.endpoint_id))
             error = f"{type(exc).__name__}: {exc}"[:300]
