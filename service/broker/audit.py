@@ -1,4 +1,7 @@
-"""The audit log (rule 12): who did which ops action to what, written in the action's transaction, and read back."""
+"""The audit log (rule 12): who did which ops action to what, written in the action's transaction, and read back.
+
+The retention purge is a sweep (broker/sweeps.py: purge_audit).
+"""
 
 from __future__ import annotations
 
@@ -39,7 +42,6 @@ ACTIONS: tuple[str, ...] = get_args(Action)
 REASON_REQUIRED = frozenset({"session.reveal"})
 MAX_REASON = 500
 MAX_LIMIT = 200
-PURGE_BATCH = 1000
 
 
 # A DID's new status as the audit log names its change; re-activating (or moving pools) is not a contract action.
@@ -254,13 +256,3 @@ async def since(
         if len(rows) < batch:
             return
         after = (rows[-1].at, rows[-1].id)
-
-
-async def purge(conn: Conn, retention_days: int, now: datetime, batch: int = PURGE_BATCH) -> int:
-    """Delete audit rows older than the retention (MASKING_AUDIT_RETENTION_DAYS), batch by batch; how many went."""
-    before, total = now - timedelta(days=retention_days), 0
-    while True:
-        done = await q.purge_batch(conn, before, batch)
-        total += done
-        if done < batch:
-            return total
