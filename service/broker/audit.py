@@ -6,7 +6,7 @@ The retention purge is a sweep (broker/sweeps.py: purge_audit).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Literal, get_args
 
 import msgspec
