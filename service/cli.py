@@ -1,4 +1,4 @@
-"""The `masking` command line: serve, migrate, tenant, dids, sessions, reports and provider-urls."""
+"""The `masking` command line: serve, migrate, tenant, key, dids, sessions, audit, reports and provider-urls."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import csv
 import errno
+import getpass
 import json
 import os
 import signal
@@ -15,8 +16,9 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -26,6 +28,9 @@ import structlog
 from service.db import Conn
 from service.db.schema import SchemaTooNew
 from service.settings import PREFIX, Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from service.broker.audit import Action, Target
 
 T = TypeVar("T")
 log = structlog.get_logger("service.cli")
@@ -285,6 +290,7 @@ async def _tenant_id(conn: Conn, name: str | None) -> int:
 def cmd_dids_import(settings: Settings, args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
+    from service.broker.audit import Target
     from service.broker.dids import NewDid, add_dids, validate_entries
     from service.broker.errors import DomainError
 
@@ -313,7 +319,10 @@ def cmd_dids_import(settings: Settings, args: argparse.Namespace) -> int:
                 validate_entries(entries[i : i + step], lines[i : i + step])
                 progress.advance(task, len(entries[i : i + step]))
             progress.update(task, description="adding")
-            return await add_dids(conn, tenant_id, entries, lines, max_pools=settings.max_pools_per_tenant)
+            async with conn.transaction():
+                done = await add_dids(conn, tenant_id, entries, lines, max_pools=settings.max_pools_per_tenant)
+                await _record(conn, tenant_id, "did.add", Target("dids", str(done[0])))
+            return done
 
     try:
         created, existing = run_with_db(settings, work)
@@ -326,13 +335,69 @@ def cmd_dids_import(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_sessions_expire(settings: Settings, args: argparse.Namespace) -> int:
     from service.app import utc_now
+    from service.broker.audit import Target
     from service.broker.sessions import ExpireFilter, expire_sessions
 
     async def work(conn: Conn) -> int:
         tenant_id = await _tenant_id(conn, args.tenant)
-        return await expire_sessions(conn, tenant_id, ExpireFilter(order_id=args.order_id), utc_now())
+        async with conn.transaction():
+            count = await expire_sessions(conn, tenant_id, ExpireFilter(order_id=args.order_id), utc_now())
+            await _record(conn, tenant_id, "sessions.expire", Target("order", args.order_id))
+        return count
 
     print(json.dumps({"expired": run_with_db(settings, work)}))
+    return 0
+
+
+def cli_user() -> str:
+    """Who runs this command, as the audit log names a command-line actor: user@host."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a bare container)
+        user = f"uid{os.getuid()}"
+    return f"{user}@{socket.gethostname()}"
+
+
+async def _record(conn: Conn, tenant_id: int, action: Action, target: Target) -> None:
+    """Write a command's audit row (in the caller's transaction, with the action)."""
+    from service.app import utc_now
+    from service.broker.audit import Actor, record
+
+    await record(conn, tenant_id, Actor.cli(cli_user()), action, target, None, None, None, utc_now())
+
+
+SINCE_UNITS = {"m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(text: str, now: datetime) -> datetime:
+    """`24h`, `30m`, `7d` (ago), or an ISO 8601 time (UTC unless it says otherwise)."""
+    text = text.strip()
+    if text[:-1].isdigit() and text[-1:] in SINCE_UNITS:
+        return now - timedelta(seconds=int(text[:-1]) * SINCE_UNITS[text[-1]])
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise CliError(f"--since {text!r}: give a span ago (30m, 24h, 7d) or an ISO time (2026-12-01T09:00)") from None
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
+    from service.app import utc_now
+    from service.broker.audit import ACTIONS, since
+
+    if args.action is not None and args.action not in ACTIONS:
+        raise CliError(f"--action must be one of: {', '.join(ACTIONS)}")
+    start = parse_since(args.since, utc_now())
+
+    async def work(conn: Conn) -> int:
+        tenant_id = await _tenant_id(conn, args.tenant)
+        count = 0
+        async for entry in since(conn, tenant_id, start, args.action):
+            sys.stdout.write(msgspec.json.encode(entry).decode() + "\n")
+            count += 1
+        return count
+
+    run_with_db(settings, work)
     return 0
 
 
@@ -415,6 +480,12 @@ def parser() -> argparse.ArgumentParser:
     exp.add_argument("--order-id", required=True)
     exp.add_argument("--tenant", required=True, help="the tenant whose sessions to expire")
     exp.set_defaults(run=cmd_sessions_expire)
+
+    audit = sub.add_parser("audit", help="a tenant's audit log as JSON lines, oldest first (newest last)")
+    audit.add_argument("--tenant", required=True, help="the tenant whose audit log to print")
+    audit.add_argument("--since", default="24h", help="how far back: 30m, 24h, 7d or an ISO time (default 24h)")
+    audit.add_argument("--action", help="only this action's entries (session.reveal, did.drain...)")
+    audit.set_defaults(run=cmd_audit)
 
     reports = sub.add_parser("reports", help="provider reports that matched no call")
     reports.add_argument("--unmatched", action="store_true", required=True)

@@ -15,7 +15,7 @@ from litestar.params import FromPath
 from service.api.audit import audit_context
 from service.api.deps import Db, MaskingRequest, require_key
 from service.app import create_app, request_context
-from service.broker import audit
+from service.broker import audit, sweeps
 from service.broker.audit import Actor, Target
 from service.broker.errors import InvalidRequest
 from tests.helpers import FakeClock, Keys, make_settings
@@ -227,16 +227,32 @@ async def test_the_purge_cut_off_lets_only_older_rows_go(db: asyncpg.Connection,
 async def test_the_retention_purge_deletes_only_rows_past_the_retention(
     db: asyncpg.Connection, clock: FakeClock
 ) -> None:
-    """purge(400 days) removes the rows older than 400 days, in batches, and keeps every younger one."""
+    """The sweeper's purge_audit(400 days) removes the rows older than 400 days, past one batch, keeps the rest."""
     ages = [900, 500, 401, 401, 399, 10, 0]
     for days in ages:
         await _record(db, 1, clock() - timedelta(days=days), target=Target("did", f"age-{days}"))
-    assert await audit.purge(db, 400, clock(), batch=2) == 4
+    old = clock() - timedelta(days=600)
+    await db.execute(  # more than one batch of old rows, written as record() writes them
+        """INSERT INTO audit_log (at, tenant_id, actor_kind, actor_id, action)
+           SELECT $1, 1, 'command_line', 'ops@host', 'did.add' FROM generate_series(1, $2)""",
+        old,
+        sweeps.BATCH + 1,
+    )
+    assert await sweeps.purge_audit(db, clock(), 400) == 4 + sweeps.BATCH + 1
     left = [r[0] for r in await db.fetch("SELECT target_id FROM audit_log ORDER BY id")]
     assert left == ["age-399", "age-10", "age-0"]
-    assert await audit.purge(db, 400, clock()) == 0
+    assert await sweeps.purge_audit(db, clock(), 400) == 0
     with pytest.raises(asyncpg.InsufficientPrivilegeError):  # nothing left open for anyone else
         await db.execute("DELETE FROM audit_log")
+
+
+async def test_the_sweepers_tidy_purges_the_audit_log_by_its_setting(db: asyncpg.Connection, clock: FakeClock) -> None:
+    """tidy() runs the purge with MASKING_AUDIT_RETENTION_DAYS: with 30 days a 31-day-old row goes, a 29-day one stays."""
+    await _record(db, 1, clock() - timedelta(days=31), target=Target("did", "old"))
+    await _record(db, 1, clock() - timedelta(days=29), target=Target("did", "young"))
+    done = await sweeps.tidy(db, make_settings("postgresql://unused", audit_retention_days=30), clock())
+    assert done["audit_rows_purged"] == 1
+    assert [r[0] for r in await db.fetch("SELECT target_id FROM audit_log")] == ["young"]
 
 
 @post("/v1/_audited/{number:str}", guards=[require_key], opt={"scope": "ops"}, status_code=204)

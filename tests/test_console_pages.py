@@ -16,6 +16,7 @@ from playwright.async_api import Browser, Locator, Page, expect
 
 from service.broker.sweeps import time_out_calls
 from service.provider.simulator import Fault
+from service.web.console import NAV
 from service.web.security import CONSOLE_COOKIE, CSRF_COOKIE
 from tests.helpers import AGENT, CUSTOMER, Keys, did_numbers, mobile_numbers, wait_for
 from tests.live import Live, live_service
@@ -54,7 +55,7 @@ async def nav_is_usable(page: Page) -> None:
     """Every console section's link is on screen, tappable (at least 24 px each way) and inside the viewport."""
     nav = page.get_by_role("navigation", name="Console sections")
     links = nav.get_by_role("link")
-    assert await links.count() == 6
+    assert await links.count() == len(NAV)
     for link in await links.all():
         await expect(link).to_be_visible()
         box = await link.bounding_box()
@@ -187,7 +188,15 @@ async def test_on_a_phone_no_console_page_is_wider_than_the_screen_and_the_navig
         page = await console_page(browser, live, keys, viewport=PHONE, is_mobile=True, has_touch=True)
         await no_horizontal_overflow(page, "pools")
         await nav_is_usable(page)
-        for section in ("DIDs", "Sessions", "Calls needing attention", "Unmatched reports", "Webhooks", "Pools"):
+        for section in (
+            "DIDs",
+            "Sessions",
+            "Calls needing attention",
+            "Unmatched reports",
+            "Webhooks",
+            "Audit",
+            "Pools",
+        ):
             await page.get_by_role("link", name=section, exact=True).tap()
             await expect(page.get_by_role("heading", level=1)).to_have_text(section)
             await no_horizontal_overflow(page, section)

@@ -8,9 +8,11 @@ import msgspec
 from litestar import Controller, Response, get, patch, post
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
+from service.api.audit import key_context
 from service.api.deps import Db, MaskingRequest
 from service.api.problems import API_RESPONSES
 from service.broker import dids as broker
+from service.broker.audit import DID_STATUS_ACTIONS, Target
 from service.models import Did, DidStatus
 
 BULK_MAX_BODY = 1024 * 1024
@@ -42,13 +44,12 @@ class DidController(Controller):
         data: JSONBody[broker.AddDid],
         conn: Db,
     ) -> Response[Did]:
-        did, created = await broker.add_did(
-            conn,
-            request.principal.tenant_id,
-            data,
-            request.runtime.clock(),
-            request.runtime.settings.max_pools_per_tenant,
-        )
+        now = request.runtime.clock()
+        async with conn.transaction():
+            did, created = await broker.add_did(
+                conn, request.principal.tenant_id, data, now, request.runtime.settings.max_pools_per_tenant
+            )
+            await key_context(request).record(conn, "did.add", Target("did", did.number), now)
         return Response(did, status_code=201 if created else 200)
 
     @post(
@@ -59,9 +60,12 @@ class DidController(Controller):
         responses=API_RESPONSES,
     )
     async def bulk(self, request: MaskingRequest, data: JSONBody[broker.AddDids], conn: Db) -> BulkResult:
-        created, existing = await broker.add_dids(
-            conn, request.principal.tenant_id, data.dids, max_pools=request.runtime.settings.max_pools_per_tenant
-        )
+        async with conn.transaction():
+            created, existing = await broker.add_dids(
+                conn, request.principal.tenant_id, data.dids, max_pools=request.runtime.settings.max_pools_per_tenant
+            )
+            # One row per request: its target counts the DIDs it added (not those already in the pool).
+            await key_context(request).record(conn, "did.add", Target("dids", str(created)), request.runtime.clock())
         return BulkResult(created=created, existing=existing)
 
     @get("/", summary="List DIDs with their active sessions, a page at a time", responses=API_RESPONSES)
@@ -90,12 +94,17 @@ class DidController(Controller):
         data: JSONBody[broker.ChangeDid],
         conn: Db,
     ) -> Did:
-        return await broker.change_did(
-            conn,
-            request.principal.tenant_id,
-            number,
-            data.status,
-            data.pool,
-            request.runtime.clock(),
-            request.runtime.settings.max_pools_per_tenant,
-        )
+        now = request.runtime.clock()
+        async with conn.transaction():
+            did = await broker.change_did(
+                conn,
+                request.principal.tenant_id,
+                number,
+                data.status,
+                data.pool,
+                now,
+                request.runtime.settings.max_pools_per_tenant,
+            )
+            if (action := DID_STATUS_ACTIONS.get(data.status or "")) is not None:
+                await key_context(request).record(conn, action, Target("did", did.number), now)
+        return did

@@ -7,11 +7,13 @@ from typing import Annotated
 from litestar import Controller, get, post
 from litestar.params import FromPath, FromQuery, QueryParameter
 
+from service.api.audit import key_context
 from service.api.deps import Db, MaskingRequest
 from service.api.problems import API_RESPONSES
 from service.api.webhooks import read_ignored_body
 from service.broker import events as broker
 from service.broker import webhooks
+from service.broker.audit import Target
 
 
 class EventController(Controller):
@@ -40,4 +42,8 @@ class EventController(Controller):
         responses=API_RESPONSES,
     )
     async def redeliver(self, request: MaskingRequest, event_id: FromPath[str], conn: Db) -> webhooks.Redelivered:
-        return await webhooks.redeliver(conn, request.principal.tenant_id, event_id, request.runtime.clock())
+        now = request.runtime.clock()
+        async with conn.transaction():
+            done = await webhooks.redeliver(conn, request.principal.tenant_id, event_id, now)
+            await key_context(request).record(conn, "event.redeliver", Target("event", event_id), now)
+        return done

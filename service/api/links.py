@@ -5,9 +5,11 @@ from __future__ import annotations
 from litestar import Controller, post
 from litestar.params import FromPath, JSONBody
 
+from service.api.audit import key_context
 from service.api.deps import Db, MaskingRequest
 from service.api.problems import API_RESPONSES
 from service.broker import links as broker
+from service.broker.audit import Target
 
 
 class CallLinkController(Controller):
@@ -29,12 +31,15 @@ class CallLinkController(Controller):
         conn: Db,
         data: JSONBody[broker.CreateLink | None] = None,
     ) -> broker.NewLink:
-        runtime = request.runtime
-        return await broker.create_link(
-            conn,
-            request.principal.tenant_id,
-            session_id,
-            data or broker.CreateLink(),
-            runtime.clock(),
-            runtime.settings.public_base,
-        )
+        runtime, now = request.runtime, request.runtime.clock()
+        async with conn.transaction():
+            link = await broker.create_link(
+                conn,
+                request.principal.tenant_id,
+                session_id,
+                data or broker.CreateLink(),
+                now,
+                runtime.settings.public_base,
+            )
+            await key_context(request).record(conn, "call_link.create", Target("session", session_id), now)
+        return link

@@ -8,9 +8,11 @@ import msgspec
 from litestar import Controller, Request, delete, get, patch, post
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
+from service.api.audit import key_context
 from service.api.deps import Db, MaskingRequest
 from service.api.problems import API_RESPONSES
 from service.broker import webhooks as broker
+from service.broker.audit import Target
 
 
 async def read_ignored_body(request: Request[Any, Any, Any]) -> None:
@@ -39,8 +41,11 @@ class WebhookController(Controller):
     async def create(
         self, request: MaskingRequest, data: JSONBody[broker.CreateEndpoint], conn: Db
     ) -> broker.WebhookEndpoint:
-        runtime = request.runtime
-        return await broker.create_endpoint(conn, runtime.settings, request.principal.tenant_id, data, runtime.clock())
+        runtime, now = request.runtime, request.runtime.clock()
+        async with conn.transaction():
+            made = await broker.create_endpoint(conn, runtime.settings, request.principal.tenant_id, data, now)
+            await key_context(request).record(conn, "webhook.create", Target("webhook", str(made.id)), now)
+        return made
 
     @get("/", summary="Your webhook endpoints", responses=API_RESPONSES)
     async def list(self, request: MaskingRequest, conn: Db) -> EndpointList:
@@ -54,14 +59,20 @@ class WebhookController(Controller):
     async def change(
         self, request: MaskingRequest, webhook_id: FromPath[str], data: JSONBody[broker.ChangeEndpoint], conn: Db
     ) -> broker.WebhookEndpoint:
-        runtime = request.runtime
-        return await broker.change_endpoint(
-            conn, runtime.settings, request.principal.tenant_id, webhook_id, data, runtime.clock()
-        )
+        runtime, now = request.runtime, request.runtime.clock()
+        async with conn.transaction():
+            changed = await broker.change_endpoint(
+                conn, runtime.settings, request.principal.tenant_id, webhook_id, data, now
+            )
+            await key_context(request).record(conn, "webhook.update", Target("webhook", str(changed.id)), now)
+        return changed
 
     @delete("/{webhook_id:str}", status_code=204, summary="Delete an endpoint", responses=API_RESPONSES)
     async def remove(self, request: MaskingRequest, webhook_id: FromPath[str], conn: Db) -> None:
-        await broker.delete_endpoint(conn, request.principal.tenant_id, webhook_id, request.runtime.clock())
+        now = request.runtime.clock()
+        async with conn.transaction():
+            await broker.delete_endpoint(conn, request.principal.tenant_id, webhook_id, now)
+            await key_context(request).record(conn, "webhook.delete", Target("webhook", webhook_id), now)
 
     @post(
         "/{webhook_id:str}/rotate-secret",
@@ -71,7 +82,11 @@ class WebhookController(Controller):
         responses=API_RESPONSES,
     )
     async def rotate(self, request: MaskingRequest, webhook_id: FromPath[str], conn: Db) -> broker.WebhookEndpoint:
-        return await broker.rotate_secret(conn, request.principal.tenant_id, webhook_id, request.runtime.clock())
+        now = request.runtime.clock()
+        async with conn.transaction():
+            rotated = await broker.rotate_secret(conn, request.principal.tenant_id, webhook_id, now)
+            await key_context(request).record(conn, "webhook.rotate_secret", Target("webhook", str(rotated.id)), now)
+        return rotated
 
     @post(
         "/{webhook_id:str}/test",

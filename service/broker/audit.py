@@ -1,8 +1,12 @@
-"""The audit log (rule 12): who did which ops action to what, written in the action's transaction, and read back."""
+"""The audit log (rule 12): who did which ops action to what, written in the action's transaction, and read back.
+
+The retention purge is a sweep (broker/sweeps.py: purge_audit).
+"""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Literal, get_args
 
 import msgspec
@@ -38,7 +42,10 @@ ACTIONS: tuple[str, ...] = get_args(Action)
 REASON_REQUIRED = frozenset({"session.reveal"})
 MAX_REASON = 500
 MAX_LIMIT = 200
-PURGE_BATCH = 1000
+
+
+# A DID's new status as the audit log names its change; re-activating (or moving pools) is not a contract action.
+DID_STATUS_ACTIONS: dict[str, Action] = {"draining": "did.drain", "retired": "did.retire"}
 
 
 class Actor(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -226,11 +233,26 @@ async def page(
     return AuditPage([render(r) for r in rows], _cursor(rows[-1]) if rows else after)
 
 
-async def purge(conn: Conn, retention_days: int, now: datetime, batch: int = PURGE_BATCH) -> int:
-    """Delete audit rows older than the retention (MASKING_AUDIT_RETENTION_DAYS), batch by batch; how many went."""
-    before, total = now - timedelta(days=retention_days), 0
+async def newest(conn: Conn, tenant_id: int, action: str | None, before: str | None, limit: int) -> AuditPage:
+    """The tenant's audit entries newest first before a cursor (None: the newest); next_cursor pages to older ones."""
+    if action is not None and action not in ACTIONS:
+        raise InvalidRequest(f"`action` must be one of: {', '.join(ACTIONS)}.", field="action")
+    rows = await q.select_newest(conn, tenant_id, action, _parse_cursor(before) if before else None, limit + 1)
+    more = len(rows) > limit
+    return AuditPage([render(r) for r in rows[:limit]], _cursor(rows[limit - 1]) if more else None)
+
+
+async def since(
+    conn: Conn, tenant_id: int, start: datetime, action: str | None, batch: int = MAX_LIMIT
+) -> AsyncIterator[AuditEntry]:
+    """The tenant's audit entries at or after `start`, oldest first, read a batch at a time."""
+    if action is not None and action not in ACTIONS:
+        raise InvalidRequest(f"`action` must be one of: {', '.join(ACTIONS)}.", field="action")
+    after = (start, 0)  # ids start at 1: (at, id) > (start, 0) keeps every row at start or later
     while True:
-        done = await q.purge_batch(conn, before, batch)
-        total += done
-        if done < batch:
-            return total
+        rows = await q.select_since(conn, tenant_id, action, after, batch)
+        for row in rows:
+            yield render(row)
+        if len(rows) < batch:
+            return
+        after = (rows[-1].at, rows[-1].id)

@@ -14,7 +14,7 @@ import msgspec
 from service.broker.errors import Forbidden, InvalidPhoneNumber, Unauthorized
 from service.broker.phones import normalize
 from service.broker.sessions import live_view
-from service.broker.tenants import Principal, authenticate, hash_key
+from service.broker.tenants import Principal, authenticate, hash_key, principal_by_hash
 from service.db import Conn
 from service.db import console as q
 from service.db import pools as pools_q
@@ -47,10 +47,7 @@ async def principal_of(conn: Conn, key_hash_hex: str) -> Principal | None:
         digest = bytes.fromhex(key_hash_hex)
     except ValueError:
         return None
-    owner = await q.select_principal(conn, digest)
-    if owner is None:
-        return None
-    return Principal(tenant_id=owner.tenant_id, tenant=owner.tenant, scopes=frozenset(owner.scopes))
+    return await principal_by_hash(conn, digest)
 
 
 async def find_sessions(conn: Conn, tenant_id: int, text: str, now: datetime) -> list[Session]:

@@ -16,6 +16,7 @@ from service import metrics
 from service.broker import events, pools
 from service.broker.reports import Matching, rematch_pending
 from service.db import Conn
+from service.db import audit as audit_q
 from service.db import calls as calls_q
 from service.db import console as console_q
 from service.db import events as events_q
@@ -93,7 +94,7 @@ async def tidy(conn: Conn, settings: Settings, now: datetime) -> dict[str, int]:
     Idempotency keys past their 24-hour window; bindings ended longer ago than both the cool-off and
     the sticky memory; provider reports with a final outcome, and report identities, older than the report
     retention; events and webhook attempts older than the event retention (MASKING_EVENT_RETENTION_DAYS);
-    per-minute refusal counts older than a day.
+    per-minute refusal counts older than a day; audit rows older than MASKING_AUDIT_RETENTION_DAYS.
     """
     keys_before = now - idempotency_q.REPLAY_WINDOW
     # A pool may set a longer cool-off than the service's: ended bindings are kept for the longest of all.
@@ -125,7 +126,14 @@ async def tidy(conn: Conn, settings: Settings, now: datetime) -> dict[str, int]:
         "refusal_counts_deleted": await _in_batches(
             conn, "refusal_counts_deleted", lambda: retention_q.delete_old_refusals(conn, now - REFUSALS_KEPT, BATCH)
         ),
+        "audit_rows_purged": await purge_audit(conn, now, settings.audit_retention_days),
     }
+
+
+async def purge_audit(conn: Conn, now: datetime, retention_days: int) -> int:
+    """Delete audit rows older than the retention (the only DELETE the audit log's trigger lets through)."""
+    before = now - timedelta(days=retention_days)
+    return await _in_batches(conn, "audit_rows_purged", lambda: audit_q.purge_batch(conn, before, BATCH))
 
 
 @dataclass

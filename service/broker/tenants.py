@@ -20,12 +20,14 @@ PREFIX_LENGTH = 12  # "msk_" and 8 random characters: shown in listings, never e
 Scope = Literal["sessions", "ops"]
 
 
-class Principal(msgspec.Struct, frozen=True):
-    """Who is calling: a tenant and the scopes of its key."""
+class Principal(msgspec.Struct, frozen=True, kw_only=True):
+    """Who is calling: a tenant, its key's scopes, and the key by id and shown prefix (for the audit log)."""
 
     tenant_id: int
     tenant: str
     scopes: frozenset[str]
+    key_id: int
+    key_prefix: str
 
     def allows(self, scope: Scope) -> bool:
         """`ops` includes everything `sessions` allows."""
@@ -103,8 +105,24 @@ async def authenticate(db: asyncpg.Pool | Conn, api_key: str) -> Principal | Non
     # Look up by the non-secret prefix, then compare hashes in constant time.
     for row in await q.select_keys_by_prefix(db, api_key[:PREFIX_LENGTH]):
         if hmac.compare_digest(bytes(row["key_hash"]), digest):
-            return Principal(tenant_id=row["tenant_id"], tenant=row["tenant"], scopes=frozenset(row["scopes"]))
+            return _principal(row)
     return None
+
+
+async def principal_by_hash(conn: Conn, digest: bytes) -> Principal | None:
+    """The principal of a live key by its SHA-256 digest (a console session keeps only that); None once revoked."""
+    row = await q.select_key_by_hash(conn, digest)
+    return None if row is None else _principal(row)
+
+
+def _principal(row: asyncpg.Record) -> Principal:
+    return Principal(
+        tenant_id=row["tenant_id"],
+        tenant=row["tenant"],
+        scopes=frozenset(row["scopes"]),
+        key_id=row["key_id"],
+        key_prefix=row["prefix"],
+    )
 
 
 async def callback_token(db: asyncpg.Pool | Conn, configured: str | None) -> str:

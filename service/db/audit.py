@@ -90,6 +90,56 @@ async def select_page(
     return [msgspec.convert(r, AuditRow) for r in rows]
 
 
+# Newest first before a position, for people reading (the console): the same (txid, id) order, walked back.
+SELECT_NEWEST = Query("""
+SELECT id, at, tenant_id, actor_kind, actor_id, actor_name, action, target_type, target_id, reason,
+       client_address, request_id, txid::text AS txid
+FROM audit_log
+WHERE tenant_id = :tenant_id
+  AND (:action::text IS NULL OR action = :action)
+  AND (:before_txid::text IS NULL OR (txid, id) < (:before_txid::text::xid8, :before_id::bigint))
+ORDER BY txid DESC, id DESC
+LIMIT :limit
+""")
+
+
+async def select_newest(
+    conn: Conn, tenant_id: int, action: str | None, before: tuple[str, int] | None, limit: int
+) -> list[AuditRow]:
+    """A page of the tenant's audit rows, newest first, before a feed position, optionally of one action."""
+    values = {
+        "tenant_id": tenant_id,
+        "action": action,
+        "before_txid": before[0] if before else None,
+        "before_id": before[1] if before else None,
+        "limit": limit,
+    }
+    rows = await conn.fetch(SELECT_NEWEST.sql, *SELECT_NEWEST.args(values))
+    return [msgspec.convert(r, AuditRow) for r in rows]
+
+
+# Oldest first since a time (the command line's `masking audit --since`), a batch at a time after (at, id).
+SELECT_SINCE = Query("""
+SELECT id, at, tenant_id, actor_kind, actor_id, actor_name, action, target_type, target_id, reason,
+       client_address, request_id, txid::text AS txid
+FROM audit_log
+WHERE tenant_id = :tenant_id
+  AND (:action::text IS NULL OR action = :action)
+  AND (at, id) > (:after_at, :after_id::bigint)
+ORDER BY at, id
+LIMIT :limit
+""")
+
+
+async def select_since(
+    conn: Conn, tenant_id: int, action: str | None, after: tuple[datetime, int], limit: int
+) -> list[AuditRow]:
+    """A batch of the tenant's audit rows oldest first after (at, id), optionally of one action."""
+    values = {"tenant_id": tenant_id, "action": action, "after_at": after[0], "after_id": after[1], "limit": limit}
+    rows = await conn.fetch(SELECT_SINCE.sql, *SELECT_SINCE.args(values))
+    return [msgspec.convert(r, AuditRow) for r in rows]
+
+
 # The trigger on audit_log lets a DELETE through only for rows older than the transaction's setting
 # masking.audit_purge_before: set here (transaction-local) for this batch and cleared right after it, so
 # that even inside a caller's transaction nothing else may delete audit rows.

@@ -71,26 +71,6 @@ async def store_delete_all(conn: Conn) -> None:
     await conn.execute("DELETE FROM console_sessions")
 
 
-class KeyOwner(msgspec.Struct, frozen=True, kw_only=True):
-    """The tenant of a live key and the key's scopes."""
-
-    tenant_id: int
-    tenant: str
-    scopes: list[str]
-
-
-async def select_principal(conn: Conn, key_hash: bytes) -> KeyOwner | None:
-    """The tenant and scopes of a live key, by its hash."""
-    row = await conn.fetchrow(
-        """
-        SELECT k.tenant_id, t.name AS tenant, k.scopes FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
-        WHERE k.key_hash = $1 AND k.revoked_at IS NULL
-        """,
-        key_hash,
-    )
-    return None if row is None else msgspec.convert(row, KeyOwner)
-
-
 async def recent_sessions(conn: Conn, tenant_id: int, limit: int) -> list[Session]:
     """The tenant's newest sessions (the walk of its (tenant_id, created_at) index)."""
     rows = await conn.fetch(

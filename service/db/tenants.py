@@ -34,13 +34,26 @@ async def select_keys_by_prefix(conn: Conn | asyncpg.Pool, prefix: str) -> list[
     """The live keys whose shown prefix is this one, with their hash, tenant and scopes."""
     rows: list[asyncpg.Record] = await conn.fetch(
         """
-        SELECT k.key_hash, k.tenant_id, t.name AS tenant, k.scopes
+        SELECT k.key_hash, k.tenant_id, t.name AS tenant, k.scopes, k.id AS key_id, k.prefix
         FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
         WHERE k.prefix = $1 AND k.revoked_at IS NULL
         """,
         prefix,
     )
     return rows
+
+
+async def select_key_by_hash(conn: Conn, key_hash: bytes) -> asyncpg.Record | None:
+    """A live key by its hash: its id, prefix, tenant (id and name) and scopes."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        """
+        SELECT k.id AS key_id, k.prefix, k.tenant_id, t.name AS tenant, k.scopes
+        FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
+        WHERE k.key_hash = $1 AND k.revoked_at IS NULL
+        """,
+        key_hash,
+    )
+    return row
 
 
 async def select_tenant_id(conn: Conn, name: str) -> int | None:

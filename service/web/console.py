@@ -22,8 +22,10 @@ from litestar.middleware.csrf import CSRFMiddleware
 from litestar.params import Body, FromPath, FromQuery
 from litestar.response import Redirect
 
+from service.api.audit import console_context
 from service.api.deps import Db, MaskingRequest, Runtime
-from service.broker import calls, console, dids, events, links, reports, sessions, webhooks
+from service.broker import audit, calls, console, dids, events, links, reports, sessions, webhooks
+from service.broker.audit import DID_STATUS_ACTIONS, Target
 from service.broker.errors import DidInUse, DomainError, RateLimited
 from service.broker.pools import pool_stats
 from service.models import DidStatus
@@ -39,11 +41,13 @@ NAV = [
     ("/console/calls", "Calls needing attention"),
     ("/console/reports", "Unmatched reports"),
     ("/console/webhooks", "Webhooks"),
+    ("/console/audit", "Audit"),
 ]
 # The DIDs a search shows at most (the search itself reaches every DID: it is a predicate in SQL).
 DIDS_SHOWN = 500
 DID_STATUSES = ("active", "draining", "retired")
 SESSION_EVENTS = 50
+AUDIT_SHOWN = 50
 # Pools with refusals but no DIDs, listed under the pools table (the busiest first).
 UNKNOWN_POOLS_SHOWN = 20
 Form = Body(media_type=RequestEncodingType.URL_ENCODED)
@@ -114,14 +118,17 @@ async def sign_in(request: MaskingRequest, data: Annotated[SignIn, Form]) -> Any
         principal, key_hash = await console.sign_in(request.runtime.db, data.key[:256])
     except DomainError as exc:
         return page("console/sign_in.html", status_of(exc.code), error=exc.detail)
+    async with request.runtime.db.acquire() as conn:
+        await console_context(request, principal).record(conn, "console.sign_in", None, request.runtime.clock())
     request.scope.setdefault("state", {})[ROTATE] = True
     request.set_session({"key": key_hash, "tenant": principal.tenant})
     return Redirect("/console/pools", status_code=303)
 
 
-@post("/sign-out", include_in_schema=False, status_code=303)
-async def sign_out(request: MaskingRequest) -> Any:
-    """End the console session."""
+@post("/sign-out", guards=[signed_in], include_in_schema=False, status_code=303)
+async def sign_out(request: MaskingRequest, conn: Db) -> Any:
+    """End the console session (one whose key was revoked has already ended: the guard signed it out)."""
+    await console_context(request).record(conn, "console.sign_out", None, request.runtime.clock())
     request.clear_session()
     return Redirect("/console/sign-in", status_code=303)
 
@@ -246,10 +253,12 @@ async def did_change(request: MaskingRequest, conn: Db, number: FromPath[str], d
     """
     if data.status == "retired" and data.confirm != "yes":
         return _view(request, "console/retire.html", number=number)
+    now = request.runtime.clock()
     try:
-        did = await dids.change_did(
-            conn, request.principal.tenant_id, number, data.status, None, request.runtime.clock()
-        )
+        async with conn.transaction():
+            did = await dids.change_did(conn, request.principal.tenant_id, number, data.status, None, now)
+            if (action := DID_STATUS_ACTIONS.get(data.status)) is not None:
+                await console_context(request).record(conn, action, Target("did", did.number), now)
     except DidInUse as exc:
         return await _dids_page(request, conn, number.lstrip("+"), "", "", error=exc.detail, code=409)
     return Redirect(f"/console/dids?q={did.number.lstrip('+')}&done={did.status}", status_code=303)
@@ -286,7 +295,10 @@ async def session_page(request: MaskingRequest, conn: Db, session_id: FromPath[s
 @post("/sessions/{session_id:str}/close", guards=[signed_in], include_in_schema=False, status_code=303)
 async def session_close(request: MaskingRequest, conn: Db, session_id: FromPath[str]) -> Any:
     """Close a session (POST /v1/sessions/{id}/close)."""
-    session = await sessions.close_session(conn, request.principal.tenant_id, session_id, request.runtime.clock())
+    now = request.runtime.clock()
+    async with conn.transaction():
+        session = await sessions.close_session(conn, request.principal.tenant_id, session_id, now)
+        await console_context(request).record(conn, "session.close", Target("session", str(session.id)), now)
     return Redirect(f"/console/sessions/{session.id}", status_code=303)
 
 
@@ -307,9 +319,10 @@ class ExpireOrder(msgspec.Struct, kw_only=True):
 @post("/expire", guards=[signed_in], include_in_schema=False, status_code=303)
 async def expire_order(request: MaskingRequest, conn: Db, data: Annotated[ExpireOrder, Form]) -> Any:
     """Expire every live session of an order (POST /v1/sessions/expire)."""
-    count = await sessions.expire_sessions(
-        conn, request.principal.tenant_id, sessions.ExpireFilter(order_id=data.order_id), request.runtime.clock()
-    )
+    now, wanted = request.runtime.clock(), sessions.ExpireFilter(order_id=data.order_id)
+    async with conn.transaction():
+        count = await sessions.expire_sessions(conn, request.principal.tenant_id, wanted, now)
+        await console_context(request).record(conn, "sessions.expire", Target("order", data.order_id), now)
     query = urlencode({"q": data.order_id, "expired": count})
     return Redirect(f"/console/sessions?{query}", status_code=303)
 
@@ -386,9 +399,23 @@ class Redeliver(msgspec.Struct, kw_only=True):
 @post("/webhooks/redeliver", guards=[signed_in], include_in_schema=False, status_code=303)
 async def webhook_redeliver(request: MaskingRequest, conn: Db, data: Annotated[Redeliver, Form]) -> Any:
     """Queue an event again for every endpoint that wants it (POST /v1/events/{id}/redeliver)."""
-    done = await webhooks.redeliver(conn, request.principal.tenant_id, data.event_id, request.runtime.clock())
+    now = request.runtime.clock()
+    async with conn.transaction():
+        done = await webhooks.redeliver(conn, request.principal.tenant_id, data.event_id, now)
+        await console_context(request).record(conn, "event.redeliver", Target("event", data.event_id), now)
     query = urlencode({"queued": data.event_id, "endpoints": done.queued})
     return Redirect(f"/console/webhooks?{query}", status_code=303)
+
+
+@get("/audit", guards=[signed_in], include_in_schema=False)
+async def audit_log(
+    request: MaskingRequest, conn: Db, action: FromQuery[str] = "", before: FromQuery[str | None] = None
+) -> Any:
+    """The tenant's audit log, newest first, a page at a time, optionally of one action; numbers masked."""
+    wanted = action if action in audit.ACTIONS else None
+    found = await audit.newest(conn, request.principal.tenant_id, wanted, before, AUDIT_SHOWN)
+    older = urlencode({"action": wanted or "", "before": found.next_cursor}) if found.next_cursor else ""
+    return _view(request, "console/audit.html", entries=found.items, actions=audit.ACTIONS, action=wanted, older=older)
 
 
 # Errors.
@@ -435,6 +462,7 @@ def console_router(csrf: CSRFConfig, sessions_config: ConsoleSessionConfig) -> R
             webhook_list,
             webhook_test,
             webhook_redeliver,
+            audit_log,
         ],
         middleware=[sessions_config.middleware, DefineMiddleware(CSRFMiddleware, config=csrf)],
         opt={"sign_in_limit": links.Buckets(SIGN_INS_PER_MINUTE)},
