@@ -278,3 +278,41 @@ def test_command_line_expiry_and_import_are_recorded_and_masking_audit_prints_th
     assert [json.loads(line)["action"] for line in only.stdout.splitlines()] == ["sessions.expire"]
     wrong = run_cli("audit", "--tenant", "acme", "--since", "yesterday", env=env)
     assert wrong.returncode == 2 and "--since" in wrong.stderr
+
+
+async def test_api_closes_expiries_and_pool_changes_are_recorded_and_refused_ones_are_not(
+    client: httpx.AsyncClient, keys: Keys, db: asyncpg.Connection
+) -> None:
+    """POST close, POST /v1/sessions/expire and PUT /v1/pools/{name} write one row each by their key; a foreign close none."""
+    await add_dids(client, keys.a, [DID])
+    session = (await client.post("/v1/sessions", json=session_body("ORD-A1"), headers=keys.a)).json()
+    other = (
+        await client.post(
+            "/v1/sessions", json=session_body("ORD-A2", customer="+919876500002", agent="+918765400002"), headers=keys.a
+        )
+    ).json()
+    before = len(await _rows(db))
+    assert (await client.post(f"/v1/sessions/{session['id']}/close", headers=keys.b)).status_code == 404
+    assert len(await _rows(db)) == before  # another tenant's close was refused: nothing on record
+    by_backend = Keys.auth(keys.a_sessions)
+    closed = await client.post(
+        f"/v1/sessions/{session['id']}/close", json={"reason": "order delivered"}, headers=by_backend
+    )
+    assert closed.status_code == 200
+    expired = await client.post("/v1/sessions/expire", json={"order_id": "ORD-A2"}, headers=keys.a)
+    assert expired.json() == {"expired": 1}
+    assert (await client.put("/v1/pools/default", json={"cooloff_seconds": 60}, headers=keys.a)).status_code == 200
+    rows = (await _rows(db))[before:]
+    assert [(r["action"], r["target_type"], r["target_id"]) for r in rows] == [
+        ("session.close", "session", session["id"]),
+        ("sessions.expire", "order", "ORD-A2"),
+        ("pool.update", "pool", "default"),
+    ]
+    assert other["id"] != session["id"]
+    reason = await db.fetchval("SELECT reason FROM audit_log WHERE action = 'session.close'")
+    assert reason == "order delivered"
+    for row, key in zip(rows, (keys.a_sessions, keys.a_ops, keys.a_ops), strict=True):
+        key_id, prefix, tenant = await _key(db, key)
+        assert (row["tenant_id"], row["actor_kind"], row["actor_id"], row["actor_name"]) == (
+            tenant, "api_key", key_id, prefix
+        )  # fmt: skip

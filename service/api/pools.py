@@ -5,9 +5,11 @@ from __future__ import annotations
 from litestar import Controller, get, put
 from litestar.params import FromPath, JSONBody
 
+from service.api.audit import key_context
 from service.api.deps import Db, MaskingRequest
 from service.api.problems import API_RESPONSES
 from service.broker import pools as broker
+from service.broker.audit import Target
 
 
 class PoolController(Controller):
@@ -46,13 +48,12 @@ class PoolController(Controller):
     async def replace(
         self, request: MaskingRequest, name: FromPath[str], data: JSONBody[broker.PoolSettings], conn: Db
     ) -> broker.Pool:
-        runtime = request.runtime
-        return await broker.put_pool(
-            conn,
-            request.principal.tenant_id,
-            name,
-            data,
-            runtime.clock(),
-            max_pools=runtime.settings.max_pools_per_tenant,
-            cache=runtime.pools,
-        )
+        runtime, now = request.runtime, request.runtime.clock()
+        tenant_id = request.principal.tenant_id
+        async with conn.transaction():  # the change and its audit row commit together (rule 12)
+            pool = await broker.put_pool(
+                conn, tenant_id, name, data, now, max_pools=runtime.settings.max_pools_per_tenant, cache=runtime.pools
+            )
+            await key_context(request).record(conn, "pool.update", Target("pool", pool.name), now)
+        runtime.pools.forget(tenant_id, pool.name)  # put_pool forgot it before this commit: forget it after too
+        return pool

@@ -8,11 +8,13 @@ import msgspec
 from litestar import Controller, Response, get, patch, post
 from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
 
+from service.api.audit import key_context
 from service.api.deps import Db, MaskingRequest
 from service.api.idempotency import run_once
 from service.api.problems import API_RESPONSES
 from service.broker import pools
 from service.broker import sessions as broker
+from service.broker.audit import Target
 from service.broker.errors import InvalidRequest
 from service.models import Session
 
@@ -159,7 +161,11 @@ class SessionController(Controller):
         data: JSONBody[CloseSession | None] = None,
     ) -> Session:
         note = data.reason if data is not None else None
-        return await broker.close_session(conn, request.principal.tenant_id, session_id, request.runtime.clock(), note)
+        now = request.runtime.clock()
+        async with conn.transaction():  # the close and its audit row commit together (rule 12)
+            session = await broker.close_session(conn, request.principal.tenant_id, session_id, now, note)
+            await key_context(request).record(conn, "session.close", Target("session", str(session.id)), now, note)
+        return session
 
     @post(
         "/expire",
@@ -174,4 +180,11 @@ class SessionController(Controller):
         data: JSONBody[broker.ExpireFilter],
         conn: Db,
     ) -> Expired:
-        return Expired(await broker.expire_sessions(conn, request.principal.tenant_id, data, request.runtime.clock()))
+        now = request.runtime.clock()
+        # The target says what was matched; a number in it is kept masked by the audit log.
+        matched = data.customer or data.agent or data.masked_number or ""
+        target = Target("order", data.order_id) if data.order_id else Target("number", matched)
+        async with conn.transaction():  # the expiry and its audit row commit together (rule 12)
+            count = await broker.expire_sessions(conn, request.principal.tenant_id, data, now)
+            await key_context(request).record(conn, "sessions.expire", target, now)
+        return Expired(count)
