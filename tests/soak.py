@@ -274,6 +274,7 @@ async def run(dsn: str, seconds: float, log_dir: Path | None = None, webhook_tim
                 soak.stop.set()
                 await asyncio.gather(*tasks, restarter)
                 stopped_at = await db.fetchval("SELECT now()")
+                draining = time.monotonic()
                 # Let every call get its report or time out, the simulator finish its deliveries, and every event
                 # made during the run reach the steady endpoint (those a killed process had claimed: after its lease).
                 deadline = time.monotonic() + max(REPORT_TIMEOUT + 20, 2 * webhook_timeout + 15)
@@ -285,7 +286,9 @@ async def run(dsn: str, seconds: float, log_dir: Path | None = None, webhook_tim
                     ):
                         break
                     await asyncio.sleep(0.5)
+                drained = round(time.monotonic() - draining, 1)
                 figures = await _count(db, soak, rows_at_start)
+                figures["seconds to drain (calls, reports, webhooks)"] = drained
                 figures.update(await _webhook_figures(db, soak, stopped_at))
         finally:
             await db.close()

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
 from service import metrics
+from service.broker.horizon import HorizonWatch
 from service.broker.sweeps import Sweeper
 from service.db.events import SELECT_FEED, insert_events
 from service.db.horizon import CLUSTER_HORIZON, DATABASE_HORIZON, FEED_HORIZON, read_horizon
@@ -150,3 +152,31 @@ async def test_each_sweep_sets_the_horizon_lag_gauge(db: asyncpg.Connection, dsn
     await sweeper.sweep_once(db, datetime.now(UTC))
     assert held >= 1.0
     assert metrics.EVENT_FEED_HORIZON_LAG._value.get() == 0.0
+
+
+async def test_without_rights_to_see_the_holders_start_the_lag_counts_from_first_sighting(
+    db: asyncpg.Connection, dsn: str
+) -> None:
+    """Read by a role without pg_read_all_stats, another role's transaction holding the horizon has no start to see:
+    the watch counts the lag from when it first saw that transaction hold it (0, then 30 s on a clock moved 30 s)."""
+    tenant_id = await tenant(db)
+    role = "horizon_" + uuid.uuid4().hex[:8]
+    await db.execute(f"CREATE ROLE {role} LOGIN")
+    try:
+        plain = await asyncpg.connect(dsn, user=role)
+        try:
+            watch = HorizonWatch()
+            async with transaction(dsn) as holder:
+                await write(holder, tenant_id, "held")
+                await write(db, tenant_id, "behind it")
+                reading = await read_horizon(plain, DATABASE_HORIZON)
+                t0 = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+                first = await watch.observe(plain, t0)
+                later = await watch.observe(plain, t0 + timedelta(seconds=30))
+            done = await watch.observe(plain, t0 + timedelta(seconds=31))
+        finally:
+            await plain.close()
+    finally:
+        await db.execute(f"DROP ROLE {role}")
+    assert reading.held and reading.seconds is None
+    assert (first, later, done) == (0.0, 30.0, 0.0)

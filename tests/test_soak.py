@@ -17,7 +17,8 @@ async def test_a_short_soak_keeps_every_promise(dsn: str, tmp_path: Path) -> Non
         f"{figures['restarts of process A']} restarts, 5xx {figures['5xx by route']}, "
         f"{figures['actions'].get('webhook endpoints registered', 0)} endpoints registered and deleted, "
         f"{figures['requests held open by the hanging endpoints']} requests hanging, "
-        f"the soak tenant's delivery delay {delay}"
+        f"the soak tenant's delivery delay {delay}; {figures['seconds']} s in all, "
+        f"{figures['seconds to drain (calls, reports, webhooks)']} s of them to drain"
     )
     assert consistent(figures) == []
     assert figures["restarts of process A"] >= 1
