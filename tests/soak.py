@@ -96,6 +96,8 @@ class Soak:
         self.acked: Counter[str] = Counter()  # report bodies the harness re-sent and heard 200 for
         self.actions: Counter[str] = Counter()
         self.restarts = 0
+        self.restarting_since: float | None = None  # when the current restart of A began (monotonic)
+        self.five_xx: list[dict[str, Any]] = []  # each 5xx: route, status, code, process, call id, restart under way
         self.stop = asyncio.Event()
 
     async def request(self, http: httpx.AsyncClient, method: str, path: str, **kwargs: Any) -> httpx.Response | None:
@@ -108,8 +110,28 @@ class Soak:
                 self.actions["connection errors"] += 1
                 continue
             self.statuses[(_route(method, path), r.status_code)] += 1
+            if r.status_code >= 500:
+                self._note_5xx(r, method, path, "AB"[i])
             return r
         return None
+
+    def _note_5xx(self, r: httpx.Response, method: str, path: str, process: str) -> None:
+        """Keep what a 5xx says (its code and call id) and whether process A was being restarted at the time."""
+        try:
+            body = r.json()
+        except ValueError:
+            body = {}
+        since = self.restarting_since
+        self.five_xx.append(
+            {
+                "route": _route(method, path),
+                "status": r.status_code,
+                "code": body.get("code"),
+                "call_id": body.get("call_id"),
+                "process": process,
+                "seconds into a restart of A": None if since is None else round(time.monotonic() - since, 1),
+            }
+        )
 
     async def worker(self, http: httpx.AsyncClient, w: int) -> None:
         n = 0
@@ -205,9 +227,11 @@ class Soak:
                 return
             except TimeoutError:
                 pass
+            self.restarting_since = time.monotonic()
             await asyncio.to_thread(a.stop, signal.SIGKILL if self.restarts % 2 == 0 else signal.SIGTERM)
             self.restarts += 1
             await asyncio.to_thread(a.start)
+            self.restarting_since = None
 
 
 async def run(dsn: str, seconds: float, log_dir: Path | None = None, webhook_timeout: float = 15.0) -> dict[str, Any]:
@@ -337,6 +361,7 @@ async def _count(db: asyncpg.Connection, soak: Soak, rows_at_start: dict[str, in
         "actions": dict(soak.actions),
         "answers by status": dict(Counter(status for (_, status), n in soak.statuses.items() for _ in range(n))),
         "5xx by route": five_xx,
+        "5xx answers": soak.five_xx,
         "rows at start": rows_at_start,
         "rows at end": await _table_rows(db),
     }
