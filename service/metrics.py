@@ -39,6 +39,11 @@ WEBHOOK_BACKLOG = Gauge(
     "Age of the oldest undelivered event of the endpoints furthest behind",
     ["endpoint"],
 )
+# Events of transactions younger than the feed's horizon wait until the transaction holding it ends.
+EVENT_FEED_HORIZON_LAG = Gauge(
+    "masking_event_feed_horizon_lag_seconds",
+    "How long the transaction holding back the event feed's horizon has been open (0: nothing holds it)",
+)
 WEBHOOK_DISABLED = Gauge("masking_webhook_endpoints_disabled", "Webhook endpoints disabled for failing")
 SWEPT = Counter("masking_swept", "Rows tidied by background sweepers", ["job"])
 

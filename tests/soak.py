@@ -4,10 +4,14 @@
 
 Creates, clicks, provider reports (with duplicates, re-sends and calls that never get one), closes,
 expiries and restarts of one of the two processes (SIGKILL and SIGTERM in turn) run for the given
-time against the provider simulator. At the end it counts: reports acknowledged vs stored, clicks
-answered 202 vs dials the simulator received, crossed lines, calls stuck past the report timeout,
-5xx answers by route, and rows per table at the start and the end. The database is
-MASKING_DATABASE_URL (a fresh one is best), else an embedded PostgreSQL in a temporary folder.
+time against the provider simulator. Meanwhile webhooks: the soak tenant's steady endpoint takes every
+event, a second endpoint is registered and deleted again and again while sessions are created, and a
+second tenant creates and closes 2 sessions a second with 8 endpoints that accept and never answer.
+At the end it counts: reports acknowledged vs stored, clicks answered 202 vs dials the simulator
+received, crossed lines, calls stuck past the report timeout, 5xx answers by route, events the steady
+endpoint never received, the soak tenant's delivery delay (event created_at to receipt: p50, p99,
+max), and rows per table at the start and the end. The database is MASKING_DATABASE_URL (a fresh one
+is best), else an embedded PostgreSQL in a temporary folder.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +39,12 @@ from service.provider.simulator import Fault, Simulator, simulator_app
 from tests.helpers import CROSSED_LINES, dsn_for
 from tests.live import serve
 from tests.processes import ServeProcess, masking_env, run_cli
+from tests.receiver import Receiver
 
 TOKEN = "soak-callback-token-0123456789"
 REPORT_TIMEOUT = 10  # seconds: MASKING_CALL_REPORT_TIMEOUT_SECONDS of the soak's processes
 DIDS, AGENTS, WORKERS = 60, 12, 6
+HANGING_ENDPOINTS = 8  # the hanging tenant's: each accepts connections and never answers
 _ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -54,19 +62,42 @@ async def _table_rows(db: asyncpg.Connection) -> dict[str, int]:
     return {t: await db.fetchval(f'SELECT count(*) FROM "{t}"') for t in sorted(tables)}
 
 
+@dataclass
+class Hooks:
+    """The webhook receivers: the soak tenant's steady one and the one that comes and goes, and the one that hangs."""
+
+    steady: Receiver = field(default_factory=Receiver)
+    churn: Receiver = field(default_factory=Receiver)
+    stuck: Receiver = field(default_factory=lambda: Receiver(mode="hang"))
+    steady_id: str = ""
+
+    async def __aenter__(self) -> Hooks:
+        for r in (self.steady, self.churn, self.stuck):
+            await r.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for r in (self.steady, self.churn, self.stuck):
+            await r.stop()
+
+
 class Soak:
     """The workload's state: the two processes, the simulator, and everything acknowledged along the way."""
 
-    def __init__(self, a: ServeProcess, b: ServeProcess, sim: Simulator, key: str) -> None:
+    def __init__(self, a: ServeProcess, b: ServeProcess, sim: Simulator, key: str, hung_key: str, hooks: Hooks) -> None:
         self.procs = [a, b]
         self.sim = sim
         self.auth = {"Authorization": f"Bearer {key}"}
+        self.hung_auth = {"Authorization": f"Bearer {hung_key}"}
+        self.hooks = hooks
         self.statuses: Counter[tuple[str, int]] = Counter()
         self.sessions: set[str] = set()
         self.clicks: set[str] = set()  # call ids answered 202
         self.acked: Counter[str] = Counter()  # report bodies the harness re-sent and heard 200 for
         self.actions: Counter[str] = Counter()
         self.restarts = 0
+        self.restarting_since: float | None = None  # when the current restart of A began (monotonic)
+        self.five_xx: list[dict[str, Any]] = []  # each 5xx: route, status, code, process, call id, restart under way
         self.stop = asyncio.Event()
 
     async def request(self, http: httpx.AsyncClient, method: str, path: str, **kwargs: Any) -> httpx.Response | None:
@@ -79,8 +110,28 @@ class Soak:
                 self.actions["connection errors"] += 1
                 continue
             self.statuses[(_route(method, path), r.status_code)] += 1
+            if r.status_code >= 500:
+                self._note_5xx(r, method, path, "AB"[i])
             return r
         return None
+
+    def _note_5xx(self, r: httpx.Response, method: str, path: str, process: str) -> None:
+        """Keep what a 5xx says (its code and call id) and whether process A was being restarted at the time."""
+        try:
+            body = r.json()
+        except ValueError:
+            body = {}
+        since = self.restarting_since
+        self.five_xx.append(
+            {
+                "route": _route(method, path),
+                "status": r.status_code,
+                "code": body.get("code"),
+                "call_id": body.get("call_id"),
+                "process": process,
+                "seconds into a restart of A": None if since is None else round(time.monotonic() - since, 1),
+            }
+        )
 
     async def worker(self, http: httpx.AsyncClient, w: int) -> None:
         n = 0
@@ -136,6 +187,37 @@ class Soak:
                 return
             await asyncio.sleep(0.2)
 
+    async def churner(self, http: httpx.AsyncClient) -> None:
+        """Register an endpoint for session.created, wait 0.3 s, delete it; again and again, while sessions are made."""
+        body = {"url": self.hooks.churn.url, "events": ["session.created"]}
+        while not self.stop.is_set():
+            r = await self.request(http, "POST", "/v1/webhooks", json=body, headers=self.auth)
+            if r is None or r.status_code != 201:
+                await asyncio.sleep(0.3)
+                continue
+            self.actions["webhook endpoints registered"] += 1
+            await asyncio.sleep(0.3)
+            for _ in range(50):  # a 404: the delete took effect on a process killed before it answered
+                d = await self.request(http, "DELETE", f"/v1/webhooks/{r.json()['id']}", headers=self.auth)
+                if d is not None and d.status_code in (204, 404):
+                    self.actions["webhook endpoints deleted"] += 1
+                    break
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(0.2)
+
+    async def hanging_tenant(self, http: httpx.AsyncClient) -> None:
+        """The other tenant: 2 sessions a second, each closed at once, every event for 8 endpoints that hang."""
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            began = time.monotonic()
+            body = {"order_id": f"h{n}", "customer": f"+91986{n:07d}", "agent": f"+91875{n % 4:07d}"}
+            r = await self.request(http, "POST", "/v1/sessions", json=body, headers=self.hung_auth)
+            if r is not None and r.status_code in (200, 201):
+                self.actions["sessions of the hanging tenant"] += 1
+                await self.request(http, "POST", f"/v1/sessions/{r.json()['id']}/close", headers=self.hung_auth)
+            await asyncio.sleep(max(0.0, 0.5 - (time.monotonic() - began)))
+
     async def restarter(self, every: float) -> None:
         """Restart process A again and again, by SIGKILL and by SIGTERM in turn; B stays up."""
         a = self.procs[0]
@@ -145,16 +227,22 @@ class Soak:
                 return
             except TimeoutError:
                 pass
+            self.restarting_since = time.monotonic()
             await asyncio.to_thread(a.stop, signal.SIGKILL if self.restarts % 2 == 0 else signal.SIGTERM)
             self.restarts += 1
             await asyncio.to_thread(a.start)
+            self.restarting_since = None
 
 
-async def run(dsn: str, seconds: float, log_dir: Path | None = None) -> dict[str, Any]:
-    """Run the soak for `seconds` on this (fresh) database; return the figures."""
+async def run(dsn: str, seconds: float, log_dir: Path | None = None, webhook_timeout: float = 15.0) -> dict[str, Any]:
+    """Run the soak for `seconds` on this (fresh) database; return the figures.
+
+    webhook_timeout is MASKING_WEBHOOK_TIMEOUT_SECONDS: how long a hanging endpoint holds a request, and (twice
+    it, plus 5 s) how long a delivery claimed by a killed process waits before another takes it up.
+    """
     started = time.monotonic()
     sim = Simulator(delay=0.2)
-    async with serve(simulator_app(sim)) as sim_url:
+    async with serve(simulator_app(sim)) as sim_url, Hooks() as hooks:
         env = masking_env(
             MASKING_DATABASE_URL=dsn,
             MASKING_PROVIDER="thundersms",
@@ -169,33 +257,64 @@ async def run(dsn: str, seconds: float, log_dir: Path | None = None) -> dict[str
             MASKING_PROVIDER_TIMEOUT_SECONDS="5",
             # 12 agents on 60 DIDs: with the default hour of cool-off the pool would run dry within minutes.
             MASKING_COOLOFF_SECONDS="5",
+            MASKING_WEBHOOK_ALLOW_HTTP="true",
+            MASKING_WEBHOOK_ALLOW_PRIVATE="true",
+            MASKING_WEBHOOK_TIMEOUT_SECONDS=str(webhook_timeout),
         )
-        key = json.loads(run_cli("tenant", "create", "soak", "--scope", "sessions", "--scope", "ops", env=env).stdout)[
-            "api_key"
-        ]
+        key, hung_key = (
+            json.loads(run_cli("tenant", "create", name, "--scope", "sessions", "--scope", "ops", env=env).stdout)[
+                "api_key"
+            ]
+            for name in ("soak", "hanging")
+        )
         logs = [log_dir / f"soak-{name}.log" if log_dir else None for name in ("a", "b")]
         a, b = ServeProcess(env, log_path=logs[0]), ServeProcess(env, log_path=logs[1])
         await asyncio.gather(asyncio.to_thread(a.start), asyncio.to_thread(b.start))
         sim.callback_url = f"{b.url}/v1/provider/thundersms/callback/{TOKEN}"  # B is never restarted
-        soak = Soak(a, b, sim, key)
+        soak = Soak(a, b, sim, key, hung_key, hooks)
         db = await asyncpg.connect(dsn)
         try:
             async with httpx.AsyncClient(timeout=15) as http:
                 dids = [{"number": f"+9180682{i:05d}"} for i in range(DIDS)]
                 assert (await http.post(b.url + "/v1/dids/bulk", json={"dids": dids}, headers=soak.auth)).is_success
+                dids = [{"number": f"+9180683{i:05d}"} for i in range(20)]
+                assert (
+                    await http.post(b.url + "/v1/dids/bulk", json={"dids": dids}, headers=soak.hung_auth)
+                ).is_success
+                steady = await http.post(
+                    b.url + "/v1/webhooks", json={"url": hooks.steady.url, "events": ["*"]}, headers=soak.auth
+                )
+                assert steady.status_code == 201, steady.text
+                hooks.steady.secrets, hooks.steady_id = [steady.json()["secret"]], steady.json()["id"]
+                for i in range(HANGING_ENDPOINTS):
+                    hung = {"url": f"{hooks.stuck.url}/{i}", "events": ["*"]}
+                    assert (
+                        await http.post(b.url + "/v1/webhooks", json=hung, headers=soak.hung_auth)
+                    ).status_code == 201
                 rows_at_start = await _table_rows(db)
                 tasks = [asyncio.create_task(soak.worker(http, w)) for w in range(WORKERS)]
+                tasks += [asyncio.create_task(soak.churner(http)), asyncio.create_task(soak.hanging_tenant(http))]
                 restarter = asyncio.create_task(soak.restarter(every=max(3.0, seconds / 8)))
                 await asyncio.sleep(seconds)
                 soak.stop.set()
                 await asyncio.gather(*tasks, restarter)
-                # Let every call get its report or time out, and the simulator finish its deliveries.
-                deadline = time.monotonic() + REPORT_TIMEOUT + 20
+                stopped_at = await db.fetchval("SELECT now()")
+                draining = time.monotonic()
+                # Let every call get its report or time out, the simulator finish its deliveries, and every event
+                # made during the run reach the steady endpoint (those a killed process had claimed: after its lease).
+                deadline = time.monotonic() + max(REPORT_TIMEOUT + 20, 2 * webhook_timeout + 15)
                 while time.monotonic() < deadline:
-                    if not sim._tasks and not await db.fetchval("SELECT count(*) FROM calls WHERE in_flight"):
+                    if (
+                        not sim._tasks
+                        and not await db.fetchval("SELECT count(*) FROM calls WHERE in_flight")
+                        and not await _undelivered(db, hooks, stopped_at)
+                    ):
                         break
                     await asyncio.sleep(0.5)
+                drained = round(time.monotonic() - draining, 1)
                 figures = await _count(db, soak, rows_at_start)
+                figures["seconds to drain (calls, reports, webhooks)"] = drained
+                figures.update(await _webhook_figures(db, soak, stopped_at))
         finally:
             await db.close()
             a.stop()
@@ -242,8 +361,59 @@ async def _count(db: asyncpg.Connection, soak: Soak, rows_at_start: dict[str, in
         "actions": dict(soak.actions),
         "answers by status": dict(Counter(status for (_, status), n in soak.statuses.items() for _ in range(n))),
         "5xx by route": five_xx,
+        "5xx answers": soak.five_xx,
         "rows at start": rows_at_start,
         "rows at end": await _table_rows(db),
+    }
+
+
+async def _undelivered(db: asyncpg.Connection, hooks: Hooks, before: datetime) -> set[str]:
+    """The steady endpoint's events made before `before` that it has not received (webhook ids)."""
+    rows = await db.fetch(
+        "SELECT event_id FROM webhook_deliveries d JOIN events e ON e.id = d.event_id"
+        " WHERE d.endpoint_id = $1::uuid AND e.created_at < $2",
+        hooks.steady_id,
+        before,
+    )
+    return {f"evt_{r[0]}" for r in rows} - set(hooks.steady.delivered)
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    """p50, p99 and max (nearest rank), in seconds to the millisecond."""
+    if not values:
+        return {}
+    ordered = sorted(values)
+
+    def rank(p: float) -> float:
+        return round(ordered[min(len(ordered) - 1, max(0, round(p * len(ordered)) - 1))], 3)
+
+    return {"count": len(ordered), "p50": rank(0.5), "p99": rank(0.99), "max": round(ordered[-1], 3)}
+
+
+async def _webhook_figures(db: asyncpg.Connection, soak: Soak, stopped_at: datetime) -> dict[str, Any]:
+    """The steady endpoint's deliveries: lost, duplicated, badly signed, and the delay from created_at to receipt."""
+    hooks = soak.hooks
+    wall = time.time() - time.monotonic()  # a monotonic arrival time plus this is the wall clock's
+    attempts = {
+        f"evt_{r[0]}": r[1]
+        for r in await db.fetch(
+            "SELECT event_id, attempts FROM webhook_deliveries WHERE endpoint_id = $1::uuid", hooks.steady_id
+        )
+    }
+    delays, first_attempt = [], []
+    for webhook_id, arrived in hooks.steady.arrived.items():
+        created = datetime.fromisoformat(hooks.steady.events[webhook_id]["created_at"]).timestamp()
+        delays.append(arrived + wall - created)
+        if attempts.get(webhook_id) == 1:
+            first_attempt.append(arrived + wall - created)
+    return {
+        "events the steady endpoint never received": len(await _undelivered(db, hooks, stopped_at)),
+        "events the steady endpoint received twice or more": len(hooks.steady.duplicates()),
+        "bad signatures at the steady endpoint": hooks.steady.bad_signatures,
+        "delivery delay of the soak tenant (s)": _percentiles(delays),
+        "delivery delay of the soak tenant, delivered at the first attempt (s)": _percentiles(first_attempt),
+        "requests held open by the hanging endpoints": hooks.stuck.requests,
+        "deliveries to the endpoint that came and went": hooks.churn.requests,
     }
 
 
@@ -257,6 +427,8 @@ def consistent(figures: dict[str, Any]) -> list[str]:
         "crossed lines",
         "calls stuck past the report timeout",
         "unhandled errors in the service logs",
+        "events the steady endpoint never received",
+        "bad signatures at the steady endpoint",
     ]
     broken = [f"{name}: {figures[name]}" for name in zero if figures[name]]
     broken += [f"5xx {route}: {n}" for route, n in figures["5xx by route"].items() if not route.endswith(" 503")]

@@ -14,6 +14,7 @@ import structlog
 
 from service import metrics
 from service.broker import events, pools
+from service.broker.horizon import HorizonWatch
 from service.broker.reports import Matching, rematch_pending
 from service.db import Conn
 from service.db import audit as audit_q
@@ -158,9 +159,11 @@ class Sweeper:
     settings: Settings
     headroom: Every = field(default_factory=lambda: Every(HEADROOM_EVERY))
     tidying: Every = field(default_factory=lambda: Every(TIDY_EVERY))
+    feed_horizon: HorizonWatch = field(default_factory=HorizonWatch)
 
     async def sweep_once(self, conn: Conn, now: datetime) -> None:
         """One round of every job."""
+        await self.feed_horizon.observe(conn, now)  # first: a job stuck behind the holder's locks must not hide it
         await sweep_expired(conn, now)
         await time_out_calls(conn, now, self.settings.call_report_timeout_seconds)
         await rematch_pending(conn, Matching.from_settings(self.settings), now)
