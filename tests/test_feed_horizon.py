@@ -57,7 +57,7 @@ def test_the_gauge_measures_the_guard_the_feed_uses() -> None:
     assert FEED_HORIZON in SELECT_FEED
 
 
-async def test_a_transaction_open_in_another_database_holds_back_todays_feed_but_not_the_proposed_one(
+async def test_a_transaction_open_in_another_database_holds_back_the_old_cluster_wide_guard_but_not_the_feed(
     db: asyncpg.Connection, server_dsn: str
 ) -> None:
     """While a transaction with an id stays open in another database for 2 s, each event committed here meanwhile

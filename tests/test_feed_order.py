@@ -29,11 +29,6 @@ async def burn_to(db: asyncpg.Connection, target: int) -> None:
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="service/db/events.py SELECT_FEED orders by its output column `txid` (txid::text): text order; "
-    "the fix is `ORDER BY events.txid, events.id` (db/audit.py's feed has the same ORDER BY)",
-)
 async def test_an_event_whose_transaction_id_has_fewer_digits_is_not_skipped(
     client: httpx.AsyncClient, keys: Keys, db: asyncpg.Connection
 ) -> None:

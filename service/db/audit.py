@@ -7,6 +7,7 @@ from datetime import datetime
 import msgspec
 
 from service.db import Conn, Query
+from service.db.horizon import FEED_HORIZON
 
 
 class AuditRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -58,9 +59,9 @@ async def insert(conn: Conn, row: NewAuditRow) -> int:
     return new_id
 
 
-# Oldest first after a feed position, as the events feed pages: only transactions older than every one still
-# running are shown, so a row whose transaction commits after a younger one's never lands behind a cursor.
-SELECT_PAGE = Query("""
+# Oldest first after a feed position, as the events feed pages (the same horizon, and the order of the xid8
+# column, not of its text): a row whose transaction commits after a younger one's never lands behind a cursor.
+SELECT_PAGE = Query(f"""
 SELECT id, at, tenant_id, actor_kind, actor_id, actor_name, action, target_type, target_id, reason,
        client_address, request_id, txid::text AS txid
 FROM audit_log
@@ -68,8 +69,8 @@ WHERE tenant_id = :tenant_id
   AND (:action::text IS NULL OR action = :action)
   AND (:actor::text IS NULL OR actor_id = :actor)
   AND (:after_txid::text IS NULL OR (txid, id) > (:after_txid::text::xid8, :after_id::bigint))
-  AND txid < pg_snapshot_xmin(pg_current_snapshot())
-ORDER BY txid, id
+  AND txid < {FEED_HORIZON}
+ORDER BY audit_log.txid, audit_log.id
 LIMIT :limit
 """)
 

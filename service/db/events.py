@@ -9,6 +9,7 @@ from typing import Any
 import msgspec
 
 from service.db import Conn
+from service.db.horizon import FEED_HORIZON
 
 
 def emit_ctes(name: str, source: str, now: str) -> str:
@@ -62,14 +63,16 @@ class EventRow(msgspec.Struct, frozen=True):
     txid: str
 
 
-# Only transactions older than every one still running are shown: an event inserted by a transaction
-# that commits later than a younger one can then never appear behind a cursor already handed out.
-SELECT_FEED = """
+# Only transactions older than every one of this database still running are shown (FEED_HORIZON): an event
+# inserted by a transaction that commits later than a younger one can then never appear behind a cursor
+# already handed out, and a transaction left open in another database does not stall the feed. The order is
+# the columns' (xid8), not the text the select list makes of txid: as text, 999 sorts after 1000.
+SELECT_FEED = f"""
 SELECT id, type, created_at, data, txid::text AS txid FROM events
 WHERE tenant_id = $1 AND ($2::text IS NULL OR type = $2)
   AND ($3::text IS NULL OR (txid, id) > ($3::text::xid8, $4::bigint))
-  AND txid < pg_snapshot_xmin(pg_current_snapshot())
-ORDER BY txid, id LIMIT $5
+  AND txid < {FEED_HORIZON}
+ORDER BY events.txid, events.id LIMIT $5
 """
 
 

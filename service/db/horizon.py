@@ -4,10 +4,10 @@ The feed (and the audit log) shows only rows of transactions below a horizon, so
 never appear behind a cursor already handed out. Only a transaction with a transaction id holds a horizon back:
 a read-only one (a `backend_xmin` alone, as in a long report query) holds back vacuum, not the feed.
 
-- CLUSTER_HORIZON, the guard the feed uses today: the oldest transaction id running anywhere in the cluster, in
+- CLUSTER_HORIZON, the guard the feed used before: the oldest transaction id running anywhere in the cluster, in
   every database (PostgreSQL's snapshot xmin is cluster-wide), so a transaction left open in another database
   stalls the feed for as long as it stays open.
-- DATABASE_HORIZON, the proposed guard: the same, less the transactions seen to belong to another database.
+- DATABASE_HORIZON, the guard the feed uses: the same, less the transactions seen to belong to another database.
   No event is skipped: an event's transaction id below it either was not running at the statement's snapshot
   (so it is visible if it committed, and will never commit later) or was running as a backend of another
   database, or as a transaction prepared in another database, and no transaction of another database can write
@@ -38,7 +38,7 @@ WHERE NOT EXISTS (
 DATABASE_HORIZON = f"(SELECT coalesce(min(h.x), pg_snapshot_xmax(pg_current_snapshot())) FROM ({_HOLDERS}) AS h)"
 
 # The guard the feed uses (service/db/events.py SELECT_FEED): the gauge measures the lag of this one.
-FEED_HORIZON = CLUSTER_HORIZON
+FEED_HORIZON = DATABASE_HORIZON
 
 # The horizon, whether a running transaction holds it (else it is the snapshot's xmax: nothing holds the feed),
 # and since when that transaction has run (its start, or when it was prepared; NULL when this role may not see a
