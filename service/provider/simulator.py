@@ -32,6 +32,7 @@ class Fault(msgspec.Struct, kw_only=True):
     report: Reporting = "answered"
     count: int = 1
     answer_after: float = 0.0  # seconds the provider takes to answer
+    message: str = "Insufficient balance"  # the provider's free text when it refuses (answer="reject")
 
 
 class SimSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -158,7 +159,7 @@ class Simulator:
         if fault.answer == "hang":
             await asyncio.sleep(HANG_SECONDS)
         if fault.answer == "reject":
-            return Response({"status": 400, "message": "Insufficient balance"}, status_code=200)
+            return Response({"status": 400, "message": fault.message}, status_code=200)
         if fault.answer == "http_500":
             return Response({"status": 500, "message": "Internal Server Error"}, status_code=500)
         report = self.report_for(click, fault.report, placed)
