@@ -52,7 +52,8 @@ applied AS (
         started_at = :started_at, ended_at = :ended_at, duration_seconds = :duration_seconds,
         billing_seconds = :billing_seconds, recording_url = :recording_url, hangup_by = :hangup_by,
         provider_status = :provider_status, provider_status1 = :provider_status1,
-        provider_status2 = :provider_status2
+        provider_status2 = :provider_status2, source = :source, cost = :cost::numeric,
+        billing_pulse_seconds = :billing_pulse_seconds::integer
     FROM candidate WHERE calls.id = candidate.call_id AND candidate.in_time
     RETURNING {call}, tenant_id),
 -- Contract (max_calls): the session closes (max_calls_reached) when this is its max_calls-th completed

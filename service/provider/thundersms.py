@@ -70,6 +70,7 @@ class ThunderSMS:
 
     def __init__(self, http: httpx.AsyncClient, base_url: str, token: str, webhook_id: str | None, timeout: float):
         self.http = http
+        self.base_url, self.token = base_url, token
         self.url = base_url + "voice/c2c"
         self.headers = {
             "Authorization": f"Bearer {token}",
