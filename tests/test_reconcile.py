@@ -95,7 +95,9 @@ async def test_a_lost_report_is_completed_from_the_call_log_and_the_late_report_
         assert (call["status"], call["source"]) == ("completed", "call_log")
         assert call["billing_seconds"] == hms(row["billing"]) and call["duration_seconds"] == hms(row["duration"])
         assert (call["cost"], call["billing_pulse_seconds"]) == (row["charges"], 30)
-        event = await db.fetchval("SELECT data FROM events WHERE type = 'call.completed' AND data->>'id' = $1", lost["id"])
+        event = await db.fetchval(
+            "SELECT data FROM events WHERE type = 'call.completed' AND data->>'id' = $1", lost["id"]
+        )
         data = json.loads(event) if isinstance(event, str) else event
         same = ("status", "source", "cost", "billing_pulse_seconds", "billing_seconds", "duration_seconds")
         assert {k: data[k] for k in same} == {k: call[k] for k in same} and data.keys() == call.keys()
@@ -103,7 +105,9 @@ async def test_a_lost_report_is_completed_from_the_call_log_and_the_late_report_
         assert late.status_code == 200
         assert (await live.http.get(f"/v1/calls/{lost['id']}", headers=keys.a)).json() == call
         metrics = (await live.http.get("/metrics")).text
-    outcomes = Counter((r["outcome"], r["reason"]) for r in await db.fetch("SELECT outcome, reason FROM provider_reports"))
+    outcomes = Counter(
+        (r["outcome"], r["reason"]) for r in await db.fetch("SELECT outcome, reason FROM provider_reports")
+    )
     assert outcomes == {("matched", None): 2, ("duplicate", "call_already_reported"): 1}
     assert 'masking_reconcile_lookups_total{outcome="reconciled"} 1.0' in metrics
 
@@ -145,12 +149,16 @@ async def test_a_call_not_in_the_log_is_asked_again_with_a_growing_wait(
         assert (await live.http.get(f"/v1/calls/{call['id']}", headers=keys.a)).json()["status"] == "initiated"
         metrics = (await live.http.get("/metrics")).text
     assert 'masking_reconcile_lookups_total{outcome="not_found"}' in metrics
-    reconciler = Reconciler(log=None, matching=Matching(zone=IST, timeout_seconds=7200, tolerance_seconds=300), after=timedelta(seconds=600))  # type: ignore[arg-type]
+    reconciler = Reconciler(
+        log=None, matching=Matching(zone=IST, timeout_seconds=7200, tolerance_seconds=300), after=timedelta(seconds=600)
+    )  # type: ignore[arg-type]
     waits = [reconciler.backoff(n) for n in range(5)]
     assert [w.total_seconds() for w in waits] == [600, 1200, 2400, 3600, 3600]
 
 
-async def test_only_the_process_holding_the_lease_asks_the_call_log(dsn: str, keys: Keys, db: asyncpg.Connection) -> None:
+async def test_only_the_process_holding_the_lease_asks_the_call_log(
+    dsn: str, keys: Keys, db: asyncpg.Connection
+) -> None:
     """While another connection holds the reconciliation lease a round does nothing; once it is given back, it runs."""
     async with live_service(dsn, **FAST) as live:
         session = await open_session(live.http, keys.a, dids=[DID])

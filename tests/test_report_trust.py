@@ -122,7 +122,9 @@ async def test_a_next_call_with_the_same_durations_but_its_own_times_is_complete
     session = await open_session(live.http, keys.a, dids=[DID], max_calls=3)
     first = await click(live, keys, session)
     began = datetime.now(UTC) - timedelta(seconds=20)
-    assert (await live.http.post(live.callback, content=report_for(first, billing=0, start=began, seconds=0))).status_code == 200
+    assert (
+        await live.http.post(live.callback, content=report_for(first, billing=0, start=began, seconds=0))
+    ).status_code == 200
     second = await click(live, keys, session)
     again = report_for(second, billing=0, start=datetime.now(UTC), seconds=0)
     assert (await live.http.post(live.callback, content=again)).status_code == 200
@@ -152,7 +154,10 @@ async def test_the_providers_refusal_text_reaches_no_agent_no_log_and_no_row_unm
     problem = assert_problem(api, 502, "provider_rejected")
     assert "9812345678" not in api.text
     call = await read(live, keys, f"/v1/calls/{problem['call_id']}")
-    assert call["status"] == "failed" and call["provider"]["message"] == "Number [number] is on the DND list (ref [number])"
+    assert (
+        call["status"] == "failed"
+        and call["provider"]["message"] == "Number [number] is on the DND list (ref [number])"
+    )
     assert "9812345678" not in json.dumps(logs)
     tables = await db.fetch("SELECT data::text AS t FROM events UNION ALL SELECT provider_message FROM calls")
     assert tables and not any("9812345678" in (row["t"] or "") for row in tables)

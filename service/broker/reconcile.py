@@ -47,11 +47,10 @@ class Reconciler:
 
     def backoff(self, lookups: int) -> timedelta:
         """The wait before the next lookup of a call already looked up `lookups` times (doubling, capped)."""
-        return min(self.after * 2 ** min(lookups, 16), MAX_BACKOFF)
+        wait: timedelta = self.after * 2 ** min(lookups, 16)
+        return min(wait, MAX_BACKOFF)
 
-    def candidates(
-        self, call: q.DueCall, rows: Sequence[LogRow], placed: set[q.Conversation]
-    ) -> list[LogRow]:
+    def candidates(self, call: q.DueCall, rows: Sequence[LogRow], placed: set[q.Conversation]) -> list[LogRow]:
         """The rows that could be this call: its bridge and numbers, begun in its window, not another call's."""
         route = (call.bridge, call.from_number, call.to_number)
         first = call.created_at - self.matching.tolerance

@@ -1,4 +1,4 @@
-"""SQL for reconciliation: the lease, the calls due a call-log lookup, their backoff, the conversations already placed."""
+"""SQL for reconciliation: the lease, the calls due a call-log lookup, their backoff, conversations already placed."""
 
 from __future__ import annotations
 
@@ -35,7 +35,9 @@ async def give_lease(conn: Conn) -> None:
     await conn.execute("SELECT pg_advisory_unlock($1)", LEASE_KEY)
 
 
-async def select_due(conn: Conn, placed_before: datetime, placed_after: datetime, now: datetime, limit: int) -> list[DueCall]:
+async def select_due(
+    conn: Conn, placed_before: datetime, placed_after: datetime, now: datetime, limit: int
+) -> list[DueCall]:
     """One batch of calls in flight placed between the two times, no lookup pending later, oldest first.
 
     A call into a flow (`to` is `flow:<id>`) is not looked up: the log shows no number to match it by.

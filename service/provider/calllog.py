@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import msgspec
+
 from service.provider.reports import _int, _number, _text, _time
 
 # Pages read for one range at most: past it nothing is decided this round (a partial log could mislead).

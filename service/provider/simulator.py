@@ -192,7 +192,9 @@ class Simulator:
         """GET voice/calls: the rows whose end falls in `datetime[end_at]` (days in its zone), Laravel-paged."""
         rows = self.call_log
         if params.get("datetime[end_at]"):
-            first, last = (datetime.strptime(d.strip(), _RANGE_DAY).date() for d in params["datetime[end_at]"].split(" - "))
+            first, last = (
+                datetime.strptime(d.strip(), _RANGE_DAY).date() for d in params["datetime[end_at]"].split(" - ")
+            )
             rows = [r for r in rows if first <= _day(r["end_at"]) <= last]
         page = max(1, int(params.get("page") or 1))
         last_page = max(1, math.ceil(len(rows) / PER_PAGE))
