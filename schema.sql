@@ -183,6 +183,14 @@ CREATE TABLE calls (
     provider_status2  text,
     provider_message  text,
     report_id         bigint,
+    -- where the outcome came from: 'report' or 'call_log' (NULL: finished by an older version, or not yet)
+    source            text,
+    -- from the provider's call log: the charge (its decimal string) and the billing pulse
+    cost              numeric,
+    billing_pulse_seconds integer,
+    -- lookups of a call still waiting for its report in the provider's call log, and when the next is due
+    lookups           integer NOT NULL DEFAULT 0,
+    lookup_at         timestamptz,
     CHECK (NOT in_flight OR status IN ('initiated', 'unknown'))
 );
 -- One call in flight per session, so a report always matches exactly one call.

@@ -106,7 +106,7 @@ def request_context(app: ASGIApp) -> ASGIApp:
 
 
 async def _sweep_forever(runtime: Runtime, interval: float) -> None:
-    sweeper = Sweeper(runtime.settings)
+    sweeper = Sweeper(runtime.settings, runtime.provider)
     while True:
         try:
             async with runtime.db.acquire() as conn:

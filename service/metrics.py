@@ -29,6 +29,11 @@ REPORT_TIME_MISMATCH = Counter(
     "Reports left unmatched because their times do not fit the call (check MASKING_PROVIDER_TIMEZONE)",
     ["reason"],
 )
+RECONCILED = Counter(
+    "masking_reconcile_lookups",
+    "Call-log lookups of calls still waiting for their report, by outcome (reconciled, not_found, ambiguous)",
+    ["outcome"],
+)
 WEBHOOK_DELIVERIES = Counter(
     "masking_webhook_deliveries", "Webhook delivery attempts by outcome (delivered, retrying, failed)", ["outcome"]
 )

@@ -77,6 +77,11 @@ class Call(msgspec.Struct, frozen=True, kw_only=True, rename={"from_": "from"}):
     billing_seconds: int | None
     recording_url: str | None
     hangup_by: str | None
+    # Where the outcome came from: the provider's report, or its call log (reconciliation); None while none came.
+    source: Literal["report", "call_log"] | None = None
+    # From the provider's call log, when it gave them: the charge (a decimal string) and the billing pulse.
+    cost: str | None = None
+    billing_pulse_seconds: int | None = None
     provider: ProviderOutcome
 
 

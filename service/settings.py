@@ -88,6 +88,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     keys: str | None = None
     audit_retention_days: Annotated[int, msgspec.Meta(ge=1)] = 400
     max_webhooks_per_tenant: Annotated[int, msgspec.Meta(ge=1)] = 20
+    # Reconciliation (issue 22): when a call with no report is looked up in the provider's call log, and
+    # how many call-log requests a second the service makes at most.
+    reconcile_after_seconds: Seconds = 600
+    reconcile_requests_per_second: Annotated[float, msgspec.Meta(gt=0, le=100)] = 5.0
 
     @property
     def webhook_retries(self) -> list[float]:

@@ -73,3 +73,15 @@ def test_a_resent_report_has_the_same_key_whatever_its_sending_time_or_spelling(
             assert report_key(other) != report_key(first)
     with_mid = parse_report(body(mid="6b1f3c55-8f9e-4d7a-9c39-0b8f4f1f2a11"), IST)
     assert with_mid is not None and report_key(with_mid) != report_key(first)
+
+
+def test_the_conversations_own_times_place_it_and_the_sending_time_only_without_them() -> None:
+    """Start and end place the conversation; `unixtime` and `date` count only when both are missing."""
+    stale = parse_report(body(unixtime="1827387623"), IST)  # a year after its date, as the provider's example
+    assert stale is not None and stale.times() == [stale.started_at, stale.ended_at]
+    only_end = parse_report(body(start_at=""), IST)
+    assert only_end is not None and only_end.times() == [only_end.ended_at]
+    bare = parse_report(body(start_at="", end_at=""), IST)
+    assert bare is not None and bare.times() == [datetime.fromtimestamp(1795851623, UTC), bare.dated_at]
+    assert bare.dated_at == datetime(2026, 11, 28, 4, 0, 23, tzinfo=UTC)
+    assert report_key(parse_report(body(date="2027-01-01 00:00:00"), IST)) == report_key(parse_report(body(), IST))  # type: ignore[arg-type]

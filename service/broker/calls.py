@@ -118,7 +118,10 @@ async def place_call(
             await events.emit_call(conn, tenant_id, call, clock())
     metrics.CALLS.labels(status).inc()
     if answer.verdict == "rejected":
-        raise ProviderRejected(f"The provider refused the call: {answer.message}", call_id=str(call.id))
+        # Its free text stays off the problem, which an agent's call link shows; the call keeps it (masked).
+        raise ProviderRejected(
+            "The provider refused the call; its message is the call's provider.message.", call_id=str(call.id)
+        )
     if answer.verdict == "unavailable":
         raise ProviderUnavailable(
             "The provider could not be reached; the call was not placed and is safe to retry.", call_id=str(call.id)

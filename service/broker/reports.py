@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -14,6 +15,7 @@ from service.broker.paging import Cursor
 from service.db import Conn
 from service.db import reports as q
 from service.models import Call, Report
+from service.provider.calllog import LogRow
 from service.provider.reports import ParsedReport, parse_report, report_key
 from service.settings import Settings
 
@@ -89,8 +91,24 @@ async def _apply(
     now: datetime,
 ) -> q.Ingested:
     """Store and apply one parsed report (INGEST): DESIGN rule 5, the same report twice has one effect."""
+    result = await q.ingest_report(conn, _stored(report_id, body, report, matching, received_at, now))
+    if result.call is not None:
+        _completed(result.call)
+    return _settled(result, report)
+
+
+def _stored(
+    report_id: int | None,
+    body: bytes,
+    report: ParsedReport,
+    matching: Matching,
+    received_at: datetime,
+    now: datetime,
+    log_row: LogRow | None = None,
+) -> q.Ingest:
+    """INGEST's parameters for a report (or a call-log row put as a report: its source, cost and pulse)."""
     times = report.times()
-    stored = q.Ingest(
+    return q.Ingest(
         report_id=report_id,
         body=body,
         body_text=q.as_text(body),
@@ -115,11 +133,34 @@ async def _apply(
         provider_status=report.status,
         provider_status1=report.status1,
         provider_status2=report.status2,
+        source="report" if log_row is None else "call_log",
+        cost=None if log_row is None else log_row.charges,
+        billing_pulse_seconds=None if log_row is None else log_row.pulse_seconds,
     )
-    result = await q.ingest_report(conn, stored)
-    if result.call is not None:
-        _completed(result.call)
-    return _settled(result, report)
+
+
+async def apply_log_row(conn: Conn, call_id: uuid.UUID, row: LogRow, matching: Matching, now: datetime) -> Call | None:
+    """Complete a call from its row in the provider's call log exactly as its report would (INGEST, named by
+    the call's id); the row is stored as the call's report. None when the call no longer waits for one."""
+    report = ParsedReport(
+        bridge=row.bridge,
+        from_=row.from_,
+        to=row.to,
+        mid=call_id,
+        started_at=row.started_at,
+        ended_at=row.ended_at,
+        duration_seconds=row.duration_seconds,
+        billing_seconds=row.billing_seconds,
+        status=row.status,
+        status1=None,
+        status2=None,
+        recording_url=None,  # recordings are not this job's: the row's `audio` stays in its stored body
+        hangup_by=row.hangup_by,
+    )
+    body = msgspec.json.encode({"source": "call_log", "mid": str(call_id), "row": row})
+    result = await q.ingest_report(conn, _stored(None, body, report, matching, now, now, row))
+    log.info("call_log_applied", report_id=result.report_id, outcome=result.outcome, reason=result.reason)
+    return None if result.call is None else _completed(result.call)
 
 
 def _completed(call: Call) -> Call:

@@ -9,12 +9,14 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import structlog
 
 from service import metrics
 from service.broker import events, pools
 from service.broker.horizon import HorizonWatch
+from service.broker.reconcile import Reconciler
 from service.broker.reports import Matching, rematch_pending
 from service.db import Conn
 from service.db import audit as audit_q
@@ -26,6 +28,8 @@ from service.db import links as links_q
 from service.db import pools as pools_q
 from service.db import retention as retention_q
 from service.db import sessions as sessions_q
+from service.provider.calllog import CallLog
+from service.provider.thundersms import ThunderSMS
 from service.settings import Settings
 
 log = structlog.get_logger("service.sweeps")
@@ -157,9 +161,26 @@ class Sweeper:
     """The background runner's sweeps: every job each round, the costly ones on their own schedule."""
 
     settings: Settings
+    # The provider's client: its call log completes calls whose report was lost (None: no reconciliation).
+    provider: object = None
     headroom: Every = field(default_factory=lambda: Every(HEADROOM_EVERY))
     tidying: Every = field(default_factory=lambda: Every(TIDY_EVERY))
     feed_horizon: HorizonWatch = field(default_factory=HorizonWatch)
+    reconciler: Reconciler | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.provider, ThunderSMS):
+            s = self.settings
+            log = CallLog(
+                self.provider.http,
+                self.provider.base_url,
+                self.provider.token,
+                ZoneInfo(s.provider_timezone),
+                s.provider_timeout_seconds,
+                s.reconcile_requests_per_second,
+            )
+            after = timedelta(seconds=s.reconcile_after_seconds)
+            self.reconciler = Reconciler(log, Matching.from_settings(s), after)
 
     async def sweep_once(self, conn: Conn, now: datetime) -> None:
         """One round of every job."""
@@ -167,6 +188,8 @@ class Sweeper:
         await sweep_expired(conn, now)
         await time_out_calls(conn, now, self.settings.call_report_timeout_seconds)
         await rematch_pending(conn, Matching.from_settings(self.settings), now)
+        if self.reconciler is not None:
+            await self.reconciler.run(conn, now)
         if self.headroom.due(now):
             await pools.check_headroom(conn, now)
         if self.settings.retention_days:

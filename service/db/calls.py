@@ -14,6 +14,8 @@ from service.models import Call
 # The columns of a call row under the names of the Call resource.
 CALL = """id, session_id, first, from_number AS "from", to_number AS "to", bridge, flow, status, record,
     created_at, started_at, ended_at, duration_seconds, billing_seconds, recording_url, hangup_by,
+    coalesce(source, CASE WHEN report_id IS NOT NULL THEN 'report' END) AS source, cost::text AS cost,
+    billing_pulse_seconds,
     jsonb_build_object('status', provider_status, 'status1', provider_status1, 'status2', provider_status2,
                        'message', provider_message) AS provider"""
 

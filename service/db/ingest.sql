@@ -26,10 +26,23 @@ target AS (
          ORDER BY c.created_at DESC LIMIT 1)) AS id),
 -- The call, locked, and whether the report may apply to it: it was placed no later than the report's
 -- earliest time plus the clock tolerance (a report never completes a call placed after the
--- conversation it describes), and no time of the report is in the future.
+-- conversation it describes), and no time of the report is in the future. Nor is the report a re-send
+-- (docs/provider.md, "Re-sent reports"): it agrees with the report that finished an earlier call on the
+-- route in all a re-send cannot change (durations, status in any case, its times where both have them),
+-- and this call was placed after that earlier conversation ended (less the clock tolerance).
 candidate AS (
     SELECT c.id AS call_id,
-           (:earliest::timestamptz IS NULL OR c.created_at <= :earliest::timestamptz + :tolerance::interval) AS in_time
+           (:earliest::timestamptz IS NULL OR c.created_at <= :earliest::timestamptz + :tolerance::interval)
+           AND NOT EXISTS (
+               SELECT 1 FROM calls p LEFT JOIN provider_reports r ON r.id = p.report_id
+               WHERE p.report_id IS NOT NULL AND p.bridge = c.bridge AND p.from_number = c.from_number
+                 AND p.to_number = c.to_number AND p.created_at > :since AND p.created_at < c.created_at
+                 AND p.duration_seconds IS NOT DISTINCT FROM :duration_seconds::integer
+                 AND p.billing_seconds IS NOT DISTINCT FROM :billing_seconds::integer
+                 AND upper(p.provider_status) IS NOT DISTINCT FROM upper(:provider_status::text)
+                 AND (:started_at::timestamptz IS NULL OR p.started_at IS NULL OR p.started_at = :started_at::timestamptz)
+                 AND (:ended_at::timestamptz IS NULL OR p.ended_at IS NULL OR p.ended_at = :ended_at::timestamptz)
+                 AND c.created_at > coalesce(p.ended_at, r.received_at) - :tolerance::interval) AS in_time
     FROM calls c JOIN target t ON c.id = t.id
     WHERE EXISTS (SELECT 1 FROM claimed) AND NOT :future::boolean AND c.in_flight
     FOR UPDATE OF c),
@@ -39,7 +52,8 @@ applied AS (
         started_at = :started_at, ended_at = :ended_at, duration_seconds = :duration_seconds,
         billing_seconds = :billing_seconds, recording_url = :recording_url, hangup_by = :hangup_by,
         provider_status = :provider_status, provider_status1 = :provider_status1,
-        provider_status2 = :provider_status2
+        provider_status2 = :provider_status2, source = :source, cost = :cost::numeric,
+        billing_pulse_seconds = :billing_pulse_seconds::integer
     FROM candidate WHERE calls.id = candidate.call_id AND candidate.in_time
     RETURNING {call}, tenant_id),
 -- Contract (max_calls): the session closes (max_calls_reached) when this is its max_calls-th completed

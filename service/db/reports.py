@@ -98,6 +98,9 @@ class Ingest(msgspec.Struct, frozen=True, kw_only=True):
     provider_status: str | None
     provider_status1: str | None
     provider_status2: str | None
+    source: str = "report"  # or "call_log": the outcome came from the provider's call log (reconciliation)
+    cost: str | None = None  # from the call log: the charge, a decimal string
+    billing_pulse_seconds: int | None = None  # from the call log: the billing pulse
 
 
 class Ingested(msgspec.Struct, frozen=True):

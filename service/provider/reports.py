@@ -35,8 +35,9 @@ class ParsedReport(msgspec.Struct, frozen=True, kw_only=True):
     status2: str | None
     recording_url: str | None
     hangup_by: str | None
-    # When the provider sent it (`unixtime`): not part of what the report says, so not part of its key.
+    # When the provider sent it (`unixtime`, `date`): not part of what the report says, so not part of its key.
     sent_at: datetime | None = None
+    dated_at: datetime | None = None
 
     @property
     def call_status(self) -> str:
@@ -44,8 +45,13 @@ class ParsedReport(msgspec.Struct, frozen=True, kw_only=True):
         return "completed" if (self.billing_seconds or 0) > 0 else "missed"
 
     def times(self) -> list[datetime]:
-        """Every time the report carries (start, end, sending), for checking against the call and the clock."""
-        return [t for t in (self.started_at, self.ended_at, self.sent_at) if t is not None]
+        """The times that place the conversation, for checking against the call and the clock.
+
+        The conversation's own start and end decide; when it was sent (`unixtime`, `date`) counts only when
+        both are missing: the provider's own example carries a `unixtime` a year after its `date`.
+        """
+        own = [t for t in (self.started_at, self.ended_at) if t is not None]
+        return own or [t for t in (self.sent_at, self.dated_at) if t is not None]
 
 
 def _text(value: Any) -> str | None:
@@ -145,6 +151,7 @@ def parse_report(body: bytes, zone: ZoneInfo) -> ParsedReport | None:
         recording_url=_text(data.get("recording_url")),
         hangup_by=_text(data.get("hangup_by")),
         sent_at=_unixtime(data.get("unixtime")),
+        dated_at=_time(data.get("date"), zone),
     )
 
 
@@ -154,5 +161,5 @@ def report_key(report: ParsedReport) -> bytes:
     The same body, a re-send with a new `date`/`unixtime`, or the same facts spelled differently
     (numbers as strings, another key order) share one key, so a copy is a duplicate whatever came since.
     """
-    facts = msgspec.structs.replace(report, sent_at=None)
+    facts = msgspec.structs.replace(report, sent_at=None, dated_at=None)
     return hashlib.sha256(msgspec.json.encode(facts)).digest()

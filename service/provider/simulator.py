@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import random
+import uuid
 from collections import deque
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
+from decimal import Decimal
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -21,6 +24,10 @@ log = structlog.get_logger("service.simulator")
 Answering = Literal["ok", "reject", "http_500", "hang", "drop"]
 Reporting = Literal["answered", "missed", "busy", "none", "duplicate", "before_answer"]
 REQUIRED = ("bridge", "from", "to")
+PER_PAGE = 15  # the call log's page size in the provider's example
+PULSE_SECONDS = 30
+PULSE_CHARGE = Decimal("0.0150")
+_RANGE_DAY = "%b %d, %Y"
 DROP_HEADER = "x-simulator-drop"
 HANG_SECONDS = 120  # longer than any client timeout; bounded so a stuck test still ends
 
@@ -32,6 +39,9 @@ class Fault(msgspec.Struct, kw_only=True):
     report: Reporting = "answered"
     count: int = 1
     answer_after: float = 0.0  # seconds the provider takes to answer
+    message: str = "Insufficient balance"  # the provider's free text when it refuses (answer="reject")
+    # Not a fault of the next click: from now on, this share of reports is never posted (the call log keeps them).
+    lose_callbacks: float | None = None
 
 
 class SimSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -55,6 +65,10 @@ class Simulator:
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.reports_sent: list[dict[str, Any]] = []
+        # The provider's call log: a row for every call it reported (or would have, had the report not been lost).
+        self.call_log: list[dict[str, Any]] = []
+        self.lose_callbacks = 0.0
+        self.lost: list[dict[str, Any]] = []
         self.http: httpx.AsyncClient | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -158,11 +172,15 @@ class Simulator:
         if fault.answer == "hang":
             await asyncio.sleep(HANG_SECONDS)
         if fault.answer == "reject":
-            return Response({"status": 400, "message": "Insufficient balance"}, status_code=200)
+            return Response({"status": 400, "message": fault.message}, status_code=200)
         if fault.answer == "http_500":
             return Response({"status": 500, "message": "Internal Server Error"}, status_code=500)
         report = self.report_for(click, fault.report, placed)
-        if fault.report == "before_answer":
+        if fault.report != "none":
+            self.call_log.append(log_row(report, click))
+        if fault.report != "none" and random.random() < self.lose_callbacks:
+            self.lost.append(report)
+        elif fault.report == "before_answer":
             await self.post_report(report)
         elif fault.report != "none":
             self._later(report, 3 if fault.report == "duplicate" else 1)
@@ -170,11 +188,82 @@ class Simulator:
             return Response({"status": 200}, status_code=200, headers={DROP_HEADER: "1"})
         return Response({"status": 200, "message": "Call initiated successfully"}, status_code=200)
 
+    def log_page(self, params: dict[str, str]) -> dict[str, Any]:
+        """GET voice/calls: the rows whose end falls in `datetime[end_at]` (days in its zone), Laravel-paged."""
+        rows = self.call_log
+        if params.get("datetime[end_at]"):
+            first, last = (
+                datetime.strptime(d.strip(), _RANGE_DAY).date() for d in params["datetime[end_at]"].split(" - ")
+            )
+            rows = [r for r in rows if first <= _day(r["end_at"]) <= last]
+        page = max(1, int(params.get("page") or 1))
+        last_page = max(1, math.ceil(len(rows) / PER_PAGE))
+        items = rows[(page - 1) * PER_PAGE : page * PER_PAGE]
+        path = "/api/v2/voice/calls"
+
+        def url(n: int) -> str:
+            return f"{path}?page={n}"
+
+        return {
+            "status": "OK",
+            "data": {
+                "current_page": page,
+                "data": items,
+                "first_page_url": url(1),
+                "from": (page - 1) * PER_PAGE + 1 if items else None,
+                "last_page": last_page,
+                "last_page_url": url(last_page),
+                "next_page_url": url(page + 1) if page < last_page else None,
+                "path": path,
+                "per_page": PER_PAGE,
+                "prev_page_url": url(page - 1) if page > 1 else None,
+                "to": (page - 1) * PER_PAGE + len(items) if items else None,
+                "total": len(rows),
+            },
+        }
+
     async def close(self) -> None:
         """Stop pending report deliveries."""
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _day(local: str) -> date:
+    return datetime.strptime(local, "%Y-%m-%d %H:%M:%S").date()
+
+
+def _hms(seconds: int) -> str:
+    return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def log_row(report: dict[str, Any], click: dict[str, Any]) -> dict[str, Any]:
+    """The call-log row of a reported call, as the provider's logs API shows one (strings, HH:MM:SS)."""
+    billing = int(report["billing"])
+    pulses = math.ceil(billing / PULSE_SECONDS)
+    return {
+        "id": str(uuid.uuid4()),
+        "call_from": str(report["from"]),
+        "call_to": str(report["to"]),
+        "bridge": str(report["bridge"]),
+        "service": "IN",
+        "status": report["status"],
+        "duration": _hms(int(report["duration"])),
+        "billing": _hms(billing),
+        "pulsing": str(PULSE_SECONDS),
+        "charges": str(PULSE_CHARGE * pulses),
+        "start_at": report["start_at"],
+        "end_at": report["end_at"],
+        "hangup_by": report["hangup_by"] or None,
+        "dtmf": None,
+        "location": "IN",
+        "region": "KA",
+        "provider": "RJ",
+        "notes": None,
+        "name": None,
+        "audio": report["recording_url"] or None,
+        "mid": click.get("mid"),  # not on the provider's rows: removed before serving (the simulator's truth)
+    }
 
 
 class _DropConnection(Exception):
@@ -188,9 +277,26 @@ def simulator_app(sim: Simulator) -> Any:
     async def c2c(request: Request[Any, Any, Any]) -> Response[Any]:
         return await sim.handle_click(request)
 
+    @get("/api/v2/voice/calls")
+    async def calls(request: Request[Any, Any, Any]) -> Response[Any]:
+        params = dict(request.query_params)
+        bearer = request.headers.get("authorization", "").startswith("Bearer ")
+        if not bearer and not params.get("access_token"):
+            return Response({"status": 401, "message": "Unauthenticated"}, status_code=401)
+        page = sim.log_page(params)
+        page["data"]["data"] = [{k: v for k, v in row.items() if k != "mid"} for row in page["data"]["data"]]
+        return Response(page)
+
+    @get("/_sim/call-log")
+    async def truth() -> list[dict[str, Any]]:
+        return sim.call_log
+
     @post("/_sim/faults", status_code=204)
     async def faults(data: JSONBody[Fault]) -> None:
-        sim.inject(data)
+        if data.lose_callbacks is not None:
+            sim.lose_callbacks = data.lose_callbacks
+        else:
+            sim.inject(data)
 
     @post("/_sim/settings", status_code=204)
     async def settings(data: JSONBody[SimSettings]) -> None:
@@ -209,7 +315,7 @@ def simulator_app(sim: Simulator) -> Any:
             await sim.http.aclose()
 
     app = Litestar(
-        [c2c, faults, settings, requests],
+        [c2c, calls, truth, faults, settings, requests],
         on_startup=[lifespan_http],
         on_shutdown=[close_http],
         openapi_config=None,

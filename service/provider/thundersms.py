@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Literal
 
@@ -18,6 +19,13 @@ Verdict = Literal["accepted", "rejected", "unavailable", "timeout"]
 # Only failures that prove the request never left are retried, and only this often.
 CONNECT_ATTEMPTS = 3
 CONNECT_BACKOFF_SECONDS = 0.2
+# A run of six or more digits (spaces, dots, dashes or brackets between them) in the provider's free text.
+_NUMBER_RUN = re.compile(r"\+?\d(?:[\s().-]*\d){5,}")
+
+
+def mask_numbers(text: str) -> str:
+    """The provider's free text with every number-like run replaced by `[number]`: it may name a party."""
+    return _NUMBER_RUN.sub("[number]", text)
 
 
 class ClickToCall(msgspec.Struct, frozen=True, kw_only=True):
@@ -50,7 +58,8 @@ class ClickToCall(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Answer(msgspec.Struct, frozen=True):
-    """What came of asking the provider: accepted, rejected (with its message), unavailable or timeout."""
+    """What came of asking the provider: accepted, rejected (with its message, numbers masked), unavailable or
+    timeout."""
 
     verdict: Verdict
     message: str | None = None
@@ -61,6 +70,7 @@ class ThunderSMS:
 
     def __init__(self, http: httpx.AsyncClient, base_url: str, token: str, webhook_id: str | None, timeout: float):
         self.http = http
+        self.base_url, self.token = base_url, token
         self.url = base_url + "voice/c2c"
         self.headers = {
             "Authorization": f"Bearer {token}",
@@ -108,8 +118,9 @@ def _verdict(response: httpx.Response) -> Answer:
     if isinstance(body, dict):
         message = str(body.get("message")) if body.get("message") is not None else None
         status = body.get("status")
+    if message is None and not (response.status_code == 200 and str(status) == "200"):
+        message = f"HTTP {response.status_code}: {response.text[:200]}"
+    message = None if message is None else mask_numbers(message)
     if response.status_code == 200 and str(status) == "200":
         return Answer("accepted", message)
-    if message is None:
-        message = f"HTTP {response.status_code}: {response.text[:200]}"
     return Answer("rejected", message)

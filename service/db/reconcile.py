@@ -1,0 +1,89 @@
+"""SQL for reconciliation: the lease, the calls due a call-log lookup, their backoff, conversations already placed."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from uuid import UUID
+
+import msgspec
+
+from service.db import Conn
+
+# The advisory lock that makes one process at a time ask the provider's call log (any number may try).
+LEASE_KEY = 0x6D61736B_72656331  # "maskrec1"
+
+
+class DueCall(msgspec.Struct, frozen=True):
+    """A call still waiting for its report, due a lookup in the call log."""
+
+    id: UUID
+    bridge: str
+    from_number: str
+    to_number: str
+    created_at: datetime
+    lookups: int
+
+
+async def take_lease(conn: Conn) -> bool:
+    """Take the reconciliation lease on this connection; False when another process holds it."""
+    taken: bool = await conn.fetchval("SELECT pg_try_advisory_lock($1)", LEASE_KEY)
+    return taken
+
+
+async def give_lease(conn: Conn) -> None:
+    """Give the lease back (it is also given back when the connection closes)."""
+    await conn.execute("SELECT pg_advisory_unlock($1)", LEASE_KEY)
+
+
+async def select_due(
+    conn: Conn, placed_before: datetime, placed_after: datetime, now: datetime, limit: int
+) -> list[DueCall]:
+    """One batch of calls in flight placed between the two times, no lookup pending later, oldest first.
+
+    A call into a flow (`to` is `flow:<id>`) is not looked up: the log shows no number to match it by.
+    """
+    rows = await conn.fetch(
+        """
+        SELECT id, bridge, from_number, to_number, created_at, lookups FROM calls
+        WHERE in_flight AND created_at <= $1 AND created_at > $2 AND flow IS NULL
+          AND (lookup_at IS NULL OR lookup_at <= $3)
+        ORDER BY created_at LIMIT $4
+        """,
+        placed_before,
+        placed_after,
+        now,
+        limit,
+    )
+    return [msgspec.convert(r, DueCall) for r in rows]
+
+
+async def defer(conn: Conn, call_ids: list[UUID], next_at: list[datetime]) -> None:
+    """Count one more lookup of these calls and set when each is next due."""
+    await conn.execute(
+        """
+        UPDATE calls c SET lookups = c.lookups + 1, lookup_at = d.next_at
+        FROM unnest($1::uuid[], $2::timestamptz[]) AS d(id, next_at) WHERE c.id = d.id AND c.in_flight
+        """,
+        call_ids,
+        next_at,
+    )
+
+
+Conversation = tuple[str, str, str, datetime | None, datetime | None]
+
+
+async def placed_conversations(conn: Conn, routes: list[tuple[str, str, str]], since: datetime) -> set[Conversation]:
+    """The route, start and end of every conversation already given to a call on these routes since then."""
+    rows = await conn.fetch(
+        """
+        SELECT c.bridge, c.from_number, c.to_number, c.started_at, c.ended_at
+        FROM unnest($1::text[], $2::text[], $3::text[]) AS r(bridge, from_number, to_number)
+        JOIN calls c ON c.bridge = r.bridge AND c.from_number = r.from_number AND c.to_number = r.to_number
+        WHERE c.report_id IS NOT NULL AND c.created_at > $4 AND c.started_at IS NOT NULL
+        """,
+        [r[0] for r in routes],
+        [r[1] for r in routes],
+        [r[2] for r in routes],
+        since,
+    )
+    return {(r["bridge"], r["from_number"], r["to_number"], r["started_at"], r["ended_at"]) for r in rows}
