@@ -125,6 +125,7 @@ async def test_events_spread_over_day_partitions_page_in_order_and_their_deliver
     outcomes = [
         webhooks_q.Outcome(
             event_id=c.event_id,
+            event_created_at=c.created_at,
             endpoint_id=endpoint,
             attempt=c.attempt,
             status="delivered",

@@ -247,6 +247,8 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
     """How one attempt went and what follows it."""
 
     event_id: int
+    # the event's created_at: with event_id and endpoint_id, the delivery's key (the day partition it is in)
+    event_created_at: datetime
     endpoint_id: UUID
     attempt: int
     status: str  # delivered, retrying, failed
@@ -262,9 +264,11 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
 # endpoint's failing streak, which turns into disabled_failing once it is older than :disable_after.
 RECORD = Query("""
 WITH o AS (
-    SELECT * FROM unnest(:event_ids::bigint[], :endpoint_ids::uuid[], :attempts::int[], :statuses::text[],
-                         :codes::int[], :errors::text[], :durations::int[], :ats::timestamptz[], :nexts::timestamptz[])
-        AS o(event_id, endpoint_id, attempt, status, status_code, error, duration_ms, at, next_attempt_at)),
+    SELECT * FROM unnest(:event_ids::bigint[], :event_times::timestamptz[], :endpoint_ids::uuid[], :attempts::int[],
+                         :statuses::text[], :codes::int[], :errors::text[], :durations::int[], :ats::timestamptz[],
+                         :nexts::timestamptz[])
+        AS o(event_id, event_created_at, endpoint_id, attempt, status, status_code, error, duration_ms, at,
+             next_attempt_at)),
 logged AS (
     INSERT INTO webhook_attempts (endpoint_id, event_id, attempt, status, status_code, error, duration_ms, at,
                                   next_attempt_at)
@@ -275,7 +279,8 @@ moved AS (
     UPDATE webhook_deliveries d
     SET status = CASE o.status WHEN 'retrying' THEN 'pending' ELSE o.status END,
         next_attempt_at = coalesce(o.next_attempt_at, d.next_attempt_at)
-    FROM o WHERE d.event_id = o.event_id AND d.endpoint_id = o.endpoint_id AND d.status = 'pending'
+    FROM o WHERE d.event_id = o.event_id AND d.endpoint_id = o.endpoint_id
+      AND d.event_created_at = o.event_created_at AND d.status = 'pending'
       -- a success counts whichever attempt it was (a later one then finds nothing to do), unless a
       -- redelivery has since started the count again; a failure only moves the delivery if no newer
       -- attempt has claimed it since
@@ -307,6 +312,7 @@ async def record(conn: Conn, outcomes: list[Outcome], disable_after: Any) -> lis
         return []
     values = {
         "event_ids": [o.event_id for o in outcomes],
+        "event_times": [o.event_created_at for o in outcomes],
         "endpoint_ids": [o.endpoint_id for o in outcomes],
         "attempts": [o.attempt for o in outcomes],
         "statuses": [o.status for o in outcomes],
