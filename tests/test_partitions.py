@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -15,7 +16,7 @@ from service.db import partitions as partitions_q
 from service.db import schema
 from service.db import webhooks as webhooks_q
 from service.db.schema import migrate
-from tests.helpers import FakeClock, Keys, add_dids, did_numbers, dsn_for, make_settings, session_body
+from tests.helpers import FakeClock, Keys, add_dids, did_numbers, dsn_for, index_names, make_settings, session_body
 
 DAY = 86_400
 TABLES = ("events", "webhook_deliveries", "webhook_attempts")
@@ -203,3 +204,64 @@ async def test_migration_0014_keeps_every_event_delivery_and_attempt_and_their_i
         )
     finally:
         await conn.close()
+
+
+def node_types(plan: dict[str, object]) -> list[str]:
+    """Every node type of an EXPLAIN (FORMAT JSON) plan."""
+    children = plan.get("Plans", [])
+    assert isinstance(children, list)
+    return [str(plan["Node Type"]), *(t for child in children for t in node_types(child))]
+
+
+async def test_the_feed_reads_each_day_partitions_feed_index_in_order_without_sorting(
+    db: asyncpg.Connection, clock: FakeClock
+) -> None:
+    """With 20,000 events over five day partitions, a feed page merges the partitions' events_feed indexes: no Sort."""
+    first = clock().date()
+    await partitions_q.create_ahead(db, first, 4)
+    tenant = await db.fetchval("INSERT INTO tenants (name) VALUES ('t') RETURNING id")
+    await db.execute(
+        """INSERT INTO events (tenant_id, type, created_at, data)
+        SELECT $1, 'session.created', $2::timestamptz + (i % 5) * interval '1 day', '{}'
+        FROM generate_series(1, 20000) i""",
+        tenant,
+        datetime.combine(first, datetime.min.time(), UTC) + timedelta(hours=1),
+    )
+    await db.execute("ANALYZE events")
+    plan = json.loads(await db.fetchval("EXPLAIN (FORMAT JSON) " + events_q.SELECT_FEED, tenant, None, "1", 1, 50))[0][
+        "Plan"
+    ]
+    of_feed = {
+        r[0]
+        for r in await db.fetch(
+            "SELECT inhrelid::regclass::text FROM pg_inherits WHERE inhparent = 'events_feed'::regclass"
+        )
+    }
+    assert "Sort" not in node_types(plan) and "Merge Append" in node_types(plan), plan
+    assert set(index_names(plan)) == of_feed, plan
+
+
+async def test_the_feed_orders_transactions_by_number_not_by_their_text(
+    client: httpx.AsyncClient, keys: Keys, db: asyncpg.Connection, clock: FakeClock
+) -> None:
+    """Events of transactions 99…9 and 10…0 (say 999 and 1000) page in that order, one a page, neither skipped."""
+    tenant = await db.fetchval("SELECT id FROM tenants WHERE name = 'tenant-a'")
+    # a power of ten below every running transaction, so the feed shows both
+    now_txid = int(await db.fetchval("SELECT pg_current_xact_id()::text"))
+    boundary = 10 ** (len(str(now_txid)) - 1)
+    boundary = boundary if now_txid - boundary > 100 else boundary // 10
+    for txid, name in ((str(boundary - 1), "first"), (str(boundary), "second")):
+        await db.execute(
+            "INSERT INTO events (tenant_id, type, created_at, data, txid) VALUES ($1, 'x', $2, $3::text::jsonb, $4::text::xid8)",
+            tenant,
+            clock(),
+            json.dumps({"name": name}),
+            txid,
+        )
+    seen, cursor = [], None
+    for _ in range(3):
+        params: dict[str, str | int] = {"limit": 1, **({"after": cursor} if cursor else {})}
+        page = (await client.get("/v1/events", params=params, headers=keys.a)).json()
+        seen += [e["data"]["name"] for e in page["items"]]
+        cursor = page["next_cursor"] or cursor
+    assert seen == ["first", "second"]

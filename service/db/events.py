@@ -64,12 +64,14 @@ class EventRow(msgspec.Struct, frozen=True):
 
 # Only transactions older than every one still running are shown: an event inserted by a transaction
 # that commits later than a younger one can then never appear behind a cursor already handed out.
+# ORDER BY names the column, not the output's txid (its text: '1000' < '999'), so that pages follow the
+# cursor's numeric order and read each day partition's events_feed index in order.
 SELECT_FEED = """
 SELECT id, type, created_at, data, txid::text AS txid FROM events
 WHERE tenant_id = $1 AND ($2::text IS NULL OR type = $2)
   AND ($3::text IS NULL OR (txid, id) > ($3::text::xid8, $4::bigint))
   AND txid < pg_snapshot_xmin(pg_current_snapshot())
-ORDER BY txid, id LIMIT $5
+ORDER BY events.txid, events.id LIMIT $5
 """
 
 
