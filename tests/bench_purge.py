@@ -6,7 +6,8 @@ as many newer ones,
 - into the layout before migration 0014 (unpartitioned events, deliveries with a cascading foreign key),
   purged the way the sweeper did: batches of 500 events (deliveries by the cascade), one transaction each;
 - into today's partitioned tables, with a day partition per day, purged by the sweeper's drop_before().
-It prints the time each purge took, and the tables' size on disk after it (a DELETE frees nothing until
+It prints the time each purge took, the longest an event insert waited meanwhile (the drop takes a brief
+exclusive lock), and the tables' size on disk after it (a DELETE frees nothing until
 VACUUM; the drop gives the files back at once) and the VACUUM a DELETE then needs.
 """
 
@@ -137,9 +138,29 @@ async def scenario(dsn: str, events: int) -> dict[str, Any]:
         await _fill(conn, tenant, "events", "webhook_deliveries", ", event_created_at", events // 4, new_day)
         await conn.execute("ANALYZE events; ANALYZE webhook_deliveries")
         loaded_partitioned = await _size(conn, "events", "webhook_deliveries")
-        started = time.perf_counter()
-        dropped = await partitions.drop_before(conn, cutoff)
-        drop_s = time.perf_counter() - started
+        # meanwhile another connection writes an event every 5 ms: how long does the drop make it wait?
+        writer, stop, worst = await asyncpg.connect(dsn), asyncio.Event(), [0.0]
+
+        async def write() -> None:
+            while not stop.is_set():
+                began = time.perf_counter()
+                await writer.execute(
+                    "INSERT INTO events (tenant_id, type, created_at, data) VALUES ($1, 'x', now(), '{}')", tenant
+                )
+                worst[0] = max(worst[0], time.perf_counter() - began)
+                await asyncio.sleep(0.005)
+
+        writing = asyncio.create_task(write())
+        try:
+            await asyncio.sleep(0.5)
+            worst[0] = 0.0
+            started = time.perf_counter()
+            dropped = await partitions.drop_before(conn, cutoff)
+            drop_s = time.perf_counter() - started
+        finally:
+            stop.set()
+            await writing
+            await writer.close()
         after_drop = await _size(conn, "events", "webhook_deliveries")
         return {
             "events_purged": events,
@@ -156,6 +177,7 @@ async def scenario(dsn: str, events: int) -> dict[str, Any]:
             "drop": {
                 "seconds": round(drop_s, 3),
                 "partitions": dropped,
+                "worst_concurrent_insert_ms": round(worst[0] * 1000),
                 "mb_before": loaded_partitioned >> 20,
                 "mb_after": after_drop >> 20,
             },
