@@ -286,8 +286,9 @@ CREATE TABLE webhook_endpoints (
 CREATE INDEX webhook_endpoints_tenant ON webhook_endpoints (tenant_id, created_at);
 
 -- One row per event and endpoint that wants it: pending until delivered or out of retries. Partitioned by
--- its event's day, so a day's deliveries are dropped with the day's events (no foreign key to events: one
--- between partitioned tables would make every drop scan the deliveries for rows still pointing at it).
+-- its event's day, so a day's deliveries are dropped with the day's events (no foreign key to events: with
+-- one, PostgreSQL refuses to drop an events partition until it is detached, which first searches the
+-- deliveries for rows still pointing at it).
 CREATE TABLE webhook_deliveries (
     event_id          bigint NOT NULL,
     endpoint_id       uuid NOT NULL REFERENCES webhook_endpoints ON DELETE CASCADE,
