@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from datetime import UTC, date, datetime, timedelta
@@ -265,3 +266,19 @@ async def test_the_feed_orders_transactions_by_number_not_by_their_text(
         seen += [e["data"]["name"] for e in page["items"]]
         cursor = page["next_cursor"] or cursor
     assert seen == ["first", "second"]
+
+
+async def test_four_processes_creating_partitions_at_once_all_succeed_and_make_each_once(
+    dsn: str, clock: FakeClock
+) -> None:
+    """Four connections running create_ahead at the same moment: no error, every day partition made exactly once."""
+    conns = [await asyncpg.connect(dsn) for _ in range(4)]
+    try:
+        made = await asyncio.gather(*(partitions_q.create_ahead(c, clock().date(), 3) for c in conns))
+        assert sorted(name for names in made for name in names) == sorted(
+            partitions_q.day_name(t, d) for t in TABLES for d in days(clock().date(), 4)
+        )
+        assert await partitions_q.day_partitions(conns[0]) == {t: days(clock().date(), 4) for t in TABLES}
+    finally:
+        for c in conns:
+            await c.close()
