@@ -251,16 +251,23 @@ CREATE INDEX console_sessions_due ON console_sessions (expires_at);
 
 -- Events written with their change (the outbox behind GET /v1/events and webhooks), webhook endpoints,
 -- their deliveries and attempts; pools below their headroom alert.
+-- Events, deliveries and attempts are partitioned by day (service/db/partitions.py): the sweeper creates
+-- each UTC day's partition (table_pYYYYMMDD) a few days ahead and drops it once the whole day is older than
+-- the event retention. A row no day's partition takes lands in the table's default partition, which the
+-- sweeper empties into a day's partition when it creates it, or purges by DELETE past the retention.
+-- A key on a partitioned table includes its partition key: hence (id, created_at) and the like.
 CREATE TABLE events (
-    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id          bigint GENERATED ALWAYS AS IDENTITY,
     tenant_id   bigint NOT NULL REFERENCES tenants ON DELETE CASCADE,
     type        text NOT NULL,
     created_at  timestamptz NOT NULL,
     data        jsonb NOT NULL,
     -- the writing transaction: the feed pages by (txid, id) and shows only transactions older than every
     -- one still running, so an event committed late never lands behind a cursor already handed out
-    txid        xid8 NOT NULL DEFAULT pg_current_xact_id()
-);
+    txid        xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    PRIMARY KEY (id, created_at)
+) PARTITION BY RANGE (created_at);
+CREATE TABLE events_default PARTITION OF events DEFAULT;
 CREATE INDEX events_feed ON events (tenant_id, txid, id);
 -- a session's events (session.* name it in data.id, call.* in data.session_id), for its console page
 CREATE INDEX events_subject ON events (tenant_id, (coalesce(data->>'session_id', data->>'id')), id)
@@ -286,24 +293,31 @@ CREATE TABLE webhook_endpoints (
 );
 CREATE INDEX webhook_endpoints_tenant ON webhook_endpoints (tenant_id, created_at);
 
--- One row per event and endpoint that wants it: pending until delivered or out of retries.
+-- One row per event and endpoint that wants it: pending until delivered or out of retries. Partitioned by
+-- its event's day, so a day's deliveries are dropped with the day's events (no foreign key to events: with
+-- one, PostgreSQL refuses to drop an events partition until it is detached, which first searches the
+-- deliveries for rows still pointing at it).
 CREATE TABLE webhook_deliveries (
-    event_id         bigint NOT NULL REFERENCES events ON DELETE CASCADE,
-    endpoint_id      uuid NOT NULL REFERENCES webhook_endpoints ON DELETE CASCADE,
-    status           text NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'delivered', 'failed')),
-    attempts         integer NOT NULL DEFAULT 0,
-    next_attempt_at  timestamptz NOT NULL,
-    created_at       timestamptz NOT NULL,
-    PRIMARY KEY (event_id, endpoint_id)
-);
+    event_id          bigint NOT NULL,
+    endpoint_id       uuid NOT NULL REFERENCES webhook_endpoints ON DELETE CASCADE,
+    status            text NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'delivered', 'failed')),
+    attempts          integer NOT NULL DEFAULT 0,
+    next_attempt_at   timestamptz NOT NULL,
+    created_at        timestamptz NOT NULL,
+    -- its event's created_at (the partition key)
+    event_created_at  timestamptz NOT NULL,
+    PRIMARY KEY (event_id, endpoint_id, event_created_at)
+) PARTITION BY RANGE (event_created_at);
+CREATE TABLE webhook_deliveries_default PARTITION OF webhook_deliveries DEFAULT;
 CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at) WHERE status = 'pending';
 CREATE INDEX webhook_deliveries_endpoint ON webhook_deliveries (endpoint_id, created_at) WHERE status = 'pending';
 -- the claim takes each endpoint's oldest due deliveries, endpoint by endpoint (fair across tenants, 0010)
 CREATE INDEX webhook_deliveries_endpoint_due ON webhook_deliveries (endpoint_id, next_attempt_at)
     WHERE status = 'pending';
 
+-- Partitioned by the day of the attempt.
 CREATE TABLE webhook_attempts (
-    id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id               bigint GENERATED ALWAYS AS IDENTITY,
     endpoint_id      uuid NOT NULL REFERENCES webhook_endpoints ON DELETE CASCADE,
     event_id         bigint NOT NULL,
     attempt          integer NOT NULL,
@@ -312,8 +326,10 @@ CREATE TABLE webhook_attempts (
     error            text,
     duration_ms      integer NOT NULL,
     at               timestamptz NOT NULL,
-    next_attempt_at  timestamptz
-);
+    next_attempt_at  timestamptz,
+    PRIMARY KEY (id, at)
+) PARTITION BY RANGE (at);
+CREATE TABLE webhook_attempts_default PARTITION OF webhook_attempts DEFAULT;
 CREATE INDEX webhook_attempts_endpoint ON webhook_attempts (endpoint_id, id);
 
 -- Pools whose headroom is at or below their alert level: one pool.low_headroom event per fall.

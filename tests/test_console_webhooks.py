@@ -39,8 +39,13 @@ async def attempts_of(live: Live, keys: Keys, endpoint_id: str, event_id: str) -
 
 
 async def first_event(live: Live, keys: Keys, type_: str) -> str:
-    r = await live.http.get("/v1/events", params={"type": type_}, headers=keys.a)
-    event_id: str = r.json()["items"][0]["id"]
+    # the feed shows an event once every transaction older than it has ended (the sweeper's may still run)
+    async def listed() -> list[dict[str, Any]]:
+        r = await live.http.get("/v1/events", params={"type": type_}, headers=keys.a)
+        items: list[dict[str, Any]] = r.json()["items"]
+        return items
+
+    event_id: str = (await wait_for(listed))[0]["id"]
     return event_id
 
 

@@ -131,9 +131,10 @@ async def test_refusal_counts_are_kept_a_day(
 async def test_in_steady_state_every_table_stays_bounded(
     client: httpx.AsyncClient, keys: Keys, db: asyncpg.Connection, settings: Settings, clock: FakeClock
 ) -> None:
-    """Sessions created with keys and closed at a constant rate for 40 simulated days: keys, bindings, reports, report identities level off."""
+    """Sessions created with keys and closed at a constant rate for 40 simulated days: keys, bindings, reports, report
+    identities, events and the events' day partitions level off."""
     await add_dids(client, keys.a, did_numbers(5))
-    sizes = []
+    sizes, partitions = [], []
     for day in range(40):
         for i in range(5):
             body = session_body(f"d{day}-{i}", customer=f"+91987{day:03d}{i:04d}", agent=AGENT)
@@ -158,9 +159,20 @@ async def test_in_steady_state_every_table_stays_bounded(
                 await db.fetchval("SELECT count(*) FROM bindings"),
                 await db.fetchval("SELECT count(*) FROM provider_reports"),
                 await db.fetchval("SELECT count(*) FROM report_keys"),
+                await db.fetchval("SELECT count(*) FROM events"),
             )
         )
-    print(f"\nrows (idempotency_keys, bindings, provider_reports, report_keys) on days 10, 20, 30, 40: {sizes[9::10]}")
+        partitions.append(await db.fetchval("SELECT count(*) FROM pg_inherits WHERE inhparent = 'events'::regclass"))
+    print(
+        "\nrows (idempotency_keys, bindings, provider_reports, report_keys, events) on days 10, 20, 30, 40:"
+        f" {sizes[9::10]}; events' partitions {partitions[9::10]}"
+    )
     assert sizes[-1] == sizes[-11]  # level: what one day adds, the sweep takes away
-    keys_rows, binding_rows, report_rows, report_key_rows = sizes[-1]
+    # the first day partitions appear on day 1, the first is dropped on day 31: level from there
+    assert partitions[-1] == partitions[-9]
+    keys_rows, binding_rows, report_rows, report_key_rows, event_rows = sizes[-1]
+    event_partitions = partitions[-1]
     assert keys_rows <= 5 and binding_rows <= 8 * 5 + 5 and report_rows <= 31 * 5 and report_key_rows <= 31 * 5
+    # 10 events a day (5 created, 5 closed) for the 30 days of retention and the day being dropped; the
+    # day partitions of those days and 3 ahead, and the default partition
+    assert event_rows <= 31 * 10 and event_partitions <= 31 + 3 + 1

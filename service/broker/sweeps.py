@@ -1,5 +1,8 @@
 """Background tidying: expire sessions, time out calls, match stranded reports, redact and delete old rows.
 
+Time-partitioned tables (events, webhook deliveries and attempts) get their day partitions created ahead
+and dropped once past the event retention.
+
 Every job works in batches of rows locked with SKIP LOCKED, one transaction per batch, so any number
 of service processes can run it at once and none holds a lock for long.
 """
@@ -8,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -22,9 +25,9 @@ from service.db import Conn
 from service.db import audit as audit_q
 from service.db import calls as calls_q
 from service.db import console as console_q
-from service.db import events as events_q
 from service.db import idempotency as idempotency_q
 from service.db import links as links_q
+from service.db import partitions as partitions_q
 from service.db import pools as pools_q
 from service.db import retention as retention_q
 from service.db import sessions as sessions_q
@@ -89,6 +92,10 @@ async def redact_old_sessions(conn: Conn, now: datetime, days: int) -> int:
 # each process runs them at most this often rather than on every sweep.
 TIDY_EVERY = timedelta(minutes=5)
 REFUSALS_KEPT = timedelta(days=1)
+# Day partitions are created this many days ahead, checked this often per process: a sweeper stopped for
+# less than the days ahead never lets a day's rows fall into a default partition.
+PARTITION_DAYS_AHEAD = 3
+PARTITIONS_EVERY = timedelta(hours=1)
 # pool.low_headroom is checked this often per process (the pool statistics read every active binding).
 HEADROOM_EVERY = timedelta(minutes=1)
 
@@ -98,8 +105,10 @@ async def tidy(conn: Conn, settings: Settings, now: datetime) -> dict[str, int]:
 
     Idempotency keys past their 24-hour window; bindings ended longer ago than both the cool-off and
     the sticky memory; provider reports with a final outcome, and report identities, older than the report
-    retention; events and webhook attempts older than the event retention (MASKING_EVENT_RETENTION_DAYS);
-    per-minute refusal counts older than a day; audit rows older than MASKING_AUDIT_RETENTION_DAYS.
+    retention; events, webhook deliveries and attempts older than the event retention
+    (MASKING_EVENT_RETENTION_DAYS): each day partition once its whole day is past it, by a drop, and rows in
+    the default partitions by DELETE; per-minute refusal counts older than a day; audit rows older than
+    MASKING_AUDIT_RETENTION_DAYS.
     """
     keys_before = now - idempotency_q.REPLAY_WINDOW
     # A pool may set a longer cool-off than the service's: ended bindings are kept for the longest of all.
@@ -122,11 +131,21 @@ async def tidy(conn: Conn, settings: Settings, now: datetime) -> dict[str, int]:
         "report_keys_deleted": await _in_batches(
             conn, "report_keys_deleted", lambda: retention_q.delete_report_keys(conn, reports_before, BATCH)
         ),
+        "partitions_dropped": await drop_old_partitions(conn, events_before),
         "events_deleted": await _in_batches(
-            conn, "events_deleted", lambda: events_q.delete_old_events(conn, events_before, BATCH)
+            conn,
+            "events_deleted",
+            lambda: partitions_q.delete_from_default(conn, "events", events_before, BATCH),
+        ),
+        "webhook_deliveries_deleted": await _in_batches(
+            conn,
+            "webhook_deliveries_deleted",
+            lambda: partitions_q.delete_from_default(conn, "webhook_deliveries", events_before, BATCH),
         ),
         "webhook_attempts_deleted": await _in_batches(
-            conn, "webhook_attempts_deleted", lambda: events_q.delete_old_attempts(conn, events_before, BATCH)
+            conn,
+            "webhook_attempts_deleted",
+            lambda: partitions_q.delete_from_default(conn, "webhook_attempts", events_before, BATCH),
         ),
         "refusal_counts_deleted": await _in_batches(
             conn, "refusal_counts_deleted", lambda: retention_q.delete_old_refusals(conn, now - REFUSALS_KEPT, BATCH)
@@ -139,6 +158,24 @@ async def purge_audit(conn: Conn, now: datetime, retention_days: int) -> int:
     """Delete audit rows older than the retention (the only DELETE the audit log's trigger lets through)."""
     before = now - timedelta(days=retention_days)
     return await _in_batches(conn, "audit_rows_purged", lambda: audit_q.purge_batch(conn, before, BATCH))
+
+
+async def create_partitions(conn: Conn, now: datetime) -> int:
+    """Create the day partitions of today and the next PARTITION_DAYS_AHEAD days that are missing."""
+    created = await partitions_q.create_ahead(conn, now.astimezone(UTC).date(), PARTITION_DAYS_AHEAD)
+    if created:
+        metrics.SWEPT.labels("partitions_created").inc(len(created))
+        log.info("partitions_created", names=created)
+    return len(created)
+
+
+async def drop_old_partitions(conn: Conn, before: datetime) -> int:
+    """Drop the day partitions whose whole day is older than `before`."""
+    dropped = await partitions_q.drop_before(conn, before)
+    if dropped:
+        metrics.SWEPT.labels("partitions_dropped").inc(len(dropped))
+        log.info("partitions_dropped", names=dropped)
+    return len(dropped)
 
 
 @dataclass
@@ -165,6 +202,7 @@ class Sweeper:
     provider: object = None
     headroom: Every = field(default_factory=lambda: Every(HEADROOM_EVERY))
     tidying: Every = field(default_factory=lambda: Every(TIDY_EVERY))
+    partitioning: Every = field(default_factory=lambda: Every(PARTITIONS_EVERY))
     feed_horizon: HorizonWatch = field(default_factory=HorizonWatch)
     reconciler: Reconciler | None = None
 
@@ -194,6 +232,8 @@ class Sweeper:
             await pools.check_headroom(conn, now)
         if self.settings.retention_days:
             await redact_old_sessions(conn, now, self.settings.retention_days)
+        if self.partitioning.due(now):
+            await create_partitions(conn, now)
         if self.tidying.due(now):
             await tidy(conn, self.settings, now)
         await tidy_web(conn, now)

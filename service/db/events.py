@@ -1,4 +1,4 @@
-"""SQL for events: inserted with their change (with a pending delivery per endpoint that wants them), paged, deleted."""
+"""SQL for events: inserted with their change (with a pending delivery per endpoint that wants them), paged."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ def emit_ctes(name: str, source: str, now: str) -> str:
     SELECT src.tenant_id, src.type, {now}, src.data FROM ({source}) src WHERE src.tenant_id IS NOT NULL
     RETURNING id, tenant_id, type, created_at),
 {name}_deliveries AS (
-    INSERT INTO webhook_deliveries (event_id, endpoint_id, next_attempt_at, created_at)
-    SELECT e.id, w.id, e.created_at, e.created_at FROM {name} e
+    INSERT INTO webhook_deliveries (event_id, endpoint_id, next_attempt_at, created_at, event_created_at)
+    SELECT e.id, w.id, e.created_at, e.created_at, e.created_at FROM {name} e
     JOIN webhook_endpoints w ON w.tenant_id = e.tenant_id AND w.status = 'enabled'
         AND w.events && ARRAY[e.type, '*'])"""
 
@@ -66,7 +66,8 @@ class EventRow(msgspec.Struct, frozen=True):
 # Only transactions older than every one of this database still running are shown (FEED_HORIZON): an event
 # inserted by a transaction that commits later than a younger one can then never appear behind a cursor
 # already handed out, and a transaction left open in another database does not stall the feed. The order is
-# the columns' (xid8), not the text the select list makes of txid: as text, 999 sorts after 1000.
+# the columns' (xid8), not the text the select list makes of txid (as text, 999 sorts after 1000), so
+# pages follow the cursor's numeric order and read each day partition's events_feed index in order.
 SELECT_FEED = f"""
 SELECT id, type, created_at, data, txid::text AS txid FROM events
 WHERE tenant_id = $1 AND ($2::text IS NULL OR type = $2)
@@ -110,29 +111,6 @@ async def select_of_session(conn: Conn, tenant_id: int, session_id: str, limit: 
     """The newest events whose subject is this session (session.* and call.*), newest first."""
     rows = await conn.fetch(SELECT_OF_SESSION, tenant_id, session_id, limit)
     return [msgspec.convert(r, EventRow) for r in rows]
-
-
-DELETE_EVENTS = """
-DELETE FROM events e USING (
-    SELECT id FROM events WHERE created_at < $1 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED) due
-WHERE e.id = due.id
-"""
-
-DELETE_ATTEMPTS = """
-DELETE FROM webhook_attempts a USING (
-    SELECT id FROM webhook_attempts WHERE at < $1 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED) due
-WHERE a.id = due.id
-"""
-
-
-async def delete_old_events(conn: Conn, before: datetime, batch: int) -> int:
-    """Delete one batch of events created before `before` (their deliveries go with them)."""
-    return int((await conn.execute(DELETE_EVENTS, before, batch)).rsplit(" ", 1)[-1])
-
-
-async def delete_old_attempts(conn: Conn, before: datetime, batch: int) -> int:
-    """Delete one batch of delivery attempts made before `before`."""
-    return int((await conn.execute(DELETE_ATTEMPTS, before, batch)).rsplit(" ", 1)[-1])
 
 
 async def alert_pools(conn: Conn, low: Sequence[tuple[int, str]], now: datetime) -> list[tuple[int, str]]:

@@ -185,10 +185,10 @@ WITH room AS (
     WHERE w.status = 'enabled' AND NOT (w.id = ANY(:busy::uuid[]))
       AND NOT (w.tenant_id = ANY(:busy_tenants::bigint[]))),
 due AS (
-    SELECT d.event_id, d.endpoint_id, d.next_attempt_at, o.tenant_id,
+    SELECT d.event_id, d.endpoint_id, d.event_created_at, d.next_attempt_at, o.tenant_id,
            row_number() OVER (PARTITION BY d.endpoint_id ORDER BY d.next_attempt_at) AS endpoint_turn
     FROM room o CROSS JOIN LATERAL (
-        SELECT d.event_id, d.endpoint_id, d.next_attempt_at FROM webhook_deliveries d
+        SELECT d.event_id, d.endpoint_id, d.event_created_at, d.next_attempt_at FROM webhook_deliveries d
         WHERE d.endpoint_id = o.id AND d.status = 'pending' AND d.next_attempt_at <= :now
         ORDER BY d.next_attempt_at LIMIT o.free
         FOR UPDATE SKIP LOCKED) d),
@@ -196,7 +196,7 @@ ranked AS (
     SELECT due.*, row_number() OVER (PARTITION BY due.tenant_id ORDER BY due.endpoint_turn, due.next_attempt_at)
         AS tenant_turn FROM due),
 chosen AS (
-    SELECT r.event_id, r.endpoint_id FROM ranked r
+    SELECT r.event_id, r.endpoint_id, r.event_created_at FROM ranked r
     LEFT JOIN unnest(:tenants_partly::bigint[], :tenants_left::int[]) AS t(tenant_id, free)
         ON t.tenant_id = r.tenant_id
     WHERE r.tenant_turn <= coalesce(t.free, :tenant_cap)
@@ -204,10 +204,12 @@ chosen AS (
 c AS (
     UPDATE webhook_deliveries d SET attempts = d.attempts + 1, next_attempt_at = :lease_until
     FROM chosen k WHERE d.event_id = k.event_id AND d.endpoint_id = k.endpoint_id
-    RETURNING d.event_id, d.endpoint_id, d.attempts)
+        AND d.event_created_at = k.event_created_at
+    RETURNING d.event_id, d.endpoint_id, d.event_created_at, d.attempts)
 SELECT c.event_id, c.endpoint_id, w.tenant_id, c.attempts AS attempt, e.type, e.created_at, e.data,
        w.url, w.secret, w.previous_secret, w.previous_until
-FROM c JOIN events e ON e.id = c.event_id JOIN webhook_endpoints w ON w.id = c.endpoint_id
+FROM c JOIN events e ON e.id = c.event_id AND e.created_at = c.event_created_at
+JOIN webhook_endpoints w ON w.id = c.endpoint_id
 """)
 
 
@@ -245,6 +247,8 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
     """How one attempt went and what follows it."""
 
     event_id: int
+    # the event's created_at: with event_id and endpoint_id, the delivery's key (the day partition it is in)
+    event_created_at: datetime
     endpoint_id: UUID
     attempt: int
     status: str  # delivered, retrying, failed
@@ -260,9 +264,11 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
 # endpoint's failing streak, which turns into disabled_failing once it is older than :disable_after.
 RECORD = Query("""
 WITH o AS (
-    SELECT * FROM unnest(:event_ids::bigint[], :endpoint_ids::uuid[], :attempts::int[], :statuses::text[],
-                         :codes::int[], :errors::text[], :durations::int[], :ats::timestamptz[], :nexts::timestamptz[])
-        AS o(event_id, endpoint_id, attempt, status, status_code, error, duration_ms, at, next_attempt_at)),
+    SELECT * FROM unnest(:event_ids::bigint[], :event_times::timestamptz[], :endpoint_ids::uuid[], :attempts::int[],
+                         :statuses::text[], :codes::int[], :errors::text[], :durations::int[], :ats::timestamptz[],
+                         :nexts::timestamptz[])
+        AS o(event_id, event_created_at, endpoint_id, attempt, status, status_code, error, duration_ms, at,
+             next_attempt_at)),
 logged AS (
     INSERT INTO webhook_attempts (endpoint_id, event_id, attempt, status, status_code, error, duration_ms, at,
                                   next_attempt_at)
@@ -273,7 +279,8 @@ moved AS (
     UPDATE webhook_deliveries d
     SET status = CASE o.status WHEN 'retrying' THEN 'pending' ELSE o.status END,
         next_attempt_at = coalesce(o.next_attempt_at, d.next_attempt_at)
-    FROM o WHERE d.event_id = o.event_id AND d.endpoint_id = o.endpoint_id AND d.status = 'pending'
+    FROM o WHERE d.event_id = o.event_id AND d.endpoint_id = o.endpoint_id
+      AND d.event_created_at = o.event_created_at AND d.status = 'pending'
       -- a success counts whichever attempt it was (a later one then finds nothing to do), unless a
       -- redelivery has since started the count again; a failure only moves the delivery if no newer
       -- attempt has claimed it since
@@ -305,6 +312,7 @@ async def record(conn: Conn, outcomes: list[Outcome], disable_after: Any) -> lis
         return []
     values = {
         "event_ids": [o.event_id for o in outcomes],
+        "event_times": [o.event_created_at for o in outcomes],
         "endpoint_ids": [o.endpoint_id for o in outcomes],
         "attempts": [o.attempt for o in outcomes],
         "statuses": [o.status for o in outcomes],
@@ -358,12 +366,12 @@ async def redeliver(conn: Conn, tenant_id: int, event_id: int, now: datetime) ->
     """Queue an event again (from its first attempt) for every enabled endpoint of the tenant that wants it."""
     status = await conn.execute(
         """
-        INSERT INTO webhook_deliveries (event_id, endpoint_id, next_attempt_at, created_at)
-        SELECT e.id, w.id, $3, $3 FROM events e
+        INSERT INTO webhook_deliveries (event_id, endpoint_id, next_attempt_at, created_at, event_created_at)
+        SELECT e.id, w.id, $3, $3, e.created_at FROM events e
         JOIN webhook_endpoints w ON w.tenant_id = e.tenant_id AND w.status = 'enabled'
         AND w.events && ARRAY[e.type, '*']
         WHERE e.id = $1 AND e.tenant_id = $2
-        ON CONFLICT (event_id, endpoint_id) DO UPDATE
+        ON CONFLICT (event_id, endpoint_id, event_created_at) DO UPDATE
             SET status = 'pending', attempts = 0, next_attempt_at = $3, created_at = $3
         """,
         event_id,
@@ -382,8 +390,9 @@ async def insert_test_delivery(
         WITH w AS (SELECT * FROM webhook_endpoints WHERE id = $2 AND tenant_id = $1 AND status <> 'deleted'),
         e AS (INSERT INTO events (tenant_id, type, created_at, data)
               SELECT $1, 'webhook.test', $4, $3::text::jsonb FROM w RETURNING id, type, created_at, data),
-        d AS (INSERT INTO webhook_deliveries (event_id, endpoint_id, attempts, next_attempt_at, created_at)
-              SELECT e.id, w.id, 1, $5, $4 FROM e, w)
+        d AS (INSERT INTO webhook_deliveries (event_id, endpoint_id, attempts, next_attempt_at, created_at,
+                                              event_created_at)
+              SELECT e.id, w.id, 1, $5, $4, $4 FROM e, w)
         SELECT e.id AS event_id, w.id AS endpoint_id, w.tenant_id, 1 AS attempt, e.type, e.created_at, e.data,
                w.url, w.secret, w.previous_secret, w.previous_until
         FROM e, w

@@ -192,6 +192,7 @@ class Deliverer:
         metrics.WEBHOOK_DELIVERIES.labels(status).inc()
         return q.Outcome(
             event_id=claimed.event_id,
+            event_created_at=claimed.created_at,
             endpoint_id=claimed.endpoint_id,
             attempt=claimed.attempt,
             status=status,
