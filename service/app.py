@@ -24,7 +24,7 @@ from litestar.openapi.plugins import JsonRenderPlugin, OpenAPIRenderPlugin, Redo
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import metrics
+from service import loopwatch, metrics
 from service.api.audit import AuditController
 from service.api.bodies import body_deadline
 from service.api.calls import CallController, ReportController
@@ -175,6 +175,8 @@ def create_app(
         app.state.webhooks = deliverer = Deliverer(webhook_db, settings, clock)
         if background:
             tasks.append(asyncio.create_task(deliverer.run()))
+        # Every process, background or not: what blocks this loop stretches every request it serves.
+        tasks.append(asyncio.create_task(loopwatch.watch(metrics.EVENT_LOOP_LAG.observe)))
         try:
             yield
         finally:
