@@ -24,7 +24,7 @@ from litestar.openapi.plugins import JsonRenderPlugin, OpenAPIRenderPlugin, Redo
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import metrics
+from service import loopwatch, metrics
 from service.api.audit import AuditController
 from service.api.bodies import body_deadline
 from service.api.calls import CallController, ReportController
@@ -76,7 +76,7 @@ def request_context(app: ASGIApp) -> ASGIApp:
         if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
             return
-        given = dict(scope.get("headers", ())).get(b"x-request-id", b"").decode("latin-1")
+        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"").decode("latin-1")
         request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
         structlog.contextvars.bind_contextvars(request_id=request_id)
@@ -175,6 +175,8 @@ def create_app(
         app.state.webhooks = deliverer = Deliverer(webhook_db, settings, clock)
         if background:
             tasks.append(asyncio.create_task(deliverer.run()))
+        # Every process, background or not: what blocks this loop stretches every request it serves.
+        tasks.append(asyncio.create_task(loopwatch.watch(metrics.EVENT_LOOP_LAG.observe)))
         try:
             yield
         finally:

@@ -51,6 +51,12 @@ EVENT_FEED_HORIZON_LAG = Gauge(
 )
 WEBHOOK_DISABLED = Gauge("masking_webhook_endpoints_disabled", "Webhook endpoints disabled for failing")
 SWEPT = Counter("masking_swept", "Rows tidied by background sweepers", ["job"])
+# Fed by service.loopwatch in every process: how much later than asked a 50 ms sleep woke up.
+EVENT_LOOP_LAG = Histogram(
+    "masking_event_loop_lag_seconds",
+    "How late the event loop ran a task due now (a stall of S seconds shows as one observation near S)",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
 
 # Pool names are user input: past this many distinct names per process, new ones share one label.
 OTHER_POOLS = "_other"

@@ -1,0 +1,106 @@
+"""Round trips per request: how many statements a create, an ingest and a get send to PostgreSQL, held to a budget."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+
+from service.app import create_app, request_context
+from service.db import pool as db_pool
+from tests.factories import pool, report_for, session_body
+from tests.helpers import FakeClock, Keys, make_settings
+
+# Today's statements per request, with the caches warm (the key and pool-settings caches, each
+# connection's prepared statements). A change that adds a round trip fails here; one that removes
+# one should lower its budget. See docs/performance.md, "Round trips per request".
+BUDGET = {"create": 5, "ingest": 1, "get": 1}
+
+
+class Statements:
+    """Every statement the service's connections send, in order (asyncpg's query loggers)."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def add(self, record: Any) -> None:
+        self.sent.append(" ".join(record.query.split())[:90])
+
+    async def during(self, request: Any) -> tuple[httpx.Response, list[str]]:
+        """The response of an awaited request, and the statements sent while it ran."""
+        await asyncio.sleep(0)
+        start = len(self.sent)
+        response = await request
+        await asyncio.sleep(0.05)  # asyncpg calls query loggers soon after, not during, the query
+        return response, self.sent[start:]
+
+
+@pytest.fixture
+async def counted(
+    dsn: str, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[httpx.AsyncClient, Statements, str]]:
+    """The app in-loop, every connection its pools open logging its statements; the client, the log, the callback."""
+    statements = Statements()
+    init = db_pool._init_connection
+
+    async def logged(conn: asyncpg.Connection) -> None:
+        await init(conn)
+        conn.add_query_logger(statements.add)
+
+    monkeypatch.setattr(db_pool, "_init_connection", logged)
+    # One connection: each request finds its statements prepared by the warm-up request before it.
+    app = create_app(make_settings(dsn, db_pool_size=1), dsn=dsn, clock=FakeClock(), background=False)
+    async with LifespanManager(app):
+        callback = f"/v1/provider/thundersms/callback/{app.state.runtime.callback_token}"
+        transport = httpx.ASGITransport(app=request_context(app))
+        async with httpx.AsyncClient(transport=transport, base_url="http://masking.test") as http:
+            yield http, statements, callback
+
+
+def show(name: str, sent: list[str]) -> None:
+    print(f"\n{name}: {len(sent)} round trips (budget {BUDGET[name]})")
+    for n, statement in enumerate(sent, 1):
+        print(f"  {n}. {statement}")
+
+
+async def test_create_ingest_and_get_each_send_no_more_statements_than_today(
+    counted: tuple[httpx.AsyncClient, Statements, str], keys: Keys, db: asyncpg.Connection
+) -> None:
+    """A warm create sends at most 5 statements, a matched ingest 1, a get 1."""
+    http, statements, callback = counted
+    await pool(http, keys.a, dids=4)
+    auth = keys.auth(keys.a_sessions)
+    sessions, sent = [], []
+    for i in range(2):  # the first warms the caches, the second is counted
+        body = session_body(f"ORD-{i}", customer=f"+9198765{i:05d}", agent=f"+9187654{i:05d}")
+        response, created = await statements.during(http.post("/v1/sessions", json=body, headers=auth))
+        assert response.status_code == 201, response.text
+        sessions.append(response.json())
+        sent.append(created)
+    show("create", created)
+    print("  (cold, caches empty:", *sent[0], sep="\n    ")
+
+    calls = await db.fetch(
+        """INSERT INTO calls (id, tenant_id, session_id, first, from_number, to_number, bridge, created_at)
+           SELECT gen_random_uuid(), tenant_id, id, 'agent', agent, customer, did, now() FROM sessions
+           RETURNING bridge, from_number AS "from", to_number AS "to" """
+    )
+    for call in calls:
+        response, ingested = await statements.during(http.post(callback, content=report_for(dict(call))))
+        assert response.status_code == 200, response.text
+    show("ingest", ingested)
+    assert await db.fetchval("SELECT count(*) FROM calls WHERE status = 'completed'") == 2
+
+    for session in sessions:
+        response, read = await statements.during(http.get(f"/v1/sessions/{session['id']}", headers=auth))
+        assert response.status_code == 200, response.text
+    show("get", read)
+
+    assert len(created) <= BUDGET["create"]
+    assert len(ingested) <= BUDGET["ingest"]
+    assert len(read) <= BUDGET["get"]
