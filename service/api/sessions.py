@@ -14,7 +14,6 @@ from service.api.idempotency import run_once
 from service.api.problems import API_RESPONSES
 from service.broker import pools
 from service.broker import sessions as broker
-from service.broker.audit import Target
 from service.broker.errors import InvalidRequest
 from service.models import Session
 
@@ -161,11 +160,8 @@ class SessionController(Controller):
         data: JSONBody[CloseSession | None] = None,
     ) -> Session:
         note = data.reason if data is not None else None
-        now = request.runtime.clock()
-        async with conn.transaction():  # the close and its audit row commit together (rule 12)
-            session = await broker.close_session(conn, request.principal.tenant_id, session_id, now, note)
-            await key_context(request).record(conn, "session.close", Target("session", str(session.id)), now, note)
-        return session
+        now, tenant_id = request.runtime.clock(), request.principal.tenant_id
+        return await broker.close_session(conn, tenant_id, session_id, now, note, audit=key_context(request))
 
     @post(
         "/expire",
@@ -180,11 +176,5 @@ class SessionController(Controller):
         data: JSONBody[broker.ExpireFilter],
         conn: Db,
     ) -> Expired:
-        now = request.runtime.clock()
-        # The target says what was matched; a number in it is kept masked by the audit log.
-        matched = data.customer or data.agent or data.masked_number or ""
-        target = Target("order", data.order_id) if data.order_id else Target("number", matched)
-        async with conn.transaction():  # the expiry and its audit row commit together (rule 12)
-            count = await broker.expire_sessions(conn, request.principal.tenant_id, data, now)
-            await key_context(request).record(conn, "sessions.expire", target, now)
-        return Expired(count)
+        now, tenant_id = request.runtime.clock(), request.principal.tenant_id
+        return Expired(await broker.expire_sessions(conn, tenant_id, data, now, audit=key_context(request)))

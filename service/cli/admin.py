@@ -18,7 +18,7 @@ from service.settings import Settings
 if TYPE_CHECKING:
     pass
 
-from service.cli.common import CliError, describe_database, record_action, run_with_db
+from service.cli.common import CliError, cli_context, describe_database, record_action, run_with_db
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
@@ -121,15 +121,12 @@ def cmd_dids_import(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_sessions_expire(settings: Settings, args: argparse.Namespace) -> int:
     from service.app import utc_now
-    from service.broker.audit import Target
     from service.broker.sessions import ExpireFilter, expire_sessions
 
     async def work(conn: Conn) -> int:
         tenant_id = await _tenant_id(conn, args.tenant)
-        async with conn.transaction():
-            count = await expire_sessions(conn, tenant_id, ExpireFilter(order_id=args.order_id), utc_now())
-            await record_action(conn, tenant_id, "sessions.expire", Target("order", args.order_id))
-        return count
+        wanted = ExpireFilter(order_id=args.order_id)
+        return await expire_sessions(conn, tenant_id, wanted, utc_now(), audit=cli_context(tenant_id))
 
     print(json.dumps({"expired": run_with_db(settings, work)}))
     return 0

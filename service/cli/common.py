@@ -18,7 +18,7 @@ from service.db import Conn
 from service.settings import Settings
 
 if TYPE_CHECKING:
-    from service.broker.audit import Action, Target
+    from service.broker.audit import Action, Context, Target
 
 
 T = TypeVar("T")
@@ -93,6 +93,13 @@ def cli_user() -> str:
     except (KeyError, OSError):  # no name for this uid (a bare container)
         user = f"uid{os.getuid()}"
     return f"{user}@{socket.gethostname()}"
+
+
+def cli_context(tenant_id: int) -> Context:
+    """The audit context of a command: the actor is the person at the terminal (user@host)."""
+    from service.broker.audit import Actor, Context
+
+    return Context(tenant_id=tenant_id, actor=Actor.cli(cli_user()))
 
 
 async def record_action(conn: Conn, tenant_id: int, action: Action, target: Target) -> None:

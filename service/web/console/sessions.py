@@ -13,7 +13,6 @@ from litestar.response import Redirect
 from service.api.audit import console_context
 from service.api.deps import Db, MaskingRequest
 from service.broker import calls, console, events, sessions
-from service.broker.audit import Target
 from service.web.console.auth import signed_in
 from service.web.console.common import Form, view
 
@@ -51,10 +50,8 @@ async def session_page(request: MaskingRequest, conn: Db, session_id: FromPath[s
 @post("/sessions/{session_id:str}/close", guards=[signed_in], include_in_schema=False, status_code=303)
 async def session_close(request: MaskingRequest, conn: Db, session_id: FromPath[str]) -> Any:
     """Close a session (POST /v1/sessions/{id}/close)."""
-    now = request.runtime.clock()
-    async with conn.transaction():
-        session = await sessions.close_session(conn, request.principal.tenant_id, session_id, now)
-        await console_context(request).record(conn, "session.close", Target("session", str(session.id)), now)
+    now, tenant_id = request.runtime.clock(), request.principal.tenant_id
+    session = await sessions.close_session(conn, tenant_id, session_id, now, audit=console_context(request))
     return Redirect(f"/console/sessions/{session.id}", status_code=303)
 
 
@@ -76,8 +73,7 @@ class ExpireOrder(msgspec.Struct, kw_only=True):
 async def expire_order(request: MaskingRequest, conn: Db, data: Annotated[ExpireOrder, Form]) -> Any:
     """Expire every live session of an order (POST /v1/sessions/expire)."""
     now, wanted = request.runtime.clock(), sessions.ExpireFilter(order_id=data.order_id)
-    async with conn.transaction():
-        count = await sessions.expire_sessions(conn, request.principal.tenant_id, wanted, now)
-        await console_context(request).record(conn, "sessions.expire", Target("order", data.order_id), now)
+    audit = console_context(request)
+    count = await sessions.expire_sessions(conn, request.principal.tenant_id, wanted, now, audit=audit)
     query = urlencode({"q": data.order_id, "expired": count})
     return Redirect(f"/console/sessions?{query}", status_code=303)
