@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import csv
+import io
 from decimal import Decimal
 from typing import Any
 
 import asyncpg
+import pytest
 
+from service.broker import costs
 from service.provider.simulator import Fault
 from tests.factories import open_session
 from tests.helpers import Keys
@@ -66,3 +70,79 @@ async def test_stats_show_each_pools_calls_minutes_and_known_cost_of_the_last_da
         "priced_calls": 2,
     }
     assert all(p["last_30d"]["calls"] == 0 for p in other.json()["pools"])
+
+
+async def test_the_csv_export_streams_a_tenants_calls_in_range_with_costs_and_no_party_numbers(
+    dsn: str, keys: Keys, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows come oldest first in batches (keyset over created_at ties), only the range's, only the tenant's,
+    with cost and pulse, and neither party's number anywhere in the file."""
+    monkeypatch.setattr(costs, "CSV_BATCH", 2)
+    async with live_service(dsn, background=True, **FAST) as live:
+        calls = await calls_with_costs(live, keys, reported=2, lost=2)
+        tied = "2026-11-20T10:00:00+00:00"
+        await db.execute(
+            "UPDATE calls SET created_at = $1::text::timestamptz WHERE id = ANY($2::uuid[])",
+            tied,
+            [c["id"] for c in calls[:3]],
+        )
+        await db.execute("UPDATE calls SET created_at = '2026-10-01T00:00:00Z' WHERE id = $1::uuid", calls[3]["id"])
+        async with live.http.stream(
+            "GET", "/v1/calls.csv", params={"from": "2026-11-20", "to": "2026-11-20"}, headers=keys.a
+        ) as r:
+            assert r.status_code == 200
+            assert r.headers["content-type"].startswith("text/csv")
+            body = (await r.aread()).decode()
+        other = await live.http.get(
+            "/v1/calls.csv", params={"from": "2026-11-01T00:00:00Z", "to": "2026-12-01T00:00:00Z"}, headers=keys.b
+        )
+        session = (await live.http.get(f"/v1/sessions/{calls[0]['session_id']}", headers=keys.a)).json()
+    rows = list(csv.reader(io.StringIO(body)))
+    assert rows[0] == list(costs.CSV_COLUMNS)
+    by_id = {c["id"]: c for c in calls[:3]}
+    assert sorted(r[0] for r in rows[1:]) == sorted(by_id) and len(rows) == 4
+    assert [r[0] for r in rows[1:]] == sorted(by_id)  # ties on created_at ordered by id
+    for r in rows[1:]:
+        c = by_id[r[0]]
+        assert r[1:] == [
+            c["session_id"],
+            session["order_id"],
+            "2026-11-20T10:00:00Z",
+            c["status"],
+            str(c["duration_seconds"]),
+            str(c["billing_seconds"]),
+            c["cost"] or "",
+            str(c["billing_pulse_seconds"] or ""),
+            DID,
+        ]
+    for number in (calls[0]["from"], calls[0]["to"]):
+        assert number not in body and number.lstrip("+") not in body
+    assert other.status_code == 200 and other.text.splitlines() == [",".join(costs.CSV_COLUMNS)]
+
+
+async def test_the_csv_exports_bounds_are_required_parsed_and_at_most_31_days_apart(dsn: str, keys: Keys) -> None:
+    """Each refused bound is a 422 problem naming its field; the sessions key may not export."""
+    async with live_service(dsn) as live:
+        cases = {
+            "from": {"to": "2026-11-02"},
+            "to": {"from": "2026-11-02"},
+        }
+        for field, params in cases.items():
+            r = await live.http.get("/v1/calls.csv", params=params, headers=keys.a)
+            assert (r.status_code, r.json()["code"], r.json()["field"]) == (422, "invalid_request", field)
+        refused = [
+            ({"from": "yesterday", "to": "2026-11-02"}, "from"),
+            ({"from": "2026-11-01T00:00:00", "to": "2026-11-02"}, "from"),
+            ({"from": "2026-11-01", "to": "2026-12-02"}, "to"),
+            ({"from": "2026-11-02T00:00:00Z", "to": "2026-11-01T00:00:00Z"}, "to"),
+        ]
+        for params, field in refused:
+            r = await live.http.get("/v1/calls.csv", params=params, headers=keys.a)
+            assert r.status_code == 422 and r.json()["field"] == field, (params, r.text)
+            assert r.headers["content-type"] == "application/problem+json"
+        month = await live.http.get("/v1/calls.csv", params={"from": "2026-11-01", "to": "2026-12-01"}, headers=keys.a)
+        assert month.status_code == 200
+        sessions_key = await live.http.get(
+            "/v1/calls.csv", params={"from": "2026-11-01", "to": "2026-11-02"}, headers=keys.auth(keys.a_sessions)
+        )
+        assert sessions_key.status_code == 403

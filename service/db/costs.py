@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from uuid import UUID
 
 import msgspec
 
@@ -49,3 +50,45 @@ async def pool_calls(
     """Per pool of the tenant: the calls placed since day_start and since month_start (up to now)."""
     rows = await conn.fetch(POOL_CALLS, tenant_id, day_start, month_start, now)
     return [msgspec.convert(r, PoolCalls) for r in rows]
+
+
+class CallRow(msgspec.Struct, frozen=True, array_like=True):
+    """A call as the CSV export shows it: no party numbers (the bridge is the tenant's own DID)."""
+
+    id: UUID
+    session_id: UUID
+    order_id: str
+    created_at: datetime
+    status: str
+    duration_seconds: int | None
+    billing_seconds: int | None
+    cost: str | None
+    billing_pulse_seconds: int | None
+    bridge: str
+
+
+# A page of the tenant's calls created in [$2, $3) after the keyset ($4, $5), through calls_by_tenant
+# (tenant_id, created_at); the id breaks ties of created_at so no row is skipped or repeated between pages.
+CALLS_PAGE = """
+SELECT c.id, c.session_id, s.order_id, c.created_at, c.status, c.duration_seconds, c.billing_seconds,
+       c.cost::text AS cost, c.billing_pulse_seconds, c.bridge
+FROM calls c JOIN sessions s ON s.id = c.session_id
+WHERE c.tenant_id = $1 AND c.created_at >= $2 AND c.created_at < $3
+  AND ($4::timestamptz IS NULL OR (c.created_at, c.id) > ($4, $5::uuid))
+ORDER BY c.created_at, c.id
+LIMIT $6
+"""
+
+
+async def calls_page(
+    conn: Conn,
+    tenant_id: int,
+    since: datetime,
+    until: datetime,
+    after: tuple[datetime, UUID] | None,
+    limit: int,
+) -> list[CallRow]:
+    """At most limit of the tenant's calls created in [since, until), oldest first, after the keyset `after`."""
+    at, ident = after if after is not None else (None, None)
+    rows = await conn.fetch(CALLS_PAGE, tenant_id, since, until, at, ident, limit)
+    return [msgspec.convert(tuple(r), CallRow) for r in rows]
