@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import csv
 import io
+import uuid
+from datetime import datetime, timedelta
+from datetime import time as dt_time
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import asyncpg
+import httpx
 import pytest
 
 from service.broker import costs
+from service.broker.costs import CostSweep, CostTally
+from service.db import reconcile as reconcile_q
+from service.db.pool import create_pool
+from service.provider.calllog import CallLog
 from service.provider.simulator import Fault
 from tests.factories import open_session
 from tests.helpers import Keys
@@ -18,6 +27,7 @@ from tests.live import Live, live_service
 from tests.test_reconcile import place, settled
 
 DID = "+918068281234"
+IST = ZoneInfo("Asia/Kolkata")
 FAST = {
     "reconcile_after_seconds": 1,
     "sweep_interval_seconds": 0.2,
@@ -146,3 +156,44 @@ async def test_the_csv_exports_bounds_are_required_parsed_and_at_most_31_days_ap
             "/v1/calls.csv", params={"from": "2026-11-01", "to": "2026-11-02"}, headers=keys.auth(keys.a_sessions)
         )
         assert sessions_key.status_code == 403
+
+
+async def test_the_daily_sweep_prices_yesterdays_reported_calls_from_one_unambiguous_log_row(
+    dsn: str, keys: Keys, db: asyncpg.Connection
+) -> None:
+    """Under the call-log lease, once per day: a call with one matching log row gets its cost and pulse; one
+    with two rows or none stays unpriced; a second run that day reads nothing."""
+    async with live_service(dsn, **FAST) as live:
+        calls = await calls_with_costs(live, keys, reported=3, lost=0)
+        assert [c["cost"] for c in calls] == [None, None, None]
+        rows = {r["mid"]: r for r in live.sim.call_log}
+        one, two, none = (rows[c["id"]] for c in calls)
+        live.sim.call_log.append({**two, "id": str(uuid.uuid4())})
+        live.sim.call_log.remove(none)
+        today = datetime.now(IST).date()
+        after = datetime.combine(today + timedelta(days=1), dt_time(3), IST)
+        async with httpx.AsyncClient() as http:
+            log = CallLog(http, live.sim_url + "/api/v2/", "provider-token-xyz", IST, 5, 50)
+            sweep = CostSweep(log, IST)
+            pool = await create_pool(dsn, 1)
+            try:
+                async with pool.acquire() as worker:
+                    assert sweep.day_due(datetime.combine(today + timedelta(days=1), dt_time(1), IST)) != today
+                    assert await reconcile_q.take_lease(db)
+                    busy = await sweep.run(worker, after)
+                    await reconcile_q.give_lease(db)
+                    done = await sweep.run(worker, after)
+                    again = await sweep.run(worker, after + timedelta(hours=5))
+                    other_process = await CostSweep(log, IST).run(worker, after)
+            finally:
+                await pool.close()
+        after_sweep = [(await live.http.get(f"/v1/calls/{c['id']}", headers=keys.a)).json() for c in calls]
+    assert (busy, again) == (None, None)
+    assert done == CostTally(priced=1, ambiguous=1, not_found=1)
+    assert other_process == CostTally(priced=0, ambiguous=1, not_found=1)
+    assert [(c["cost"], c["billing_pulse_seconds"]) for c in after_sweep] == [
+        (one["charges"], 30),
+        (None, None),
+        (None, None),
+    ]
+    assert [c["source"] for c in after_sweep] == ["report"] * 3

@@ -92,3 +92,54 @@ async def calls_page(
     at, ident = after if after is not None else (None, None)
     rows = await conn.fetch(CALLS_PAGE, tenant_id, since, until, at, ident, limit)
     return [msgspec.convert(tuple(r), CallRow) for r in rows]
+
+
+class UnpricedCall(msgspec.Struct, frozen=True):
+    """A call completed by a callback report, its conversation's times known, with no cost yet."""
+
+    id: UUID
+    created_at: datetime
+    bridge: str
+    from_number: str
+    to_number: str
+    started_at: datetime
+    ended_at: datetime | None
+
+
+# Calls are reached per tenant through calls_by_tenant (tenant_id, created_at): created from a day before
+# the window (a report comes at most the report timeout after its call), ended in it, keyset (created_at, id).
+UNPRICED = """
+SELECT c.id, c.created_at, c.bridge, c.from_number, c.to_number, c.started_at, c.ended_at
+FROM tenants t JOIN calls c ON c.tenant_id = t.id
+WHERE c.created_at >= $1::timestamptz - interval '1 day' AND c.created_at < $2
+  AND c.report_id IS NOT NULL AND coalesce(c.source, 'report') = 'report' AND c.cost IS NULL
+  AND c.started_at IS NOT NULL AND coalesce(c.ended_at, c.started_at) >= $1
+  AND coalesce(c.ended_at, c.started_at) < $2
+  AND ($3::timestamptz IS NULL OR (c.created_at, c.id) > ($3, $4::uuid))
+ORDER BY c.created_at, c.id
+LIMIT $5
+"""
+
+
+async def unpriced_calls(
+    conn: Conn, since: datetime, until: datetime, after: tuple[datetime, UUID] | None, limit: int
+) -> list[UnpricedCall]:
+    """A batch of calls completed by a report whose conversation ended in [since, until) and has no cost."""
+    at, ident = after if after is not None else (None, None)
+    return [msgspec.convert(r, UnpricedCall) for r in await conn.fetch(UNPRICED, since, until, at, ident, limit)]
+
+
+async def fill_costs(conn: Conn, ids: list[UUID], costs: list[str], pulses: list[int | None]) -> int:
+    """Set the cost and billing pulse of calls that still have no cost; how many were set."""
+    done = await conn.fetch(
+        """
+        UPDATE calls c SET cost = d.cost::numeric, billing_pulse_seconds = d.pulse
+        FROM unnest($1::uuid[], $2::text[], $3::int[]) AS d(id, cost, pulse)
+        WHERE c.id = d.id AND c.cost IS NULL
+        RETURNING c.id
+        """,
+        ids,
+        costs,
+        pulses,
+    )
+    return len(done)
