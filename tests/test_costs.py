@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
+import time
 import uuid
 from datetime import datetime, timedelta
 from datetime import time as dt_time
@@ -28,23 +30,48 @@ from tests.test_reconcile import place, settled
 
 DID = "+918068281234"
 IST = ZoneInfo("Asia/Kolkata")
-FAST = {
-    "reconcile_after_seconds": 1,
-    "sweep_interval_seconds": 0.2,
-    "reconcile_requests_per_second": 50,
-    "session_calls_per_window": 10,
-}
+# Several calls per session in a test (the default allows 3 per 10 minutes).
+CALLS = {"session_calls_per_window": 10}
 
 
-async def calls_with_costs(live: Live, keys: Keys, reported: int, lost: int) -> list[dict[str, Any]]:
-    """A session's calls: `reported` completed by their callback (no cost), then `lost` from the call log."""
-    session = await open_session(live.http, keys.a, dids=[DID], max_calls=reported + lost)
+async def reported_calls(live: Live, keys: Keys, count: int) -> list[dict[str, Any]]:
+    """A session's calls, each completed by its callback report (so without a cost), a second apart, oldest first."""
+    session = await open_session(live.http, keys.a, dids=[DID], max_calls=count)
     done = []
-    for i in range(reported + lost):
-        live.sim.lose_callbacks = 1.0 if i >= reported else 0.0
+    for _ in range(count):
+        # The simulator's conversations start on the whole second after the click: one click per second keeps
+        # two calls from having the very same conversation (which the sweep would rightly leave unpriced).
+        await asyncio.sleep(1 - time.time() % 1)
         call = await place(live, keys, session, Fault(report="answered"))
         done.append(await settled(live, keys, call["id"]))
     return done
+
+
+async def sweep_costs(live: Live, dsn: str, at: datetime) -> CostTally | None:
+    """One run of a fresh process's daily cost sweep at `at`, reading the simulator's call log."""
+    async with httpx.AsyncClient() as http:
+        log = CallLog(http, live.sim_url + "/api/v2/", "provider-token-xyz", IST, 5, 50)
+        pool = await create_pool(dsn, 1)
+        try:
+            async with pool.acquire() as worker:
+                return await CostSweep(log, IST).run(worker, at)
+        finally:
+            await pool.close()
+
+
+def tomorrow_at_3() -> datetime:
+    """03:00 tomorrow in the provider's zone: today's calls are then yesterday's, and their log settled."""
+    return datetime.combine(datetime.now(IST).date() + timedelta(days=1), dt_time(3), IST)
+
+
+async def calls_with_costs(live: Live, keys: Keys, dsn: str, unpriced: int, priced: int) -> list[dict[str, Any]]:
+    """`unpriced` calls the call log does not show, then `priced` calls the cost sweep priced from it."""
+    calls = await reported_calls(live, keys, unpriced + priced)
+    hidden = [r for r in live.sim.call_log if r["mid"] in {c["id"] for c in calls[:unpriced]}]
+    for row in hidden:
+        live.sim.call_log.remove(row)
+    assert await sweep_costs(live, dsn, tomorrow_at_3()) == CostTally(priced=priced, not_found=unpriced)
+    return [(await live.http.get(f"/v1/calls/{c['id']}", headers=keys.a)).json() for c in calls]
 
 
 async def test_stats_show_each_pools_calls_minutes_and_known_cost_of_the_last_day_and_month(
@@ -52,10 +79,9 @@ async def test_stats_show_each_pools_calls_minutes_and_known_cost_of_the_last_da
 ) -> None:
     """Calls without a known cost count as calls but add nothing to the cost; a call 2 days old is only in
     the 30 days, one 40 days old in neither; the sum is exact decimal."""
-    async with live_service(dsn, background=True, **FAST) as live:
-        calls = await calls_with_costs(live, keys, reported=2, lost=2)
-        assert [c["source"] for c in calls] == ["report", "report", "call_log", "call_log"]
-        assert all(c["cost"] is not None for c in calls[2:])
+    async with live_service(dsn, **CALLS) as live:
+        calls = await calls_with_costs(live, keys, dsn, unpriced=2, priced=2)
+        assert [c["cost"] is not None for c in calls] == [False, False, True, True]
         old, older = calls[0]["id"], calls[1]["id"]
         await db.execute("UPDATE calls SET created_at = now() - interval '2 days' WHERE id = $1::uuid", old)
         await db.execute("UPDATE calls SET created_at = now() - interval '40 days' WHERE id = $1::uuid", older)
@@ -88,8 +114,8 @@ async def test_the_csv_export_streams_a_tenants_calls_in_range_with_costs_and_no
     """Rows come oldest first in batches (keyset over created_at ties), only the range's, only the tenant's,
     with cost and pulse, and neither party's number anywhere in the file."""
     monkeypatch.setattr(costs, "CSV_BATCH", 2)
-    async with live_service(dsn, background=True, **FAST) as live:
-        calls = await calls_with_costs(live, keys, reported=2, lost=2)
+    async with live_service(dsn, **CALLS) as live:
+        calls = await calls_with_costs(live, keys, dsn, unpriced=1, priced=3)
         tied = "2026-11-20T10:00:00+00:00"
         await db.execute(
             "UPDATE calls SET created_at = $1::text::timestamptz WHERE id = ANY($2::uuid[])",
@@ -163,15 +189,15 @@ async def test_the_daily_sweep_prices_yesterdays_reported_calls_from_one_unambig
 ) -> None:
     """Under the call-log lease, once per day: a call with one matching log row gets its cost and pulse; one
     with two rows or none stays unpriced; a second run that day reads nothing."""
-    async with live_service(dsn, **FAST) as live:
-        calls = await calls_with_costs(live, keys, reported=3, lost=0)
+    async with live_service(dsn, **CALLS) as live:
+        calls = await reported_calls(live, keys, 3)
         assert [c["cost"] for c in calls] == [None, None, None]
         rows = {r["mid"]: r for r in live.sim.call_log}
         one, two, none = (rows[c["id"]] for c in calls)
         live.sim.call_log.append({**two, "id": str(uuid.uuid4())})
         live.sim.call_log.remove(none)
         today = datetime.now(IST).date()
-        after = datetime.combine(today + timedelta(days=1), dt_time(3), IST)
+        after = tomorrow_at_3()
         async with httpx.AsyncClient() as http:
             log = CallLog(http, live.sim_url + "/api/v2/", "provider-token-xyz", IST, 5, 50)
             sweep = CostSweep(log, IST)
@@ -184,9 +210,9 @@ async def test_the_daily_sweep_prices_yesterdays_reported_calls_from_one_unambig
                     await reconcile_q.give_lease(db)
                     done = await sweep.run(worker, after)
                     again = await sweep.run(worker, after + timedelta(hours=5))
-                    other_process = await CostSweep(log, IST).run(worker, after)
             finally:
                 await pool.close()
+        other_process = await sweep_costs(live, dsn, after)
         after_sweep = [(await live.http.get(f"/v1/calls/{c['id']}", headers=keys.a)).json() for c in calls]
     assert (busy, again) == (None, None)
     assert done == CostTally(priced=1, ambiguous=1, not_found=1)
