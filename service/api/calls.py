@@ -7,11 +7,12 @@ from typing import Annotated
 import msgspec
 from litestar import Controller, get, post
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.response import Stream
 
 from service.api.deps import Db, MaskingRequest
 from service.api.problems import API_RESPONSES, problem_responses
 from service.broker import calls as broker
-from service.broker import reports
+from service.broker import costs, reports
 from service.models import Call
 
 
@@ -55,6 +56,27 @@ class CallController(Controller):
         conn: Db,
     ) -> CallList:
         return CallList(await broker.list_calls(conn, request.principal.tenant_id, session_id))
+
+    @get(
+        "/calls.csv",
+        summary="The calls created in [from, to) with their costs, as CSV (no party numbers); at most 31 days",
+        opt={"scope": "ops"},
+        media_type="text/csv; charset=utf-8",
+        responses=API_RESPONSES,
+    )
+    async def export(
+        self,
+        request: MaskingRequest,
+        from_: Annotated[str | None, QueryParameter(name="from", required=False)] = None,
+        to: FromQuery[str | None] = None,
+    ) -> Stream:
+        start, end = costs.export_range(from_, to)
+        name = f"calls-{start:%Y%m%dT%H%M%SZ}-{end:%Y%m%dT%H%M%SZ}.csv"
+        return Stream(
+            costs.export_calls(request.runtime.db, request.principal.tenant_id, start, end),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="{name}"', "Cache-Control": "no-store"},
+        )
 
     @get("/calls/{call_id:str}", summary="One call", responses=API_RESPONSES)
     async def read(self, request: MaskingRequest, call_id: FromPath[str], conn: Db) -> Call:

@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from service import metrics
 from service.api.deps import MaskingRequest
 from service.api.problems import API_RESPONSES
+from service.broker.costs import NO_CALLS, CallUsage, pool_usage
 from service.broker.errors import InvalidRequest
 from service.broker.pools import PoolStats, pool_stats
 from service.db.pool import ping
@@ -51,14 +52,26 @@ async def readyz(
     return Response(Health("ok"), status_code=200)
 
 
-class Stats(msgspec.Struct, frozen=True):
-    """A page of pools (by name): DIDs, active sessions, headroom; next_cursor None on the last page."""
+class PoolReport(PoolStats, frozen=True, kw_only=True):
+    """A pool's size and use, and the calls placed in it in the last 24 hours and the last 30 days."""
 
+    last_24h: CallUsage
+    last_30d: CallUsage
+
+
+class Stats(msgspec.Struct, frozen=True):
+    """A page of pools (by name): DIDs, active sessions, headroom, calls and cost; next_cursor None on the last page."""
+
+    pools: list[PoolReport]
+    next_cursor: str | None = None
+
+
+class _Page(msgspec.Struct, frozen=True):
     pools: list[PoolStats]
     next_cursor: str | None = None
 
 
-def _page_of(pools: list[PoolStats], limit: int, cursor: str | None) -> Stats:
+def _page_of(pools: list[PoolStats], limit: int, cursor: str | None) -> _Page:
     """The pools after the cursor's, at most limit of them, by name (code point order, whatever the collation)."""
     pools = sorted(pools, key=lambda p: p.pool)
     if cursor:
@@ -70,8 +83,8 @@ def _page_of(pools: list[PoolStats], limit: int, cursor: str | None) -> Stats:
             ) from None
         pools = [p for p in pools if p.pool > after]
     if len(pools) <= limit:
-        return Stats(pools)
-    return Stats(pools[:limit], base64.urlsafe_b64encode(pools[limit - 1].pool.encode()).decode())
+        return _Page(pools)
+    return _Page(pools[:limit], base64.urlsafe_b64encode(pools[limit - 1].pool.encode()).decode())
 
 
 class StatsController(Controller):
@@ -81,18 +94,30 @@ class StatsController(Controller):
     tags = ["ops"]
     opt = {"scope": "ops"}
 
-    @get("/", summary="Per pool: DIDs, active sessions and headroom, a page at a time", responses=API_RESPONSES)
+    @get(
+        "/",
+        summary="Per pool: DIDs, active sessions, headroom, and calls, minutes and cost of the last 24 h and 30 days",
+        responses=API_RESPONSES,
+    )
     async def stats(
         self,
         request: MaskingRequest,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
         cursor: FromQuery[str | None] = None,
     ) -> Stats:
+        now = request.runtime.clock()
         async with request.runtime.db.acquire() as conn:
-            pools = await pool_stats(
-                conn, request.principal.tenant_id, request.runtime.clock(), cache=request.runtime.stats
-            )
-        return _page_of(pools, limit, cursor)
+            pools = await pool_stats(conn, request.principal.tenant_id, now, cache=request.runtime.stats)
+            page = _page_of(pools, limit, cursor)
+            usage = await pool_usage(conn, request.principal.tenant_id, now) if page.pools else {}
+        return Stats(
+            [
+                PoolReport(**msgspec.structs.asdict(p), last_24h=day, last_30d=month)
+                for p in page.pools
+                for day, month in [usage.get(p.pool, (NO_CALLS, NO_CALLS))]
+            ],
+            page.next_cursor,
+        )
 
 
 def _bounded(pools: Sequence[PoolStats], cap: int) -> list[PoolStats]:

@@ -18,6 +18,7 @@ import structlog
 
 from service import metrics
 from service.broker import events, pools
+from service.broker.costs import CostSweep
 from service.broker.horizon import HorizonWatch
 from service.broker.reconcile import Reconciler
 from service.broker.reports import Matching, rematch_pending
@@ -205,6 +206,7 @@ class Sweeper:
     partitioning: Every = field(default_factory=lambda: Every(PARTITIONS_EVERY))
     feed_horizon: HorizonWatch = field(default_factory=HorizonWatch)
     reconciler: Reconciler | None = None
+    costs: CostSweep | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.provider, ThunderSMS):
@@ -219,6 +221,7 @@ class Sweeper:
             )
             after = timedelta(seconds=s.reconcile_after_seconds)
             self.reconciler = Reconciler(log, Matching.from_settings(s), after)
+            self.costs = CostSweep(log, ZoneInfo(s.provider_timezone))
 
     async def sweep_once(self, conn: Conn, now: datetime) -> None:
         """One round of every job."""
@@ -228,6 +231,8 @@ class Sweeper:
         await rematch_pending(conn, Matching.from_settings(self.settings), now)
         if self.reconciler is not None:
             await self.reconciler.run(conn, now)
+        if self.costs is not None:
+            await self.costs.run(conn, now)
         if self.headroom.due(now):
             await pools.check_headroom(conn, now)
         if self.settings.retention_days:
