@@ -91,7 +91,8 @@ async def select_page(
     return [msgspec.convert(r, AuditRow) for r in rows]
 
 
-# Newest first before a position, for people reading (the console): the same (txid, id) order, walked back.
+# Newest first before a position, for people reading (the console): the same (txid, id) order walked back, by
+# the xid8 column (the select list makes txid text, and as text 999 sorts after 1000).
 SELECT_NEWEST = Query("""
 SELECT id, at, tenant_id, actor_kind, actor_id, actor_name, action, target_type, target_id, reason,
        client_address, request_id, txid::text AS txid
@@ -99,7 +100,7 @@ FROM audit_log
 WHERE tenant_id = :tenant_id
   AND (:action::text IS NULL OR action = :action)
   AND (:before_txid::text IS NULL OR (txid, id) < (:before_txid::text::xid8, :before_id::bigint))
-ORDER BY txid DESC, id DESC
+ORDER BY audit_log.txid DESC, audit_log.id DESC
 LIMIT :limit
 """)
 
