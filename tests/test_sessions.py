@@ -250,9 +250,11 @@ async def test_stats_and_metrics_show_pools_and_refusals(client: httpx.AsyncClie
     await create(client, keys, order="o1", agent="+918765432101")
     await create(client, keys, order="o2", agent="+918765432102")
     stats = (await client.get("/v1/stats", headers=keys.a)).json()["pools"]
+    no_calls = {"calls": 0, "minutes": 0.0, "cost": "0", "priced_calls": 0}
     assert stats == [
         {"tenant": "tenant-a", "pool": "default", "dids": 3, "active_dids": 3, "active_sessions": 2,
-         "busiest_party_sessions": 2, "second_party_sessions": 1, "headroom": 0}
+         "busiest_party_sessions": 2, "second_party_sessions": 1, "headroom": 0,
+         "last_24h": no_calls, "last_30d": no_calls}
     ]  # fmt: skip
     await create(client, keys, order="o3", agent="+918765432103")
     await create(client, keys, order="o4", agent="+918765432104")
