@@ -3,7 +3,6 @@ and the provider's free text on a refused click reaches no agent and no log unma
 
 import json
 import re
-from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,6 +14,7 @@ from service.provider.simulator import Fault
 from tests.factories import open_session, report_for
 from tests.helpers import Keys, assert_problem
 from tests.live import Live, live_service
+from tests.test_reports import click, outcomes, read
 
 DID = "+918068281234"
 YEAR = timedelta(days=365)
@@ -24,24 +24,6 @@ YEAR = timedelta(days=365)
 async def live(dsn: str) -> Any:
     async with live_service(dsn) as service:
         yield service
-
-
-async def click(live: Live, keys: Keys, session: dict[str, Any]) -> dict[str, Any]:
-    live.sim.inject(Fault(report="none"))
-    r = await live.http.post(f"/v1/sessions/{session['id']}/calls", headers=keys.a)
-    assert r.status_code == 202, r.text
-    result: dict[str, Any] = r.json()
-    return result
-
-
-async def read(live: Live, keys: Keys, path: str) -> dict[str, Any]:
-    result: dict[str, Any] = (await live.http.get(path, headers=keys.a)).json()
-    return result
-
-
-async def outcomes(db: asyncpg.Connection) -> Counter[tuple[str, str | None]]:
-    rows = await db.fetch("SELECT outcome, reason FROM provider_reports")
-    return Counter((r["outcome"], r["reason"]) for r in rows)
 
 
 @pytest.mark.parametrize("offset", [YEAR, -YEAR], ids=["unixtime_a_year_after", "unixtime_a_year_before"])
