@@ -53,8 +53,14 @@ CREATE TABLE sessions (
     id                uuid PRIMARY KEY,
     tenant_id         bigint NOT NULL REFERENCES tenants ON DELETE CASCADE,
     order_id          text NOT NULL CHECK (length(order_id) BETWEEN 1 AND 128),
-    customer          text NOT NULL,
-    agent             text NOT NULL,
+    -- each party number sealed (service/db/sealed.py): ciphertext, blind index, masked form; retention
+    -- and erasure clear the first two and leave the masked form
+    customer_ct       bytea,
+    customer_ix       bytea,
+    customer_mask     text NOT NULL,
+    agent_ct          bytea,
+    agent_ix          bytea,
+    agent_mask        text NOT NULL,
     did               text NOT NULL REFERENCES dids,
     pool              text NOT NULL,
     status            text NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'closed', 'expired')),
@@ -71,33 +77,35 @@ CREATE TABLE sessions (
     metadata          jsonb NOT NULL DEFAULT '{}',
     -- set when retention replaced the real numbers with masked ones
     redacted_at       timestamptz,
-    CHECK (customer <> agent OR redacted_at IS NOT NULL),
     CHECK ((status = 'active') = (close_reason IS NULL)),
-    CHECK ((status = 'active') = (closed_at IS NULL))
+    CHECK ((status = 'active') = (closed_at IS NULL)),
+    CHECK ((customer_ct IS NULL) = (customer_ix IS NULL) AND (agent_ct IS NULL) = (agent_ix IS NULL)),
+    CHECK (customer_ix <> agent_ix OR redacted_at IS NOT NULL)
 );
 -- A retried create never makes a second active session for the same order and pair.
 CREATE UNIQUE INDEX sessions_one_active_per_order
-    ON sessions (tenant_id, order_id, customer, agent) WHERE status = 'active';
+    ON sessions (tenant_id, order_id, customer_ix, agent_ix) WHERE status = 'active';
 CREATE INDEX sessions_newest ON sessions (tenant_id, created_at DESC, id DESC);
 CREATE INDEX sessions_by_order ON sessions (tenant_id, order_id);
-CREATE INDEX sessions_by_customer ON sessions (tenant_id, customer);
+CREATE INDEX sessions_by_customer ON sessions (tenant_id, customer_ix);
+CREATE INDEX sessions_by_agent ON sessions (tenant_id, agent_ix);
 CREATE INDEX sessions_due ON sessions (expires_at) WHERE status = 'active';
 CREATE INDEX sessions_on_did ON sessions (did) WHERE status = 'active';
 CREATE INDEX sessions_to_redact ON sessions (closed_at) WHERE redacted_at IS NULL AND status <> 'active';
 
--- "No crossed lines": one row per (phone number, DID) holding that number's latest session there.
+-- "No crossed lines": one row per (phone number's blind index, DID) holding that number's latest session there.
 -- The primary key is the guarantee: a number cannot be bound to a DID twice at once, whatever its role,
 -- whatever process inserts. A row is active while ends_at is in the future; an ended row is taken over
 -- by the next session of that number on that DID, and meanwhile remembers the peer for cool-off and
 -- sticky re-use.
 CREATE TABLE bindings (
-    number      text NOT NULL,
     did         text NOT NULL REFERENCES dids,
-    peer        text NOT NULL,
     session_id  uuid NOT NULL,  -- back-reference to the owning session (no FK: written in the same statement)
     ends_at     timestamptz NOT NULL,
-    PRIMARY KEY (number, did),
-    CHECK (number <> peer)
+    number_ix   bytea NOT NULL,  -- the number's and its peer's blind indexes (service/db/sealed.py)
+    peer_ix     bytea NOT NULL,
+    PRIMARY KEY (number_ix, did),
+    CHECK (number_ix <> peer_ix)
 );
 CREATE INDEX bindings_load ON bindings (did, ends_at);
 CREATE INDEX bindings_session ON bindings (session_id);
@@ -161,8 +169,6 @@ CREATE TABLE calls (
     tenant_id         bigint NOT NULL REFERENCES tenants ON DELETE CASCADE,
     session_id        uuid NOT NULL REFERENCES sessions ON DELETE CASCADE,
     first             text NOT NULL CHECK (first IN ('agent', 'customer')),
-    from_number       text NOT NULL,
-    to_number         text NOT NULL,
     bridge            text NOT NULL,
     flow              text,
     status            text NOT NULL DEFAULT 'initiated'
@@ -191,13 +197,20 @@ CREATE TABLE calls (
     -- lookups of a call still waiting for its report in the provider's call log, and when the next is due
     lookups           integer NOT NULL DEFAULT 0,
     lookup_at         timestamptz,
+    -- the numbers called from and to, sealed like a session's (to_mask alone holds `flow:<id>` for a flow)
+    from_ct           bytea,
+    from_ix           bytea,
+    from_mask         text NOT NULL,
+    to_ct             bytea,
+    to_ix             bytea,
+    to_mask           text NOT NULL,
     CHECK (NOT in_flight OR status IN ('initiated', 'unknown'))
 );
 -- One call in flight per session, so a report always matches exactly one call.
 CREATE UNIQUE INDEX calls_one_in_flight ON calls (session_id) WHERE in_flight;
-CREATE INDEX calls_match ON calls (bridge, from_number, to_number) WHERE in_flight;
+CREATE INDEX calls_match ON calls (bridge, from_ix, to_ix) WHERE in_flight;
 -- whether a call on a route already had its report (a later, different report about it is a duplicate)
-CREATE INDEX calls_reported ON calls (bridge, from_number, to_number, created_at) WHERE report_id IS NOT NULL;
+CREATE INDEX calls_reported ON calls (bridge, from_ix, to_ix, created_at) WHERE report_id IS NOT NULL;
 CREATE INDEX calls_by_session ON calls (session_id, created_at);
 CREATE INDEX calls_overdue ON calls (created_at) WHERE in_flight;
 CREATE INDEX calls_by_tenant ON calls (tenant_id, created_at);
@@ -426,3 +439,10 @@ CREATE TRIGGER audit_log_no_change BEFORE UPDATE OR DELETE ON audit_log
     FOR EACH ROW EXECUTE FUNCTION audit_log_append_only();
 CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
     FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only();
+
+-- Every data key id a ciphertext in this database may name (service/crypto.py): a process refuses to start
+-- without them all, and a rotation removes a key's row once no ciphertext names it any more.
+CREATE TABLE data_keys (
+    id        text PRIMARY KEY,
+    added_at  timestamptz NOT NULL DEFAULT now()
+);

@@ -186,7 +186,18 @@ class KeyRing:
         """HMAC-SHA256 of an E.164 number (`+` and digits) under the tenant's key derived from an index key."""
         if not _E164.fullmatch(e164):
             raise ValueError("blind_index takes a normalised E.164 number (+ and 7 to 15 digits)")
-        key_id = key_id or self.current_index
+        mac = self._mac(key_id or self.current_index, tenant_id)
+        mac.update(e164.encode())
+        return mac.digest()
+
+    def keyed_hash(self, tenant_id: int | None, data: bytes) -> bytes:
+        """HMAC-SHA256 of any bytes under the tenant's derived index key (a report's identity, say)."""
+        mac = self._mac(self.current_index, tenant_id)
+        mac.update(b"\x00" + data)  # never equal to a blind index (those start with "+")
+        return mac.digest()
+
+    def _mac(self, key_id: str, tenant_id: int | None) -> hmac.HMAC:
+        """A fresh copy of the keyed HMAC state for this index key and tenant."""
         mac = self._macs.get((key_id, tenant_id))
         if mac is None:
             if key_id not in self.index:
@@ -195,9 +206,7 @@ class KeyRing:
                 algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=f"masking/index/v1/{tenant_id}".encode()
             ).derive(self.index[key_id])
             mac = self._macs[(key_id, tenant_id)] = hmac.new(derived, digestmod=hashlib.sha256)
-        mac = mac.copy()
-        mac.update(e164.encode())
-        return mac.digest()
+        return mac.copy()
 
     def require(self, key_ids: Iterable[str]) -> None:
         """Raise UnknownKey naming every one of these data key ids that the ring lacks."""
@@ -221,6 +230,21 @@ def _parse_header(ciphertext: bytes) -> tuple[str, int]:
     if len(ciphertext) < end + NONCE_BYTES + 16 or not _KEY_ID.fullmatch(key_id):
         raise DecryptionFailed("A value is not a ciphertext of this service (truncated or malformed header).")
     return key_id, end
+
+
+_INSTALLED: list[KeyRing] = []
+
+
+def install(ring: KeyRing) -> None:
+    """Make this the process's ring (once at start-up: by the app, the command line, the tests)."""
+    _INSTALLED[:] = [ring]
+
+
+def ring() -> KeyRing:
+    """The process's ring; KeysError before one is installed."""
+    if not _INSTALLED:
+        raise KeysError("No key ring is loaded: the service must install one at start-up (crypto.install).")
+    return _INSTALLED[0]
 
 
 def key_ids(ciphertexts: Iterable[bytes | None]) -> set[str]:
