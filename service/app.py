@@ -24,7 +24,7 @@ from litestar.openapi.plugins import JsonRenderPlugin, OpenAPIRenderPlugin, Redo
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import loopwatch, metrics
+from service import crypto, loopwatch, metrics
 from service.api.audit import AuditController
 from service.api.bodies import body_deadline
 from service.api.calls import CallController, ReportController
@@ -131,6 +131,8 @@ def create_app(
 
     With a simulator, its routes are mounted at /_simulator and its reports come back to this app.
     """
+
+    crypto.ensure(settings)  # party numbers are sealed under these keys (service/db/sealed.py)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:

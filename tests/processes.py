@@ -30,7 +30,10 @@ def free_port() -> int:
 def masking_env(**overrides: str) -> dict[str, str]:
     """The environment for a masking process: this one's, minus MASKING_*, plus the overrides."""
     # MASKING_SERVER passes through, so that the whole suite can run under either HTTP server.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MASKING_") or k == "MASKING_SERVER"}
+    # MASKING_KEYS (the run's key ring, tests/conftest.py) is kept: every process seals alike
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("MASKING_") or k in ("MASKING_SERVER", "MASKING_KEYS")
+    }
     env.update({"MASKING_LOG_FORMAT": "json", **overrides})
     return env
 
