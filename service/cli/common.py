@@ -83,6 +83,9 @@ def run_with_db(settings: Settings, work: Callable[[Conn], Awaitable[T]], *, mig
             await pool.close()
 
     with database(settings) as dsn:
+        from service import crypto
+
+        crypto.ensure(settings)  # numbers are sealed under these keys (service/db/sealed.py)
         return asyncio.run(main(dsn))
 
 
