@@ -16,7 +16,6 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +30,13 @@ from tests.live import CALLBACK_TOKEN, serve
 from tests.processes import ServeProcess, masking_env, run_cli
 from tests.receiver import Receiver
 from tests.scan import Finding, Layout, Needles, Report, masked
+from tests.test_console_pages import unmatched_report
 
 CALLBACK = f"/v1/provider/thundersms/callback/{CALLBACK_TOKEN}"
 ROUTE = f"/v1/provider/thundersms/route/{CALLBACK_TOKEN}"
 DIDS = [f"+9180682{i:05d}" for i in range(16)]
 SESSIONS = 36
 JSON_PRESS = {"Accept": "application/json", "Content-Type": "application/json"}
-IST = timedelta(hours=5, minutes=30)
 # PostgreSQL's settings that say where and what it logs (reported with the scan).
 SERVER_LOGGING = [
     "data_directory",
@@ -64,31 +63,6 @@ class Numbers:
             if number not in self.used and phonenumbers.is_valid_number(phonenumbers.parse(number)):
                 self.used.append(number)
                 return number
-
-
-def report_about(bridge: str, caller: str, callee: str) -> bytes:
-    """A provider report of a call this service never placed (numbers unquoted, as the provider sends them)."""
-    start = datetime.now(UTC) + IST - timedelta(minutes=2)
-    end = start + timedelta(seconds=40)
-    fmt = "%Y-%m-%d %H:%M:%S"
-    body = {
-        "bridge": int(bridge[1:]),
-        "from": int(caller[1:]),
-        "to": int(callee[1:]),
-        "source": "C2C",
-        "start_at": start.strftime(fmt),
-        "end_at": end.strftime(fmt),
-        "date": end.strftime(fmt),
-        "unixtime": str(int((end - IST).replace(tzinfo=UTC).timestamp())),
-        "duration": "40",
-        "billing": "35",
-        "status": "COMPLETED",
-        "status1": "RECEIVED",
-        "status2": "ANSWER",
-        "recording_url": "",
-        "hangup_by": "caller",
-    }
-    return json.dumps(body).encode()
 
 
 @asynccontextmanager
@@ -252,7 +226,7 @@ class Mix:
         resent = await self.http.post(CALLBACK, content=json.dumps(self.sim.reports_sent[0]).encode())
         assert resent.status_code == 200, masked(resent.text)
         stranger, other = self.numbers.new(), self.numbers.new()
-        unmatched = await self.http.post(CALLBACK, content=report_about(DIDS[0], stranger, other))
+        unmatched = await self.http.post(CALLBACK, content=unmatched_report(DIDS[0], stranger, other))
         assert unmatched.status_code == 200, masked(unmatched.text)
 
         async def listed() -> bool:
@@ -486,6 +460,9 @@ async def test_after_a_realistic_mix_no_party_number_is_in_clear_in_any_database
         digits_in.get(kind, {}).get("digits") for kind in ("table", "WAL", "dump")
     )
     assert bites, f"the scan missed a canary written in clear: E.164 found in {e164_in}, bare digits in {digits_in}"
+    # ... and the service's log it scanned is the service's own, with its start-up and request lines.
+    lines = service_log.read_text(errors="replace")
+    assert "serving" in lines and "/v1/sessions" in lines, "the service's log holds none of its lines"
 
     leaks = report.without({canary_e164, canary_digits})
     print(
