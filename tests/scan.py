@@ -146,21 +146,26 @@ class Report:
         return kinds
 
     def summary(self, numbers: int, limit: int = 20) -> str:
-        """A failure message: totals, per kind, and the worst `limit` places; numbers masked."""
-        worst = sorted(self.findings, key=lambda f: -f.total)
+        """A failure message: totals by form and kind, the worst `limit` files with their counts and forms, and
+        the dump's tables on one line; numbers masked."""
+        files = sorted((f for f in self.findings if f.kind != "dump"), key=lambda f: -f.total)
+        dumped = sorted((f for f in self.findings if f.kind == "dump"), key=lambda f: -f.total)
         forms: Counter[str] = Counter()
-        for f in self.findings:
+        for f in files:
             forms.update(f.forms())
         distinct = len({number for f in self.findings for number, _ in f.hits})
         lines = [
-            f"{self.total} clear-text copies of {distinct} of the {numbers} party numbers used, in "
-            f"{len(self.findings)} places ({self.files} files, {self.bytes:,} bytes scanned)",
+            f"{sum(f.total for f in files)} clear-text copies of {distinct} of the {numbers} party numbers used, in "
+            f"{len(files)} of {self.files} files ({self.bytes:,} bytes scanned)",
             "  by form: " + ", ".join(f"{form} {forms[form]}" for form in FORMS),
             "  by kind: " + ", ".join(f"{kind} {n}" for kind, n in self.by_kind().most_common()),
         ]
-        lines += ["  " + f.describe() for f in worst[:limit]]
-        if len(worst) > limit:
-            lines.append(f"  ... and {len(worst) - limit} more places")
+        lines += ["  " + f.describe() for f in files[:limit]]
+        if len(files) > limit:
+            lines.append(f"  ... and {len(files) - limit} more files")
+        if dumped:
+            tables = ", ".join(f"{f.where} {f.total}" for f in dumped)
+            lines.append(f"  in a dump (every row as text): {sum(f.total for f in dumped)} copies: {tables}")
         return "\n".join(lines)
 
 

@@ -326,23 +326,36 @@ def form_fields(form: str, words: str) -> dict[str, str]:
     return fields
 
 
-async def relation_files(dsn: str) -> dict[str, str]:
-    """Each relation file's path under the data folder (base/…/…) -> what it is, in every database."""
-    names: dict[str, str] = {}
+async def databases(dsn: str) -> list[str]:
+    """Every database of the server one can connect to."""
     admin = await asyncpg.connect(dsn)
     try:
-        databases = await admin.fetch("SELECT datname FROM pg_database WHERE datallowconn")
+        return [r["datname"] for r in await admin.fetch("SELECT datname FROM pg_database WHERE datallowconn")]
     finally:
         await admin.close()
-    kinds = {"r": "table", "i": "index", "t": "toast", "S": "sequence", "m": "view"}
-    for db in databases:
-        conn = await asyncpg.connect(dsn_for(dsn, db["datname"]))
+
+
+# Each relation's file under the data folder, what it is, and for TOAST (and its index) the table it serves.
+RELATIONS = """
+SELECT pg_relation_filepath(c.oid) AS path, c.relkind::text AS kind, c.relname AS name,
+       (SELECT o.relname FROM pg_class o
+        WHERE o.reltoastrelid IN (c.oid, (SELECT indrelid FROM pg_index WHERE indexrelid = c.oid))) AS toast_of
+FROM pg_class c WHERE pg_relation_filepath(c.oid) IS NOT NULL
+"""
+KINDS = {"r": "table", "i": "index", "t": "toast", "S": "sequence", "m": "view"}
+
+
+async def relation_files(dsn: str) -> dict[str, str]:
+    """Each relation file's path under the data folder (base/5/16470) -> what it is ("table postgres.sessions")."""
+    names: dict[str, str] = {}
+    for db in await databases(dsn):
+        conn = await asyncpg.connect(dsn_for(dsn, db))
         try:
-            for row in await conn.fetch(
-                "SELECT pg_relation_filepath(oid) AS path, relname, relkind::text FROM pg_class "
-                "WHERE pg_relation_filepath(oid) IS NOT NULL"
-            ):
-                names[row["path"]] = f"{kinds.get(row['relkind'], 'relation')} {db['datname']}.{row['relname']}"
+            for r in await conn.fetch(RELATIONS):
+                kind, name = (
+                    ("toast", r["toast_of"]) if r["toast_of"] else (KINDS.get(r["kind"], "relation"), r["name"])
+                )
+                names[r["path"]] = f"{kind} {db}.{name}"
         finally:
             await conn.close()
     return names
@@ -351,16 +364,12 @@ async def relation_files(dsn: str) -> dict[str, str]:
 async def dump(dsn: str, needles: Needles, report: Report) -> None:
     """Every row of every table of every database, as a dump would hold them, searched too (TOAST-compressed
     values escape a byte scan; a dump shows them whole)."""
-    admin = await asyncpg.connect(dsn)
-    try:
-        databases = [r["datname"] for r in await admin.fetch("SELECT datname FROM pg_database WHERE datallowconn")]
-    finally:
-        await admin.close()
-    for name in databases:
+    for name in await databases(dsn):
         conn = await asyncpg.connect(dsn_for(dsn, name))
         try:
             tables = await conn.fetch(
-                "SELECT format('%I.%I', n.nspname, c.relname) AS t FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "SELECT format('%I.%I', n.nspname, c.relname) AS t FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace "
                 "WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
             )
             for table in tables:
@@ -455,7 +464,7 @@ async def test_after_a_realistic_mix_no_party_number_is_in_clear_in_any_database
         MASKING_PROVIDER="thundersms",
         MASKING_THUNDERSMS_TOKEN="provider-token-xyz",
         MASKING_CALLBACK_TOKEN=CALLBACK_TOKEN,
-        MASKING_PROVIDER_TIMEOUT_SECONDS="5",
+        MASKING_PROVIDER_TIMEOUT_SECONDS="30",
         MASKING_WEBHOOK_ALLOW_HTTP="true",
         MASKING_WEBHOOK_ALLOW_PRIVATE="true",
         MASKING_WEBHOOK_POLL_SECONDS="0.05",
