@@ -129,9 +129,9 @@ async def seed_history(db: asyncpg.Connection, tenant: str) -> None:
         for i in range((hour * 7) % 11 + 1):
             await db.execute(
                 """
-                INSERT INTO sessions (id, tenant_id, order_id, customer, agent, did, pool, status, close_reason,
-                                      created_at, expires_at, closed_at)
-                VALUES (gen_random_uuid(), $1, $2, '+919800000001', '+919800000002', $3, 'default', 'closed',
+                INSERT INTO sessions (id, tenant_id, order_id, customer_mask, agent_mask, did, pool, status,
+                                      close_reason, created_at, expires_at, closed_at)
+                VALUES (gen_random_uuid(), $1, $2, '+91******0001', '+91******0002', $3, 'default', 'closed',
                         'closed_by_client', now() - $4::interval, now() - $4::interval + interval '30 minutes',
                         now() - $4::interval + interval '20 minutes')
                 """,

@@ -9,6 +9,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 
+from service.db import sealed
 from tests.factories import create_session
 from tests.helpers import CROSSED_LINES, CUSTOMER, Keys, add_dids, did_numbers, mobile_numbers, session_body
 from tests.processes import ServeProcess, masking_env, run_cli
@@ -145,7 +146,8 @@ async def test_the_storm_over_two_service_processes(tmp_path: Path, dsn: str, db
             )
     assert_storm_outcome(list(responses), dids=5, attempts=40)
     assert await db.fetchval(CROSSED_LINES) == 0
-    assert await db.fetchval("SELECT count(DISTINCT did) FROM sessions WHERE customer = $1", CUSTOMER) == 5
+    customer_ix = sealed.index(await db.fetchval("SELECT id FROM tenants WHERE name = 'tenant-a'"), CUSTOMER)
+    assert await db.fetchval("SELECT count(DISTINCT did) FROM sessions WHERE customer_ix = $1", customer_ix) == 5
 
 
 async def test_retiring_a_did_never_strands_a_session_on_it(client: httpx.AsyncClient, keys: Keys) -> None:
