@@ -14,9 +14,9 @@ from playwright.async_api import Browser, Page, expect
 from service.provider.simulator import Fault
 from tests.helpers import AGENT, CUSTOMER, Keys, wait_for
 from tests.live import Live
+from tests.test_browser import DIDS, no_axe_violations, open_session, sign_in
 from tests.test_browser import browser as browser  # the module's Chromium fixture
 from tests.test_browser import live as live  # the service on loopback with the simulator
-from tests.test_browser import no_axe_violations, open_session, sign_in
 from tests.test_browser import pytestmark as pytestmark  # skipped without Debian's chromium
 from tests.test_console_pages import calls_that_need_attention, unmatched_report
 
@@ -60,6 +60,8 @@ async def busy_tenant(live: Live, keys: Keys, db: asyncpg.Connection) -> tuple[d
     others = await calls_that_need_attention(live, keys, db)
     r = await live.http.post(live.callback, content=unmatched_report(session["masked_number"], CUSTOMER, AGENT))
     assert r.status_code == 200, r.text
+    spare = DIDS[-1]  # drained at the end, so that the audit log names a DID
+    assert (await live.http.patch(f"/v1/dids/{spare}", json={"status": "draining"}, headers=keys.a)).status_code == 200
     numbers = {CUSTOMER, AGENT, NEW_AGENT, OTHER_CUSTOMER, OTHER_AGENT}
     numbers |= {s["customer"] for s in others.values()} | {s["agent"] for s in others.values()}
     return session, numbers
@@ -111,6 +113,9 @@ async def test_no_console_page_shows_a_real_party_number_and_a_search_by_one_sti
     assert {"/console/calls", "/console/reports", "/console/audit", "/console/dids", "/console/webhooks"} <= set(seen)
     sessions_seen = [p for p in seen if re.fullmatch(r"/console/sessions/[0-9a-f-]{36}", p)]
     assert len(sessions_seen) >= 6, sessions_seen  # ORD-REVEAL, ORD-CLOSED and the four of the calls
+
+    await page.goto(live.url + "/console/audit?action=did.drain")
+    await expect(page.get_by_role("table").locator("tbody tr")).to_contain_text(f"did {DIDS[-1]}")  # in clear
 
     for query in (CUSTOMER, NEW_AGENT.lstrip("+")):  # a full number finds its session; listed masked
         await page.goto(live.url + "/console/sessions")

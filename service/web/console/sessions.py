@@ -96,16 +96,17 @@ async def session_reveal(
     request: MaskingRequest, conn: Db, session_id: FromPath[str], data: Annotated[Reveal, Form]
 ) -> Any:
     """The session's page with its numbers in clear, for this answer only; the look is written to the audit log
-    (session.reveal, with the reason) in the transaction that reads them, which commits before the page is sent.
+    (session.reveal, with the reason) in the transaction that reads them, committed before the page is rendered.
 
     Without a reason (or one over 500 characters) the page comes back masked, saying what is missing.
     """
-    now, tenant_id = request.runtime.clock(), request.principal.tenant_id
-    session = await sessions.get_session(conn, tenant_id, session_id, now)
-    target = Target("session", str(session.id))
+    now, tenant_id, audit = request.runtime.clock(), request.principal.tenant_id, console_context(request)
     try:
-        await console_context(request).record(conn, "session.reveal", target, now, data.reason)
+        async with conn.transaction():
+            session = await sessions.get_session(conn, tenant_id, session_id, now)
+            await audit.record(conn, "session.reveal", Target("session", str(session.id)), now, data.reason)
     except InvalidRequest as exc:
+        session = await sessions.get_session(conn, tenant_id, session_id, now)
         return await _session_view(request, conn, session, 422, reveal_error=exc.detail)
     return await _session_view(request, conn, session, revealed=True)
 
