@@ -152,7 +152,7 @@ async def test_reveal_needs_a_reason_and_its_form_token_then_shows_both_numbers_
     browser: Browser, live: Live, keys: Keys, db: asyncpg.Connection
 ) -> None:
     """Reveal with no reason is refused (by the browser, and by the service when the browser's check is skipped),
-    and without the form's token; with a reason the page shows both numbers, exactly one session.reveal row holds
+    with one over 500 characters, and without the form's token; with a reason the page shows both numbers, exactly one session.reveal row holds
     the reason, who, the tenant, the address and the request id; the session's page after it is masked again."""
     session = await open_session(live, keys, "ORD-LOOK")
     page = await browser.new_page(viewport={"width": 1280, "height": 900})
@@ -178,6 +178,9 @@ async def test_reveal_needs_a_reason_and_its_form_token_then_shows_both_numbers_
     path = f"/console/sessions/{session['id']}/reveal"
     forged = await page.request.post(live.url + path, form={"reason": "no token"}, max_redirects=0)
     assert forged.status == 403 and not real_numbers_in(await forged.text(), {CUSTOMER, AGENT})
+    too_long = await page.request.post(live.url + path, form={"reason": "x" * 501, "_csrf_token": token})
+    assert too_long.status == 422 and "under 500 characters" in await too_long.text()
+    assert not real_numbers_in(await too_long.text(), {CUSTOMER, AGENT})
     assert await reveals(db) == []
 
     await page.get_by_label("Why you need the real numbers").fill(REASON)
