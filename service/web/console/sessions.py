@@ -66,21 +66,26 @@ async def session_search(
 
 
 async def _session_view(
-    request: MaskingRequest, conn: Conn, session: Session, status: int = 200, **context: Any
+    request: MaskingRequest,
+    conn: Conn,
+    session: Session,
+    revealed: bool = False,
+    status: int = 200,
+    reveal_error: str | None = None,
 ) -> Any:
-    """A session's page with its calls and newest events; numbers masked unless `revealed` is given true."""
+    """A session's page with its calls and newest events; their numbers masked unless revealed."""
     tenant_id = request.principal.tenant_id
     found = list(reversed(await calls.list_calls(conn, tenant_id, str(session.id))))
     about = await events.of_session(conn, tenant_id, session.id, SESSION_EVENTS)
-    if not context.get("revealed"):
+    if not revealed:
         session, found = masked(session), [masked_call(c) for c in found]
     shown = {"session": session, "calls": found, "events": about, "events_shown": SESSION_EVENTS}
-    return view(request, "console/session.html", status, **shown, **context)
+    return view(request, "console/session.html", status, **shown, revealed=revealed, reveal_error=reveal_error)
 
 
 @get("/sessions/{session_id:str}", guards=[signed_in], include_in_schema=False)
 async def session_page(request: MaskingRequest, conn: Db, session_id: FromPath[str]) -> Any:
-    """One session in full, with its calls and its newest events; party numbers masked (Reveal shows them)."""
+    """One session with its calls and its newest events; party numbers masked (Reveal shows them)."""
     session = await sessions.get_session(conn, request.principal.tenant_id, session_id, request.runtime.clock())
     return await _session_view(request, conn, session)
 
@@ -107,7 +112,7 @@ async def session_reveal(
             await audit.record(conn, "session.reveal", Target("session", str(session.id)), now, data.reason)
     except InvalidRequest as exc:
         session = await sessions.get_session(conn, tenant_id, session_id, now)
-        return await _session_view(request, conn, session, 422, reveal_error=exc.detail)
+        return await _session_view(request, conn, session, status=422, reveal_error=exc.detail)
     return await _session_view(request, conn, session, revealed=True)
 
 
