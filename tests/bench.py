@@ -174,7 +174,8 @@ def run_wrk(url: str, script: str, plan: Plan, workdir: Path) -> Load:
 
 
 def reference_create(tenant_id: int, pool: str) -> str:
-    """The repeat check, then one statement: a random eligible DID by index probes, two binding upserts, the insert."""
+    """The repeat check, then one statement: a random eligible DID by index probes, two binding upserts, the
+    insert and its session.created event (with a delivery per endpoint that wants it)."""
     # Sealed numbers (service/db/sealed.py): a blind index is stood in for by sha256 of the number, a
     # ciphertext by 44 bytes (the service computes both in Python, microseconds each: docs/performance.md).
     c, a, o = (
@@ -201,12 +202,21 @@ def reference_create(tenant_id: int, pool: str) -> str:
         ON CONFLICT (number_ix, did) DO UPDATE
             SET peer_ix = excluded.peer_ix, session_id = excluded.session_id, ends_at = excluded.ends_at
             WHERE bindings.ends_at <= now()
-        RETURNING 1)
-    INSERT INTO sessions (id, tenant_id, order_id, customer_ct, customer_ix, customer_mask, agent_ct, agent_ix,
-                          agent_mask, did, pool, created_at, expires_at)
-    SELECT sid.id, {tenant_id}, {o}, {ct}, {c}, '+91******0000', {ct}, {a}, '+91******0000', pick.number, '{pool}',
-           now(), now() + interval '1 day'
-    FROM pick, sid WHERE (SELECT count(*) FROM bound) = 2"""
+        RETURNING 1),
+    made AS (
+        INSERT INTO sessions (id, tenant_id, order_id, customer_ct, customer_ix, customer_mask, agent_ct, agent_ix,
+                              agent_mask, did, pool, created_at, expires_at)
+        SELECT sid.id, {tenant_id}, {o}, {ct}, {c}, '+91******0000', {ct}, {a}, '+91******0000', pick.number,
+               '{pool}', now(), now() + interval '1 day'
+        FROM pick, sid WHERE (SELECT count(*) FROM bound) = 2
+        RETURNING *),
+    event AS (
+        INSERT INTO events (tenant_id, type, created_at, data)
+        SELECT tenant_id, 'session.created', now(), to_jsonb(made) - 'customer_ix' - 'agent_ix' FROM made
+        RETURNING id, tenant_id, type, created_at)
+    INSERT INTO webhook_deliveries (event_id, endpoint_id, next_attempt_at, created_at, event_created_at)
+    SELECT e.id, w.id, e.created_at, e.created_at, e.created_at FROM event e
+    JOIN webhook_endpoints w ON w.tenant_id = e.tenant_id AND w.status = 'enabled' AND w.events && ARRAY[e.type, '*']"""
     repeat = f"""SELECT id FROM sessions WHERE tenant_id = {tenant_id} AND order_id = {o} AND customer_ix = {c}
         AND agent_ix = {a} AND status = 'active' AND expires_at > now()"""
     return "\n".join(
@@ -224,19 +234,34 @@ def reference_create(tenant_id: int, pool: str) -> str:
 
 
 def reference_ingest() -> str:
-    """One statement: store the report and complete the matching in-flight call (random routes: none match)."""
+    """One statement: claim the report's dedupe key, complete the in-flight call it names (random routes: none
+    match), store the report with its outcome and its DID's tenant, and write that tenant's event."""
     bridge = "('+9180682' || lpad(:d::text, 5, '0'))"
     frm, to = "sha256(('+9187' || lpad(:f::text, 8, '0'))::bytea)", "sha256(('+9198' || lpad(:t::text, 8, '0'))::bytea)"
     body = """convert_to('{"bridge": 918068200001, "from": 918700000000, "to": 919800000000}', 'UTF8')"""
     statement = f"""
-    WITH done AS (
+    WITH claimed AS (
+        INSERT INTO report_keys (key, report_id, received_at)
+        SELECT sha256(random()::text::bytea), nextval(pg_get_serial_sequence('provider_reports', 'id')), now()
+        ON CONFLICT (key) DO NOTHING RETURNING report_id),
+    done AS (
         UPDATE calls SET status = 'completed', in_flight = false, ended_at = now()
-        WHERE id = (SELECT id FROM calls WHERE in_flight AND bridge = {bridge} AND from_ix = {frm}
+        WHERE EXISTS (SELECT 1 FROM claimed)
+          AND id = (SELECT id FROM calls WHERE in_flight AND bridge = {bridge} AND from_ix = {frm}
                     AND to_ix = {to} ORDER BY created_at DESC LIMIT 1)
-        RETURNING id)
-    INSERT INTO provider_reports (body, received_at, outcome, bridge, call_id)
-    SELECT {body}, now(), CASE WHEN EXISTS (SELECT 1 FROM done) THEN 'matched' ELSE 'unmatched' END, {bridge},
-           (SELECT id FROM done)"""
+        RETURNING id, tenant_id),
+    stored AS (
+        INSERT INTO provider_reports (id, body, received_at, outcome, bridge, call_id, tenant_id)
+        OVERRIDING SYSTEM VALUE
+        SELECT c.report_id, {body}, now(), CASE WHEN EXISTS (SELECT 1 FROM done) THEN 'matched' ELSE 'unmatched' END,
+               {bridge}, (SELECT id FROM done),
+               coalesce((SELECT tenant_id FROM done), (SELECT tenant_id FROM dids WHERE number = {bridge}))
+        FROM claimed c
+        RETURNING id, outcome, tenant_id, call_id)
+    INSERT INTO events (tenant_id, type, created_at, data)
+    SELECT tenant_id, CASE WHEN outcome = 'matched' THEN 'call.completed' ELSE 'report.unmatched' END, now(),
+           jsonb_build_object('id', id, 'outcome', outcome, 'call_id', call_id)
+    FROM stored WHERE tenant_id IS NOT NULL"""
     return "\n".join(
         [r"\set d random(0, 49)", r"\set f random(0, 99999999)", r"\set t random(0, 99999999)", _one_line(statement)]
     )
