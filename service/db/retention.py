@@ -7,15 +7,17 @@ from datetime import datetime
 from service.db import Conn
 
 # One batch: sessions ended before the cut-off lose their real numbers (masked by mask_number() of
-# schema.sql), their calls lose numbers and recording URLs, their reports' bodies are masked, and
-# their ended bindings go. Counts, durations and statuses stay.
+# schema.sql) and the client's close note (free text that may hold a number), their calls lose numbers and
+# recording URLs, their reports' bodies are masked, and their ended bindings go. Counts, durations and
+# statuses stay.
 REDACT = """
 WITH due AS (
     SELECT id FROM sessions
     WHERE status <> 'active' AND redacted_at IS NULL AND closed_at < $1
     ORDER BY closed_at LIMIT $2 FOR UPDATE SKIP LOCKED),
 s AS (
-    UPDATE sessions SET customer = mask_number(customer), agent = mask_number(agent), redacted_at = $3
+    UPDATE sessions SET customer = mask_number(customer), agent = mask_number(agent), close_note = NULL,
+        redacted_at = $3
     FROM due WHERE sessions.id = due.id RETURNING sessions.id),
 c AS (
     UPDATE calls SET from_number = mask_number(from_number),
