@@ -24,12 +24,14 @@ class LinkRow(msgspec.Struct, frozen=True, kw_only=True):
     session_status: str
     session_expires_at: datetime
     replaced: bool  # its party was replaced (PATCH) since it was made: the link is dead
+    party_number: str  # its party's number as stored now (a press calls only while it is still this one)
 
 
 # How many times a link's party has been replaced in its session (one session_changes row per replacement).
 _CHANGES = "(SELECT count(*)::int FROM session_changes c WHERE c.session_id = l.session_id AND c.party = l.party)"
 _LINK = f"""l.tenant_id, l.session_id, l.party, l.max_uses, l.uses, l.expires_at, s.order_id,
-    s.status AS session_status, s.expires_at AS session_expires_at, {_CHANGES} <> l.party_changes AS replaced"""
+    s.status AS session_status, s.expires_at AS session_expires_at, {_CHANGES} <> l.party_changes AS replaced,
+    CASE WHEN l.party = 'agent' THEN s.agent ELSE s.customer END AS party_number"""
 
 
 async def insert_link(
