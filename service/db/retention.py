@@ -53,12 +53,14 @@ DELETE FROM bindings b USING (
 WHERE b.number = due.number AND b.did = due.did
 """
 
-# Reports oldest first by id (the primary key follows arrival), so a pass reads only the old end.
+# Whole days of reports past the retention go by dropping their partitions (service/db/partitions.py); this
+# deletes the rest (the default partition's rows, and the day the cut-off falls in), reading only partitions
+# older than the cut-off.
 DELETE_REPORTS = """
 DELETE FROM provider_reports r USING (
-    SELECT id FROM provider_reports WHERE outcome <> 'pending' AND received_at < $1
+    SELECT id, received_at FROM provider_reports WHERE outcome <> 'pending' AND received_at < $1
     ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED) due
-WHERE r.id = due.id
+WHERE r.id = due.id AND r.received_at = due.received_at
 """
 
 # A report's identity is remembered as long as the report itself: a re-send after that is long past
