@@ -215,9 +215,11 @@ CREATE INDEX calls_by_session ON calls (session_id, created_at);
 CREATE INDEX calls_overdue ON calls (created_at) WHERE in_flight;
 CREATE INDEX calls_by_tenant ON calls (tenant_id, created_at);
 
--- Every body the provider posts with a good token, stored before it is answered.
+-- Every body the provider posts with a good token, stored before it is answered. Partitioned by the day it
+-- arrived, as events are (see below): a day's partition is dropped once the whole day is older than
+-- MASKING_REPORT_RETENTION_DAYS and it holds no pending report.
 CREATE TABLE provider_reports (
-    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id           bigint GENERATED ALWAYS AS IDENTITY,
     received_at  timestamptz NOT NULL DEFAULT now(),
     body         bytea NOT NULL,
     outcome      text NOT NULL DEFAULT 'pending'
@@ -227,8 +229,12 @@ CREATE TABLE provider_reports (
     call_id      uuid REFERENCES calls ON DELETE SET NULL,
     -- why a report matched no call or was a duplicate (same_report, call_already_reported, no_call,
     -- before_call, times_in_future, matching_failed); null when matched
-    reason       text
-);
+    reason       text,
+    PRIMARY KEY (id, received_at)
+) PARTITION BY RANGE (received_at);
+CREATE TABLE provider_reports_default PARTITION OF provider_reports DEFAULT;
+-- A report is looked up by its id alone only while pending (matching, settling): this index of each
+-- partition holds just those few rows.
 CREATE INDEX provider_reports_pending ON provider_reports (id) WHERE outcome = 'pending';
 CREATE INDEX provider_reports_unmatched ON provider_reports (tenant_id, id) WHERE outcome = 'unmatched';
 
@@ -399,8 +405,11 @@ CREATE OR REPLACE FUNCTION mask_number(number text) RETURNS text LANGUAGE sql IM
 -- action's own transaction. Append-only: a trigger refuses UPDATE, TRUNCATE and every DELETE except the
 -- retention purge's, which sets its cut-off in the transaction-local `masking.audit_purge_before` and may
 -- delete only rows older than that. No foreign key to tenants: the record outlives what it describes.
+-- Partitioned by day of `at` (service/db/partitions.py): retention drops a day's partition once the whole
+-- day is older than MASKING_AUDIT_RETENTION_DAYS; the row trigger below is cloned onto every partition, and
+-- each partition gets the TRUNCATE trigger too (the sweeper makes it with the partition).
 CREATE TABLE audit_log (
-    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id              bigint GENERATED ALWAYS AS IDENTITY,
     at              timestamptz NOT NULL,
     tenant_id       bigint,  -- NULL for a service-wide action (keys.rotate)
     -- who: an API key (its id and name), the console session of a key (its id), or a command-line user
@@ -415,8 +424,10 @@ CREATE TABLE audit_log (
     request_id      text CHECK (length(request_id) <= 64),
     -- the writing transaction: GET /v1/audit pages by (txid, id) as the events feed does, so a row
     -- committed late never lands behind a cursor already handed out
-    txid            xid8 NOT NULL DEFAULT pg_current_xact_id()
-);
+    txid            xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    PRIMARY KEY (id, at)
+) PARTITION BY RANGE (at);
+CREATE TABLE audit_log_default PARTITION OF audit_log DEFAULT;
 CREATE INDEX audit_log_feed ON audit_log (tenant_id, txid, id);
 CREATE INDEX audit_log_by_actor ON audit_log (tenant_id, actor_id, txid, id);
 CREATE INDEX audit_log_by_action ON audit_log (tenant_id, action, txid, id);
@@ -438,6 +449,8 @@ $$;
 CREATE TRIGGER audit_log_no_change BEFORE UPDATE OR DELETE ON audit_log
     FOR EACH ROW EXECUTE FUNCTION audit_log_append_only();
 CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only();
+CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log_default
     FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only();
 
 -- Every data key id a ciphertext in this database may name (service/crypto.py): a process refuses to start

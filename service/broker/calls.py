@@ -61,8 +61,12 @@ async def place_call(
     body: StartCall,
     clock: Clock,
     limits: CallLimits,
+    party_number: str | None = None,
 ) -> Call:
-    """Record the call, then ask the provider; the call's status says what the provider answered."""
+    """Record the call, then ask the provider; the call's status says what the provider answered.
+
+    party_number (a call link's press): the number `first` must still have, else no call is recorded.
+    """
     if body.variables and body.flow is None:
         raise InvalidRequest("`variables` are only sent with a `flow`.", field="variables")
     sid = parse_id(session_id, "session")
@@ -80,6 +84,7 @@ async def place_call(
                 record=body.record,
                 max_call_minutes=body.max_call_minutes,
                 now=clock(),
+                party_number=party_number,
             )
         except asyncpg.UniqueViolationError:
             raise CallInProgress(

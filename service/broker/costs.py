@@ -109,6 +109,12 @@ def _csv(rows: list[list[str]]) -> bytes:
     return out.getvalue().encode()
 
 
+# A cell a spreadsheet would read as a formula starts with one of these; the client's own text (the order id)
+# that does is prefixed with ' (OWASP's rule against CSV injection). Our own values (ids, times, statuses,
+# amounts, the DID) never need it.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _cell(value: object) -> str:
     if value is None:
         return ""
@@ -117,20 +123,42 @@ def _cell(value: object) -> str:
     return str(value)
 
 
+def _text_cell(text: str) -> str:
+    """Client text as a cell no spreadsheet runs as a formula."""
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def _row(call: q.CallRow) -> list[str]:
+    cells = [_cell(v) for v in msgspec.structs.astuple(call)]
+    cells[2] = _text_cell(call.order_id)
+    return cells
+
+
 async def export_calls(db: asyncpg.Pool, tenant_id: int, start: datetime, end: datetime) -> AsyncIterator[bytes]:
     """The tenant's calls created in [start, end) as CSV, oldest first: a header, then CSV_BATCH rows a
-    chunk, each batch read after the last one's keyset on a connection held only while it is read."""
+    chunk, each batch read after the last one's keyset on a connection held only while it is read.
+
+    A failure after the first chunk cannot change the 200 already sent: it is logged and raised, and the
+    server then aborts the connection without the last chunk, so the client sees an incomplete transfer
+    rather than a file that merely looks complete.
+    """
     yield _csv([list(CSV_COLUMNS)])
     after: tuple[datetime, UUID] | None = None
-    while True:
-        async with db.acquire() as conn:
-            rows = await q.calls_page(conn, tenant_id, start, end, after, CSV_BATCH)
-        if not rows:
-            return
-        yield _csv([[_cell(v) for v in msgspec.structs.astuple(r)] for r in rows])
-        if len(rows) < CSV_BATCH:
-            return
-        after = (rows[-1].created_at, rows[-1].id)
+    sent = 0
+    try:
+        while True:
+            async with db.acquire() as conn:
+                rows = await q.calls_page(conn, tenant_id, start, end, after, CSV_BATCH)
+            if not rows:
+                return
+            yield _csv([_row(r) for r in rows])
+            sent += len(rows)
+            if len(rows) < CSV_BATCH:
+                return
+            after = (rows[-1].created_at, rows[-1].id)
+    except Exception as e:
+        log.error("csv_export_failed", tenant_id=tenant_id, rows_sent=sent, error=type(e).__name__)
+        raise
 
 
 # The daily cost sweep reads the previous day's call log (a day in the provider's zone) once the provider

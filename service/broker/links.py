@@ -205,10 +205,15 @@ async def press(
             calls.StartCall(first=link.party),
             clock,
             limits,
+            # A PATCH of the party between take_use and the call's insert must not ring the new party.
+            party_number=link.party_number,
         )
     except DomainError as exc:
         if "call_id" not in exc.extra:  # refused before any call was recorded: the press is not a use
             async with db.acquire() as conn:
                 await q.give_back_use(conn, digest)
+                now_link = await q.select_link(conn, digest)
+            if now_link is not None and now_link.replaced:  # the party was replaced meanwhile
+                raise LinkExpired(_GONE) from None
         raise
     return LinkCall.of(call)

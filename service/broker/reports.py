@@ -114,6 +114,7 @@ def _stored(
         body_text=q.as_text(body),
         key=report_key(report),
         now=now,
+        received_at=received_at,
         # An unnamed report matches only calls recent enough that the provider may still report them.
         since=now - timedelta(seconds=matching.timeout_seconds) - REPORT_GRACE,
         tolerance=matching.tolerance,

@@ -9,7 +9,7 @@ of service processes can run it at once and none holds a lock for long.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -132,7 +132,12 @@ async def tidy(conn: Conn, settings: Settings, now: datetime) -> dict[str, int]:
         "report_keys_deleted": await _in_batches(
             conn, "report_keys_deleted", lambda: retention_q.delete_report_keys(conn, reports_before, BATCH)
         ),
-        "partitions_dropped": await drop_old_partitions(conn, events_before),
+        "partitions_dropped": await drop_old_partitions(
+            conn,
+            partitions_q.retention_cutoffs(
+                events_before, reports_before, now - timedelta(days=settings.audit_retention_days)
+            ),
+        ),
         "events_deleted": await _in_batches(
             conn,
             "events_deleted",
@@ -170,8 +175,8 @@ async def create_partitions(conn: Conn, now: datetime) -> int:
     return len(created)
 
 
-async def drop_old_partitions(conn: Conn, before: datetime) -> int:
-    """Drop the day partitions whose whole day is older than `before`."""
+async def drop_old_partitions(conn: Conn, before: Mapping[str, datetime]) -> int:
+    """Drop the day partitions whose whole day is older than their table's time in `before`."""
     dropped = await partitions_q.drop_before(conn, before)
     if dropped:
         metrics.SWEPT.labels("partitions_dropped").inc(len(dropped))

@@ -146,10 +146,12 @@ async def select_since(
 # masking.audit_purge_before: set here (transaction-local) for this batch and cleared right after it, so
 # that even inside a caller's transaction nothing else may delete audit rows.
 _ALLOW = "SELECT set_config('masking.audit_purge_before', $1, true)"
+# Whole days past the retention go by dropping their partitions (service/db/partitions.py); this deletes the
+# rest: rows of the default partition and of the day the cut-off falls in.
 _PURGE = """
 DELETE FROM audit_log a USING (
-    SELECT id FROM audit_log WHERE at < $1 ORDER BY at LIMIT $2 FOR UPDATE SKIP LOCKED) due
-WHERE a.id = due.id
+    SELECT id, at FROM audit_log WHERE at < $1 ORDER BY at LIMIT $2 FOR UPDATE SKIP LOCKED) due
+WHERE a.id = due.id AND a.at = due.at
 """
 
 

@@ -56,7 +56,10 @@ class Dialled(msgspec.Struct, frozen=True):
 # Record the call before dialling. The session must be live, and its DID below its
 # max_concurrent_calls (the DID row is locked so that clicks on one DID count in turn). One call in
 # flight per session is the partial unique index calls_one_in_flight: a concurrent click on the same
-# session gets a unique violation.
+# session gets a unique violation. A call link's press passes its party's number as the link saw it ($9,
+# as its blind index): the session row's UPDATE takes it only if that party is still that number, a
+# condition PostgreSQL checks again on the newest row when a concurrent PATCH changed it first, so a
+# replaced party is never called.
 INSERT_CALL = f"""
 WITH target AS (
     SELECT did FROM sessions
@@ -69,6 +72,7 @@ room AS (
 s AS (
     UPDATE sessions SET calls_made = calls_made + 1 FROM room
     WHERE sessions.id = $2 AND sessions.did = room.number
+      AND ($9::bytea IS NULL OR $9 = CASE WHEN $4 = 'agent' THEN sessions.agent_ix ELSE sessions.customer_ix END)
     RETURNING sessions.id, sessions.did, sessions.customer_ct, sessions.customer_ix, sessions.customer_mask,
               sessions.agent_ct, sessions.agent_ix, sessions.agent_mask, sessions.record, sessions.max_call_minutes)
 INSERT INTO calls (id, tenant_id, session_id, first, from_ct, from_ix, from_mask, to_ct, to_ix, to_mask, bridge,
@@ -98,9 +102,14 @@ async def insert_call(
     record: bool | None,
     max_call_minutes: int | None,
     now: datetime,
+    party_number: str | None = None,
 ) -> Dialled | None:
-    """Record a call in a live session; None when the session is not live or its DID is at its call limit."""
-    row = await conn.fetchrow(INSERT_CALL, tenant_id, session_id, call_id, first, flow, record, max_call_minutes, now)
+    """Record a call in a live session; None when the session is not live, its DID is at its call limit, or
+    (party_number given) its `first` party is no longer that number."""
+    party_ix = None if party_number is None else sealed.index(tenant_id, party_number)
+    row = await conn.fetchrow(
+        INSERT_CALL, tenant_id, session_id, call_id, first, flow, record, max_call_minutes, now, party_ix
+    )
     if row is None:
         return None
     values = dict(row)

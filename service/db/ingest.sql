@@ -29,12 +29,15 @@ target AS (
 -- conversation it describes), and no time of the report is in the future. Nor is the report a re-send
 -- (docs/provider.md, "Re-sent reports"): it agrees with the report that finished an earlier call on the
 -- route in all a re-send cannot change (durations, status in any case, its times where both have them),
--- and this call was placed after that earlier conversation ended (less the clock tolerance).
+-- and this call was placed after that earlier conversation ended (less the clock tolerance). The earlier
+-- call's report arrived after it was placed (less the tolerance, at most an hour): bounding received_at by
+-- that reads only the report partitions from that day on.
 candidate AS (
     SELECT c.id AS call_id,
            (:earliest::timestamptz IS NULL OR c.created_at <= :earliest::timestamptz + :tolerance::interval)
            AND NOT EXISTS (
-               SELECT 1 FROM calls p LEFT JOIN provider_reports r ON r.id = p.report_id
+               SELECT 1 FROM calls p
+               LEFT JOIN provider_reports r ON r.id = p.report_id AND r.received_at > p.created_at - interval '1 day'
                WHERE p.report_id IS NOT NULL AND p.bridge = c.bridge AND p.from_ix = c.from_ix
                  AND p.to_ix = c.to_ix AND p.created_at > :since AND p.created_at < c.created_at
                  AND p.duration_seconds IS NOT DISTINCT FROM :duration_seconds::integer
@@ -84,14 +87,14 @@ verdict AS (
              ELSE 'no_call' END AS reason
     FROM rid),
 -- DESIGN rule 5: the report row with its outcome, scoped to its DID's tenant (rule 6); a pending row
--- being re-matched is updated in place.
+-- being re-matched (its own received_at: the partition key) is updated in place.
 stored AS (
     INSERT INTO provider_reports (id, body, received_at, outcome, reason, bridge, call_id, tenant_id)
     OVERRIDING SYSTEM VALUE
-    SELECT v.id, :body, :now, v.outcome, v.reason, :bridge, (SELECT id FROM applied),
+    SELECT v.id, :body, :received_at, v.outcome, v.reason, :bridge, (SELECT id FROM applied),
            coalesce((SELECT tenant_id FROM applied), (SELECT tenant_id FROM dids WHERE number = :bridge))
     FROM verdict v
-    ON CONFLICT (id) DO UPDATE SET outcome = EXCLUDED.outcome, reason = EXCLUDED.reason, bridge = EXCLUDED.bridge,
+    ON CONFLICT (id, received_at) DO UPDATE SET outcome = EXCLUDED.outcome, reason = EXCLUDED.reason, bridge = EXCLUDED.bridge,
         call_id = EXCLUDED.call_id, tenant_id = EXCLUDED.tenant_id
     RETURNING id, outcome, reason, tenant_id, received_at, bridge, call_id),
 -- DESIGN rule 8 (an event is written with its change): the call's new status, its session closed at

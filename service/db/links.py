@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 import msgspec
 
-from service.db import Conn
+from service.db import Conn, sealed
 from service.models import Party
 
 
@@ -24,12 +25,24 @@ class LinkRow(msgspec.Struct, frozen=True, kw_only=True):
     session_status: str
     session_expires_at: datetime
     replaced: bool  # its party was replaced (PATCH) since it was made: the link is dead
+    party_number: str  # its party's number as stored now (a press calls only while it is still this one)
 
 
 # How many times a link's party has been replaced in its session (one session_changes row per replacement).
 _CHANGES = "(SELECT count(*)::int FROM session_changes c WHERE c.session_id = l.session_id AND c.party = l.party)"
 _LINK = f"""l.tenant_id, l.session_id, l.party, l.max_uses, l.uses, l.expires_at, s.order_id,
-    s.status AS session_status, s.expires_at AS session_expires_at, {_CHANGES} <> l.party_changes AS replaced"""
+    s.status AS session_status, s.expires_at AS session_expires_at, {_CHANGES} <> l.party_changes AS replaced,
+    CASE WHEN l.party = 'agent' THEN {sealed.sealed_text("s.agent_ct", "s.agent_mask")}
+         ELSE {sealed.sealed_text("s.customer_ct", "s.customer_mask")} END AS party_number"""
+
+
+def _link(row: Any) -> LinkRow | None:
+    """A link row, its party's number opened."""
+    if row is None:
+        return None
+    values = dict(row)
+    values["party_number"] = sealed.opened(values["tenant_id"], sealed.label(values["party"]), values["party_number"])
+    return msgspec.convert(values, LinkRow)
 
 
 async def insert_link(
@@ -73,7 +86,7 @@ async def select_link(conn: Conn, token_hash: bytes) -> LinkRow | None:
         f"SELECT {_LINK} FROM call_links l JOIN sessions s ON s.id = l.session_id WHERE l.token_hash = $1",
         token_hash,
     )
-    return None if row is None else msgspec.convert(row, LinkRow)
+    return _link(row)
 
 
 async def take_use(conn: Conn, token_hash: bytes, now: datetime) -> LinkRow | None:
@@ -91,7 +104,7 @@ async def take_use(conn: Conn, token_hash: bytes, now: datetime) -> LinkRow | No
         token_hash,
         now,
     )
-    return None if row is None else msgspec.convert(row, LinkRow)
+    return _link(row)
 
 
 async def give_back_use(conn: Conn, token_hash: bytes) -> None:

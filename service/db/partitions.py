@@ -3,15 +3,37 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import UTC, date, datetime, time, timedelta
 
 import asyncpg
 
 from service.db import Conn
 
-# Each partitioned table (schema.sql) and its partition key. A day's partitions are created and dropped
-# together; deliveries are keyed by their event's time, so a day's deliveries go with the day's events.
-TABLES = {"events": "created_at", "webhook_deliveries": "event_created_at", "webhook_attempts": "at"}
+# Each partitioned table (schema.sql) and its partition key. A day's partitions are created together;
+# deliveries are keyed by their event's time, so a day's deliveries go with the day's events.
+TABLES = {
+    "events": "created_at",
+    "webhook_deliveries": "event_created_at",
+    "webhook_attempts": "at",
+    "provider_reports": "received_at",
+    "audit_log": "at",
+}
+# The order tables' old days are dropped in (deliveries before their events); each has its own retention.
+DROP_ORDER = ("webhook_deliveries", "webhook_attempts", "events", "provider_reports", "audit_log")
+# A day's partition is kept past its retention while it holds a row matching this (a report still pending:
+# the sweeper settles it first), found through the partition's index of such rows.
+_KEEP = {"provider_reports": "outcome = 'pending'"}
+# Run on each new day partition: the audit log's TRUNCATE guard (a statement trigger, which PostgreSQL does
+# not clone onto partitions as it does the row trigger).
+_AFTER_CREATE = {
+    "audit_log": "CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON {name}"
+    " FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only()"
+}
+# The audit log refuses every DELETE but the one its transaction-local cut-off allows: moving a day's rows
+# out of the default partition into the day's new one sets the cut-off to the day's end, in create_day's
+# own transaction only.
+_ALLOW_AUDIT_MOVE = "SELECT set_config('masking.audit_purge_before', $1, true)"
 _DAY_NAME = re.compile(r"^(?P<table>[a-z_]+)_p(?P<day>\d{8})$")
 # Any fixed number: partition maintenance by several processes at once takes turns.
 _LOCK = 7_305_118_423
@@ -68,6 +90,8 @@ async def create_day(conn: Conn, table: str, day: date) -> bool:
         stray = await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {table}_default WHERE {in_range})", start, end)
         if stray:
             await conn.execute(f"CREATE TEMPORARY TABLE partition_moving (LIKE {table}) ON COMMIT DROP")
+            if table == "audit_log":
+                await conn.execute(_ALLOW_AUDIT_MOVE, end.isoformat())
             await conn.execute(
                 f"WITH m AS (DELETE FROM {table}_default WHERE {in_range} RETURNING *)"
                 " INSERT INTO partition_moving SELECT * FROM m",
@@ -77,17 +101,28 @@ async def create_day(conn: Conn, table: str, day: date) -> bool:
         await conn.execute(
             f"CREATE TABLE {name} PARTITION OF {table} FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
         )
+        if table in _AFTER_CREATE:
+            await conn.execute(_AFTER_CREATE[table].format(name=name))
         if stray:
             await conn.execute(f"INSERT INTO {table} OVERRIDING SYSTEM VALUE SELECT * FROM partition_moving")
+            if table == "audit_log":
+                await conn.execute(_ALLOW_AUDIT_MOVE, "")
     return True
 
 
 async def drop_day(conn: Conn, table: str, day: date) -> bool:
-    """Drop one table's partition for one day (its own transaction); False if it was gone already."""
+    """Drop one table's partition for one day (its own transaction); False if it was gone already, or is kept
+    for a row it must not lose yet (a pending report)."""
+    name = day_name(table, day)
     async with conn.transaction():
         await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK)
-        status = await conn.execute(f"DROP TABLE IF EXISTS {day_name(table, day)}")
+        if table in _KEEP and await conn.fetchval(_EXISTS, name):
+            # the drop's lock first, so that nothing is written to it between the look and the drop
+            await conn.execute(f"LOCK TABLE {name} IN ACCESS EXCLUSIVE MODE")
+            if await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {name} WHERE {_KEEP[table]})"):
+                return False
+        status = await conn.execute(f"DROP TABLE IF EXISTS {name}")
     return status == "DROP TABLE"
 
 
@@ -111,16 +146,19 @@ async def create_ahead(conn: Conn, today: date, days_ahead: int) -> list[str]:
     return created
 
 
-async def drop_before(conn: Conn, before: datetime) -> list[str]:
-    """Drop every day partition whose whole day is older than `before`; the names dropped.
+async def drop_before(conn: Conn, before: Mapping[str, datetime]) -> list[str]:
+    """Drop every day partition of each table in `before` whose whole day is older than the table's time there;
+    the names dropped.
 
     Deliveries go before their events; a partition whose lock is not granted in time is left for the next pass.
     """
     existing = await day_partitions(conn)
     dropped = []
-    for table in ("webhook_deliveries", "webhook_attempts", "events"):
+    for table in DROP_ORDER:
+        if table not in before:
+            continue
         for day in existing[table]:
-            if _bounds(day)[1] > before:
+            if _bounds(day)[1] > before[table]:
                 break
             try:
                 if await drop_day(conn, table, day):
@@ -128,6 +166,17 @@ async def drop_before(conn: Conn, before: datetime) -> list[str]:
             except asyncpg.LockNotAvailableError:
                 break
     return dropped
+
+
+def retention_cutoffs(events: datetime, reports: datetime, audit: datetime) -> dict[str, datetime]:
+    """Each partitioned table's retention cut-off: the event retention's for events, deliveries and attempts."""
+    return {
+        "events": events,
+        "webhook_deliveries": events,
+        "webhook_attempts": events,
+        "provider_reports": reports,
+        "audit_log": audit,
+    }
 
 
 # Rows in a default partition (written while their day had no partition) are purged as before: in

@@ -82,6 +82,7 @@ class Ingest(msgspec.Struct, frozen=True, kw_only=True):
     body_text: str  # the body as the report.unmatched event shows it (as_text)
     key: bytes  # what the report reports, hashed: the same report twice has one effect
     now: datetime
+    received_at: datetime  # when the report arrived: now, or a pending row's own time when it is re-matched
     since: datetime  # calls placed before this are too old for an unnamed report
     tolerance: timedelta  # how far the provider's clock may differ from ours
     bridge: str

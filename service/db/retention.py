@@ -8,16 +8,17 @@ from service.db import Conn, sealed
 from service.logging import mask_number
 
 # One batch: sessions ended before the cut-off lose their real numbers (ciphertexts and blind indexes
-# cleared; the masked forms stay), their calls lose numbers and recording URLs, and their ended bindings
-# go; their reports' bodies are masked next (mask_bodies: a sealed body is opened in Python). Counts,
-# durations and statuses stay.
+# cleared; the masked forms stay) and the client's close note (free text that may hold a number), their
+# calls lose numbers and recording URLs, and their ended bindings go; their reports' bodies are masked next
+# (mask_bodies: a sealed body is opened in Python). Counts, durations and statuses stay.
 REDACT = """
 WITH due AS (
     SELECT id FROM sessions
     WHERE status <> 'active' AND redacted_at IS NULL AND closed_at < $1
     ORDER BY closed_at LIMIT $2 FOR UPDATE SKIP LOCKED),
 s AS (
-    UPDATE sessions SET customer_ct = NULL, customer_ix = NULL, agent_ct = NULL, agent_ix = NULL, redacted_at = $3
+    UPDATE sessions SET customer_ct = NULL, customer_ix = NULL, agent_ct = NULL, agent_ix = NULL, close_note = NULL,
+        redacted_at = $3
     FROM due WHERE sessions.id = due.id RETURNING sessions.id),
 c AS (
     UPDATE calls SET from_ct = NULL, from_ix = NULL, to_ct = NULL, to_ix = NULL, recording_url = NULL
@@ -71,12 +72,14 @@ DELETE FROM bindings b USING (
 WHERE b.number_ix = due.number_ix AND b.did = due.did
 """
 
-# Reports oldest first by id (the primary key follows arrival), so a pass reads only the old end.
+# Whole days of reports past the retention go by dropping their partitions (service/db/partitions.py); this
+# deletes the rest (the default partition's rows, and the day the cut-off falls in), reading only partitions
+# older than the cut-off.
 DELETE_REPORTS = """
 DELETE FROM provider_reports r USING (
-    SELECT id FROM provider_reports WHERE outcome <> 'pending' AND received_at < $1
+    SELECT id, received_at FROM provider_reports WHERE outcome <> 'pending' AND received_at < $1
     ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED) due
-WHERE r.id = due.id
+WHERE r.id = due.id AND r.received_at = due.received_at
 """
 
 # A report's identity is remembered as long as the report itself: a re-send after that is long past
