@@ -25,9 +25,10 @@ async def calls_of(db: asyncpg.Connection, session: dict[str, Any], count: int) 
     """`count` completed calls of the session on DAY, a second apart (written as a finished call is stored)."""
     await db.execute(
         """
-        INSERT INTO calls (id, tenant_id, session_id, first, from_number, to_number, bridge, status, in_flight,
-                           created_at, billing_seconds)
-        SELECT gen_random_uuid(), s.tenant_id, s.id, 'agent', s.agent, s.customer, s.did, 'completed', false,
+        INSERT INTO calls (id, tenant_id, session_id, first, from_ct, from_ix, from_mask, to_ct, to_ix, to_mask,
+                           bridge, status, in_flight, created_at, billing_seconds)
+        SELECT gen_random_uuid(), s.tenant_id, s.id, 'agent', s.agent_ct, s.agent_ix, s.agent_mask, s.customer_ct,
+               s.customer_ix, s.customer_mask, s.did, 'completed', false,
                $2::timestamptz + i * interval '1 second', 30
         FROM sessions s, generate_series(1, $3) i WHERE s.id = $1::uuid
         """,

@@ -18,7 +18,7 @@ from service.db import partitions as partitions_q
 from service.db import reports as reports_q
 from service.db import schema
 from service.db.schema import migrate
-from tests.helpers import FakeClock, Keys, dsn_for, index_names, make_settings
+from tests.helpers import FakeClock, Keys, dsn_for, index_names, make_settings, sealed_body
 
 DAY = 86_400
 NEW = ("provider_reports", "audit_log")
@@ -43,10 +43,11 @@ async def report(db: asyncpg.Connection, tenant_id: int | None, at: datetime, ou
     """One stored report of the tenant's (bridge on its DID), received at `at`."""
     report_id: int = await db.fetchval(
         "INSERT INTO provider_reports (body, received_at, outcome, reason, bridge, tenant_id)"
-        " VALUES ('{}', $1, $2, CASE WHEN $2 = 'unmatched' THEN 'no_call' END, '+918068200000', $3) RETURNING id",
+        " VALUES ($4, $1, $2, CASE WHEN $2 = 'unmatched' THEN 'no_call' END, '+918068200000', $3) RETURNING id",
         at,
         outcome,
         tenant_id,
+        sealed_body(b"{}"),
     )
     return report_id
 
