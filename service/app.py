@@ -24,7 +24,7 @@ from litestar.openapi.plugins import JsonRenderPlugin, OpenAPIRenderPlugin, Redo
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import loopwatch, metrics
+from service import crypto, loopwatch, metrics
 from service.api.audit import AuditController
 from service.api.bodies import body_deadline
 from service.api.calls import CallController, ReportController
@@ -64,6 +64,18 @@ _DB_DOWN = (*FAILOVER_ERRORS, TimeoutError, asyncpg.TooManyConnectionsError)
 def utc_now() -> datetime:
     """The real clock."""
     return datetime.now(UTC)
+
+
+def install_ring(settings: Settings) -> None:
+    """Make the settings' key ring the process's; with no keys named, one already installed stays (the one
+    `masking serve` or the tests installed before building the app)."""
+    if not (settings.keys or settings.keys_file):
+        try:
+            crypto.ring()
+            return
+        except crypto.KeysError:
+            pass
+    crypto.install(crypto.for_settings(settings)[0])
 
 
 def request_context(app: ASGIApp) -> ASGIApp:
@@ -134,6 +146,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        install_ring(settings)
         db = await create_pool(dsn, settings.db_pool_size)
         metrics.cap_pool_labels(settings.metrics_pool_series)
         http = httpx.AsyncClient(timeout=settings.provider_timeout_seconds)

@@ -24,6 +24,15 @@ TEMPLATE = "masking_template"
 
 
 @pytest.fixture(scope="session", autouse=True)
+def key_ring() -> None:
+    """The run's key ring (tests.processes.TEST_KEYS, also every subprocess's) is the process's."""
+    from service import crypto
+    from tests.processes import TEST_KEYS
+
+    crypto.install(crypto.KeyRing.parse(TEST_KEYS))
+
+
+@pytest.fixture(scope="session", autouse=True)
 def privacy_checked_logs() -> None:
     """In-process apps log through the service's own pipeline into the run's log folder."""
     from service.logging import configure_logging

@@ -16,6 +16,10 @@ from types import TracebackType
 
 import httpx
 
+from service.crypto import KeyRing
+
+# One key ring for the whole run, shared by the in-process app (conftest installs it) and every subprocess.
+TEST_KEYS = KeyRing.generate().dumps().decode()
 # Every log line of the run lands here, for the privacy scan at its end (test_zz_privacy_scan.py).
 LOG_DIR = Path(os.environ.setdefault("MASKING_TEST_LOG_DIR", tempfile.mkdtemp(prefix="masking-test-logs-")))
 
@@ -31,7 +35,9 @@ def masking_env(**overrides: str) -> dict[str, str]:
     """The environment for a masking process: this one's, minus MASKING_*, plus the overrides."""
     # MASKING_SERVER passes through, so that the whole suite can run under either HTTP server.
     env = {k: v for k, v in os.environ.items() if not k.startswith("MASKING_") or k == "MASKING_SERVER"}
-    env.update({"MASKING_LOG_FORMAT": "json", **overrides})
+    # The run's key ring (the in-process one too): unless a test names a key file (or MASKING_KEYS="": none).
+    keys = {} if "MASKING_KEYS_FILE" in overrides else {"MASKING_KEYS": TEST_KEYS}
+    env.update({"MASKING_LOG_FORMAT": "json", **keys, **overrides})
     return env
 
 

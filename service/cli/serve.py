@@ -12,17 +12,20 @@ import socket
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from service import crypto
+from service.broker.keys import check_at_start
 from service.db.schema import SchemaTooNew
 from service.settings import Settings
 
 if TYPE_CHECKING:
     pass
 
-from service.cli.common import CliError, database, describe_database, open_pool
+from service.cli.common import CliError, database, describe_database, install_keys, open_pool
 
 log = structlog.get_logger("service.cli")
 
@@ -34,12 +37,18 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from service.db.schema import migrate
 
     refuse_taken_port(settings.host, settings.port)
+    keys_said = install_keys(settings)
+    if not (settings.keys or settings.keys_file):
+        # Worker processes read their settings from the environment: the embedded default's key file too.
+        os.environ["MASKING_KEYS_FILE"] = str(Path(settings.data_dir).expanduser().resolve() / crypto.KEY_FILE_NAME)
 
     async def prepare(dsn: str) -> int:
         pool = await open_pool(settings, dsn, 1)
         try:
             async with pool.acquire() as conn:
-                return (await migrate(conn)).schema_version
+                version = (await migrate(conn)).schema_version
+                await check_at_start(conn, crypto.ring())
+                return version
         finally:
             await pool.close()
 
@@ -49,6 +58,9 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         except SchemaTooNew as exc:
             print(f"masking: {exc}", file=sys.stderr)
             return 1
+        except crypto.KeysError as exc:  # ciphertexts under a key this process was not given
+            print(f"masking: {exc}", file=sys.stderr)
+            return 2
         log.info(
             "serving",
             url=f"http://{settings.host}:{settings.port}",
@@ -56,6 +68,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
             schema_version=version,
             provider=settings.provider_kind,
             workers=settings.workers,
+            sealing=keys_said,  # where the keys came from (a field named "keys" would be dropped as secret)
         )
         common: dict[str, Any] = {
             "host": settings.host,
