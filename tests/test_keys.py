@@ -91,7 +91,7 @@ async def test_rotate_reencrypts_every_value_under_the_new_key_and_forgets_the_o
 ) -> None:
     """`masking keys rotate`: a new current key in the file, every value still opens, none names d1, data_keys only d2."""
     dsn, made = upgraded
-    old_ring, path = key_file
+    path = key_file[1]
     code, out, err = _cli(dsn, path, "keys", "rotate")
     assert code == 0, err
     assert "re-encrypting sessions" in err and "re-encrypting events" in err
@@ -105,7 +105,9 @@ async def test_rotate_reencrypts_every_value_under_the_new_key_and_forgets_the_o
     try:
         assert await rekey.key_ids_in_use(conn) == {"d2"}
         await _check_sealed(conn, new_ring, made)
-        audit = await conn.fetch("SELECT tenant_id, actor_kind, target_type, target_id FROM audit_log WHERE action = 'keys.rotate'")
+        audit = await conn.fetch(
+            "SELECT tenant_id, actor_kind, target_type, target_id FROM audit_log WHERE action = 'keys.rotate'"
+        )
         assert [tuple(r) for r in audit] == [(None, "command_line", "data_key", "d2")]
     finally:
         await conn.close()
@@ -118,7 +120,7 @@ async def test_an_interrupted_rotation_is_resumed_by_running_it_again(
     upgraded: tuple[str, Made], key_file: tuple[KeyRing, Path]
 ) -> None:
     """With d2 current in the file but d1 still listed (a rotation cut short), rotate makes no d3 and finishes d2."""
-    dsn, made = upgraded
+    dsn = upgraded[0]
     ring, path = key_file
     crypto.write_key_file(path, ring.rotated(), replace=True)
     conn = await asyncpg.connect(dsn)
@@ -154,8 +156,11 @@ async def test_reindex_rebuilds_every_blind_index_under_a_new_index_key(
             new_ring.blind_index(made.tenant, customer),
         )
         assert found == 1
-        assert await conn.fetchval(
-            "SELECT count(*) FROM sessions WHERE customer_ix = $1", old_ring.blind_index(made.tenant, customer)
-        ) == 0
+        assert (
+            await conn.fetchval(
+                "SELECT count(*) FROM sessions WHERE customer_ix = $1", old_ring.blind_index(made.tenant, customer)
+            )
+            == 0
+        )
     finally:
         await conn.close()
