@@ -66,18 +66,6 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def install_ring(settings: Settings) -> None:
-    """Make the settings' key ring the process's; with no keys named, one already installed stays (the one
-    `masking serve` or the tests installed before building the app)."""
-    if not (settings.keys or settings.keys_file):
-        try:
-            crypto.ring()
-            return
-        except crypto.KeysError:
-            pass
-    crypto.install(crypto.for_settings(settings)[0])
-
-
 def request_context(app: ASGIApp) -> ASGIApp:
     """ASGI wrapper: a request id on every log line of a request, and one access line at its end.
 
@@ -144,9 +132,10 @@ def create_app(
     With a simulator, its routes are mounted at /_simulator and its reports come back to this app.
     """
 
+    crypto.ensure(settings)  # party numbers are sealed under these keys (service/db/sealed.py)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        install_ring(settings)
         db = await create_pool(dsn, settings.db_pool_size)
         metrics.cap_pool_labels(settings.metrics_pool_series)
         http = httpx.AsyncClient(timeout=settings.provider_timeout_seconds)

@@ -215,6 +215,11 @@ class KeyRing:
             raise UnknownKey(missing)
 
 
+def is_e164(text: str) -> bool:
+    """Whether text is a normalised E.164 number, the only form blind_index takes."""
+    return _E164.fullmatch(text) is not None
+
+
 def _context(header: bytes, tenant_id: int | None, column: str) -> bytes:
     if not _COLUMN.fullmatch(column):
         raise ValueError(f"column must be a lower-case name like sessions.customer, not {column!r}")
@@ -245,6 +250,15 @@ def ring() -> KeyRing:
     if not _INSTALLED:
         raise KeysError("No key ring is loaded: the service must install one at start-up (crypto.install).")
     return _INSTALLED[0]
+
+
+def ensure(settings: Settings) -> str:
+    """Install the ring these settings name (or keep the one installed when they name none); its phrase."""
+    if _INSTALLED and not (settings.keys_file or settings.keys):
+        return "keys already loaded"
+    loaded, phrase = for_settings(settings)
+    install(loaded)
+    return phrase
 
 
 def key_ids(ciphertexts: Iterable[bytes | None]) -> set[str]:

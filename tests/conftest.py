@@ -13,6 +13,7 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
+from service import crypto
 from service.app import create_app, request_context
 from service.broker.tenants import create_key
 from service.db.schema import migrate
@@ -22,14 +23,11 @@ from tests.helpers import FakeClock, Keys, dsn_for, make_settings
 
 TEMPLATE = "masking_template"
 
-
-@pytest.fixture(scope="session", autouse=True)
-def key_ring() -> None:
-    """The run's key ring (tests.processes.TEST_KEYS, also every subprocess's) is the process's."""
-    from service import crypto
-    from tests.processes import TEST_KEYS
-
-    crypto.install(crypto.KeyRing.parse(TEST_KEYS))
+# One key ring for the run: installed here for in-process code, and in the environment for every
+# `masking` process a test starts (they inherit it), so all of them seal and open alike.
+TEST_KEYS = crypto.KeyRing.generate()
+os.environ.setdefault("MASKING_KEYS", TEST_KEYS.dumps().decode())
+crypto.install(crypto.KeyRing.parse(os.environ["MASKING_KEYS"]))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -16,10 +16,6 @@ from types import TracebackType
 
 import httpx
 
-from service.crypto import KeyRing
-
-# One key ring for the whole run, shared by the in-process app (conftest installs it) and every subprocess.
-TEST_KEYS = KeyRing.generate().dumps().decode()
 # Every log line of the run lands here, for the privacy scan at its end (test_zz_privacy_scan.py).
 LOG_DIR = Path(os.environ.setdefault("MASKING_TEST_LOG_DIR", tempfile.mkdtemp(prefix="masking-test-logs-")))
 
@@ -34,10 +30,11 @@ def free_port() -> int:
 def masking_env(**overrides: str) -> dict[str, str]:
     """The environment for a masking process: this one's, minus MASKING_*, plus the overrides."""
     # MASKING_SERVER passes through, so that the whole suite can run under either HTTP server.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MASKING_") or k == "MASKING_SERVER"}
-    # The run's key ring (the in-process one too): unless a test names a key file (or MASKING_KEYS="": none).
-    keys = {} if "MASKING_KEYS_FILE" in overrides else {"MASKING_KEYS": TEST_KEYS}
-    env.update({"MASKING_LOG_FORMAT": "json", **keys, **overrides})
+    # MASKING_KEYS (the run's key ring, tests/conftest.py) is kept: every process seals alike
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("MASKING_") or k in ("MASKING_SERVER", "MASKING_KEYS")
+    }
+    env.update({"MASKING_LOG_FORMAT": "json", **overrides})
     return env
 
 

@@ -82,7 +82,7 @@ async def upgraded(server_dsn: str, key_file: tuple[KeyRing, Path]) -> AsyncIter
 
 
 def _cli(dsn: str, path: Path, *args: str) -> tuple[int, str, str]:
-    done = run_cli(*args, env=masking_env(MASKING_DATABASE_URL=dsn, MASKING_KEYS_FILE=str(path)))
+    done = run_cli(*args, env=masking_env(MASKING_DATABASE_URL=dsn, MASKING_KEYS_FILE=str(path), MASKING_KEYS=""))
     return done.returncode, done.stdout, done.stderr
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from service.db import schema
+from service.db import schema, sealed
 from service.db.schema import SchemaTooNew, latest_version, migrate
 from tests.helpers import dsn_for
 
@@ -107,9 +107,10 @@ async def test_the_database_refuses_a_number_on_one_did_twice(db: asyncpg.Connec
         "INSERT INTO dids (number, tenant_id, pool, country) VALUES ('+918068200000', $1, 'p', 'IN')", tenant
     )
     insert = (
-        "INSERT INTO bindings (number, did, peer, session_id, ends_at)"
+        "INSERT INTO bindings (number_ix, did, peer_ix, session_id, ends_at)"
         " VALUES ($1, '+918068200000', $2, gen_random_uuid(), now())"
     )
-    await db.execute(insert, "+919870000000", "+919870000001")
+    number, peer, other_peer = sealed.indexes(tenant, ["+919870000000", "+919870000001", "+919870000002"])
+    await db.execute(insert, number, peer)
     with pytest.raises(asyncpg.UniqueViolationError):
-        await db.execute(insert, "+919870000000", "+919870000002")
+        await db.execute(insert, number, other_peer)

@@ -29,7 +29,7 @@ async def run_once(
         held = await q.select(conn, tenant_id, key)
         if held is None:  # the holder failed and released it just now: claim again
             continue
-        if held.request_hash != digest:
+        if held.request_hash != q.request_key(tenant_id, digest):
             raise InvalidRequest(
                 "This Idempotency-Key was used with a different request body; use a new key for a new request.",
                 field="Idempotency-Key",

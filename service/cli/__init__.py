@@ -23,6 +23,7 @@ from service.cli.admin import (
 from service.cli.common import CliError, describe_database
 from service.cli.keys import add_parser as add_keys_parser
 from service.cli.serve import cmd_serve, worker_app
+from service.crypto import KeysError
 from service.settings import PREFIX, Settings, SettingsError, load_settings
 
 __all__ = ["describe_database", "main", "parser", "worker_app"]
@@ -141,4 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as exc:
         print(f"masking: {exc}", file=sys.stderr)
         return exc.code
+    except KeysError as exc:  # the keys are missing, unreadable, or lack one the database needs
+        print(f"masking: keys: {exc}", file=sys.stderr)
+        return 2
     return int(result)

@@ -68,30 +68,9 @@ async def open_pool(settings: Settings, dsn: str, size: int) -> asyncpg.Pool:
 _CONNECT_TIMEOUT = 10.0
 
 
-def install_keys(settings: Settings) -> str:
-    """Make the service's key ring this process's (exit 2 saying what is wrong); a phrase saying where it came from."""
-    from service import crypto
-
-    try:
-        ring, said = crypto.for_settings(settings)
-    except crypto.KeysError as exc:
-        raise CliError(str(exc)) from None
-    crypto.install(ring)
-    return said
-
-
 def run_with_db(settings: Settings, work: Callable[[Conn], Awaitable[T]], *, migrated: bool = True) -> T:
-    """Open the database (migrated first, unless the work is the migration), run work on one connection.
-
-    The key ring is installed first unless the command already did (the migration may seal old rows with it).
-    """
-    from service import crypto
+    """Open the database (migrated first, unless the work is the migration), run work on one connection."""
     from service.db.schema import migrate
-
-    try:
-        crypto.ring()
-    except crypto.KeysError:
-        install_keys(settings)
 
     async def main(dsn: str) -> T:
         pool = await open_pool(settings, dsn, 2)
@@ -104,6 +83,9 @@ def run_with_db(settings: Settings, work: Callable[[Conn], Awaitable[T]], *, mig
             await pool.close()
 
     with database(settings) as dsn:
+        from service import crypto
+
+        crypto.ensure(settings)  # numbers are sealed under these keys (service/db/sealed.py)
         return asyncio.run(main(dsn))
 
 

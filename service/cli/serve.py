@@ -25,7 +25,7 @@ from service.settings import Settings
 if TYPE_CHECKING:
     pass
 
-from service.cli.common import CliError, database, describe_database, install_keys, open_pool
+from service.cli.common import CliError, database, describe_database, open_pool
 
 log = structlog.get_logger("service.cli")
 
@@ -37,7 +37,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from service.db.schema import migrate
 
     refuse_taken_port(settings.host, settings.port)
-    keys_said = install_keys(settings)
+    keys_said = crypto.ensure(settings)  # KeysError: one line and exit 2 (cli.main)
     if not (settings.keys or settings.keys_file):
         # Worker processes read their settings from the environment: the embedded default's key file too.
         os.environ["MASKING_KEYS_FILE"] = str(Path(settings.data_dir).expanduser().resolve() / crypto.KEY_FILE_NAME)
@@ -58,9 +58,6 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         except SchemaTooNew as exc:
             print(f"masking: {exc}", file=sys.stderr)
             return 1
-        except crypto.KeysError as exc:  # ciphertexts under a key this process was not given
-            print(f"masking: {exc}", file=sys.stderr)
-            return 2
         log.info(
             "serving",
             url=f"http://{settings.host}:{settings.port}",

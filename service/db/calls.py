@@ -8,20 +8,38 @@ from uuid import UUID
 
 import msgspec
 
-from service.db import Conn
+from service.db import Conn, sealed
 from service.models import Call
 
-# The columns of a call row under the names of the Call resource.
-CALL = """id, session_id, first, from_number AS "from", to_number AS "to", bridge, flow, status, record,
+# The columns of a call row under the names of the Call resource (its numbers sealed, opened by _call with
+# the row's tenant_id).
+CALL = f"""id, session_id, first, {sealed.sealed_text("from_ct", "from_mask")} AS "from",
+    {sealed.sealed_text("to_ct", "to_mask")} AS "to", bridge, flow, status, record,
     created_at, started_at, ended_at, duration_seconds, billing_seconds, recording_url, hangup_by,
     coalesce(source, CASE WHEN report_id IS NOT NULL THEN 'report' END) AS source, cost::text AS cost,
     billing_pulse_seconds,
     jsonb_build_object('status', provider_status, 'status1', provider_status1, 'status2', provider_status2,
-                       'message', provider_message) AS provider"""
+                       'message', provider_message) AS provider, tenant_id"""
 
 
-def _call(row: Any) -> Call:
-    return msgspec.convert(row, Call)
+def open_numbers(tenant_id: int, first: str, from_: str | None, to: str | None) -> tuple[str | None, str | None]:
+    """A call's from and to as sealed text, opened: from is the `first` party's number, to the other's."""
+    return (
+        sealed.opened(tenant_id, sealed.label(first), from_),
+        sealed.opened(tenant_id, sealed.label(sealed.other(first)), to),
+    )
+
+
+def _call(row: Any, *, strict: bool = True) -> Call:
+    """A call row (with its tenant_id) as the resource, its numbers opened."""
+    values = dict(row)
+    values["from"], values["to"] = open_numbers(values["tenant_id"], values["first"], values["from"], values["to"])
+    return msgspec.convert(values, Call, strict=strict)
+
+
+def call(row: Any, *, strict: bool = True) -> Call:
+    """A row of CALL's columns (or its JSON, strict=False) as the resource."""
+    return _call(row, strict=strict)
 
 
 class Dialled(msgspec.Struct, frozen=True):
@@ -39,7 +57,7 @@ class Dialled(msgspec.Struct, frozen=True):
 # max_concurrent_calls (the DID row is locked so that clicks on one DID count in turn). One call in
 # flight per session is the partial unique index calls_one_in_flight: a concurrent click on the same
 # session gets a unique violation.
-INSERT_CALL = """
+INSERT_CALL = f"""
 WITH target AS (
     SELECT did FROM sessions
     WHERE id = $2 AND tenant_id = $1 AND status = 'active' AND expires_at > $8),
@@ -51,16 +69,21 @@ room AS (
 s AS (
     UPDATE sessions SET calls_made = calls_made + 1 FROM room
     WHERE sessions.id = $2 AND sessions.did = room.number
-    RETURNING sessions.id, sessions.did, sessions.customer, sessions.agent, sessions.record,
-              sessions.max_call_minutes)
-INSERT INTO calls (id, tenant_id, session_id, first, from_number, to_number, bridge, flow, record,
-                   max_call_minutes, created_at)
+    RETURNING sessions.id, sessions.did, sessions.customer_ct, sessions.customer_ix, sessions.customer_mask,
+              sessions.agent_ct, sessions.agent_ix, sessions.agent_mask, sessions.record, sessions.max_call_minutes)
+INSERT INTO calls (id, tenant_id, session_id, first, from_ct, from_ix, from_mask, to_ct, to_ix, to_mask, bridge,
+                   flow, record, max_call_minutes, created_at)
 SELECT $3, $1, s.id, $4,
-       CASE WHEN $4 = 'agent' THEN s.agent ELSE s.customer END,
-       CASE WHEN $5::text IS NOT NULL THEN 'flow:' || $5 WHEN $4 = 'agent' THEN s.customer ELSE s.agent END,
+       CASE WHEN $4 = 'agent' THEN s.agent_ct ELSE s.customer_ct END,
+       CASE WHEN $4 = 'agent' THEN s.agent_ix ELSE s.customer_ix END,
+       CASE WHEN $4 = 'agent' THEN s.agent_mask ELSE s.customer_mask END,
+       CASE WHEN $5::text IS NOT NULL THEN NULL WHEN $4 = 'agent' THEN s.customer_ct ELSE s.agent_ct END,
+       CASE WHEN $5::text IS NOT NULL THEN NULL WHEN $4 = 'agent' THEN s.customer_ix ELSE s.agent_ix END,
+       CASE WHEN $5::text IS NOT NULL THEN 'flow:' || $5 WHEN $4 = 'agent' THEN s.customer_mask ELSE s.agent_mask END,
        s.did, $5, coalesce($6, s.record), coalesce($7, s.max_call_minutes), $8
 FROM s
-RETURNING id, bridge, from_number, to_number, record, max_call_minutes
+RETURNING id, bridge, first, tenant_id, {sealed.sealed_text("from_ct", "from_mask")} AS from_number,
+          {sealed.sealed_text("to_ct", "to_mask")} AS to_number, record, max_call_minutes
 """
 
 
@@ -78,7 +101,14 @@ async def insert_call(
 ) -> Dialled | None:
     """Record a call in a live session; None when the session is not live or its DID is at its call limit."""
     row = await conn.fetchrow(INSERT_CALL, tenant_id, session_id, call_id, first, flow, record, max_call_minutes, now)
-    return None if row is None else msgspec.convert(row, Dialled)
+    if row is None:
+        return None
+    values = dict(row)
+    values["from_number"], values["to_number"] = open_numbers(
+        tenant_id, values.pop("first"), values["from_number"], values["to_number"]
+    )
+    del values["tenant_id"]
+    return msgspec.convert(values, Dialled)
 
 
 class RecentCalls(msgspec.Struct, frozen=True):

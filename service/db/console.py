@@ -7,10 +7,11 @@ from uuid import UUID
 
 import msgspec
 
-from service.db import Conn
-from service.db.calls import CALL
+from service.db import Conn, sealed
+from service.db.calls import CALL, call
 from service.db.dids import DID_COLUMNS
 from service.db.sessions import SESSION
+from service.db.sessions.row import session
 from service.models import Call, Did, Session
 
 
@@ -78,7 +79,7 @@ async def recent_sessions(conn: Conn, tenant_id: int, limit: int) -> list[Sessio
         tenant_id,
         limit,
     )
-    return [msgspec.convert(r, Session) for r in rows]
+    return [session(r) for r in rows]
 
 
 async def sessions_with_number(conn: Conn, tenant_id: int, number: str, limit: int) -> list[Session]:
@@ -86,14 +87,15 @@ async def sessions_with_number(conn: Conn, tenant_id: int, number: str, limit: i
     rows = await conn.fetch(
         f"""
         SELECT {SESSION} FROM sessions
-        WHERE tenant_id = $1 AND (customer = $2 OR agent = $2 OR did = $2)
+        WHERE tenant_id = $1 AND (customer_ix = $4 OR agent_ix = $4 OR did = $2)
         ORDER BY created_at DESC, id DESC LIMIT $3
         """,
         tenant_id,
         number,
         limit,
+        sealed.probe(tenant_id, number),
     )
-    return [msgspec.convert(r, Session) for r in rows]
+    return [session(r) for r in rows]
 
 
 async def sessions_of_order_prefix(conn: Conn, tenant_id: int, prefix: str, window: int, limit: int) -> list[Session]:
@@ -113,7 +115,7 @@ async def sessions_of_order_prefix(conn: Conn, tenant_id: int, prefix: str, wind
         window,
         limit,
     )
-    return [msgspec.convert(r, Session) for r in rows]
+    return [session(r) for r in rows]
 
 
 async def search_dids(
@@ -169,7 +171,7 @@ async def select_attention_calls(conn: Conn, tenant_id: int, since: datetime, li
         since,
         limit,
     )
-    return [msgspec.convert(dict(r), AttentionCall, strict=False) for r in rows]
+    return [AttentionCall(call=call(r["call"], strict=False), order_id=r["order_id"]) for r in rows]
 
 
 class HourCount(msgspec.Struct, frozen=True):

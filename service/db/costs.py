@@ -7,7 +7,8 @@ from uuid import UUID
 
 import msgspec
 
-from service.db import Conn
+from service.db import Conn, sealed
+from service.db.calls import open_numbers
 
 
 class PoolCalls(msgspec.Struct, frozen=True, kw_only=True):
@@ -108,8 +109,10 @@ class UnpricedCall(msgspec.Struct, frozen=True):
 
 # Calls are reached per tenant through calls_by_tenant (tenant_id, created_at): created from a day before
 # the window (a report comes at most the report timeout after its call), ended in it, keyset (created_at, id).
-UNPRICED = """
-SELECT c.id, c.created_at, c.bridge, c.from_number, c.to_number, c.started_at, c.ended_at
+UNPRICED = f"""
+SELECT c.id, c.created_at, c.bridge, c.tenant_id, c.first,
+       {sealed.sealed_text("c.from_ct", "c.from_mask")} AS from_number,
+       {sealed.sealed_text("c.to_ct", "c.to_mask")} AS to_number, c.started_at, c.ended_at
 FROM tenants t JOIN calls c ON c.tenant_id = t.id
 WHERE c.created_at >= $1::timestamptz - interval '1 day' AND c.created_at < $2
   AND c.report_id IS NOT NULL AND coalesce(c.source, 'report') = 'report' AND c.cost IS NULL
@@ -126,7 +129,14 @@ async def unpriced_calls(
 ) -> list[UnpricedCall]:
     """A batch of calls completed by a report whose conversation ended in [since, until) and has no cost."""
     at, ident = after if after is not None else (None, None)
-    return [msgspec.convert(r, UnpricedCall) for r in await conn.fetch(UNPRICED, since, until, at, ident, limit)]
+    found = []
+    for r in await conn.fetch(UNPRICED, since, until, at, ident, limit):
+        values = dict(r)
+        values["from_number"], values["to_number"] = open_numbers(
+            values.pop("tenant_id"), values.pop("first"), values["from_number"], values["to_number"]
+        )
+        found.append(msgspec.convert(values, UnpricedCall))
+    return found
 
 
 async def fill_costs(conn: Conn, ids: list[UUID], costs: list[str], pulses: list[int | None]) -> int:

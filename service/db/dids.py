@@ -137,3 +137,21 @@ async def count_active_bindings(conn: Conn, number: str, now: datetime) -> int:
     """How many live bindings a DID holds (two per active session)."""
     count: int = await conn.fetchval("SELECT count(*)::int FROM bindings WHERE did = $1 AND ends_at > $2", number, now)
     return count
+
+
+# A DID's tenant never changes (a DID is added to one tenant and at most retired), so each process keeps
+# what it has looked up: matching a report or a caller, whose blind indexes are per tenant, then costs
+# no round trip. Only found DIDs are kept (a DID added later is looked up again).
+_TENANT_OF_DID: dict[str, int] = {}
+
+
+async def tenant_of_did(conn: Conn, number: str) -> int | None:
+    """The tenant a DID belongs to, or None for a number that is no DID."""
+    tenant_id = _TENANT_OF_DID.get(number)
+    if tenant_id is None:
+        tenant_id = await conn.fetchval("SELECT tenant_id FROM dids WHERE number = $1", number)
+        if tenant_id is not None:
+            if len(_TENANT_OF_DID) > 100_000:
+                _TENANT_OF_DID.clear()
+            _TENANT_OF_DID[number] = tenant_id
+    return tenant_id

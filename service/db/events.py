@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 
-from service.db import Conn
+from service.db import Conn, sealed
 from service.db.horizon import FEED_HORIZON
 
 
@@ -47,10 +47,24 @@ async def insert_events(conn: Conn, now: datetime, events: Sequence[tuple[int, s
         INSERT_EVENTS,
         [e[0] for e in events],
         [e[1] for e in events],
-        [e[2].decode() for e in events],
+        [_sealed_json(*e) for e in events],
         now,
     )
     return [r["id"] for r in rows]
+
+
+def _sealed_json(tenant_id: int, type_: str, data: bytes) -> str:
+    """An event's JSON data with its numbers sealed (service/db/sealed.py), as stored."""
+    decoded = msgspec.json.decode(data)
+    sealed_data = sealed.seal_event(tenant_id, type_, decoded)
+    return (data if sealed_data is decoded else msgspec.json.encode(sealed_data)).decode()
+
+
+def _event(tenant_id: int, row: Any) -> EventRow:
+    """A stored event with its data opened."""
+    values = dict(row)
+    values["data"] = sealed.open_event(tenant_id, values["type"], values["data"])
+    return msgspec.convert(values, EventRow)
 
 
 class EventRow(msgspec.Struct, frozen=True):
@@ -84,7 +98,7 @@ async def select_feed(
     rows = await conn.fetch(
         SELECT_FEED, tenant_id, type_, after[0] if after else None, after[1] if after else None, limit
     )
-    return [msgspec.convert(r, EventRow) for r in rows]
+    return [_event(tenant_id, r) for r in rows]
 
 
 async def select_event(conn: Conn, tenant_id: int, event_id: int) -> EventRow | None:
@@ -94,7 +108,7 @@ async def select_event(conn: Conn, tenant_id: int, event_id: int) -> EventRow | 
         event_id,
         tenant_id,
     )
-    return None if row is None else msgspec.convert(row, EventRow)
+    return None if row is None else _event(tenant_id, row)
 
 
 # A session's events, newest first. The subject expression and the type predicate are written exactly as
@@ -110,7 +124,7 @@ ORDER BY id DESC LIMIT $3
 async def select_of_session(conn: Conn, tenant_id: int, session_id: str, limit: int) -> list[EventRow]:
     """The newest events whose subject is this session (session.* and call.*), newest first."""
     rows = await conn.fetch(SELECT_OF_SESSION, tenant_id, session_id, limit)
-    return [msgspec.convert(r, EventRow) for r in rows]
+    return [_event(tenant_id, r) for r in rows]
 
 
 async def alert_pools(conn: Conn, low: Sequence[tuple[int, str]], now: datetime) -> list[tuple[int, str]]:

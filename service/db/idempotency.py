@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 
 import msgspec
 
-from service.db import Conn
+from service.db import Conn, sealed
 
 REPLAY_WINDOW = timedelta(hours=24)
 # A claim whose request never finished (the process died) may be taken over after this.
@@ -14,11 +14,16 @@ ABANDONED_AFTER = timedelta(seconds=60)
 
 
 class Held(msgspec.Struct, frozen=True, kw_only=True):
-    """What a key holds: the hash of the request that claimed it, and its response once it finished."""
+    """What a key holds: the keyed hash of the request that claimed it (request_key), and its response once done."""
 
     request_hash: bytes
     status_code: int | None
     body: bytes | None
+
+
+def request_key(tenant_id: int, request_hash: bytes) -> bytes:
+    """A request's hash as stored (keyed: a hash of a body holding numbers would let them be guessed)."""
+    return sealed.keyed_hash(tenant_id, request_hash)
 
 
 async def claim(conn: Conn, tenant_id: int, key: str, request_hash: bytes, now: datetime) -> bool:
@@ -35,7 +40,7 @@ async def claim(conn: Conn, tenant_id: int, key: str, request_hash: bytes, now: 
         """,
         tenant_id,
         key,
-        request_hash,
+        request_key(tenant_id, request_hash),
         now,
         REPLAY_WINDOW,
         ABANDONED_AFTER,
@@ -50,7 +55,14 @@ async def select(conn: Conn, tenant_id: int, key: str) -> Held | None:
         tenant_id,
         key,
     )
-    return None if row is None else msgspec.convert(row, Held)
+    if row is None:
+        return None
+    body = row["body"]
+    return Held(
+        request_hash=row["request_hash"],
+        status_code=row["status_code"],
+        body=None if body is None else sealed.open_bytes(tenant_id, sealed.IDEMPOTENT_BODY, body),
+    )
 
 
 async def store(conn: Conn, tenant_id: int, key: str, status_code: int, body: bytes) -> None:
@@ -60,7 +72,7 @@ async def store(conn: Conn, tenant_id: int, key: str, status_code: int, body: by
         tenant_id,
         key,
         status_code,
-        body,
+        sealed.seal(tenant_id, sealed.IDEMPOTENT_BODY, body),
     )
 
 

@@ -16,12 +16,12 @@ claimed AS (
 named AS (
     SELECT id FROM calls WHERE id = :mid::uuid AND bridge = :bridge),
 -- Else contract rule 1 (no crossed lines: (bridge, from, to) names one session): the newest in-flight
--- call on it.
+-- call on it. The report's numbers come as blind indexes under the DID's tenant (service/db/sealed.py).
 target AS (
     SELECT coalesce(
         (SELECT id FROM named),
         (SELECT c.id FROM calls c
-         WHERE c.in_flight AND c.bridge = :bridge AND c.from_number = :from AND c.to_number = :to
+         WHERE c.in_flight AND c.bridge = :bridge AND c.from_ix = :from_ix AND c.to_ix = :to_ix
            AND NOT EXISTS (SELECT 1 FROM named)
          ORDER BY c.created_at DESC LIMIT 1)) AS id),
 -- The call, locked, and whether the report may apply to it: it was placed no later than the report's
@@ -35,8 +35,8 @@ candidate AS (
            (:earliest::timestamptz IS NULL OR c.created_at <= :earliest::timestamptz + :tolerance::interval)
            AND NOT EXISTS (
                SELECT 1 FROM calls p LEFT JOIN provider_reports r ON r.id = p.report_id
-               WHERE p.report_id IS NOT NULL AND p.bridge = c.bridge AND p.from_number = c.from_number
-                 AND p.to_number = c.to_number AND p.created_at > :since AND p.created_at < c.created_at
+               WHERE p.report_id IS NOT NULL AND p.bridge = c.bridge AND p.from_ix = c.from_ix
+                 AND p.to_ix = c.to_ix AND p.created_at > :since AND p.created_at < c.created_at
                  AND p.duration_seconds IS NOT DISTINCT FROM :duration_seconds::integer
                  AND p.billing_seconds IS NOT DISTINCT FROM :billing_seconds::integer
                  AND upper(p.provider_status) IS NOT DISTINCT FROM upper(:provider_status::text)
@@ -55,7 +55,7 @@ applied AS (
         provider_status2 = :provider_status2, source = :source, cost = :cost::numeric,
         billing_pulse_seconds = :billing_pulse_seconds::integer
     FROM candidate WHERE calls.id = candidate.call_id AND candidate.in_time
-    RETURNING {call}, tenant_id),
+    RETURNING {call}),
 -- Contract (max_calls): the session closes (max_calls_reached) when this is its max_calls-th completed
 -- call; the CTEs `closed` and `closed_freed` are the one end-session rule.
 {end_at_max_calls},
@@ -65,7 +65,7 @@ prior AS (
     WHERE EXISTS (SELECT 1 FROM claimed) AND NOT EXISTS (SELECT 1 FROM candidate WHERE in_time)
       AND c.report_id IS NOT NULL AND c.bridge = :bridge
       AND (c.id = (SELECT id FROM named)
-           OR (NOT EXISTS (SELECT 1 FROM named) AND c.from_number = :from AND c.to_number = :to
+           OR (NOT EXISTS (SELECT 1 FROM named) AND c.from_ix = :from_ix AND c.to_ix = :to_ix
                AND c.created_at > :since))
       AND (:earliest::timestamptz IS NULL OR c.created_at <= :earliest::timestamptz + :tolerance::interval)
     LIMIT 1),

@@ -7,7 +7,8 @@ from typing import Any
 
 import msgspec
 
-from service.db import Conn
+from service.db import Conn, sealed
+from service.db.dids import tenant_of_did
 
 
 class PoolSettingsRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -96,12 +97,12 @@ async def select_fallback(conn: Conn, did: str, caller: str) -> FallbackRow | No
     row = await conn.fetchrow(
         """
         SELECT d.tenant_id, d.pool, p.fallback_connect_to, p.fallback_flow, p.cooloff_seconds,
-               (SELECT b.ends_at FROM bindings b WHERE b.number = $2 AND b.did = $1) AS caller_ended_at
+               (SELECT b.ends_at FROM bindings b WHERE b.number_ix = $2 AND b.did = $1) AS caller_ended_at
         FROM dids d LEFT JOIN pool_settings p ON p.tenant_id = d.tenant_id AND p.pool = d.pool
         WHERE d.number = $1
         """,
         did,
-        caller,
+        sealed.probe(await tenant_of_did(conn, did), caller),
     )
     return None if row is None else msgspec.convert(row, FallbackRow)
 
@@ -190,7 +191,7 @@ p AS (
            (SELECT array_agg(n ORDER BY n DESC) FROM (
                 SELECT count(*)::int AS n FROM dids dd JOIN bindings b ON b.did = dd.number AND b.ends_at > $2
                 WHERE dd.tenant_id = named.tenant_id AND dd.pool = named.pool
-                GROUP BY b.number ORDER BY n DESC LIMIT 2) top) AS top
+                GROUP BY b.number_ix ORDER BY n DESC LIMIT 2) top) AS top
     FROM named)
 SELECT named.tenant_id, t.name AS tenant, named.pool, coalesce(d.dids, 0) AS dids,
        coalesce(d.active_dids, 0) AS active_dids, coalesce(s.active_sessions, 0) AS active_sessions,

@@ -7,7 +7,9 @@ from uuid import UUID
 
 import msgspec
 
-from service.db import Conn
+from service.db import Conn, sealed
+from service.db.calls import open_numbers
+from service.db.dids import tenant_of_did
 
 # The advisory lock that makes one process at a time ask the provider's call log (any number may try).
 LEASE_KEY = 0x6D61736B_72656331  # "maskrec1"
@@ -43,8 +45,9 @@ async def select_due(
     A call into a flow (`to` is `flow:<id>`) is not looked up: the log shows no number to match it by.
     """
     rows = await conn.fetch(
-        """
-        SELECT id, bridge, from_number, to_number, created_at, lookups FROM calls
+        f"""
+        SELECT id, bridge, tenant_id, first, {sealed.sealed_text("from_ct", "from_mask")} AS from_number,
+               {sealed.sealed_text("to_ct", "to_mask")} AS to_number, created_at, lookups FROM calls
         WHERE in_flight AND created_at <= $1 AND created_at > $2 AND flow IS NULL
           AND (lookup_at IS NULL OR lookup_at <= $3)
         ORDER BY created_at LIMIT $4
@@ -54,7 +57,11 @@ async def select_due(
         now,
         limit,
     )
-    return [msgspec.convert(r, DueCall) for r in rows]
+    due = []
+    for r in rows:
+        from_, to = open_numbers(r["tenant_id"], r["first"], r["from_number"], r["to_number"])
+        due.append(DueCall(r["id"], r["bridge"], from_ or "", to or "", r["created_at"], r["lookups"]))
+    return due
 
 
 async def defer(conn: Conn, call_ids: list[UUID], next_at: list[datetime]) -> None:
@@ -74,16 +81,18 @@ Conversation = tuple[str, str, str, datetime | None, datetime | None]
 
 async def placed_conversations(conn: Conn, routes: list[tuple[str, str, str]], since: datetime) -> set[Conversation]:
     """The route, start and end of every conversation already given to a call on these routes since then."""
+    # each route by its numbers' blind indexes under its DID's tenant
+    tenants = [await tenant_of_did(conn, r[0]) for r in routes]
     rows = await conn.fetch(
         """
-        SELECT c.bridge, c.from_number, c.to_number, c.started_at, c.ended_at
-        FROM unnest($1::text[], $2::text[], $3::text[]) AS r(bridge, from_number, to_number)
-        JOIN calls c ON c.bridge = r.bridge AND c.from_number = r.from_number AND c.to_number = r.to_number
+        SELECT r.i, c.started_at, c.ended_at
+        FROM unnest($1::text[], $2::bytea[], $3::bytea[]) WITH ORDINALITY AS r(bridge, from_ix, to_ix, i)
+        JOIN calls c ON c.bridge = r.bridge AND c.from_ix = r.from_ix AND c.to_ix = r.to_ix
         WHERE c.report_id IS NOT NULL AND c.created_at > $4 AND c.started_at IS NOT NULL
         """,
         [r[0] for r in routes],
-        [r[1] for r in routes],
-        [r[2] for r in routes],
+        [sealed.probe(t, r[1]) for t, r in zip(tenants, routes, strict=True)],
+        [sealed.probe(t, r[2]) for t, r in zip(tenants, routes, strict=True)],
         since,
     )
-    return {(r["bridge"], r["from_number"], r["to_number"], r["started_at"], r["ended_at"]) for r in rows}
+    return {(*routes[r["i"] - 1], r["started_at"], r["ended_at"]) for r in rows}

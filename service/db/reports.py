@@ -8,8 +8,9 @@ from uuid import UUID
 
 import msgspec
 
-from service.db import Conn, Query, load
+from service.db import Conn, Query, calls, load, sealed
 from service.db.calls import CALL
+from service.db.dids import tenant_of_did
 from service.db.events import emit_ctes
 from service.db.sessions.end import end_sessions
 from service.models import Call
@@ -31,6 +32,7 @@ def report_json(alias: str) -> str:
     a = alias
     return f"""jsonb_build_object('id', {a}.id, 'received_at', {a}.received_at, 'bridge', {a}.bridge,
         'outcome', {a}.outcome, 'reason', {a}.reason, 'call_id', {a}.call_id, 'body', :body_text::text)"""
+    # body_text: the body sealed for the event's tenant (sealed.EVENT_REPORT_BODY), as sealed text
 
 
 # A pending report that cannot be applied: settled unmatched with its bridge, and its DID's tenant told.
@@ -133,13 +135,27 @@ class Pending(msgspec.Struct, frozen=True):
 
 
 async def ingest_report(conn: Conn, report: Ingest) -> Ingested:
-    """Store a parsed report and apply it to its call in one statement."""
+    """Store a parsed report and apply it to its call in one statement.
+
+    Its numbers are looked up by their blind indexes under the bridge's tenant; its body is stored sealed
+    and its identity keyed (neither a number nor its hash is left in clear).
+    """
     values = msgspec.structs.asdict(report)
-    values["from"] = values.pop("from_")
+    tenant_id = await tenant_of_did(conn, report.bridge)
+    values["from_ix"] = sealed.probe(tenant_id, values.pop("from_"))
+    values["to_ix"] = sealed.probe(tenant_id, values.pop("to"))
+    values["key"] = sealed.keyed_hash(None, report.key)
+    values["body"] = sealed.seal(None, sealed.REPORT_BODY, report.body)
+    values["body_text"] = _event_body(tenant_id, report.body_text)
     row = await conn.fetchrow(INGEST.sql, *INGEST.args(values))
     assert row is not None, "the statement always returns the stored report"
-    call = msgspec.convert(row, Call) if row["id"] is not None else None
+    call = calls.call(row) if row["id"] is not None else None
     return Ingested(row["report_id"], row["outcome"], row["reason"], call, row["tenant_id"])
+
+
+def _event_body(tenant_id: int | None, text: str) -> str | None:
+    """A report's body as its report.unmatched event holds it: sealed for the DID's tenant (no tenant, no event)."""
+    return None if tenant_id is None else sealed.as_text(sealed.seal(tenant_id, sealed.EVENT_REPORT_BODY, text))
 
 
 def as_text(body: bytes) -> str:
@@ -149,20 +165,20 @@ def as_text(body: bytes) -> str:
 
 async def insert_unparseable(conn: Conn, body: bytes, received_at: datetime) -> int:
     """Store a body that names no call, settled as unparseable, in one statement."""
-    report_id: int = await conn.fetchval(INSERT_UNPARSEABLE, body, received_at)
+    report_id: int = await conn.fetchval(INSERT_UNPARSEABLE, sealed.seal(None, sealed.REPORT_BODY, body), received_at)
     return report_id
 
 
 async def insert_report(conn: Conn, body: bytes, received_at: datetime) -> int:
     """Store a report's raw body as pending (when applying it failed), for the sweeper; return its id."""
-    report_id: int = await conn.fetchval(INSERT_REPORT, body, received_at)
+    report_id: int = await conn.fetchval(INSERT_REPORT, sealed.seal(None, sealed.REPORT_BODY, body), received_at)
     return report_id
 
 
 async def lock_report(conn: Conn, report_id: int) -> Pending | None:
     """A pending report, locked for matching (None if another process has it or it is done)."""
     row = await conn.fetchrow(LOCK_REPORT, report_id)
-    return None if row is None else Pending(bytes(row["body"]), row["received_at"])
+    return None if row is None else Pending(_opened_body(row["body"]), row["received_at"])
 
 
 async def settle_report(conn: Conn, report_id: int, outcome: str, reason: str | None) -> None:
@@ -174,7 +190,9 @@ async def give_up_report(
     conn: Conn, report_id: int, reason: str, bridge: str | None, body: bytes, now: datetime
 ) -> None:
     """Settle a pending report that cannot be applied as unmatched, emitting report.unmatched to its DID's tenant."""
-    values = {"report_id": report_id, "reason": reason, "bridge": bridge, "body_text": as_text(body), "now": now}
+    tenant_id = None if bridge is None else await tenant_of_did(conn, bridge)
+    body_text = _event_body(tenant_id, as_text(body))
+    values = {"report_id": report_id, "reason": reason, "bridge": bridge, "body_text": body_text, "now": now}
     await conn.execute(GIVE_UP.sql, *GIVE_UP.args(values))
 
 
@@ -205,4 +223,9 @@ async def select_reports(
         after_id,
         limit,
     )
-    return [msgspec.convert(r, StoredReport) for r in rows]
+    return [msgspec.convert({**r, "body": _opened_body(r["body"])}, StoredReport) for r in rows]
+
+
+def _opened_body(body: bytes) -> bytes:
+    """A stored raw body, opened."""
+    return sealed.open_bytes(None, sealed.REPORT_BODY, bytes(body))

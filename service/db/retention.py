@@ -4,37 +4,57 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from service.db import Conn
+from service.db import Conn, sealed
+from service.logging import mask_number
 
-# One batch: sessions ended before the cut-off lose their real numbers (masked by mask_number() of
-# schema.sql), their calls lose numbers and recording URLs, their reports' bodies are masked, and
-# their ended bindings go. Counts, durations and statuses stay.
+# One batch: sessions ended before the cut-off lose their real numbers (ciphertexts and blind indexes
+# cleared; the masked forms stay), their calls lose numbers and recording URLs, and their ended bindings
+# go; their reports' bodies are masked next (mask_bodies: a sealed body is opened in Python). Counts,
+# durations and statuses stay.
 REDACT = """
 WITH due AS (
     SELECT id FROM sessions
     WHERE status <> 'active' AND redacted_at IS NULL AND closed_at < $1
     ORDER BY closed_at LIMIT $2 FOR UPDATE SKIP LOCKED),
 s AS (
-    UPDATE sessions SET customer = mask_number(customer), agent = mask_number(agent), redacted_at = $3
+    UPDATE sessions SET customer_ct = NULL, customer_ix = NULL, agent_ct = NULL, agent_ix = NULL, redacted_at = $3
     FROM due WHERE sessions.id = due.id RETURNING sessions.id),
 c AS (
-    UPDATE calls SET from_number = mask_number(from_number),
-        to_number = CASE WHEN to_number LIKE 'flow:%' THEN to_number ELSE mask_number(to_number) END,
-        recording_url = NULL
+    UPDATE calls SET from_ct = NULL, from_ix = NULL, to_ct = NULL, to_ix = NULL, recording_url = NULL
     FROM s WHERE calls.session_id = s.id RETURNING calls.id),
-r AS (
-    UPDATE provider_reports SET body = convert_to(
-        regexp_replace(convert_from(body, 'UTF8'), '([0-9]{2})[0-9]{4,9}([0-9]{4})', '\\1******\\2', 'g'), 'UTF8')
-    FROM c WHERE provider_reports.call_id = c.id),
 b AS (DELETE FROM bindings USING s WHERE bindings.session_id = s.id AND bindings.ends_at < $1)
-SELECT count(*)::int FROM s
+SELECT (SELECT count(*)::int FROM s) AS sessions,
+       (SELECT array_agg(r.id) FROM provider_reports r JOIN c ON r.call_id = c.id) AS reports
 """
 
 
 async def redact_batch(conn: Conn, cutoff: datetime, batch: int, now: datetime) -> int:
-    """Mask one batch of sessions that ended before cutoff; return how many."""
-    count: int = await conn.fetchval(REDACT, cutoff, batch, now)
+    """Mask one batch of sessions that ended before cutoff (and their reports' bodies); return how many."""
+    async with conn.transaction():
+        row = await conn.fetchrow(REDACT, cutoff, batch, now)
+        assert row is not None
+        await mask_bodies(conn, row["reports"] or [])
+    count: int = row["sessions"]
     return count
+
+
+async def mask_bodies(conn: Conn, report_ids: list[int]) -> None:
+    """Replace these reports' sealed bodies by the sealed text of the body with every number masked."""
+    rows = await conn.fetch("SELECT id, body FROM provider_reports WHERE id = ANY($1::bigint[])", report_ids)
+    masked = [
+        sealed.seal(
+            None,
+            sealed.REPORT_BODY,
+            mask_number(sealed.open_bytes(None, sealed.REPORT_BODY, r["body"]).decode("utf-8", "replace")),
+        )
+        for r in rows
+    ]
+    await conn.execute(
+        "UPDATE provider_reports r SET body = m.body FROM unnest($1::bigint[], $2::bytea[]) AS m(id, body)"
+        " WHERE r.id = m.id",
+        [r["id"] for r in rows],
+        masked,
+    )
 
 
 # Each deletion takes one batch of rows with SKIP LOCKED (rows another transaction holds are left for
@@ -47,8 +67,8 @@ WHERE k.tenant_id = due.tenant_id AND k.key = due.key
 
 DELETE_BINDINGS = """
 DELETE FROM bindings b USING (
-    SELECT number, did FROM bindings WHERE ends_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED) due
-WHERE b.number = due.number AND b.did = due.did
+    SELECT number_ix, did FROM bindings WHERE ends_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED) due
+WHERE b.number_ix = due.number_ix AND b.did = due.did
 """
 
 # Reports oldest first by id (the primary key follows arrival), so a pass reads only the old end.

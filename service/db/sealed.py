@@ -45,6 +45,13 @@ def index(tenant_id: int, number: str) -> bytes:
     return crypto.ring().blind_index(tenant_id, number)
 
 
+def probe(tenant_id: int | None, number: str | None) -> bytes:
+    """The blind index to look a number up by; for no tenant or no E.164 number, one that matches nothing."""
+    if tenant_id is None or number is None or not crypto.is_e164(number):
+        return b""
+    return crypto.ring().blind_index(tenant_id, number)
+
+
 def indexes(tenant_id: int, numbers: list[str]) -> list[bytes]:
     """index() of each number."""
     ring = crypto.ring()
@@ -92,7 +99,7 @@ def _event_fields(type_: str, data: dict[str, Any]) -> list[tuple[str, str]]:
     if type_.startswith("session."):
         return [(p, label(p)) for p in PARTIES]
     if type_.startswith("call."):
-        first = data.get("first") if data.get("first") in PARTIES else "agent"
+        first = str(data["first"]) if data.get("first") in PARTIES else "agent"
         return [("from", label(first)), ("to", label(other(first)))]
     if type_ == "report.unmatched":
         return [("body", EVENT_REPORT_BODY)]

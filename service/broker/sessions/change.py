@@ -180,6 +180,7 @@ async def _keep_did(conn: Conn, plan: Plan) -> Session | tuple[str, str]:
         async with conn.transaction():
             bound = await q.bind_new(
                 conn,
+                tenant_id=plan.tenant_id,
                 did=did,
                 session_id=session.id,
                 numbers=plan.news,
@@ -193,7 +194,7 @@ async def _keep_did(conn: Conn, plan: Plan) -> Session | tuple[str, str]:
             raise _NotHere
     except _NotHere:
         pass
-    blocked = await q.blockers(conn, did, plan.news, plan.peers, now, cooloff)
+    blocked = await q.blockers(conn, plan.tenant_id, did, plan.news, plan.peers, now, cooloff)
     pairs = list(zip(plan.parties, plan.news, strict=True))
     busy = [p for p, n in pairs if any(b.number == n and b.live for b in blocked)]
     cooling = [p for p, n in pairs if any(b.number == n and not b.live for b in blocked)]
@@ -256,6 +257,7 @@ async def _finish(conn: Conn, plan: Plan, new_did: str, *, ended: list[str], pla
     done = await q.finish_reassign(
         conn,
         q.PartyChange(
+            tenant_id=plan.tenant_id,
             session_id=session.id,
             placeholder=placeholder,
             customer=plan.customer,

@@ -1,6 +1,7 @@
 -- ALLOCATE: one attempt to create a session on a DID of its pool, in one statement. Its cost does not
 -- depend on how many sessions the pool or its DIDs hold: a few index probes, two upserts, one insert.
 -- Loaded once by service/db/sessions/create.py, which fills in the Session resource's columns (in braces).
+-- Party numbers come sealed (service/db/sealed.py): rule 1 compares their blind indexes (_ix).
 -- `bound` < 2 or no session row means the attempt lost a race and must roll back; no `picked` at all
 -- means no DID of the pool is eligible (the probes wrap the whole ring of slots).
 WITH
@@ -13,8 +14,8 @@ geo AS (
 -- a session with somebody else less than the cool-off ago; plus the DIDs earlier attempts lost.
 ruled AS (
     SELECT did FROM bindings
-    WHERE number IN (:customer, :agent)
-      AND (ends_at > :now OR (ends_at > :now - :cooloff::interval AND peer NOT IN (:customer, :agent)))
+    WHERE number_ix IN (:customer_ix, :agent_ix)
+      AND (ends_at > :now OR (ends_at > :now - :cooloff::interval AND peer_ix NOT IN (:customer_ix, :agent_ix)))
     UNION ALL SELECT unnest(:tried::text[])
 ),
 -- Where on the ring of DID slots each random choice probes: the first at :slot, the rest drawn here.
@@ -47,7 +48,7 @@ sample AS (
         ) AS ring LIMIT :window) AS p
     UNION ALL
     (SELECT d.number, true FROM bindings b JOIN dids d ON d.number = b.did, geo
-     WHERE b.number = :customer AND b.peer = :agent
+     WHERE b.number_ix = :customer_ix AND b.peer_ix = :agent_ix
        AND d.tenant_id = :tenant_id AND d.pool = :pool AND d.status = 'active'
        AND (NOT geo.only OR d.country = :country) AND d.number NOT IN (SELECT did FROM ruled))
 ),
@@ -63,27 +64,28 @@ pick AS (SELECT number FROM loads ORDER BY sticky DESC, load, random() LIMIT 1),
 -- DESIGN rule 1 (contract rules 1 and 3), enforced by the database: the binding upsert takes over a row only when it has ended,
 -- and only after the cool-off unless the peer is the same; whatever the candidate query saw.
 bound AS (
-    INSERT INTO bindings (number, did, peer, session_id, ends_at)
-    SELECT v.number, pick.number, v.peer, :session_id, :expires_at
-    FROM pick, (VALUES (:customer, :agent), (:agent, :customer)) AS v(number, peer)
-    ORDER BY v.number
-    ON CONFLICT (number, did) DO UPDATE
-        SET peer = excluded.peer, session_id = excluded.session_id, ends_at = excluded.ends_at
+    INSERT INTO bindings (number_ix, did, peer_ix, session_id, ends_at)
+    SELECT v.number_ix, pick.number, v.peer_ix, :session_id, :expires_at
+    FROM pick, (VALUES (:customer_ix::bytea, :agent_ix::bytea), (:agent_ix, :customer_ix)) AS v(number_ix, peer_ix)
+    ORDER BY v.number_ix
+    ON CONFLICT (number_ix, did) DO UPDATE
+        SET peer_ix = excluded.peer_ix, session_id = excluded.session_id, ends_at = excluded.ends_at
         WHERE bindings.ends_at <= :now
-          AND (bindings.peer = excluded.peer OR bindings.ends_at <= :now - :cooloff::interval)
+          AND (bindings.peer_ix = excluded.peer_ix OR bindings.ends_at <= :now - :cooloff::interval)
     RETURNING 1
 ),
 -- The session, only when both numbers were bound and the DID is still active. A share lock on the DID
 -- row: a concurrent retire (which locks it for update) either waits for this session and sees it, or
 -- wins, and then this re-check of the status fails. One active session per order and pair (a repeat).
 created AS (
-    INSERT INTO sessions (id, tenant_id, order_id, customer, agent, did, pool, created_at, expires_at,
-                          record, max_call_minutes, max_calls, metadata)
-    SELECT :session_id, :tenant_id, :order_id, :customer, :agent, pick.number, :pool, :now, :expires_at,
-           :record, :max_call_minutes, :max_calls, :metadata FROM pick
+    INSERT INTO sessions (id, tenant_id, order_id, customer_ct, customer_ix, customer_mask, agent_ct, agent_ix,
+                          agent_mask, did, pool, created_at, expires_at, record, max_call_minutes, max_calls, metadata)
+    SELECT :session_id, :tenant_id, :order_id, :customer_ct, :customer_ix, :customer_mask, :agent_ct, :agent_ix,
+           :agent_mask, pick.number, :pool, :now, :expires_at, :record, :max_call_minutes, :max_calls, :metadata
+    FROM pick
     WHERE (SELECT count(*) FROM bound) = 2
       AND EXISTS (SELECT 1 FROM dids d WHERE d.number = pick.number AND d.status = 'active' FOR KEY SHARE)
-    ON CONFLICT (tenant_id, order_id, customer, agent) WHERE status = 'active' DO NOTHING
+    ON CONFLICT (tenant_id, order_id, customer_ix, agent_ix) WHERE status = 'active' DO NOTHING
     RETURNING {session}
 )
 SELECT (SELECT number FROM pick) AS picked, (SELECT count(*) FROM bound)::int AS bound, created.*

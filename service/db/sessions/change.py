@@ -8,7 +8,7 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
-from service.db import Conn, Query
+from service.db import Conn, Query, sealed
 from service.db.sessions.row import SESSION, session_or_none
 from service.models import Session
 
@@ -80,13 +80,13 @@ async def did_fit(conn: Conn, tenant_id: int, pool: str, did: str, country: str)
 # makes rule 1 hold against any concurrent create or reassignment, in any process.
 BIND_NEW = Query("""
 WITH nb AS (
-    INSERT INTO bindings (number, did, peer, session_id, ends_at)
-    SELECT n, :did, p, :session_id, :ends_at FROM unnest(:numbers::text[], :peers::text[]) AS u(n, p)
+    INSERT INTO bindings (number_ix, did, peer_ix, session_id, ends_at)
+    SELECT n, :did, p, :session_id, :ends_at FROM unnest(:numbers::bytea[], :peers::bytea[]) AS u(n, p)
     ORDER BY n
-    ON CONFLICT (number, did) DO UPDATE
-        SET peer = excluded.peer, session_id = excluded.session_id, ends_at = excluded.ends_at
+    ON CONFLICT (number_ix, did) DO UPDATE
+        SET peer_ix = excluded.peer_ix, session_id = excluded.session_id, ends_at = excluded.ends_at
         WHERE bindings.ends_at <= :now
-          AND (bindings.peer = excluded.peer OR bindings.ends_at <= :now - :cooloff::interval)
+          AND (bindings.peer_ix = excluded.peer_ix OR bindings.ends_at <= :now - :cooloff::interval)
     RETURNING 1)
 SELECT count(*)::int FROM nb
 """)
@@ -95,6 +95,7 @@ SELECT count(*)::int FROM nb
 async def bind_new(
     conn: Conn,
     *,
+    tenant_id: int,
     did: str,
     session_id: UUID,
     numbers: list[str],
@@ -107,8 +108,8 @@ async def bind_new(
     values = {
         "did": did,
         "session_id": session_id,
-        "numbers": numbers,
-        "peers": peers,
+        "numbers": sealed.indexes(tenant_id, numbers),
+        "peers": sealed.indexes(tenant_id, peers),
         "ends_at": ends_at,
         "now": now,
         "cooloff": cooloff,
@@ -125,22 +126,23 @@ class Blocker(msgspec.Struct, frozen=True):
 
 
 async def blockers(
-    conn: Conn, did: str, numbers: list[str], peers: list[str], now: datetime, cooloff: timedelta
+    conn: Conn, tenant_id: int, did: str, numbers: list[str], peers: list[str], now: datetime, cooloff: timedelta
 ) -> list[Blocker]:
     """Which of these numbers may not be bound to the DID with these peers, and why."""
+    number_of = dict(zip(sealed.indexes(tenant_id, numbers), numbers, strict=True))
     rows = await conn.fetch(
         """
-        SELECT b.number, b.ends_at > $3 AS live FROM bindings b
-        JOIN unnest($2::text[], $5::text[]) AS u(n, p) ON b.number = u.n
-        WHERE b.did = $1 AND (b.ends_at > $3 OR (b.ends_at > $3 - $4::interval AND b.peer <> u.p))
+        SELECT b.number_ix, b.ends_at > $3 AS live FROM bindings b
+        JOIN unnest($2::bytea[], $5::bytea[]) AS u(n, p) ON b.number_ix = u.n
+        WHERE b.did = $1 AND (b.ends_at > $3 OR (b.ends_at > $3 - $4::interval AND b.peer_ix <> u.p))
         """,
         did,
-        numbers,
+        list(number_of),
         now,
         cooloff,
-        peers,
+        sealed.indexes(tenant_id, peers),
     )
-    return [msgspec.convert(r, Blocker) for r in rows]
+    return [Blocker(number_of[bytes(r["number_ix"])], r["live"]) for r in rows]
 
 
 async def drop_placeholder(conn: Conn, placeholder: UUID) -> None:
@@ -154,17 +156,18 @@ async def drop_placeholder(conn: Conn, placeholder: UUID) -> None:
 FINISH_REASSIGN = Query(f"""
 WITH ended AS (
     UPDATE bindings SET ends_at = :now
-    WHERE number = ANY(:ended::text[]) AND did = :old_did AND session_id = :session_id AND ends_at > :now),
+    WHERE number_ix = ANY(:ended::bytea[]) AND did = :old_did AND session_id = :session_id AND ends_at > :now),
 kept AS (
-    UPDATE bindings SET peer = v.peer, session_id = :session_id
-    FROM unnest(:numbers::text[], :peers::text[]) AS v(number, peer)
-    WHERE bindings.number = v.number AND bindings.did = :new_did
+    UPDATE bindings SET peer_ix = v.peer_ix, session_id = :session_id
+    FROM unnest(:numbers::bytea[], :peers::bytea[]) AS v(number_ix, peer_ix)
+    WHERE bindings.number_ix = v.number_ix AND bindings.did = :new_did
       AND bindings.session_id IN (:session_id, :placeholder)),
 history AS (
     INSERT INTO session_changes (session_id, at, party, old_number, new_number, old_did, new_did)
-    SELECT :session_id, :now, c.party, mask_number(c.old), mask_number(c.new), :old_did, :new_did
+    SELECT :session_id, :now, c.party, c.old, c.new, :old_did, :new_did
     FROM unnest(:parties::text[], :olds::text[], :news::text[]) AS c(party, old, new))
-UPDATE sessions SET customer = :customer, agent = :agent, did = :new_did
+UPDATE sessions SET customer_ct = :customer_ct, customer_ix = :customer_ix, customer_mask = :customer_mask,
+    agent_ct = :agent_ct, agent_ix = :agent_ix, agent_mask = :agent_mask, did = :new_did
 WHERE id = :session_id
 RETURNING {SESSION}
 """)
@@ -173,6 +176,7 @@ RETURNING {SESSION}
 class PartyChange(msgspec.Struct, frozen=True, kw_only=True):
     """A reassignment whose new bindings are made, as FINISH_REASSIGN applies it (its named parameters)."""
 
+    tenant_id: int
     session_id: UUID
     placeholder: UUID  # the session row the allocator made for a move (the session's own id when it stays)
     customer: str
@@ -189,10 +193,22 @@ class PartyChange(msgspec.Struct, frozen=True, kw_only=True):
 async def finish_reassign(conn: Conn, change: PartyChange) -> Session | None:
     """Apply a reassignment whose new bindings are made; None when another live session of the same order
     took this pair meanwhile (the unique key refused it)."""
+    t = change.tenant_id
+    customer_ix, agent_ix = sealed.indexes(t, [change.customer, change.agent])
     values = {
         **msgspec.structs.asdict(change),
-        "numbers": [change.customer, change.agent],
-        "peers": [change.agent, change.customer],
+        "customer_ct": sealed.seal(t, sealed.label("customer"), change.customer),
+        "customer_ix": customer_ix,
+        "customer_mask": sealed.mask(change.customer),
+        "agent_ct": sealed.seal(t, sealed.label("agent"), change.agent),
+        "agent_ix": agent_ix,
+        "agent_mask": sealed.mask(change.agent),
+        "numbers": [customer_ix, agent_ix],
+        "peers": [agent_ix, customer_ix],
+        "ended": sealed.indexes(t, change.ended),
+        # the history keeps numbers masked (it outlives the session's retention)
+        "olds": [sealed.mask(n) for n in change.olds],
+        "news": [sealed.mask(n) for n in change.news],
     }
     try:
         row = await conn.fetchrow(FINISH_REASSIGN.sql, *FINISH_REASSIGN.args(values))

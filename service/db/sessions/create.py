@@ -9,7 +9,7 @@ from uuid import UUID
 
 import msgspec
 
-from service.db import Conn, Query, load
+from service.db import Conn, Query, load, sealed
 from service.db.events import emit_ctes
 from service.db.sessions.end import end_sessions
 from service.db.sessions.row import SESSION, session, session_or_none
@@ -25,8 +25,8 @@ WITH geo AS (
                    WHERE tenant_id = :tenant_id AND pool = :pool AND status = 'active' AND country = :country) AS only),
 ruled AS (
     SELECT did, bool_or(ends_at > :now) AS busy FROM bindings
-    WHERE number IN (:customer, :agent)
-      AND (ends_at > :now OR (ends_at > :now - :cooloff::interval AND peer NOT IN (:customer, :agent)))
+    WHERE number_ix IN (:customer_ix, :agent_ix)
+      AND (ends_at > :now OR (ends_at > :now - :cooloff::interval AND peer_ix NOT IN (:customer_ix, :agent_ix)))
     GROUP BY did),
 d AS (
     SELECT d.status, (geo.only AND d.country <> :country) AS foreign_country, r.busy
@@ -48,7 +48,7 @@ FIND_REPEAT = f"""
 WITH {
     end_sessions(
         "stale",
-        where="s.tenant_id = $1 AND s.order_id = $2 AND s.customer = $3 AND s.agent = $4 AND s.expires_at <= $5",
+        where="s.tenant_id = $1 AND s.order_id = $2 AND s.customer_ix = $3 AND s.agent_ix = $4 AND s.expires_at <= $5",
         status="expired",
         reason="ttl",
         closed_at="s.expires_at",
@@ -57,7 +57,7 @@ WITH {
 },
 {emit_ctes("stale_events", "SELECT tenant_id, 'session.closed' AS type, data FROM stale", "$5::timestamptz")}
 SELECT {SESSION} FROM sessions
-WHERE tenant_id = $1 AND order_id = $2 AND customer = $3 AND agent = $4
+WHERE tenant_id = $1 AND order_id = $2 AND customer_ix = $3 AND agent_ix = $4
   AND status = 'active' AND expires_at > $5
 """
 
@@ -66,7 +66,8 @@ async def find_repeat(
     conn: Conn, tenant_id: int, order_id: str, customer: str, agent: str, now: datetime
 ) -> Session | None:
     """The tenant's live session for this order and pair, if any."""
-    return session_or_none(await conn.fetchrow(FIND_REPEAT, tenant_id, order_id, customer, agent, now))
+    customer_ix, agent_ix = sealed.indexes(tenant_id, [customer, agent])
+    return session_or_none(await conn.fetchrow(FIND_REPEAT, tenant_id, order_id, customer_ix, agent_ix, now))
 
 
 class Allocation(msgspec.Struct, frozen=True, kw_only=True):
@@ -102,7 +103,7 @@ class Attempt(msgspec.Struct, frozen=True):
 
 async def allocate(conn: Conn, a: Allocation) -> Attempt:
     """One allocation attempt in one statement."""
-    row = await conn.fetchrow(ALLOCATE.sql, *ALLOCATE.args(msgspec.structs.asdict(a)))
+    row = await conn.fetchrow(ALLOCATE.sql, *ALLOCATE.args(_sealed_values(a)))
     assert row is not None
     return Attempt(row["picked"], row["bound"], None if row["id"] is None else session(row))
 
@@ -119,5 +120,13 @@ class Exhaustion(msgspec.Struct, frozen=True):
 
 async def exhaustion(conn: Conn, a: Allocation) -> Exhaustion:
     """Why a pool has no DID for a pair: counts of DIDs ruled out by each rule."""
+    return msgspec.convert(await conn.fetchrow(EXHAUSTION.sql, *EXHAUSTION.args(_sealed_values(a))), Exhaustion)
+
+
+def _sealed_values(a: Allocation) -> dict[str, Any]:
+    """The attempt's named parameters, each party number as its ciphertext, blind index and masked form."""
     values = msgspec.structs.asdict(a)
-    return msgspec.convert(await conn.fetchrow(EXHAUSTION.sql, *EXHAUSTION.args(values)), Exhaustion)
+    for party in sealed.PARTIES:
+        ct, ix, masked = sealed.party(a.tenant_id, party, values.pop(party))
+        values |= {f"{party}_ct": ct, f"{party}_ix": ix, f"{party}_mask": masked}
+    return values

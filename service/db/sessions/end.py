@@ -6,12 +6,12 @@ from datetime import datetime
 from typing import Literal
 from uuid import UUID
 
-from service.db import Conn
+from service.db import Conn, sealed
 from service.db.sessions.row import FIELDS, as_json, columns, session, session_or_none
 from service.models import CloseReason, Session
 
-# The ended sessions' fields under the resource's names, to select from an end_sessions CTE.
-ENDED = ", ".join(FIELDS)
+# The ended sessions' fields under the resource's names (and their tenant), to select from an end_sessions CTE.
+ENDED = ", ".join(("tenant_id", *FIELDS))
 
 
 def end_sessions(
@@ -36,7 +36,7 @@ def end_sessions(
     UPDATE sessions s SET status = '{status}', close_reason = '{reason}', closed_at = {closed_at}, close_note = {note}
     {using}
     WHERE s.status = 'active' AND ({where})
-    RETURNING s.tenant_id, {columns("s")}, {as_json("s")} AS data),
+    RETURNING {columns("s")}, {as_json("s")} AS data),
 {name}_freed AS (
     UPDATE bindings b SET ends_at = {now} FROM {name} e WHERE b.session_id = e.id AND b.ends_at > {now})"""
 
@@ -70,8 +70,8 @@ async def close_session(
 
 
 _EXPIRABLE = """($1::bigint IS NULL OR s.tenant_id = $1) AND s.status = 'active' AND s.expires_at > $2
-    AND ($3::text IS NULL OR s.order_id = $3) AND ($4::text IS NULL OR s.customer = $4)
-    AND ($5::text IS NULL OR s.agent = $5) AND ($6::text IS NULL OR s.did = $6)"""
+    AND ($3::text IS NULL OR s.order_id = $3) AND ($4::bytea[] IS NULL OR s.customer_ix = ANY($4))
+    AND ($5::bytea[] IS NULL OR s.agent_ix = ANY($5)) AND ($6::text IS NULL OR s.did = $6)"""
 
 EXPIRE_MATCHING = f"""
 WITH {end_sessions("ended", where=_EXPIRABLE, status="expired", reason="expired_by_ops", closed_at="$2", now="$2")}
@@ -93,7 +93,13 @@ async def expire_matching(
 
     Called in a transaction; the rows are locked first for the reason close_session gives.
     """
-    args = (tenant_id, now, order_id, customer, agent, masked_number)
+    # a party's blind index is per tenant: across tenants (the command line), one per tenant
+    tenants = [tenant_id] if tenant_id is not None else [r[0] for r in await conn.fetch("SELECT id FROM tenants")]
+
+    def ix(number: str | None) -> list[bytes] | None:
+        return None if number is None else [sealed.index(t, number) for t in tenants]
+
+    args = (tenant_id, now, order_id, ix(customer), ix(agent), masked_number)
     await conn.execute(f"SELECT 1 FROM sessions s WHERE {_EXPIRABLE} FOR UPDATE", *args)
     return [session(r) for r in await conn.fetch(EXPIRE_MATCHING, *args)]
 

@@ -7,7 +7,8 @@ from uuid import UUID
 
 import msgspec
 
-from service.db import Conn
+from service.db import Conn, sealed
+from service.db.dids import tenant_of_did
 from service.db.sessions.row import SESSION, session, session_or_none
 from service.models import Session
 
@@ -35,7 +36,7 @@ async def select_sessions(
         SELECT {SESSION} FROM sessions
         WHERE tenant_id = $1
           AND ($2::text IS NULL OR order_id = $2)
-          AND ($3::text IS NULL OR customer = $3)
+          AND ($3::bytea IS NULL OR customer_ix = $3)
           AND CASE $4::text
                 WHEN 'active' THEN status = 'active' AND expires_at > $5
                 WHEN 'expired' THEN status = 'expired' OR (status = 'active' AND expires_at <= $5)
@@ -47,7 +48,7 @@ async def select_sessions(
         """,
         tenant_id,
         order_id,
-        customer,
+        None if customer is None else sealed.index(tenant_id, customer),
         status,
         now,
         after[0] if after else None,
@@ -65,14 +66,23 @@ class RouteRow(msgspec.Struct, frozen=True):
 
 
 async def select_route(conn: Conn, did: str, caller: str, now: datetime) -> RouteRow | None:
-    """The live session on a DID that has the caller as a party."""
+    """The live session on a DID that has the caller as a party (the caller's index is the DID's tenant's)."""
+    tenant_id = await tenant_of_did(conn, did)
+    if tenant_id is None:
+        return None
     row = await conn.fetchrow(
-        """
-        SELECT id, CASE WHEN customer = $2 THEN agent ELSE customer END AS other FROM sessions
-        WHERE did = $1 AND (customer = $2 OR agent = $2) AND status = 'active' AND expires_at > $3
+        f"""
+        SELECT id, tenant_id, CASE WHEN customer_ix = $2 THEN 'agent' ELSE 'customer' END AS other_party,
+               CASE WHEN customer_ix = $2 THEN {sealed.sealed_text("agent_ct", "agent_mask")}
+                    ELSE {sealed.sealed_text("customer_ct", "customer_mask")} END AS other
+        FROM sessions
+        WHERE did = $1 AND (customer_ix = $2 OR agent_ix = $2) AND status = 'active' AND expires_at > $3
         """,
         did,
-        caller,
+        sealed.index(tenant_id, caller),
         now,
     )
-    return None if row is None else msgspec.convert(row, RouteRow)
+    if row is None:
+        return None
+    other = sealed.opened(row["tenant_id"], sealed.label(row["other_party"]), row["other"])
+    return RouteRow(row["id"], other or "")

@@ -8,7 +8,7 @@ from uuid import UUID
 
 import msgspec
 
-from service.db import Conn, Query
+from service.db import Conn, Query, sealed
 
 
 class Claimed(msgspec.Struct, frozen=True, kw_only=True):
@@ -96,7 +96,14 @@ async def claim(
         "lease_until": lease_until,
     }
     rows = await conn.fetch(CLAIM.sql, *CLAIM.args(values))
-    return [msgspec.convert(r, Claimed) for r in rows]
+    return [_claimed(r) for r in rows]
+
+
+def _claimed(row: Any) -> Claimed:
+    """A claimed delivery, its event's data opened (service/db/sealed.py)."""
+    values = dict(row)
+    values["data"] = sealed.open_event(values["tenant_id"], values["type"], values["data"])
+    return msgspec.convert(values, Claimed)
 
 
 class Outcome(msgspec.Struct, frozen=True, kw_only=True):
@@ -224,7 +231,7 @@ async def insert_test_delivery(
         now,
         lease_until,
     )
-    return None if row is None else msgspec.convert(row, Claimed)
+    return None if row is None else _claimed(row)
 
 
 class Backlog(msgspec.Struct, frozen=True):
