@@ -164,3 +164,28 @@ async def test_reindex_rebuilds_every_blind_index_under_a_new_index_key(
         )
     finally:
         await conn.close()
+
+
+async def test_a_staged_key_is_added_not_current_then_made_current_by_the_rotation(
+    upgraded: tuple[str, Made], key_file: tuple[KeyRing, Path]
+) -> None:
+    """`rotate --stage` adds d2 to the file and data_keys but keeps d1 current; the next `rotate` makes d2 current."""
+    dsn, path = upgraded[0], key_file[1]
+    code, out, err = _cli(dsn, path, "keys", "rotate", "--stage")
+    assert code == 0, err
+    staged = crypto.load(str(path), None)
+    assert (staged.current, list(staged.data)) == ("d1", ["d1", "d2"]) and json.loads(out)["added"] == "d2"
+    conn = await asyncpg.connect(dsn)
+    try:
+        assert sorted(r[0] for r in await conn.fetch("SELECT id FROM data_keys")) == ["d1", "d2"]
+        assert await rekey.key_ids_in_use(conn) == {"d1"}
+    finally:
+        await conn.close()
+    code, out, err = _cli(dsn, path, "keys", "rotate")
+    assert code == 0, err
+    assert json.loads(out.splitlines()[-1])["key_id"] == "d2" and crypto.load(str(path), None).current == "d2"
+    conn = await asyncpg.connect(dsn)
+    try:
+        assert await rekey.key_ids_in_use(conn) == {"d2"}
+    finally:
+        await conn.close()
