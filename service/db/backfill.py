@@ -26,6 +26,7 @@ import structlog
 from service import crypto
 from service.db import Conn, sealed
 from service.db import keys as data_keys
+from service.db.idempotency import request_key
 
 log = structlog.get_logger("service.db.backfill")
 
@@ -164,13 +165,13 @@ async def _reports(conn: Conn, after: Any, batch: int, skip: str) -> tuple[int, 
 
 
 IDEMPOTENT = f"""
-SELECT tenant_id, key, body FROM idempotency_keys
+SELECT tenant_id, key, body, request_hash FROM idempotency_keys
 WHERE (tenant_id, key) > ($1, $2) AND body IS NOT NULL AND {_SEALED_BODY.format(col="body")}
 ORDER BY tenant_id, key LIMIT $3 FOR UPDATE {{skip}}
 """
 IDEMPOTENT_SET = """
-UPDATE idempotency_keys k SET body = v.body
-FROM unnest($1::bigint[], $2::text[], $3::bytea[]) AS v(tenant_id, key, body)
+UPDATE idempotency_keys k SET body = v.body, request_hash = v.request_hash
+FROM unnest($1::bigint[], $2::text[], $3::bytea[], $4::bytea[]) AS v(tenant_id, key, body, request_hash)
 WHERE k.tenant_id = v.tenant_id AND k.key = v.key
 """
 
@@ -180,7 +181,10 @@ async def _idempotent(conn: Conn, after: Any, batch: int, skip: str) -> tuple[in
     if not rows:
         return 0, None
     bodies = [sealed.seal(r["tenant_id"], sealed.IDEMPOTENT_BODY, bytes(r["body"])) for r in rows]
-    await conn.execute(IDEMPOTENT_SET, [r["tenant_id"] for r in rows], [r["key"] for r in rows], bodies)
+    # The request's plain SHA-256 becomes its keyed hash with the body (a claim still without a body keeps its
+    # plain hash: it is abandoned within a minute, and the next claim writes a keyed one).
+    hashes = [request_key(r["tenant_id"], bytes(r["request_hash"])) for r in rows]
+    await conn.execute(IDEMPOTENT_SET, [r["tenant_id"] for r in rows], [r["key"] for r in rows], bodies, hashes)
     return len(rows), (rows[-1]["tenant_id"], rows[-1]["key"])
 
 
