@@ -167,6 +167,9 @@ async def _fill_old(conn: asyncpg.Connection, sessions: int = 3) -> Made:
         call,
     )
     made.reports[report] = body
+    await conn.execute(
+        "INSERT INTO report_keys (key, report_id, received_at) VALUES ($1, $2, $3)", bytes(range(32)), report, T0
+    )
     unmatched = b"from=919999999999&to=918068200000"
     made.reports[await conn.fetchval("INSERT INTO provider_reports (body) VALUES ($1) RETURNING id", unmatched)] = (
         unmatched
@@ -229,6 +232,8 @@ async def _check_sealed(conn: asyncpg.Connection, ring: KeyRing, made: Made, *, 
     for report_id, body in made.reports.items():
         stored = await conn.fetchval("SELECT body FROM provider_reports WHERE id = $1", report_id)
         assert stored[0] == crypto.FORMAT and ring.decrypt(None, sealed.REPORT_BODY, stored) == body
+    identities = [tuple(r) for r in await conn.fetch("SELECT key, report_id FROM report_keys")]
+    assert not request_hashes or identities == [(sealed.keyed_hash(None, bytes(range(32))), min(made.reports))]
     answers = dict(await conn.fetch("SELECT key, body FROM idempotency_keys"))
     assert answers["k2"] is None
     assert ring.decrypt(tenant, sealed.IDEMPOTENT_BODY, answers["k1"]) == made.idempotent["k1"]

@@ -154,13 +154,22 @@ REPORTS_SET = """
 UPDATE provider_reports r SET body = v.body FROM unnest($1::bigint[], $2::bytea[]) AS v(id, body) WHERE r.id = v.id
 """
 
+REPORT_KEYS = "SELECT key FROM report_keys WHERE report_id = ANY($1::bigint[]) FOR UPDATE"
+REPORT_KEYS_SET = """
+UPDATE report_keys k SET key = v.key FROM unnest($1::bytea[], $2::bytea[]) AS v(plain, key) WHERE k.key = v.plain
+"""
+
 
 async def _reports(conn: Conn, after: Any, batch: int, skip: str) -> tuple[int, Any]:
     rows = await conn.fetch(REPORTS.format(skip=skip), after or 0, batch)
     if not rows:
         return 0, None
+    ids = [r["id"] for r in rows]
     bodies = [sealed.seal(None, sealed.REPORT_BODY, bytes(r["body"])) for r in rows]
-    await conn.execute(REPORTS_SET, [r["id"] for r in rows], bodies)
+    await conn.execute(REPORTS_SET, ids, bodies)
+    # A report's identity (report_keys, written with it) turns from a plain SHA-256 into its keyed hash with it.
+    plain = [bytes(r["key"]) for r in await conn.fetch(REPORT_KEYS, ids)]
+    await conn.execute(REPORT_KEYS_SET, plain, [sealed.keyed_hash(None, k) for k in plain])
     return len(rows), rows[-1]["id"]
 
 
