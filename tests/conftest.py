@@ -13,21 +13,17 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
-from service import crypto
 from service.app import create_app, request_context
 from service.broker.tenants import create_key
 from service.db.schema import migrate
 from service.embedded import EmbeddedPostgres
 from service.settings import Settings
+from tests import processes  # noqa: F401  (installs the run's key ring)
 from tests.helpers import FakeClock, Keys, dsn_for, make_settings
 
 TEMPLATE = "masking_template"
 
-# One key ring for the run: installed here for in-process code, and in the environment for every
-# `masking` process a test starts (they inherit it), so all of them seal and open alike.
-TEST_KEYS = crypto.KeyRing.generate()
-os.environ.setdefault("MASKING_KEYS", TEST_KEYS.dumps().decode())
-crypto.install(crypto.KeyRing.parse(os.environ["MASKING_KEYS"]))
+# The run's key ring is installed by tests.processes (imported above), for pytest and standalone runs alike.
 
 
 @pytest.fixture(scope="session", autouse=True)

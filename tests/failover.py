@@ -35,7 +35,7 @@ import httpx
 
 from service.db.pool import APPLICATION_NAME
 from service.provider.simulator import Fault, Simulator, simulator_app
-from tests.helpers import CROSSED_LINES
+from tests.helpers import CROSSED_LINES, opened_body
 from tests.live import serve
 from tests.processes import ServeProcess, free_port, masking_env, run_cli
 from tests.receiver import Receiver
@@ -558,7 +558,9 @@ async def _count(
             await asyncio.sleep(1)
         sessions = {str(r["id"]) for r in await db.fetch("SELECT id FROM sessions")}
         calls = {str(r["id"]) for r in await db.fetch("SELECT id FROM calls")}
-        stored = Counter(_canonical(bytes(r["body"])) for r in await db.fetch("SELECT body FROM provider_reports"))
+        stored = Counter(
+            _canonical(opened_body(r["body"])) for r in await db.fetch("SELECT body FROM provider_reports")
+        )
         wanted = await db.fetchval("SELECT count(*) FROM webhook_deliveries WHERE endpoint_id = $1::uuid", endpoint)
         undelivered = await db.fetchval(
             "SELECT count(*) FROM webhook_deliveries WHERE endpoint_id = $1::uuid AND status <> 'delivered'", endpoint

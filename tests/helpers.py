@@ -109,12 +109,17 @@ def session_body(order: str = "ORD-1", customer: str = CUSTOMER, agent: str = AG
     return {"order_id": order, "customer": customer, "agent": agent, **extra}
 
 
+# An agent-first call inserted straight into calls, its numbers copied sealed from its session as a click
+# copies them: INSERT INTO calls ({CALL_COLUMNS}, created_at) SELECT {AGENT_FIRST}, <time> FROM sessions ...
+CALL_COLUMNS = "id, tenant_id, session_id, first, from_ct, from_ix, from_mask, to_ct, to_ix, to_mask, bridge"
+AGENT_FIRST = "gen_random_uuid(), tenant_id, id, 'agent', agent_ct, agent_ix, agent_mask, customer_ct, customer_ix, customer_mask, did"
+
 CROSSED_LINES = """
     SELECT count(*) FROM (
         SELECT did, number FROM (
-            SELECT did, customer AS number FROM sessions WHERE status = 'active' AND expires_at > now()
+            SELECT did, customer_ix AS number FROM sessions WHERE status = 'active' AND expires_at > now()
             UNION ALL
-            SELECT did, agent FROM sessions WHERE status = 'active' AND expires_at > now()) x
+            SELECT did, agent_ix FROM sessions WHERE status = 'active' AND expires_at > now()) x
         GROUP BY did, number HAVING count(*) > 1) y
 """
 
@@ -134,3 +139,24 @@ def index_names(plan: dict[str, Any]) -> list[str]:
     for child in plan.get("Plans", []):
         found += index_names(child)
     return found
+
+
+async def index_in(db: Any, session_id: str, number: str) -> bytes:
+    """A number's blind index under the tenant of this session (what bindings and lookups hold)."""
+    from service.db import sealed
+
+    return sealed.index(await db.fetchval("SELECT tenant_id FROM sessions WHERE id = $1::uuid", session_id), number)
+
+
+def sealed_body(raw: bytes) -> bytes:
+    """A raw provider body as the service stores it (sealed whole: service/db/sealed.py)."""
+    from service.db import sealed
+
+    return sealed.seal(None, sealed.REPORT_BODY, raw)
+
+
+def opened_body(stored: bytes) -> bytes:
+    """A stored provider body, opened."""
+    from service.db import sealed
+
+    return sealed.open_bytes(None, sealed.REPORT_BODY, bytes(stored))

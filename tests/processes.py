@@ -16,8 +16,16 @@ from types import TracebackType
 
 import httpx
 
+from service import crypto
+
 # Every log line of the run lands here, for the privacy scan at its end (test_zz_privacy_scan.py).
 LOG_DIR = Path(os.environ.setdefault("MASKING_TEST_LOG_DIR", tempfile.mkdtemp(prefix="masking-test-logs-")))
+
+# One key ring for the run (pytest or a standalone `python -m tests.failover`): installed here for
+# in-process code, and in the environment for every `masking` process a test starts (masking_env keeps
+# it), so all of them seal and open alike.
+os.environ.setdefault("MASKING_KEYS", crypto.KeyRing.generate().dumps().decode())
+crypto.install(crypto.KeyRing.parse(os.environ["MASKING_KEYS"]))
 
 
 def free_port() -> int:

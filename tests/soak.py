@@ -36,7 +36,7 @@ import asyncpg
 import httpx
 
 from service.provider.simulator import Fault, Simulator, simulator_app
-from tests.helpers import CROSSED_LINES, dsn_for
+from tests.helpers import CROSSED_LINES, dsn_for, opened_body
 from tests.live import serve
 from tests.processes import ServeProcess, masking_env, run_cli
 from tests.receiver import Receiver
@@ -326,7 +326,7 @@ async def run(dsn: str, seconds: float, log_dir: Path | None = None, webhook_tim
 
 
 async def _count(db: asyncpg.Connection, soak: Soak, rows_at_start: dict[str, int]) -> dict[str, Any]:
-    stored = Counter(_canonical(bytes(r["body"])) for r in await db.fetch("SELECT body FROM provider_reports"))
+    stored = Counter(_canonical(opened_body(r["body"])) for r in await db.fetch("SELECT body FROM provider_reports"))
     acked = Counter(soak.acked)
     for report in soak.sim.reports_sent:  # every report the simulator heard 200 for
         acked[_canonical(report)] += 1

@@ -13,7 +13,7 @@ import pytest
 from service.broker.sweeps import time_out_calls
 from service.provider.simulator import Fault
 from tests.factories import open_session
-from tests.helpers import Keys, call_status, did_numbers, wait_for
+from tests.helpers import Keys, call_status, did_numbers, opened_body, wait_for
 from tests.live import CALLBACK_TOKEN, Live, live_service
 from tests.processes import free_port, masking_env, run_cli
 
@@ -248,7 +248,7 @@ async def test_callbacks_store_everything_with_a_good_token_and_nothing_without(
         assert r.status_code == 200, (body[:20], r.text)
     rows = await db.fetch("SELECT body, outcome FROM provider_reports ORDER BY id")
     assert len(rows) == 6 and {r["outcome"] for r in rows} == {"unparseable"}
-    assert bytes(rows[2]["body"]) == b"\xff\xfe\x00"
+    assert opened_body(rows[2]["body"]) == b"\xff\xfe\x00"
     assert (await live.http.get(live.callback)).status_code == 405
 
 

@@ -410,14 +410,15 @@ async def test_the_did_search_finds_a_did_past_the_first_thousand_of_its_pool(
     await page.close()
 
 
-# 6. Sessions by a party's or the masked number; masked in the list, in full on the session's page.
+# 6. Sessions by a party's or the masked number; masked in the list and on the session's page (Reveal:
+# tests/test_console_reveal.py).
 
 
 async def test_a_session_is_found_by_either_partys_number_or_its_masked_number_and_listed_masked(
     browser: Browser, live: Live, keys: Keys
 ) -> None:
     """The customer's number (E.164), the agent's (digits only) and the DID each find the session; the list
-    masks the parties (+91******3210); the session's own page shows them in full."""
+    masks the parties (+91******3210), and so does the session's own page."""
     session = await open_session(live, keys, "ORD-FIND")
     page = await console_page(browser, live, keys, viewport={"width": 1280, "height": 900})
     for query in (CUSTOMER, AGENT[1:], session["masked_number"]):
@@ -433,8 +434,10 @@ async def test_a_session_is_found_by_either_partys_number_or_its_masked_number_a
     await page.get_by_role("link", name="ORD-FIND", exact=True).click()
     await expect(page.locator("#session-status")).to_have_text("active")
     facts = page.locator("dl.facts")
-    await expect(facts).to_contain_text(CUSTOMER)
-    await expect(facts).to_contain_text(AGENT)
+    await expect(facts).to_contain_text(MASKED_CUSTOMER)
+    await expect(facts).to_contain_text(MASKED_AGENT)
+    html = await page.content()
+    assert not any(n in html for n in REAL_NUMBERS)
     await page.goto(live.url + "/console/sessions?q=%2B919999999999")
     await expect(page.get_by_text("No session matches")).to_be_visible()
     await page.close()

@@ -15,7 +15,7 @@ import pytest
 
 from service.broker import dids as dids_broker
 from service.embedded import EmbeddedPostgres
-from tests.helpers import CROSSED_LINES, Keys, assert_problem, dsn_for, wait_for
+from tests.helpers import CROSSED_LINES, Keys, assert_problem, dsn_for, opened_body, wait_for
 from tests.processes import ServeProcess, masking_env, run_cli
 
 OUTAGE_SECONDS = float(os.environ.get("MASKING_TEST_OUTAGE_SECONDS", "20"))
@@ -204,7 +204,7 @@ async def _kill_under_load(dsn: str, db: asyncpg.Connection, kills: int, workers
             await wait_for(settled, within=30)
     finally:
         service.stop()
-    stored = {json.loads(bytes(r["body"])).get("n") for r in await db.fetch("SELECT body FROM provider_reports")}
+    stored = {json.loads(opened_body(r["body"])).get("n") for r in await db.fetch("SELECT body FROM provider_reports")}
     figures = {
         "reports acknowledged": len(acked_reports),
         "acknowledged but not stored": len(acked_reports - stored),

@@ -6,7 +6,7 @@ from typing import Any
 import asyncpg
 
 from service.broker.sweeps import redact_old_sessions
-from tests.helpers import Keys, call_status, did_numbers, mobile_numbers
+from tests.helpers import Keys, call_status, did_numbers, mobile_numbers, opened_body
 from tests.live import live_service
 
 
@@ -78,7 +78,11 @@ async def test_retention_masks_numbers_and_drops_recordings_but_keeps_counts(
         call = (await live.http.get(f"/v1/sessions/{old['id']}/calls", headers=keys.a)).json()["items"][0]
         assert "*" in call["from"] and "*" in call["to"] and call["recording_url"] is None
         assert call["status"] == "completed" and call["billing_seconds"] > 0
-        body = bytes(await db.fetchval("SELECT body FROM provider_reports WHERE call_id = $1::uuid", call["id"]))
+        body = opened_body(await db.fetchval("SELECT body FROM provider_reports WHERE call_id = $1::uuid", call["id"]))
         assert old["customer"][1:] not in body.decode() and old["agent"][1:] not in body.decode()
+        erased = await db.fetchrow(
+            "SELECT customer_ct, customer_ix, agent_ct, agent_ix FROM sessions WHERE id = $1::uuid", old["id"]
+        )
+        assert set(erased.values()) == {None}, "retention clears the ciphertexts and blind indexes"
         kept = (await live.http.get(f"/v1/sessions/{recent['id']}", headers=keys.a)).json()
         assert kept["customer"] == recent["customer"]

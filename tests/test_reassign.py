@@ -20,6 +20,7 @@ from tests.helpers import (
     add_dids,
     assert_problem,
     did_numbers,
+    index_in,
     make_settings,
     mobile_numbers,
     session_body,
@@ -90,13 +91,20 @@ async def test_a_later_ttl_change_does_not_bring_back_the_replaced_agents_bindin
     s = await new_session(client, keys)
     r = await client.patch(f"/v1/sessions/{s['id']}", json={"agent": NEW_AGENT}, headers=keys.a)
     assert r.status_code == 200, r.text
-    ended = await db.fetchval("SELECT ends_at FROM bindings WHERE number = $1 AND did = $2", AGENT, s["masked_number"])
+    agent_ix = await index_in(db, s["id"], AGENT)
+    ended = await db.fetchval(
+        "SELECT ends_at FROM bindings WHERE number_ix = $1 AND did = $2", agent_ix, s["masked_number"]
+    )
     r = await client.patch(f"/v1/sessions/{s['id']}", json={"ttl_seconds": 7200}, headers=keys.a)
     assert r.status_code == 200, r.text
-    after = await db.fetchval("SELECT ends_at FROM bindings WHERE number = $1 AND did = $2", AGENT, s["masked_number"])
+    after = await db.fetchval(
+        "SELECT ends_at FROM bindings WHERE number_ix = $1 AND did = $2", agent_ix, s["masked_number"]
+    )
     assert after == ended
-    live = await db.fetch("SELECT number FROM bindings WHERE session_id = $1::uuid AND ends_at > now()", s["id"])
-    assert sorted(b["number"] for b in live) == sorted([CUSTOMER, NEW_AGENT])
+    live = await db.fetch("SELECT number_ix FROM bindings WHERE session_id = $1::uuid AND ends_at > now()", s["id"])
+    assert sorted(b["number_ix"] for b in live) == sorted(
+        [await index_in(db, s["id"], n) for n in (CUSTOMER, NEW_AGENT)]
+    )
 
 
 async def test_a_busy_new_agent_is_a_conflict_unless_a_new_number_is_allowed(
@@ -164,8 +172,10 @@ async def test_no_reassignment_with_a_call_in_flight_or_on_an_ended_session(
     s = await new_session(client, keys)
     await db.execute(
         """
-        INSERT INTO calls (id, tenant_id, session_id, first, from_number, to_number, bridge, created_at)
-        SELECT gen_random_uuid(), tenant_id, id, 'agent', agent, customer, did, now() FROM sessions
+        INSERT INTO calls (id, tenant_id, session_id, first, from_ct, from_ix, from_mask, to_ct, to_ix, to_mask,
+                           bridge, created_at)
+        SELECT gen_random_uuid(), tenant_id, id, 'agent', agent_ct, agent_ix, agent_mask, customer_ct, customer_ix,
+               customer_mask, did, now() FROM sessions
         """
     )
     patch = {"agent": NEW_AGENT, "allow_new_number": True}
@@ -244,17 +254,17 @@ async def test_rule_one_holds_under_concurrent_reassignments_and_creates_from_tw
             """
             SELECT count(*) FROM bindings b LEFT JOIN sessions s ON s.id = b.session_id
             WHERE b.ends_at > now() AND (s.id IS NULL OR s.status <> 'active' OR s.did <> b.did
-                                         OR b.number NOT IN (s.customer, s.agent))
+                                         OR b.number_ix NOT IN (s.customer_ix, s.agent_ix))
             """
         )
         assert orphans == 0, await db.fetch(
             """
-            SELECT b.*, s.customer, s.agent, s.did AS sdid, s.status, s.order_id,
+            SELECT b.*, s.customer_mask, s.agent_mask, s.did AS sdid, s.status, s.order_id,
                    (SELECT array_agg(c.party || c.old_did || '>' || c.new_did) FROM session_changes c
                     WHERE c.session_id = s.id) AS changes
             FROM bindings b LEFT JOIN sessions s ON s.id = b.session_id
             WHERE b.ends_at > now() AND (s.id IS NULL OR s.status <> 'active' OR s.did <> b.did
-                                         OR b.number NOT IN (s.customer, s.agent))
+                                         OR b.number_ix NOT IN (s.customer_ix, s.agent_ix))
             """
         )
         live_sessions = await db.fetchval("SELECT count(*) FROM sessions WHERE status = 'active'")
@@ -308,15 +318,16 @@ async def test_a_close_that_meets_a_reassignment_in_flight_ends_the_new_partys_b
     try:
         async with other.transaction():
             # a reassignment's writes, held uncommitted: the session row changed, the new agent bound
-            await other.execute("UPDATE sessions SET agent = $2 WHERE id = $1::uuid", sid, NEW_AGENT)
+            new_ix, old_ix = await index_in(db, sid, NEW_AGENT), await index_in(db, sid, AGENT)
+            await other.execute("UPDATE sessions SET agent_ix = $2 WHERE id = $1::uuid", sid, new_ix)
             await other.execute(
-                "UPDATE bindings SET ends_at = now() WHERE session_id = $1::uuid AND number = $2", sid, AGENT
+                "UPDATE bindings SET ends_at = now() WHERE session_id = $1::uuid AND number_ix = $2", sid, old_ix
             )
             await other.execute(
-                "INSERT INTO bindings (number, did, peer, session_id, ends_at)"
-                " SELECT $2, did, customer, id, expires_at FROM sessions WHERE id = $1::uuid",
+                "INSERT INTO bindings (number_ix, did, peer_ix, session_id, ends_at)"
+                " SELECT $2, did, customer_ix, id, expires_at FROM sessions WHERE id = $1::uuid",
                 sid,
-                NEW_AGENT,
+                new_ix,
             )
             closing = asyncio.create_task(client.post(f"/v1/sessions/{sid}/close", headers=keys.a))
             await asyncio.sleep(0.5)
@@ -326,8 +337,8 @@ async def test_a_close_that_meets_a_reassignment_in_flight_ends_the_new_partys_b
         await other.close()
     assert closed.status_code == 200, closed.text
     live = await db.fetch(
-        "SELECT number FROM bindings WHERE session_id = $1::uuid AND ends_at > $2::text::timestamptz",
+        "SELECT number_ix FROM bindings WHERE session_id = $1::uuid AND ends_at > $2::text::timestamptz",
         sid,
         closed.json()["closed_at"],
     )
-    assert [r["number"] for r in live] == [], f"the new agent stays bound to {did} after the close"
+    assert [r["number_ix"] for r in live] == [], f"the new agent stays bound to {did} after the close"

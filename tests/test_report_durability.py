@@ -7,7 +7,7 @@ import signal
 import asyncpg
 import httpx
 
-from tests.helpers import wait_for
+from tests.helpers import opened_body, wait_for
 from tests.processes import ServeProcess, masking_env
 
 TOKEN = "durability-token-0123456789"
@@ -45,7 +45,7 @@ async def test_no_acknowledged_report_is_lost_across_a_sigkill(dsn: str, db: asy
             await killer
     finally:
         service.stop()
-    stored = {json.loads(bytes(r["body"]))["n"] for r in await db.fetch("SELECT body FROM provider_reports")}
+    stored = {json.loads(opened_body(r["body"]))["n"] for r in await db.fetch("SELECT body FROM provider_reports")}
     lost = acknowledged - stored
     print(f"\nacknowledged {len(acknowledged)}, stored {len(stored)}, acknowledged but lost {len(lost)}")
     assert len(acknowledged) == 1000 and lost == set()

@@ -17,7 +17,7 @@ from service.broker import reports
 from service.broker.reports import PENDING_GRACE, rematch_pending
 from service.provider.simulator import Fault
 from tests.factories import IST, create_session, open_session, report_for
-from tests.helpers import Keys, assert_problem, session_body
+from tests.helpers import Keys, assert_problem, opened_body, sealed_body, session_body
 from tests.live import Live, live_service
 from tests.processes import ServeProcess, masking_env
 
@@ -118,7 +118,7 @@ async def test_odd_field_values_are_stored_answered_and_settled(live: Live, keys
     done = await read(live, keys, f"/v1/calls/{call['id']}")
     assert (done["started_at"], done["duration_seconds"], done["billing_seconds"]) == (None, None, None)
     assert done["provider"]["status"] is None and done["status"] == "missed"
-    stored = bytes(await db.fetchval("SELECT body FROM provider_reports"))
+    stored = opened_body(await db.fetchval("SELECT body FROM provider_reports"))
     assert json.loads(stored)["billing"] == 3000000000, "the raw body is kept as sent"
 
 
@@ -132,7 +132,7 @@ async def test_one_bad_pending_report_does_not_stop_the_sweepers_batch(
     odd.update(start_at="0001-01-01 00:00:00", billing=3000000000, status="A\u0000B", bridge="+" + "9" * 15)
     received = datetime.now(UTC) - 2 * PENDING_GRACE
     for raw in (json.dumps(odd).encode(), b"\xff\xfe not json", report_for(call)):
-        await db.execute("INSERT INTO provider_reports (body, received_at) VALUES ($1, $2)", raw, received)
+        await db.execute("INSERT INTO provider_reports (body, received_at) VALUES ($1, $2)", sealed_body(raw), received)
     await rematch_pending(db, MATCHING, datetime.now(UTC))
     assert Counter(r["outcome"] for r in await db.fetch("SELECT outcome FROM provider_reports")) == {
         "unmatched": 1,
@@ -155,7 +155,9 @@ async def test_a_pending_report_that_cannot_be_applied_tells_its_tenant(
         """
     )
     received = datetime.now(UTC) - 2 * PENDING_GRACE
-    await db.execute("INSERT INTO provider_reports (body, received_at) VALUES ($1, $2)", report_for(call), received)
+    await db.execute(
+        "INSERT INTO provider_reports (body, received_at) VALUES ($1, $2)", sealed_body(report_for(call)), received
+    )
     await rematch_pending(db, MATCHING, datetime.now(UTC))
     row = await db.fetchrow("SELECT outcome, reason, bridge FROM provider_reports")
     assert (row["outcome"], row["reason"], row["bridge"]) == ("unmatched", "matching_failed", session["masked_number"])
@@ -192,15 +194,23 @@ async def test_two_copies_on_two_processes_at_once_complete_the_call_once(
             r = await http.post(f"{one.url}/v1/dids/bulk", json={"dids": [{"number": n} for n in numbers]},
                                 headers=keys.a)  # fmt: skip
             assert r.status_code == 200, r.text
+            pairs = {}
             for i in range(20):
                 body = session_body(f"o{i}", customer=f"+9198700{i:05d}", agent=f"+9187600{i:05d}")
+                pairs[f"o{i}"] = (body["agent"], body["customer"])
                 assert (await http.post(f"{one.url}/v1/sessions", json=body, headers=keys.a)).status_code == 201
+            # a call in flight on each session, its numbers copied sealed from the session as a click does
             rows = await db.fetch(
-                """INSERT INTO calls (id, tenant_id, session_id, first, from_number, to_number, bridge, created_at)
-                   SELECT gen_random_uuid(), tenant_id, id, 'agent', agent, customer, did, now() FROM sessions
-                   RETURNING bridge, from_number AS "from", to_number AS "to" """
+                """INSERT INTO calls (id, tenant_id, session_id, first, from_ct, from_ix, from_mask, to_ct, to_ix,
+                                      to_mask, bridge, created_at)
+                   SELECT gen_random_uuid(), tenant_id, id, 'agent', agent_ct, agent_ix, agent_mask, customer_ct,
+                          customer_ix, customer_mask, did, now() FROM sessions
+                   RETURNING bridge, (SELECT order_id FROM sessions s WHERE s.id = session_id) AS order_id"""
             )
-            bodies = [report_for(dict(r)) for r in rows]
+            bodies = [
+                report_for({"bridge": r["bridge"], "from": pairs[r["order_id"]][0], "to": pairs[r["order_id"]][1]})
+                for r in rows
+            ]
 
             async def both(body: bytes) -> list[int]:
                 answers = await asyncio.gather(
@@ -286,7 +296,7 @@ async def test_every_list_refuses_a_cursor_of_non_ascii_digits_and_report_pages_
     tenant_a = await db.fetchval("SELECT id FROM tenants WHERE name = 'tenant-a'")
     await db.executemany(
         "INSERT INTO provider_reports (body, received_at, outcome, reason, tenant_id) VALUES ($1, now(), 'unmatched', 'no_call', $2)",
-        [(f"report {i}".encode(), tenant_a) for i in range(5)],
+        [(sealed_body(f"report {i}".encode()), tenant_a) for i in range(5)],
     )
     for path, field in (("/v1/reports", "cursor"), ("/v1/sessions", "cursor"), ("/v1/events", "after")):
         for bad in ("٣", "12٣", "²", "nonsense!"):

@@ -14,7 +14,7 @@ from asgi_lifespan import LifespanManager
 from service.app import create_app, request_context
 from service.db import pool as db_pool
 from tests.factories import pool, report_for, session_body
-from tests.helpers import FakeClock, Keys, make_settings
+from tests.helpers import AGENT_FIRST, CALL_COLUMNS, FakeClock, Keys, make_settings
 
 # Today's statements per request, with the caches warm (the key and pool-settings caches, each
 # connection's prepared statements). A change that adds a round trip fails here; one that removes
@@ -86,12 +86,14 @@ async def test_create_ingest_and_get_each_send_no_more_statements_than_today(
     print("  (cold, caches empty:", *sent[0], sep="\n    ")
 
     calls = await db.fetch(
-        """INSERT INTO calls (id, tenant_id, session_id, first, from_number, to_number, bridge, created_at)
-           SELECT gen_random_uuid(), tenant_id, id, 'agent', agent, customer, did, now() FROM sessions
-           RETURNING bridge, from_number AS "from", to_number AS "to" """
+        f"INSERT INTO calls ({CALL_COLUMNS}, created_at) SELECT {AGENT_FIRST}, now() FROM sessions"
+        " RETURNING bridge, session_id"
     )
+    by_id = {s["id"]: s for s in sessions}
     for call in calls:
-        response, ingested = await statements.during(http.post(callback, content=report_for(dict(call))))
+        s = by_id[str(call["session_id"])]
+        route = {"bridge": call["bridge"], "from": s["agent"], "to": s["customer"]}
+        response, ingested = await statements.during(http.post(callback, content=report_for(route)))
         assert response.status_code == 200, response.text
     show("ingest", ingested)
     assert await db.fetchval("SELECT count(*) FROM calls WHERE status = 'completed'") == 2

@@ -9,7 +9,7 @@ from collections import Counter
 import asyncpg
 import httpx
 
-from tests.helpers import CROSSED_LINES, did_numbers, mobile_numbers, wait_for
+from tests.helpers import AGENT_FIRST, CALL_COLUMNS, CROSSED_LINES, did_numbers, mobile_numbers, wait_for
 from tests.processes import ServeProcess, masking_env, run_cli
 
 
@@ -55,9 +55,9 @@ async def test_three_processes_keep_the_rules_and_sweep_each_row_once(dsn: str, 
             )
             due_calls += _count(
                 await db.execute(
-                    """
-                    INSERT INTO calls (id, tenant_id, session_id, first, from_number, to_number, bridge, created_at)
-                    SELECT gen_random_uuid(), tenant_id, id, 'agent', agent, customer, did, now() - interval '3 hours'
+                    f"""
+                    INSERT INTO calls ({CALL_COLUMNS}, created_at)
+                    SELECT {AGENT_FIRST}, now() - interval '3 hours'
                     FROM sessions s WHERE NOT EXISTS (SELECT 1 FROM calls c WHERE c.session_id = s.id AND c.in_flight)
                     LIMIT 50
                     """

@@ -8,7 +8,7 @@ import httpx
 from service.broker import sweeps
 from service.broker.sweeps import Sweeper
 from service.settings import Settings
-from tests.helpers import AGENT, FakeClock, Keys, add_dids, did_numbers, session_body
+from tests.helpers import AGENT, FakeClock, Keys, add_dids, did_numbers, sealed_body, session_body
 
 DAY = 86_400
 
@@ -98,10 +98,14 @@ async def test_settled_reports_are_deleted_after_the_report_retention_pending_on
         await db.execute(
             "INSERT INTO provider_reports (received_at, body, outcome) VALUES ($1, $2, $3)",
             clock() - timedelta(days=31),
-            b'{"bridge": 1}',
+            sealed_body(b'{"bridge": 1}'),
             outcome,
         )
-    await db.execute("INSERT INTO provider_reports (received_at, body, outcome) VALUES ($1, 'x', 'matched')", clock())
+    await db.execute(
+        "INSERT INTO provider_reports (received_at, body, outcome) VALUES ($1, $2, 'matched')",
+        clock(),
+        sealed_body(b"x"),
+    )
     # a pending report this old would be matched or timed out by the sweep itself; keep it pending here
     await sweeps.tidy(db, settings, clock())
     assert sorted(r["outcome"] for r in await db.fetch("SELECT outcome FROM provider_reports")) == [
@@ -141,8 +145,9 @@ async def test_in_steady_state_every_table_stays_bounded(
             r = await client.post("/v1/sessions", json=body, headers={**keys.a, "Idempotency-Key": f"{day}-{i}"})
             assert r.status_code == 201, r.text
             report_id = await db.fetchval(
-                "INSERT INTO provider_reports (received_at, body, outcome) VALUES ($1, 'x', 'unmatched') RETURNING id",
+                "INSERT INTO provider_reports (received_at, body, outcome) VALUES ($1, $2, 'unmatched') RETURNING id",
                 clock(),
+                sealed_body(b"x"),
             )
             await db.execute(
                 "INSERT INTO report_keys (key, report_id, received_at) VALUES (sha256($1::bytea), $2, $3)",

@@ -103,7 +103,7 @@ class Attempt(msgspec.Struct, frozen=True):
 
 async def allocate(conn: Conn, a: Allocation) -> Attempt:
     """One allocation attempt in one statement."""
-    row = await conn.fetchrow(ALLOCATE.sql, *ALLOCATE.args(_sealed_values(a)))
+    row = await conn.fetchrow(ALLOCATE.sql, *ALLOCATE.args(allocation_values(a)))
     assert row is not None
     return Attempt(row["picked"], row["bound"], None if row["id"] is None else session(row))
 
@@ -120,10 +120,10 @@ class Exhaustion(msgspec.Struct, frozen=True):
 
 async def exhaustion(conn: Conn, a: Allocation) -> Exhaustion:
     """Why a pool has no DID for a pair: counts of DIDs ruled out by each rule."""
-    return msgspec.convert(await conn.fetchrow(EXHAUSTION.sql, *EXHAUSTION.args(_sealed_values(a))), Exhaustion)
+    return msgspec.convert(await conn.fetchrow(EXHAUSTION.sql, *EXHAUSTION.args(allocation_values(a))), Exhaustion)
 
 
-def _sealed_values(a: Allocation) -> dict[str, Any]:
+def allocation_values(a: Allocation) -> dict[str, Any]:
     """The attempt's named parameters, each party number as its ciphertext, blind index and masked form."""
     values = msgspec.structs.asdict(a)
     for party in sealed.PARTIES:

@@ -60,6 +60,7 @@ def console_router(csrf: CSRFConfig, sessions_config: ConsoleSessionConfig) -> R
             dids.did_change,
             sessions.session_search,
             sessions.session_page,
+            sessions.session_reveal,
             sessions.session_close,
             sessions.expire_confirm,
             sessions.expire_order,

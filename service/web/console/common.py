@@ -28,6 +28,6 @@ def ctx(request: MaskingRequest, **context: Any) -> dict[str, Any]:
     return {"nav": NAV, "here": request.url.path, "tenant": request.principal.tenant, **context}
 
 
-def view(request: MaskingRequest, name: str, **context: Any) -> Any:
-    """A console page rendered with status 200."""
-    return page(name, 200, **ctx(request, **context))
+def view(request: MaskingRequest, name: str, status_code: int = 200, **context: Any) -> Any:
+    """A console page rendered (with status 200 unless told)."""
+    return page(name, status_code, **ctx(request, **context))
