@@ -7,8 +7,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 
+from service.broker.audit import Actor, Context
+from service.broker.erasure import ErasureRequest, erase
 from service.db import sealed
 from service.logging import mask_number
 from tests.factories import close_session, open_session, pool, report_for
@@ -126,3 +129,23 @@ async def test_erasure_refuses_a_bad_number_and_a_sessions_key(live: Live, keys:
     refused = await live.http.post("/v1/erasures", json={"number": NUMBER}, headers=keys.auth(keys.a_sessions))
     assert refused.status_code == 403
     assert await db.fetchval("SELECT count(*) FROM audit_log WHERE action = 'erasure'") == 0
+
+
+async def test_erasure_goes_in_batches_until_every_ended_session_is_done(
+    client: httpx.AsyncClient, keys: Keys, db: asyncpg.Connection
+) -> None:
+    """With batches of one session, three ended sessions naming the number are all erased (and counted) in turn."""
+    await pool(client, keys.a, dids=did_numbers(4))
+    ended = []
+    for i, agent in enumerate(AGENTS):
+        session = await open_session(client, keys.a, order=f"B-{i}", customer=NUMBER, agent=agent)
+        ended.append((await close_session(client, keys.a, session))["id"])
+    tenant = await db.fetchval("SELECT tenant_id FROM sessions LIMIT 1")
+    context = Context(tenant_id=tenant, actor=Actor.cli("tester@host"))
+    done = await erase(db, context, ErasureRequest(number=NUMBER), datetime.now(UTC), batch=1)
+    assert (done.erased.sessions, done.active_sessions) == (3, [])
+    assert done.erased.events == await db.fetchval(
+        "SELECT count(*) FROM events WHERE coalesce(data->>'session_id', data->>'id') = ANY($1::text[])", ended
+    )
+    left = await db.fetchval("SELECT count(*) FROM sessions WHERE customer_ct IS NOT NULL OR agent_ix IS NOT NULL")
+    assert left == 0
