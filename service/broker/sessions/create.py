@@ -10,7 +10,6 @@ from typing import Annotated, Any
 import msgspec
 
 from service import metrics
-from service.broker import events
 from service.broker.errors import ConflictingRepeat, InvalidRequest, PoolExhausted
 from service.broker.phones import normalize, parse_with_region
 from service.broker.sessions.base import Clock, OrderId, Pool, Rules, Ttl
@@ -87,9 +86,10 @@ async def create_session(
         raise InvalidRequest("`metadata` must be at most 4 KiB of JSON.", field="metadata")
     ttl = timedelta(seconds=body.ttl_seconds or rules.default_ttl_seconds)
     tried: list[str] = []
-    # Each attempt is one transaction. One that lost a race rolls back and goes again without the DID
-    # it lost (the loop ends after at most one attempt per DID of the pool), so "exhausted" is only
-    # said when true (DESIGN rule 1); one that lost to an identical request finds its session as a repeat.
+    # Each attempt is one statement (atomic on its own). One that lost a race fails whole and goes again
+    # without the DID it lost (the loop ends after at most one attempt per DID of the pool), so "exhausted"
+    # is only said when true (DESIGN rule 1); one that lost to an identical request finds its session as a
+    # repeat.
     while True:
         now = clock()
         place = Placement(
@@ -108,34 +108,41 @@ async def create_session(
         try:
             return await _create_once(conn, body, place, rules, tried, now)
         except LostRace as lost:
-            # Roll back what the lost attempt bound (a binding with no session would block its number on
-            # that DID until its end) and go again without that DID.
+            # The lost attempt's bindings went with its statement; go again without that DID.
             tried.append(lost.args[0])
+        except _Stale:
+            # The order's pair has a session past its expiry that the sweeper has not ended yet: end it
+            # now (with its session.closed event), then go again.
+            async with conn.transaction():
+                await q.find_repeat(conn, tenant_id, body.order_id, customer, agent, now)
         except PoolExhausted:
             # Counted after the attempt rolled back, for the console's "refused in the last hour".
             await pools_q.count_refusal(conn, tenant_id, body.pool, now)
             raise
 
 
+class _Stale(Exception):
+    """The order's pair has an active session past its expiry: it must be ended before a new one is made."""
+
+
 async def _create_once(
     conn: Conn, body: CreateSession, place: Placement, rules: Rules, tried: list[str], now: datetime
 ) -> tuple[Session, bool]:
-    """One attempt in one transaction: the session and whether it is new, or LostRace (rolled back)."""
-    async with conn.transaction():
-        existing = await q.find_repeat(conn, place.tenant_id, place.order_id, place.customer, place.agent, now)
-        if existing is not None:
-            _check_repeat(existing, body)
-            return existing, False
-        request = allocation(place, now, rules, tried)
-        attempt = await q.allocate(conn, request)
-        if attempt.session is not None:
-            # DESIGN rule 8: the event in the same transaction as the session.
-            await events.emit_session(conn, place.tenant_id, "session.created", attempt.session, now)
-            metrics.SESSIONS_CREATED.labels(metrics.pool_label(place.pool)).inc()
-            return attempt.session, True
-        if attempt.picked is None:
-            raise exhausted(place.pool, await q.exhaustion(conn, request))
-        raise LostRace(attempt.picked)
+    """One attempt in one statement (the repeat check, the allocation and session.created, DESIGN rule 8):
+    the session and whether it is new; LostRace or _Stale when it made nothing."""
+    request = allocation(place, now, rules, tried)
+    made = await q.create(conn, request)
+    if made.lost is not None:
+        raise LostRace(made.lost)
+    if made.stale:
+        raise _Stale
+    if made.session is not None and made.repeated:
+        _check_repeat(made.session, body)
+        return made.session, False
+    if made.session is not None:
+        metrics.SESSIONS_CREATED.labels(metrics.pool_label(place.pool)).inc()
+        return made.session, True
+    raise exhausted(place.pool, await q.exhaustion(conn, request))
 
 
 def _check_repeat(existing: Session, body: CreateSession) -> None:

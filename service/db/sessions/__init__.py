@@ -15,18 +15,31 @@ from service.db.sessions.change import (
     select_changes,
     update_expiry,
 )
-from service.db.sessions.create import ALLOCATE, Allocation, Attempt, Exhaustion, allocate, exhaustion, find_repeat
+from service.db.sessions.create import (
+    ALLOCATE,
+    CREATE,
+    Allocation,
+    Attempt,
+    Created,
+    Exhaustion,
+    allocate,
+    create,
+    exhaustion,
+    find_repeat,
+)
 from service.db.sessions.end import close_session, end_sessions, expire_matching, sweep_expired
 from service.db.sessions.read import RouteRow, select_route, select_session, select_sessions
 from service.db.sessions.row import SESSION, as_json, columns
 
 __all__ = [
     "ALLOCATE",
+    "CREATE",
     "SESSION",
     "Allocation",
     "Attempt",
     "Blocker",
     "Change",
+    "Created",
     "DidFit",
     "Exhaustion",
     "PartyChange",
@@ -38,6 +51,7 @@ __all__ = [
     "call_in_flight",
     "close_session",
     "columns",
+    "create",
     "did_fit",
     "drop_placeholder",
     "end_sessions",

@@ -1,10 +1,13 @@
 -- ALLOCATE: one attempt to create a session on a DID of its pool, in one statement. Its cost does not
 -- depend on how many sessions the pool or its DIDs hold: a few index probes, two upserts, one insert.
--- Loaded once by service/db/sessions/create.py, which fills in the Session resource's columns (in braces).
+-- Loaded twice by service/db/sessions/create.py, which fills in the Session resource's columns and, for a
+-- create (CREATE), the repeat check before it, and the session.created event and the lost-race check after
+-- it (the markers repeat, guard, returning and finish); a reassignment's move runs it bare (ALLOCATE).
 -- Party numbers come sealed (service/db/sealed.py): rule 1 compares their blind indexes (_ix).
 -- `bound` < 2 or no session row means the attempt lost a race and must roll back; no `picked` at all
 -- means no DID of the pool is eligible (the probes wrap the whole ring of slots).
 WITH
+{repeat}
 -- Contract rule 2 (geo-match): when the pool has an active DID in the customer's country, only those qualify.
 geo AS (
     SELECT EXISTS (SELECT 1 FROM dids
@@ -60,7 +63,7 @@ loads AS (
 ),
 -- Contract rules 4 and 5: the sticky DID, else the less loaded of the random candidates: concurrent requests draw different
 -- candidates, so they do not all go to one DID, and the busiest DID stays close to the mean.
-pick AS (SELECT number FROM loads ORDER BY sticky DESC, load, random() LIMIT 1),
+pick AS (SELECT number FROM loads WHERE {guard} ORDER BY sticky DESC, load, random() LIMIT 1),
 -- DESIGN rule 1 (contract rules 1 and 3), enforced by the database: the binding upsert takes over a row only when it has ended,
 -- and only after the cool-off unless the peer is the same; whatever the candidate query saw.
 bound AS (
@@ -86,7 +89,6 @@ created AS (
     WHERE (SELECT count(*) FROM bound) = 2
       AND EXISTS (SELECT 1 FROM dids d WHERE d.number = pick.number AND d.status = 'active' FOR KEY SHARE)
     ON CONFLICT (tenant_id, order_id, customer_ix, agent_ix) WHERE status = 'active' DO NOTHING
-    RETURNING {session}
+    RETURNING {session}{returning}
 )
-SELECT (SELECT number FROM pick) AS picked, (SELECT count(*) FROM bound)::int AS bound, created.*
-FROM (SELECT 1) AS one LEFT JOIN created ON true
+{finish}

@@ -7,15 +7,55 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import asyncpg
 import msgspec
 
 from service.db import Conn, Query, load, sealed
 from service.db.events import emit_ctes
 from service.db.sessions.end import end_sessions
-from service.db.sessions.row import SESSION, session, session_or_none
+from service.db.sessions.row import FIELDS, SESSION, as_json, session, session_or_none
 from service.models import Session
 
-ALLOCATE = load(Path(__file__).with_name("allocate.sql"), session=SESSION)
+_ALLOCATE_SQL = Path(__file__).with_name("allocate.sql")
+# A reassignment's move: the allocation alone (its caller writes the events).
+ALLOCATE = load(
+    _ALLOCATE_SQL,
+    session=SESSION,
+    repeat="",
+    guard="true",
+    returning="",
+    finish="""SELECT (SELECT number FROM pick) AS picked, (SELECT count(*) FROM bound)::int AS bound, created.*
+FROM (SELECT 1) AS one LEFT JOIN created ON true""",
+)
+
+# The SQLSTATE of lost_race() (schema.sql): an attempt that picked a DID but made no session.
+LOST_RACE = "MS001"
+_FIELDS = ", ".join(("tenant_id", *FIELDS))
+# A create in one statement (one round trip, atomic without a transaction): the repeat check, the
+# allocation and its session.created event (DESIGN rule 8). An attempt that lost a race fails as a whole
+# (lost_race), so nothing it bound stays; a repeat past its expiry that the sweeper has not ended yet
+# (`stale`) makes no allocation: the caller ends it (FIND_REPEAT) and tries again.
+CREATE = load(
+    _ALLOCATE_SQL,
+    session=SESSION,
+    repeat=f"""-- A repeat (the same order and pair while its session is active) finds that session; none is allocated.
+repeat AS (
+    SELECT {SESSION}, expires_at <= :now AS stale FROM sessions
+    WHERE tenant_id = :tenant_id AND order_id = :order_id AND customer_ix = :customer_ix
+      AND agent_ix = :agent_ix AND status = 'active'),""",
+    guard="NOT EXISTS (SELECT 1 FROM repeat)",
+    returning=f", {as_json('sessions')} AS data",
+    finish=f""",
+-- DESIGN rule 8: session.created with the session (the CTEs `emitted` and `emitted_deliveries`).
+{emit_ctes("emitted", "SELECT tenant_id, 'session.created' AS type, data FROM created", ":now")},
+-- A DID picked but no session made (a binding or the order's pair taken meanwhile): lost_race() fails the
+-- whole statement, so the bindings it made are undone with it, and the caller tries again without the DID.
+raced AS (SELECT lost_race(pick.number) FROM pick WHERE NOT EXISTS (SELECT 1 FROM created))
+SELECT (SELECT number FROM pick) AS picked, (SELECT count(*) FROM raced)::int AS raced,
+       (SELECT stale FROM repeat) AS stale, s.*
+FROM (SELECT 1) AS one LEFT JOIN (
+    SELECT false AS repeated, {_FIELDS} FROM created UNION ALL SELECT true, {_FIELDS} FROM repeat) AS s ON true""",
+)
 
 # Why a pool has no DID for a pair, counted per rule (contract rules 1 to 3), for pool_exhausted's details.
 # Its geo and ruled CTEs must say what allocate.sql's say (tests/test_broker_rules.py checks the counts).
@@ -106,6 +146,36 @@ async def allocate(conn: Conn, a: Allocation) -> Attempt:
     row = await conn.fetchrow(ALLOCATE.sql, *ALLOCATE.args(allocation_values(a)))
     assert row is not None
     return Attempt(row["picked"], row["bound"], None if row["id"] is None else session(row))
+
+
+class Created(msgspec.Struct, frozen=True):
+    """What a one-statement create did: the new session, the live repeat, a stale repeat, a lost race, or
+    nothing (no DID of the pool eligible)."""
+
+    session: Session | None = None
+    repeated: bool = False
+    stale: bool = False
+    lost: str | None = None  # the DID a lost race picked
+
+
+async def create(conn: Conn, a: Allocation) -> Created:
+    """One create attempt in one statement (CREATE); in a caller's transaction, under a savepoint."""
+    try:
+        if conn.is_in_transaction():
+            async with conn.transaction():
+                row = await conn.fetchrow(CREATE.sql, *CREATE.args(allocation_values(a)))
+        else:
+            row = await conn.fetchrow(CREATE.sql, *CREATE.args(allocation_values(a)))
+    except asyncpg.PostgresError as exc:
+        if exc.sqlstate == LOST_RACE:
+            return Created(lost=str(exc.detail))
+        raise
+    assert row is not None
+    if row["stale"]:
+        return Created(stale=True)
+    if row["id"] is None:
+        return Created()
+    return Created(session(row), repeated=row["repeated"])
 
 
 class Exhaustion(msgspec.Struct, frozen=True):
