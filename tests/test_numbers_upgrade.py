@@ -260,7 +260,7 @@ async def test_a_clear_text_database_upgraded_holds_every_number_sealed_and_no_c
     """Migrating a schema-14 database with rows in every table seals, indexes and masks each number, then drops the clear ones."""
     made = await _fill_old(old)
     done = await schema.migrate(old)
-    assert done.applied[-2:] == ["0015_sealed_numbers.sql", "0016_drop_clear_numbers.sql"]
+    assert done.applied[:2] == ["0015_sealed_numbers.sql", "0016_drop_clear_numbers.sql"]
     await _check_sealed(old, ring, made)
     clear = await old.fetch(
         "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'public' "
