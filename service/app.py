@@ -30,6 +30,7 @@ from service.api.bodies import body_deadline
 from service.api.calls import CallController, ReportController
 from service.api.deps import MaskingRequest, Runtime, provide_conn, require_key
 from service.api.dids import DidController
+from service.api.erasures import ErasureController
 from service.api.events import EventController
 from service.api.links import CallLinkController
 from service.api.ops import MetricsController, StatsController, healthz, readyz
@@ -208,6 +209,7 @@ def create_app(
             WebhookController,
             PoolController,
             AuditController,
+            ErasureController,
         ],
         guards=[require_key],
     )

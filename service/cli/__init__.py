@@ -1,4 +1,4 @@
-"""The `masking` command line: serve, migrate, tenant, key, dids, sessions, audit, reports and provider-urls."""
+"""The `masking` command line: serve, migrate, tenant, key, keys, dids, sessions, audit, reports and provider-urls."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from service.cli.admin import (
     cmd_tenant_list,
 )
 from service.cli.common import CliError, describe_database
+from service.cli.keys import add_parser as add_keys_parser
 from service.cli.serve import cmd_serve, worker_app
 from service.crypto import KeysError
 from service.settings import PREFIX, Settings, SettingsError, load_settings
@@ -60,6 +61,7 @@ def parser() -> argparse.ArgumentParser:
     revoke = key.add_parser("revoke", help="revoke an API key by its id (`tenant list`); refused within 10 s")
     revoke.add_argument("key_id", type=int, metavar="KEY_ID")
     revoke.set_defaults(run=cmd_key_revoke)
+    add_keys_parser(sub)
 
     dids = sub.add_parser("dids", help="the DID pool").add_subparsers(dest="action", required=True)
     imp = dids.add_parser("import", help="add DIDs from a CSV file: number[,pool] per line")

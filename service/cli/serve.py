@@ -12,10 +12,13 @@ import socket
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from service import crypto
+from service.broker.keys import check_at_start
 from service.db.schema import SchemaTooNew
 from service.settings import Settings
 
@@ -34,12 +37,18 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from service.db.schema import migrate
 
     refuse_taken_port(settings.host, settings.port)
+    keys_said = crypto.ensure(settings)  # KeysError: one line and exit 2 (cli.main)
+    if not (settings.keys or settings.keys_file):
+        # Worker processes read their settings from the environment: the embedded default's key file too.
+        os.environ["MASKING_KEYS_FILE"] = str(Path(settings.data_dir).expanduser().resolve() / crypto.KEY_FILE_NAME)
 
     async def prepare(dsn: str) -> int:
         pool = await open_pool(settings, dsn, 1)
         try:
             async with pool.acquire() as conn:
-                return (await migrate(conn)).schema_version
+                version = (await migrate(conn)).schema_version
+                await check_at_start(conn, crypto.ring())
+                return version
         finally:
             await pool.close()
 
@@ -56,6 +65,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
             schema_version=version,
             provider=settings.provider_kind,
             workers=settings.workers,
+            sealing=keys_said,  # where the keys came from (a field named "keys" would be dropped as secret)
         )
         common: dict[str, Any] = {
             "host": settings.host,

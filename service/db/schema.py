@@ -11,7 +11,7 @@ from pathlib import Path
 import asyncpg
 import msgspec
 
-from service.db import Conn
+from service.db import Conn, backfill
 
 # Any fixed number: the advisory lock that makes concurrent migrations take turns.
 _MIGRATION_LOCK = 7_305_118_422
@@ -107,6 +107,8 @@ async def migrate(conn: Conn) -> Migrated:
     _check_not_newer(version, latest)
     created, applied = version is None, []
     while version != latest:
+        if version == backfill.SEALED_FROM:  # the clear numbers are sealed (online, in batches) before 0016 drops them
+            await backfill.fill(conn)
         step = await _with_retries(conn, latest)
         if step is not None:
             applied.append(step)
@@ -142,6 +144,8 @@ async def _one_step(conn: Conn, latest: int) -> str | None:
         if version == latest:
             return None
         migration = next(m for m in migrations() if m.version == version + 1)
+        if migration.version == backfill.SEALED_FROM + 1:  # what was written since fill(), under the tables' locks
+            await backfill.final_round(conn)
         await conn.execute(migration.sql)
         await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", migration.version)
         return migration.name
