@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import os
 import re
@@ -34,8 +33,8 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from service import crypto
 from service.broker.tenants import create_key
+from service.db import sealed
 from service.db.schema import migrate
 from service.embedded import EmbeddedPostgres
 from service.settings import Settings
@@ -357,27 +356,12 @@ async def _load_sessions(
         sessions, bindings = [], []
         for i in range(start, min(start + batch, count)):
             sid, did = uuid.uuid4(), dids[i % len(dids)]
-            # sealed like the service's (service/db/sealed.py); no request of the run names these numbers,
-            # so stand-ins of the same sizes hold the density: sha256 for an index, 44 bytes for a ciphertext
+            # sealed as the service seals them (service/db/sealed.py), under the run's ring: get-session reads them
             customer, agent = f"{prefixes[0]}{i:08d}", f"{prefixes[1]}{i:08d}"
-            c_ix, a_ix = hashlib.sha256(customer.encode()).digest(), hashlib.sha256(agent.encode()).digest()
-            ct = os.urandom(44)
+            c_ct, c_ix, c_mask = sealed.party(tenant_id, "customer", customer)
+            a_ct, a_ix, a_mask = sealed.party(tenant_id, "agent", agent)
             sessions.append(
-                (
-                    sid,
-                    tenant_id,
-                    f"load-{i}",
-                    ct,
-                    c_ix,
-                    "+91******0000",
-                    ct,
-                    a_ix,
-                    "+91******0000",
-                    did,
-                    pool,
-                    now,
-                    expires,
-                )
+                (sid, tenant_id, f"load-{i}", c_ct, c_ix, c_mask, a_ct, a_ix, a_mask, did, pool, now, expires)
             )
             bindings += [(c_ix, did, a_ix, sid, expires), (a_ix, did, c_ix, sid, expires)]
         await conn.copy_records_to_table(
@@ -498,7 +482,7 @@ def run(plan: Plan, out: Path, chart: Path | None, server: str) -> list[Result]:
         url, sim_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{sim_port}"
         env = masking_env(
             MASKING_DATABASE_URL=dsn,
-            MASKING_KEYS=os.environ.get("MASKING_KEYS") or crypto.KeyRing.generate().dumps().decode(),
+            MASKING_KEYS=os.environ["MASKING_KEYS"],  # the run's ring (tests.processes): the loaded rows open
             MASKING_PORT=str(port),
             MASKING_WORKERS=str(plan.workers),
             MASKING_SERVER=server,
