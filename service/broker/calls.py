@@ -20,6 +20,7 @@ from service.broker.errors import (
     ProviderRejected,
     ProviderTimeout,
     ProviderUnavailable,
+    RecordingNotAllowed,
     SessionNotActive,
     parse_id,
 )
@@ -69,6 +70,11 @@ async def place_call(
     call_id = uuid.uuid4()
     async with db.acquire() as conn:
         await check_call_caps(conn, tenant_id, sid, limits, clock())
+        if body.record and not await q.recording_allowed(conn, tenant_id, sid):
+            raise RecordingNotAllowed(
+                "This session's pool does not allow recording; place the call without `record: true`.",
+                field="record",
+            )
         try:
             row = await q.insert_call(
                 conn,
