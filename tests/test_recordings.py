@@ -34,7 +34,7 @@ async def recorded_call(live: Live, keys: Keys, order: str = "ORD-REC", pool_nam
 
 def recording_name(live: Live, call_id: str) -> tuple[str, int]:
     """The simulator's name and size of the call's recording."""
-    name = f"{call_id}.mp3"
+    name = next(n for n in live.sim.recordings if n.startswith(call_id))
     return name, live.sim.recordings[name]
 
 

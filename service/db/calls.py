@@ -201,7 +201,7 @@ async def select_awaiting_log(conn: Conn, tenant_id: int, placed_before: datetim
         f"""
         SELECT row_to_json(c)::jsonb AS call, s.order_id, c.lookups, c.lookup_at, c.lookup_outcome FROM (
             SELECT {CALL}, lookups, lookup_at, lookup_outcome FROM calls
-            WHERE tenant_id = $1 AND in_flight AND status = 'initiated' AND created_at <= $2
+            WHERE tenant_id = $1 AND in_flight AND status = 'initiated' AND created_at <= $2 AND flow IS NULL
             ORDER BY created_at LIMIT $3) c
         JOIN sessions s ON s.id = c.session_id
         ORDER BY c.created_at

@@ -37,6 +37,7 @@ HANG_SECONDS = 120  # longer than any client timeout; bounded so a stuck test st
 RECORDING_BYTES_PER_SECOND = 2000
 RECORDING_CHUNK = 16 * 1024
 C2C_PATH = "/api/v2/voice/c2c"
+_RECORDING_NAME = re.compile(r"[0-9a-f-]{1,64}-(\d{1,5})s\.mp3")
 _ONE_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 
 
@@ -142,7 +143,8 @@ class Simulator:
 
     def _record(self, click: dict[str, Any], seconds: int) -> str:
         """Keep a recording of this conversation; its URL (under the simulator's own address)."""
-        name = f"{click.get('mid') or uuid.uuid4()}.mp3"
+        # Its length is in its name, so any process of a several-worker service serves it (no shared memory).
+        name = f"{click.get('mid') or uuid.uuid4()}-{seconds}s.mp3"
         self.recordings[name] = seconds * RECORDING_BYTES_PER_SECOND
         return f"{self.base_url}/recordings/{name}"
 
@@ -152,8 +154,9 @@ class Simulator:
         self.recording_requests.append(
             {"name": name, "range": byte_range, "authorization": headers.get("authorization")}
         )
-        size = self.recordings.get(name)
-        if size is None:
+        known = _RECORDING_NAME.fullmatch(name)
+        size = int(known.group(1)) * RECORDING_BYTES_PER_SECOND if known else None
+        if not size:
             return Response({"status": 404, "message": "Not found"}, status_code=404)
         first, last, status = 0, size - 1, 200
         if byte_range and (match := _ONE_RANGE.fullmatch(byte_range.strip())):
