@@ -146,6 +146,7 @@ def create_app(
             here = f"http://{_reachable(settings.host)}:{settings.port}"
             provider_url, provider_token = here + "/_simulator/api/v2/", "simulator"
             simulator.callback_url = f"{here}/v1/provider/thundersms/callback/{token}"
+            simulator.base_url = f"{here}/_simulator"
             simulator.http = http
         runtime = Runtime(
             settings=settings,

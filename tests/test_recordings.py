@@ -16,7 +16,7 @@ from service.provider.simulator import Fault, recording_bytes
 from tests.factories import open_session, pool
 from tests.helpers import Keys, assert_problem, did_numbers
 from tests.live import Live, live_service
-from tests.test_reconcile import place, settled
+from tests.test_reconcile import FAST, place, settled
 
 PUBLIC = "https://masking.example"
 DID = "+918068281234"
@@ -77,6 +77,28 @@ async def test_a_recorded_call_shows_the_services_own_url_and_its_ready_event_is
         )
         assert_problem(await live.http.get(f"/v1/calls/{call['id']}/recording", headers=keys.b), 404, "not_found")
         assert_problem(await live.http.get(f"/v1/calls/{uuid.uuid4()}/recording", headers=keys.a), 404, "not_found")
+
+
+async def test_a_call_completed_from_the_call_log_takes_its_recording_from_the_rows_audio(
+    dsn: str, keys: Keys, db: asyncpg.Connection
+) -> None:
+    """A recorded call whose callback was lost is completed by reconciliation with the log row's `audio` as its
+    recording: available, call.recording_ready written, and it streams."""
+    async with live_service(dsn, background=True, public_url=PUBLIC, **FAST) as live:
+        session = await open_session(live.http, keys.a, dids=[DID], record=True)
+        live.sim.lose_callbacks = 1.0
+        call = await settled(live, keys, (await place(live, keys, session, Fault(report="answered")))["id"])
+        assert (call["source"], call["recording"]) == (
+            "call_log",
+            {"available": True, "duration_seconds": call["billing_seconds"]},
+        )
+        row = next(r for r in live.sim.call_log if r["mid"] == call["id"])
+        assert row["audio"] and row["audio"] not in str(call)
+        types = await db.fetch("SELECT type FROM events WHERE data->>'id' = $1 ORDER BY id", call["id"])
+        assert [t["type"] for t in types] == ["call.initiated", "call.completed", "call.recording_ready"]
+        name, size = recording_name(live, call["id"])
+        played = await live.http.get(f"/v1/calls/{call['id']}/recording", headers=keys.a)
+        assert played.status_code == 200 and played.content == recording_bytes(name, 0, size)
 
 
 async def test_the_recording_streams_through_the_service_with_range_requests_and_the_providers_content_type(
@@ -234,6 +256,8 @@ async def test_a_pool_that_forbids_recording_refuses_record_on_sessions_and_clic
     async with live_service(dsn, public_url=PUBLIC) as live:
         await pool(live.http, keys.a, "quiet", dids=did_numbers(2, start=30))
         earlier = await open_session(live.http, keys.a, pool_name="quiet", order_id="ORD-EARLIER", record=True)
+        bad = await live.http.put("/v1/pools/quiet", json={"recording_retention_days": 0}, headers=keys.a)
+        assert assert_problem(bad, 422, "invalid_request")["errors"][0]["field"] == "recording_retention_days"
         r = await live.http.put("/v1/pools/quiet", json={"recording_allowed": False}, headers=keys.a)
         assert r.status_code == 200 and r.json()["recording_allowed"] is False
         body = {"order_id": "ORD-Q", "customer": "+919876500001", "agent": "+918765400001", "pool": "quiet"}

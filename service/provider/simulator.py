@@ -79,7 +79,8 @@ class Simulator:
         self.lose_callbacks = 0.0
         self.lost: list[dict[str, Any]] = []
         self.http: httpx.AsyncClient | None = None
-        # Recordings it keeps (name: size in bytes), served at <its own address>/recordings/<name>.
+        # Recordings it keeps (name: size in bytes), served at <base_url>/recordings/<name>: its own address, set
+        # by the app that mounts it, else learnt from the first click (a mount hides its prefix from the request).
         self.base_url = ""
         self.recordings: dict[str, int] = {}
         self.recording_type = "audio/mpeg"
@@ -218,7 +219,7 @@ class Simulator:
             return Response({"status": 422, "message": "record must be 0 or 1"}, status_code=422)
         placed = datetime.now(self.zone)
         url = str(request.url).split("?", 1)[0]
-        if url.endswith(C2C_PATH):  # recordings are served where the clicks come in (standalone or mounted)
+        if not self.base_url and url.endswith(C2C_PATH):  # standalone: recordings are served where clicks come in
             self.base_url = url[: -len(C2C_PATH)]
         self.requests.append(click)
         self.headers.append(dict(request.headers))
