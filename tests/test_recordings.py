@@ -258,6 +258,8 @@ async def test_a_pool_that_forbids_recording_refuses_record_on_sessions_and_clic
         earlier = await open_session(live.http, keys.a, pool_name="quiet", order_id="ORD-EARLIER", record=True)
         bad = await live.http.put("/v1/pools/quiet", json={"recording_retention_days": 0}, headers=keys.a)
         assert assert_problem(bad, 422, "invalid_request")["errors"][0]["field"] == "recording_retention_days"
+        not_bool = await live.http.put("/v1/pools/quiet", json={"recording_allowed": 0}, headers=keys.a)
+        assert assert_problem(not_bool, 422, "invalid_request")["errors"][0]["field"] == "recording_allowed"
         r = await live.http.put("/v1/pools/quiet", json={"recording_allowed": False}, headers=keys.a)
         assert r.status_code == 200 and r.json()["recording_allowed"] is False
         body = {"order_id": "ORD-Q", "customer": "+919876500001", "agent": "+918765400001", "pool": "quiet"}
