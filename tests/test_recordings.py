@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 import httpx
 
-from service.broker import recordings, sweeps
+from service.broker import recordings, sweeps, tenants
 from service.provider.simulator import Fault, recording_bytes
 from tests.factories import open_session, pool
 from tests.helpers import Keys, assert_problem, did_numbers
@@ -142,7 +142,7 @@ async def test_a_signed_link_plays_without_a_key_until_it_expires_and_a_forged_o
     dsn: str, keys: Keys, db: asyncpg.Connection
 ) -> None:
     """POST recording-links gives a URL under the public address that plays (with Range) without a key; a token
-    changed by one character is 404, and one past its expiry 410 link_expired."""
+    changed by one character is 404; one past its expiry, or made by a key since revoked, 410 link_expired."""
     async with live_service(dsn, public_url=PUBLIC) as live:
         call = await recorded_call(live, keys)
         name, size = recording_name(live, call["id"])
@@ -175,6 +175,15 @@ async def test_a_signed_link_plays_without_a_key_until_it_expires_and_a_forged_o
             )
             expired = recordings.LinkSigner(secret).sign(claim)
             assert_problem(await anonymous.get(f"{live.url}/r/{expired}"), 410, "link_expired")
+        # A link stops with the key that made it (the first link's, a sessions key), not another key's.
+        by_ops_key = (await live.http.post(f"/v1/calls/{call['id']}/recording-links", headers=keys.a)).json()
+        key_id = await db.fetchval(
+            "SELECT id FROM api_keys WHERE tenant_id = $1 AND 'sessions' = ANY(scopes)", tenant_id
+        )
+        assert await tenants.revoke_key(db, key_id) is not None
+        async with httpx.AsyncClient() as anonymous:
+            assert_problem(await anonymous.get(local(link["url"], live)), 410, "link_expired")
+            assert (await anonymous.get(local(by_ops_key["url"], live))).status_code == 200
         too_short = await live.http.post(
             f"/v1/calls/{call['id']}/recording-links", json={"ttl_seconds": 1}, headers=keys.a
         )

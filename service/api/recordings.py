@@ -134,6 +134,6 @@ async def play_link(request: MaskingRequest, token: FromPath[str]) -> Stream:
         request.headers.get("range"),
         audit_context(request, Actor.api_key(str(claim.key_id), ""), claim.tenant_id),
         now,
-        "played through a signed link",
+        link=claim,
     )
     return _relay(upstream)

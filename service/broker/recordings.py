@@ -15,7 +15,7 @@ import asyncpg
 import msgspec
 import structlog
 
-from service.broker.audit import Context, Target
+from service.broker.audit import Actor, Context, Target
 from service.broker.errors import (
     LinkExpired,
     NotFound,
@@ -115,14 +115,22 @@ async def open_recording(
     byte_range: str | None,
     audit: Context,
     now: datetime,
-    reason: str | None = None,
+    link: Claim | None = None,
 ) -> Upstream:
     """The recording from the provider, opened (Range passed on); the access is on record before it is fetched.
 
-    No database connection is held while the provider is asked or the audio relayed.
+    Through a signed link (its claim given), the key that made the link must still be live, and is the actor on
+    record. No database connection is held while the provider is asked or the audio relayed.
     """
     cid = call_id if isinstance(call_id, uuid.UUID) else parse_id(call_id, "call")
+    reason = None
     async with db.acquire() as conn, conn.transaction():
+        if link is not None:
+            prefix = await q.live_key_prefix(conn, tenant_id, link.key_id)
+            if prefix is None:
+                raise LinkExpired("The API key that made this recording link was revoked; ask for a new link.")
+            audit = msgspec.structs.replace(audit, actor=Actor.api_key(str(link.key_id), prefix))
+            reason = "played through a signed link"
         reference = await _reference(conn, tenant_id, cid)
         await audit.record(conn, "recording.access", Target("call", str(cid)), now, reason)
     try:

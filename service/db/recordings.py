@@ -41,6 +41,14 @@ async def select_reference(conn: Conn, tenant_id: int, call_id: UUID) -> Referen
     return None if row is None else msgspec.convert(row, Reference)
 
 
+async def live_key_prefix(conn: Conn, tenant_id: int, key_id: int) -> str | None:
+    """The shown prefix of the tenant's key if it is not revoked (a signed link lives only as long as its key)."""
+    prefix: str | None = await conn.fetchval(
+        "SELECT prefix FROM api_keys WHERE id = $1 AND tenant_id = $2 AND revoked_at IS NULL", key_id, tenant_id
+    )
+    return prefix
+
+
 async def clear_references(conn: Conn, call_ids: list[UUID], now: datetime) -> list[UUID]:
     """Destroy these calls' recording references at once; the calls that had one."""
     rows = await conn.fetch(
