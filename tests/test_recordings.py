@@ -14,7 +14,7 @@ import httpx
 from service.broker import recordings, sweeps, tenants
 from service.provider.simulator import Fault, recording_bytes
 from tests.factories import open_session, pool
-from tests.helpers import Keys, assert_problem, did_numbers
+from tests.helpers import Keys, assert_problem, did_numbers, wait_for
 from tests.live import Live, live_service
 from tests.test_reconcile import FAST, place, settled
 
@@ -36,6 +36,10 @@ def recording_name(live: Live, call_id: str) -> tuple[str, int]:
     """The simulator's name and size of the call's recording."""
     name = next(n for n in live.sim.recordings if n.startswith(call_id))
     return name, live.sim.recordings[name]
+
+
+async def _ended(live: Live, before: int) -> bool:
+    return len(live.sim.recording_sends) > before
 
 
 def local(url: str, live: Live) -> str:
@@ -136,6 +140,15 @@ async def test_the_recording_streams_through_the_service_with_range_requests_and
             gate.set()
             rest = b"".join([chunk async for chunk in chunks])
         assert first + rest == recording_bytes(name, 0, size)
+
+        # A listener who leaves mid-way: the service lets go of the provider's answer too (no connection left
+        # hanging on a provider that waits), and the provider never sent the rest.
+        live.sim.recording_gate = asyncio.Event()
+        ends = len(live.sim.recording_sends)
+        async with live.http.stream("GET", path, headers=keys.a) as streamed:
+            await asyncio.wait_for(anext(streamed.aiter_raw()), timeout=10)
+        await wait_for(lambda: _ended(live, ends), within=10)
+        assert live.sim.recording_sends[-1] < size
 
 
 async def test_a_signed_link_plays_without_a_key_until_it_expires_and_a_forged_one_never(

@@ -87,6 +87,7 @@ class Simulator:
         self.recording_requests: list[dict[str, Any]] = []
         # When set, a recording's body waits for this after its first chunk (to show a relay does not buffer).
         self.recording_gate: asyncio.Event | None = None
+        self.recording_sends: list[int] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
     def inject(self, fault: Fault) -> None:
@@ -174,10 +175,16 @@ class Simulator:
             out["Content-Range"] = f"bytes {first}-{last}/{size}"
 
         async def body() -> Any:
-            for at in range(first, last + 1, RECORDING_CHUNK):
-                if at > first and self.recording_gate is not None:
-                    await self.recording_gate.wait()
-                yield recording_bytes(name, at, min(at + RECORDING_CHUNK, last + 1))
+            sent = 0
+            try:
+                for at in range(first, last + 1, RECORDING_CHUNK):
+                    if at > first and self.recording_gate is not None:
+                        await self.recording_gate.wait()
+                    chunk = recording_bytes(name, at, min(at + RECORDING_CHUNK, last + 1))
+                    yield chunk
+                    sent += len(chunk)
+            finally:
+                self.recording_sends.append(sent)  # bytes sent before the body ended (or the client left)
 
         return Stream(body(), status_code=status, media_type=self.recording_type, headers=out)
 
