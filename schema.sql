@@ -77,6 +77,8 @@ CREATE TABLE sessions (
     metadata          jsonb NOT NULL DEFAULT '{}',
     -- set when retention replaced the real numbers with masked ones
     redacted_at       timestamptz,
+    -- the sum of its calls' known costs (a decimal string; null while none is priced): see session_cost()
+    cost              text,
     CHECK ((status = 'active') = (close_reason IS NULL)),
     CHECK ((status = 'active') = (closed_at IS NULL)),
     CHECK ((customer_ct IS NULL) = (customer_ix IS NULL) AND (agent_ct IS NULL) = (agent_ix IS NULL)),
@@ -204,6 +206,11 @@ CREATE TABLE calls (
     to_ct             bytea,
     to_ix             bytea,
     to_mask           text NOT NULL,
+    -- how the last call-log lookup of a call still waiting went: not_found, ambiguous, log_unavailable
+    lookup_outcome    text,
+    -- recording_url above is the provider's reference to the recording, never handed out (the Call resource
+    -- shows the service's own URL); this says when the reference was destroyed (DELETE, or pool retention)
+    recording_deleted_at timestamptz,
     CHECK (NOT in_flight OR status IN ('initiated', 'unknown'))
 );
 -- One call in flight per session, so a report always matches exactly one call.
@@ -214,6 +221,20 @@ CREATE INDEX calls_reported ON calls (bridge, from_ix, to_ix, created_at) WHERE 
 CREATE INDEX calls_by_session ON calls (session_id, created_at);
 CREATE INDEX calls_overdue ON calls (created_at) WHERE in_flight;
 CREATE INDEX calls_by_tenant ON calls (tenant_id, created_at);
+-- the recording retention sweep finds recorded calls by age without reading the others
+CREATE INDEX calls_recorded ON calls (created_at) WHERE recording_url IS NOT NULL;
+
+-- A session's total cost (sessions.cost: the sum of its calls' known costs as a decimal string, null while
+-- none is priced), kept wherever a call's cost is set.
+CREATE FUNCTION session_cost() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE sessions SET cost = (SELECT sum(c.cost)::text FROM calls c WHERE c.session_id = NEW.session_id)
+    WHERE id = NEW.session_id;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER calls_session_cost AFTER UPDATE OF cost ON calls
+    FOR EACH ROW WHEN (NEW.cost IS DISTINCT FROM OLD.cost) EXECUTE FUNCTION session_cost();
 
 -- Every body the provider posts with a good token, stored before it is answered. Partitioned by the day it
 -- arrived, as events are (see below): a day's partition is dropped once the whole day is older than
@@ -369,6 +390,10 @@ CREATE TABLE pool_settings (
     default_max_calls    integer CHECK (default_max_calls >= 1),
     headroom_alert       integer NOT NULL DEFAULT 2 CHECK (headroom_alert >= 0),
     updated_at           timestamptz NOT NULL,
+    -- false: a session or click asking for `record` is refused (recording_not_allowed)
+    recording_allowed    boolean NOT NULL DEFAULT true,
+    -- recordings' references are destroyed this many days after their call (null: kept)
+    recording_retention_days integer CHECK (recording_retention_days BETWEEN 1 AND 3650),
     PRIMARY KEY (tenant_id, pool),
     CHECK (fallback_connect_to IS NULL OR fallback_flow IS NULL)
 );

@@ -37,6 +37,7 @@ from service.api.ops import MetricsController, StatsController, healthz, readyz
 from service.api.pools import PoolController
 from service.api.problems import internal_error_handler, problem_details_plugin, problem_response, too_deep_handler
 from service.api.provider import ProviderController
+from service.api.recordings import RecordingController, play_link
 from service.api.sessions import SessionController
 from service.api.webhooks import WebhookController
 from service.broker.errors import DatabaseUnavailable, InvalidRequest
@@ -47,6 +48,7 @@ from service.broker.sweeps import Sweeper
 from service.broker.tenants import KeyCache, callback_token
 from service.broker.webhooks.delivery import Deliverer
 from service.db.pool import FAILOVER_ERRORS, create_pool
+from service.db.recordings import server_settings
 from service.db.tenants import get_or_create_secret as secret
 from service.provider.simulator import Simulator, simulator_app
 from service.provider.thundersms import ThunderSMS
@@ -137,7 +139,8 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        db = await create_pool(dsn, settings.db_pool_size)
+        # The pool's connections know the public URL: the Call resource names its recording by it.
+        db = await create_pool(dsn, settings.db_pool_size, server_settings=server_settings(settings.public_base))
         metrics.cap_pool_labels(settings.metrics_pool_series)
         http = httpx.AsyncClient(timeout=settings.provider_timeout_seconds)
         token = await callback_token(db, settings.callback_token)
@@ -146,6 +149,7 @@ def create_app(
             here = f"http://{_reachable(settings.host)}:{settings.port}"
             provider_url, provider_token = here + "/_simulator/api/v2/", "simulator"
             simulator.callback_url = f"{here}/v1/provider/thundersms/callback/{token}"
+            simulator.base_url = f"{here}/_simulator"
             simulator.http = http
         runtime = Runtime(
             settings=settings,
@@ -210,10 +214,11 @@ def create_app(
             PoolController,
             AuditController,
             ErasureController,
+            RecordingController,
         ],
         guards=[require_key],
     )
-    handlers: list[Any] = [healthz, readyz, MetricsController, ProviderController, v1]
+    handlers: list[Any] = [healthz, readyz, MetricsController, ProviderController, play_link, v1]
     handlers += [
         agent.agent_router(csrf),
         console.console_router(csrf, security.console_session_config(secure)),

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
 DidStatus = Literal["active", "draining", "retired"]
 SessionStatus = Literal["active", "closed", "expired"]
@@ -46,6 +47,8 @@ class Session(msgspec.Struct, frozen=True, kw_only=True):
     max_call_minutes: int | None
     max_calls: int | None
     calls_made: int
+    # The sum of its calls' known costs (a decimal string); None while no call of it is priced.
+    cost: str | None = None
     metadata: dict[str, Any]
 
 
@@ -56,6 +59,14 @@ class ProviderOutcome(msgspec.Struct, frozen=True, kw_only=True):
     status1: str | None
     status2: str | None
     message: str | None
+
+
+class Recording(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A call's recording: available (with its length), or destroyed (with when)."""
+
+    available: bool
+    duration_seconds: int | UnsetType | None = UNSET
+    deleted_at: datetime | UnsetType = UNSET
 
 
 class Call(msgspec.Struct, frozen=True, kw_only=True, rename={"from_": "from"}):
@@ -75,8 +86,10 @@ class Call(msgspec.Struct, frozen=True, kw_only=True, rename={"from_": "from"}):
     ended_at: datetime | None
     duration_seconds: int | None
     billing_seconds: int | None
+    # The service's own URL of the recording (never the provider's): <MASKING_PUBLIC_URL>/v1/calls/{id}/recording.
     recording_url: str | None
     hangup_by: str | None
+    recording: Recording | None = None
     # Where the outcome came from: the provider's report, or its call log (reconciliation); None while none came.
     source: Literal["report", "call_log"] | None = None
     # From the provider's call log, when it gave them: the charge (a decimal string) and the billing pulse.

@@ -111,7 +111,10 @@ async def test_the_documents_example_report_completes_the_call(live: Live, keys:
     sent = json.loads(report)
     assert datetime.fromisoformat(done["started_at"]) == datetime.fromisoformat(sent["start_at"]).replace(tzinfo=ist)
     assert datetime.fromisoformat(done["ended_at"]) == datetime.fromisoformat(sent["end_at"]).replace(tzinfo=ist)
-    assert (done["recording_url"], done["hangup_by"]) == ("https://youraudiofilelocation/", "caller")
+    # The report's recording URL is the provider's: the call names the service's own instead.
+    own = f"http://127.0.0.1:8000/v1/calls/{call['id']}/recording"  # MASKING_PUBLIC_URL's default in tests
+    assert (done["recording_url"], done["hangup_by"]) == (own, "caller")
+    assert done["recording"] == {"available": True, "duration_seconds": 23}
     assert done["provider"] == {"status": "COMPLETED", "status1": "RECEIVED", "status2": "ANSWER",
                                 "message": "Call initiated successfully"}  # fmt: skip
 

@@ -223,3 +223,21 @@ async def test_the_daily_sweep_prices_yesterdays_reported_calls_from_one_unambig
         (None, None),
     ]
     assert [c["source"] for c in after_sweep] == ["report"] * 3
+
+
+async def test_a_sessions_cost_is_the_sum_of_its_priced_calls_and_null_while_none_is(dsn: str, keys: Keys) -> None:
+    """The session resource's `cost` is null while no call is priced, then the decimal sum of its calls' known costs
+    (an unpriced call adds nothing), in GET and in the session list."""
+    async with live_service(dsn, **CALLS) as live:
+        calls = await reported_calls(live, keys, 3)
+        session_id = calls[0]["session_id"]
+        before = (await live.http.get(f"/v1/sessions/{session_id}", headers=keys.a)).json()
+        hidden = next(r for r in live.sim.call_log if r["mid"] == calls[0]["id"])
+        live.sim.call_log.remove(hidden)
+        assert await sweep_costs(live, dsn, tomorrow_at_3()) == CostTally(priced=2, not_found=1)
+        priced = [(await live.http.get(f"/v1/calls/{c['id']}", headers=keys.a)).json()["cost"] for c in calls[1:]]
+        after = (await live.http.get(f"/v1/sessions/{session_id}", headers=keys.a)).json()
+        listed = (await live.http.get("/v1/sessions", headers=keys.a)).json()["items"]
+    assert before["cost"] is None and None not in priced
+    assert Decimal(after["cost"]) == sum(Decimal(c) for c in priced) and isinstance(after["cost"], str)
+    assert [s["cost"] for s in listed if s["id"] == session_id] == [after["cost"]]

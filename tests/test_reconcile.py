@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import re
 from collections import Counter
 from datetime import date, timedelta
 from typing import Any
@@ -61,6 +62,13 @@ def test_call_log_durations_dates_and_rows_are_read_as_the_provider_writes_them(
     assert parse_row({**raw, "call_to": ""}, IST) is None
 
 
+async def lookups(live: Live, outcome: str) -> float:
+    """The service's count of call-log lookups with that outcome (the counter is the process's: compare deltas)."""
+    text = (await live.http.get("/metrics")).text
+    found = re.search(rf'^masking_reconcile_lookups_total{{outcome="{outcome}"}} (\S+)$', text, flags=re.M)
+    return float(found.group(1)) if found else 0.0
+
+
 async def place(live: Live, keys: Keys, session: dict[str, Any], fault: Fault | None = None) -> dict[str, Any]:
     if fault is not None:
         live.sim.inject(fault)
@@ -85,6 +93,7 @@ async def test_a_lost_report_is_completed_from_the_call_log_and_the_late_report_
     """The call log's row completes the call as a report would (event, source call_log, cost); the real report later is a duplicate."""
     async with live_service(dsn, background=True, **FAST) as live:
         session = await open_session(live.http, keys.a, dids=[DID], max_calls=3)
+        reconciled_before = await lookups(live, "reconciled")
         reported = await place(live, keys, session, Fault(report="answered"))
         by_report = await settled(live, keys, reported["id"])
         assert (by_report["source"], by_report["cost"], by_report["billing_pulse_seconds"]) == ("report", None, None)
@@ -104,12 +113,12 @@ async def test_a_lost_report_is_completed_from_the_call_log_and_the_late_report_
         late = await live.http.post(live.callback, json=live.sim.lost[0])
         assert late.status_code == 200
         assert (await live.http.get(f"/v1/calls/{lost['id']}", headers=keys.a)).json() == call
-        metrics = (await live.http.get("/metrics")).text
+        reconciled = await lookups(live, "reconciled") - reconciled_before
     outcomes = Counter(
         (r["outcome"], r["reason"]) for r in await db.fetch("SELECT outcome, reason FROM provider_reports")
     )
     assert outcomes == {("matched", None): 2, ("duplicate", "call_already_reported"): 1}
-    assert 'masking_reconcile_lookups_total{outcome="reconciled"} 1.0' in metrics
+    assert reconciled == 1
 
 
 async def test_two_rows_that_could_be_the_call_leave_it_waiting_and_counted(
@@ -118,14 +127,14 @@ async def test_two_rows_that_could_be_the_call_leave_it_waiting_and_counted(
     """A second log row on the same route in the call's window makes the lookup ambiguous: nothing is guessed."""
     async with live_service(dsn, background=True, **FAST) as live:
         session = await open_session(live.http, keys.a, dids=[DID])
+        ambiguous_before = await lookups(live, "ambiguous")
         live.sim.lose_callbacks = 1.0
         call = await place(live, keys, session, Fault(report="answered"))
         twin = dict(live.sim.call_log[0], id="other", mid=None, start_at=live.sim.call_log[0]["end_at"])
         live.sim.call_log.append(twin)
 
         async def counted() -> bool:
-            text = (await live.http.get("/metrics")).text
-            return 'masking_reconcile_lookups_total{outcome="ambiguous"}' in text
+            return await lookups(live, "ambiguous") > ambiguous_before
 
         await wait_for(counted, within=20, interval=0.1)
         assert (await live.http.get(f"/v1/calls/{call['id']}", headers=keys.a)).json()["status"] == "initiated"

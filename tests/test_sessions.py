@@ -29,7 +29,7 @@ async def test_a_session_is_created_on_a_did_of_the_pool(client: httpx.AsyncClie
     s = r.json()
     assert set(s) == {
         "id", "order_id", "customer", "agent", "masked_number", "pool", "status", "close_reason", "close_note", "created_at",
-        "expires_at", "closed_at", "record", "max_call_minutes", "max_calls", "calls_made", "metadata",
+        "expires_at", "closed_at", "record", "max_call_minutes", "max_calls", "calls_made", "cost", "metadata",
     }  # fmt: skip
     assert (s["customer"], s["agent"], s["status"], s["pool"]) == (CUSTOMER, AGENT, "active", "default")
     assert s["masked_number"] in did_numbers(2)

@@ -1,6 +1,6 @@
 """docs/webhooks.md cannot drift: its example of each event type has the keys the service really sends.
 
-The service emits every one of the 11 types for real (sessions through the API, calls through the provider
+The service emits every one of the 12 types for real (sessions through the API, calls through the provider
 simulator, a stray report, the headroom check, a webhook test send); each type's example in the guide must
 have the same top-level keys and, recursively, the same `data` keys as the real event.
 DUMP_EVENTS=1 (with -s) prints the real events, to copy a changed shape into the guide.
@@ -113,6 +113,9 @@ async def every_event(dsn: str, keys: Keys, db: asyncpg.Connection) -> dict[str,
         live.sim.inject(Fault(report="missed"))
         missed = await call(live, keys, await new_session(live, keys, 2), 202)
         await call_status(live, keys, missed, "missed")
+        # call.recording_ready: a recorded call whose report carries a recording
+        recorded = await call(live, keys, await new_session(live, keys, 5, record=True), 202)
+        await call_status(live, keys, recorded, "completed")
         # call.failed: the provider refuses the click
         live.sim.inject(Fault(answer="reject", report="none"))
         await call(live, keys, await new_session(live, keys, 3), 502)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import msgspec
 from litestar import Controller, get, put
+from litestar.exceptions import ValidationException
 from litestar.params import FromPath, JSONBody
 
 from service.api.audit import key_context
@@ -50,6 +52,10 @@ class PoolController(Controller):
     ) -> broker.Pool:
         runtime, now = request.runtime, request.runtime.clock()
         tenant_id = request.principal.tenant_id
+        try:  # strictly, too: the body's lax decoding takes 0 and 1 for the booleans (recording_allowed)
+            msgspec.json.decode(await request.body(), type=broker.PoolSettings)
+        except msgspec.ValidationError as exc:
+            raise ValidationException(extra=[{"key": "data", "message": str(exc), "source": "body"}]) from None
         async with conn.transaction():  # the change and its audit row commit together (rule 12)
             pool = await broker.put_pool(
                 conn, tenant_id, name, data, now, max_pools=runtime.settings.max_pools_per_tenant, cache=runtime.pools

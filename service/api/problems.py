@@ -68,7 +68,8 @@ STATUS: Final[Mapping[str, int]] = {
     "idempotency_in_flight": 409,
     "too_many_pools": 409,
     "too_many_webhooks": 409,
-    "recording_unavailable": 404,
+    "recording_unavailable": 404,  # 410 for a deleted one (RecordingDeleted)
+    "recording_not_allowed": 422,
     "rate_limited": 429,
     "link_expired": 410,
     "provider_rejected": 502,
@@ -92,7 +93,8 @@ def problem(status: int, code: str, title: str, detail: str, **extra: Any) -> Pr
 
 
 def _from_domain(exc: DomainError) -> ProblemDetailsException:
-    result = problem(STATUS[exc.code], exc.code, exc.title, exc.detail, **exc.extra)
+    status = 410 if getattr(exc, "gone", False) else STATUS[exc.code]
+    result = problem(status, exc.code, exc.title, exc.detail, **exc.extra)
     if "retry_after" in exc.extra:
         result.headers = {"Retry-After": str(exc.extra["retry_after"])}
     return result

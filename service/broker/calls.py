@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Literal, Protocol
 
 import asyncpg
@@ -20,6 +20,7 @@ from service.broker.errors import (
     ProviderRejected,
     ProviderTimeout,
     ProviderUnavailable,
+    RecordingNotAllowed,
     SessionNotActive,
     parse_id,
 )
@@ -73,6 +74,11 @@ async def place_call(
     call_id = uuid.uuid4()
     async with db.acquire() as conn:
         await check_call_caps(conn, tenant_id, sid, limits, clock())
+        if body.record and not await q.recording_allowed(conn, tenant_id, sid):
+            raise RecordingNotAllowed(
+                "This session's pool does not allow recording; place the call without `record: true`.",
+                field="record",
+            )
         try:
             row = await q.insert_call(
                 conn,
@@ -153,3 +159,13 @@ async def list_calls(conn: Conn, tenant_id: int, session_id: str) -> list[Call]:
     if await sessions_q.select_session(conn, tenant_id, sid) is None:
         raise NotFound("No session with that id.")
     return await q.select_session_calls(conn, tenant_id, sid)
+
+
+# Calls waiting on the call log listed by the console, at most.
+AWAITING_SHOWN = 100
+
+
+async def calls_awaiting_log(conn: Conn, tenant_id: int, now: datetime, after_seconds: int) -> list[q.AwaitingLog]:
+    """Calls still waiting for their report past MASKING_RECONCILE_AFTER_SECONDS (so looked up in the provider's
+    call log), oldest first, with how their lookups went: not found yet, ambiguous, or the log unavailable."""
+    return await q.select_awaiting_log(conn, tenant_id, now - timedelta(seconds=after_seconds), AWAITING_SHOWN)

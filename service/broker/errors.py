@@ -119,6 +119,15 @@ class TooManyWebhooks(DomainError):
 
 class RecordingUnavailable(DomainError):
     code, title = "recording_unavailable", "Recording unavailable"
+    gone = False  # True: there was one, and its reference was destroyed (api/ answers 410 rather than 404)
+
+
+class RecordingDeleted(RecordingUnavailable):
+    gone = True
+
+
+class RecordingNotAllowed(DomainError):
+    code, title = "recording_not_allowed", "Recording not allowed"
 
 
 class ForbiddenAddress(DomainError):

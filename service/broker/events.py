@@ -25,6 +25,7 @@ EventType = Literal[
     "call.missed",
     "call.failed",
     "call.unknown",
+    "call.recording_ready",
     "report.unmatched",
     "pool.low_headroom",
     "webhook.test",

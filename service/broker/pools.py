@@ -9,7 +9,7 @@ from typing import Annotated
 import msgspec
 
 from service.broker import events
-from service.broker.errors import InvalidRequest, NotFound, TooManyPools
+from service.broker.errors import InvalidRequest, NotFound, RecordingNotAllowed, TooManyPools
 from service.broker.phones import normalize
 from service.broker.sessions import CreateSession, Rules, Ttl
 from service.db import Conn
@@ -118,6 +118,10 @@ class PoolSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     default_ttl_seconds: Ttl | None = None
     default_max_calls: Annotated[int, msgspec.Meta(ge=1)] | None = None
     headroom_alert: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = DEFAULT_HEADROOM_ALERT
+    # false: sessions and clicks asking for `record` are refused (422 recording_not_allowed)
+    recording_allowed: bool = True
+    # the provider's recording references are destroyed this many days after the call (null: kept)
+    recording_retention_days: Annotated[int, msgspec.Meta(ge=1, le=3650)] | None = None
 
 
 class PoolUsage(msgspec.Struct, frozen=True, kw_only=True):
@@ -141,6 +145,8 @@ class Pool(msgspec.Struct, frozen=True, kw_only=True):
     default_ttl_seconds: int | None
     default_max_calls: int | None
     headroom_alert: int
+    recording_allowed: bool = True
+    recording_retention_days: int | None = None
     stats: PoolUsage
 
 
@@ -188,6 +194,8 @@ def _pool(name: str, s: q.PoolSettingsRow | None, stats: PoolStats | None) -> Po
         default_ttl_seconds=s.default_ttl_seconds,
         default_max_calls=s.default_max_calls,
         headroom_alert=s.headroom_alert,
+        recording_allowed=s.recording_allowed,
+        recording_retention_days=s.recording_retention_days,
         stats=usage,
     )
 
@@ -230,6 +238,8 @@ async def put_pool(
         default_ttl_seconds=body.default_ttl_seconds,
         default_max_calls=body.default_max_calls,
         headroom_alert=body.headroom_alert,
+        recording_allowed=body.recording_allowed,
+        recording_retention_days=body.recording_retention_days,
     )
     async with conn.transaction():
         await dids_q.lock_pools(conn, tenant_id)
@@ -285,6 +295,11 @@ async def for_create(
     s = await cache.get(conn, tenant_id, body.pool)
     if s is None:
         return body, base
+    if body.record and not s.recording_allowed:
+        raise RecordingNotAllowed(
+            f"Pool `{body.pool}` does not allow recording; create the session without `record: true`.",
+            field="record",
+        )
     if body.max_calls is None and s.default_max_calls is not None:
         body = msgspec.structs.replace(body, max_calls=s.default_max_calls)
     return body, rules_for(base, s)

@@ -90,11 +90,13 @@ class Reconciler:
             rows = await self.log.rows(oldest, now)
         except CallLogError as exc:
             log.warning("call_log_unavailable", error=str(exc), calls=len(due))
-            await q.defer(conn, [c.id for c in due], [now + self.backoff(c.lookups) for c in due])
+            await q.defer(
+                conn, [c.id for c in due], [now + self.backoff(c.lookups) for c in due], ["log_unavailable"] * len(due)
+            )
             return
         routes = list({(c.bridge, c.from_number, c.to_number) for c in due})
         placed = await q.placed_conversations(conn, routes, oldest - timedelta(days=1))
-        waiting: list[q.DueCall] = []
+        waiting: list[tuple[q.DueCall, str]] = []
         for call in due:
             found = self.candidates(call, rows, placed)
             if len(found) == 1:
@@ -109,6 +111,11 @@ class Reconciler:
             metrics.RECONCILED.labels(outcome).inc()
             if found:
                 log.warning("call_log_ambiguous", call_id=str(call.id), rows=len(found))
-            waiting.append(call)
+            waiting.append((call, outcome))
         if waiting:
-            await q.defer(conn, [c.id for c in waiting], [now + self.backoff(c.lookups) for c in waiting])
+            await q.defer(
+                conn,
+                [c.id for c, _ in waiting],
+                [now + self.backoff(c.lookups) for c, _ in waiting],
+                [outcome for _, outcome in waiting],
+            )

@@ -155,7 +155,7 @@ async def apply_log_row(conn: Conn, call_id: uuid.UUID, row: LogRow, matching: M
         status=row.status,
         status1=None,
         status2=None,
-        recording_url=None,  # recordings are not this job's: the row's `audio` stays in its stored body
+        recording_url=row.audio,
         hangup_by=row.hangup_by,
     )
     body = msgspec.json.encode({"source": "call_log", "mid": str(call_id), "row": row})

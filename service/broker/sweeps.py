@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 import structlog
 
 from service import metrics
-from service.broker import events, pools
+from service.broker import events, pools, recordings
 from service.broker.costs import CostSweep
 from service.broker.horizon import HorizonWatch
 from service.broker.reconcile import Reconciler
@@ -83,6 +83,11 @@ async def time_out_calls(conn: Conn, now: datetime, timeout_seconds: int) -> int
     return await _in_batches(conn, "calls_timed_out", step)
 
 
+async def end_recording_retention(conn: Conn, now: datetime) -> int:
+    """Destroy the recording references of calls older than their pool's recording_retention_days."""
+    return await _in_batches(conn, "recordings_deleted", lambda: recordings.end_retention(conn, now, BATCH))
+
+
 async def redact_old_sessions(conn: Conn, now: datetime, days: int) -> int:
     """Mask the numbers of sessions ended more than `days` ago (MASKING_RETENTION_DAYS)."""
     cutoff = now - timedelta(days=days)
@@ -109,7 +114,7 @@ async def tidy(conn: Conn, settings: Settings, now: datetime) -> dict[str, int]:
     retention; events, webhook deliveries and attempts older than the event retention
     (MASKING_EVENT_RETENTION_DAYS): each day partition once its whole day is past it, by a drop, and rows in
     the default partitions by DELETE; per-minute refusal counts older than a day; audit rows older than
-    MASKING_AUDIT_RETENTION_DAYS.
+    MASKING_AUDIT_RETENTION_DAYS; recording references older than their pool's recording_retention_days.
     """
     keys_before = now - idempotency_q.REPLAY_WINDOW
     # A pool may set a longer cool-off than the service's: ended bindings are kept for the longest of all.
@@ -157,6 +162,7 @@ async def tidy(conn: Conn, settings: Settings, now: datetime) -> dict[str, int]:
             conn, "refusal_counts_deleted", lambda: retention_q.delete_old_refusals(conn, now - REFUSALS_KEPT, BATCH)
         ),
         "audit_rows_purged": await purge_audit(conn, now, settings.audit_retention_days),
+        "recordings_deleted": await end_recording_retention(conn, now),
     }
 
 

@@ -11,11 +11,21 @@ import msgspec
 from service.db import Conn, sealed
 from service.models import Call
 
+# The service's own URL of a call's recording (the stored recording_url is the provider's reference, never
+# shown): its base is the connection's masking.public_url (db/recordings.server_settings), set by the app.
+RECORDING_URL = """CASE WHEN recording_url IS NOT NULL
+    THEN coalesce(current_setting('masking.public_url', true), '') || '/v1/calls/' || id || '/recording' END"""
+RECORDING = """CASE WHEN recording_url IS NOT NULL
+        THEN jsonb_build_object('available', true, 'duration_seconds', billing_seconds)
+    WHEN recording_deleted_at IS NOT NULL
+        THEN jsonb_build_object('available', false, 'deleted_at', recording_deleted_at) END"""
+
 # The columns of a call row under the names of the Call resource (its numbers sealed, opened by _call with
 # the row's tenant_id).
 CALL = f"""id, session_id, first, {sealed.sealed_text("from_ct", "from_mask")} AS "from",
     {sealed.sealed_text("to_ct", "to_mask")} AS "to", bridge, flow, status, record,
-    created_at, started_at, ended_at, duration_seconds, billing_seconds, recording_url, hangup_by,
+    created_at, started_at, ended_at, duration_seconds, billing_seconds, {RECORDING_URL} AS recording_url,
+    hangup_by, {RECORDING} AS recording,
     coalesce(source, CASE WHEN report_id IS NOT NULL THEN 'report' END) AS source, cost::text AS cost,
     billing_pulse_seconds,
     jsonb_build_object('status', provider_status, 'status1', provider_status1, 'status2', provider_status2,
@@ -53,7 +63,9 @@ class Dialled(msgspec.Struct, frozen=True):
     max_call_minutes: int | None
 
 
-# Record the call before dialling. The session must be live, and its DID below its
+# Record the call before dialling. It is recorded as asked, else as its session asks unless the session's pool
+# has since forbidden recording (an explicit `record: true` there is refused before this). The session must be
+# live, and its DID below its
 # max_concurrent_calls (the DID row is locked so that clicks on one DID count in turn). One call in
 # flight per session is the partial unique index calls_one_in_flight: a concurrent click on the same
 # session gets a unique violation. A call link's press passes its party's number as the link saw it ($9,
@@ -74,7 +86,8 @@ s AS (
     WHERE sessions.id = $2 AND sessions.did = room.number
       AND ($9::bytea IS NULL OR $9 = CASE WHEN $4 = 'agent' THEN sessions.agent_ix ELSE sessions.customer_ix END)
     RETURNING sessions.id, sessions.did, sessions.customer_ct, sessions.customer_ix, sessions.customer_mask,
-              sessions.agent_ct, sessions.agent_ix, sessions.agent_mask, sessions.record, sessions.max_call_minutes)
+              sessions.agent_ct, sessions.agent_ix, sessions.agent_mask, sessions.record, sessions.pool,
+              sessions.max_call_minutes)
 INSERT INTO calls (id, tenant_id, session_id, first, from_ct, from_ix, from_mask, to_ct, to_ix, to_mask, bridge,
                    flow, record, max_call_minutes, created_at)
 SELECT $3, $1, s.id, $4,
@@ -84,7 +97,9 @@ SELECT $3, $1, s.id, $4,
        CASE WHEN $5::text IS NOT NULL THEN NULL WHEN $4 = 'agent' THEN s.customer_ct ELSE s.agent_ct END,
        CASE WHEN $5::text IS NOT NULL THEN NULL WHEN $4 = 'agent' THEN s.customer_ix ELSE s.agent_ix END,
        CASE WHEN $5::text IS NOT NULL THEN 'flow:' || $5 WHEN $4 = 'agent' THEN s.customer_mask ELSE s.agent_mask END,
-       s.did, $5, coalesce($6, s.record), coalesce($7, s.max_call_minutes), $8
+       s.did, $5, coalesce($6, s.record AND NOT EXISTS (
+           SELECT 1 FROM pool_settings p WHERE p.tenant_id = $1 AND p.pool = s.pool AND NOT p.recording_allowed)),
+       coalesce($7, s.max_call_minutes), $8
 FROM s
 RETURNING id, bridge, first, tenant_id, {sealed.sealed_text("from_ct", "from_mask")} AS from_number,
           {sealed.sealed_text("to_ct", "to_mask")} AS to_number, record, max_call_minutes
@@ -185,12 +200,66 @@ async def time_out_calls(conn: Conn, before: datetime, limit: int) -> list[tuple
     with whether it was unknown already (a click with no answer: it only stops awaiting a report)."""
     rows = await conn.fetch(
         f"""
-        WITH due AS (SELECT id, status AS was FROM calls WHERE in_flight AND created_at <= $1
+        WITH due AS (SELECT id AS due_id, status AS was FROM calls WHERE in_flight AND created_at <= $1
                      ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)
-        UPDATE calls c SET status = 'unknown', in_flight = false FROM due WHERE c.id = due.id
-        RETURNING {CALL.replace("id, session_id", "c.id, session_id", 1)}, due.was = 'unknown' AS already
+        UPDATE calls SET status = 'unknown', in_flight = false FROM due WHERE calls.id = due.due_id
+        RETURNING {CALL}, due.was = 'unknown' AS already
         """,
         before,
         limit,
     )
     return [(_call({k: v for k, v in r.items() if k != "already"}), r["already"]) for r in rows]
+
+
+async def recording_allowed(conn: Conn, tenant_id: int, session_id: UUID) -> bool:
+    """Whether the session's pool allows recording (true for an unknown session: the insert then says why not)."""
+    allowed: bool = await conn.fetchval(
+        """
+        SELECT coalesce((SELECT p.recording_allowed FROM sessions s
+                         JOIN pool_settings p ON p.tenant_id = s.tenant_id AND p.pool = s.pool
+                         WHERE s.id = $2 AND s.tenant_id = $1), true)
+        """,
+        tenant_id,
+        session_id,
+    )
+    return allowed
+
+
+class AwaitingLog(msgspec.Struct, frozen=True, kw_only=True):
+    """A call still waiting for its report past the reconciliation delay, with how its call-log lookups went."""
+
+    call: Call
+    order_id: str
+    lookups: int
+    lookup_at: datetime | None
+    lookup_outcome: str | None
+
+
+async def select_awaiting_log(conn: Conn, tenant_id: int, placed_before: datetime, limit: int) -> list[AwaitingLog]:
+    """The tenant's calls in flight placed before a time (due a call-log lookup or waiting on one), oldest first."""
+    rows = await conn.fetch(
+        f"""
+        SELECT row_to_json(c)::jsonb AS call, s.order_id, c.lookups, c.lookup_at, c.lookup_outcome FROM (
+            SELECT {CALL}, lookups, lookup_at, lookup_outcome FROM calls
+            WHERE tenant_id = $1 AND in_flight AND status = 'initiated' AND created_at <= $2 AND flow IS NULL
+            ORDER BY created_at LIMIT $3) c
+        JOIN sessions s ON s.id = c.session_id
+        ORDER BY c.created_at
+        """,
+        tenant_id,
+        placed_before,
+        limit,
+    )
+    return [
+        AwaitingLog(
+            call=msgspec.convert({k: v for k, v in r["call"].items() if k not in _LOOKUP}, Call, strict=False),
+            order_id=r["order_id"],
+            lookups=r["lookups"],
+            lookup_at=r["lookup_at"],
+            lookup_outcome=r["lookup_outcome"],
+        )
+        for r in rows
+    ]
+
+
+_LOOKUP = ("lookups", "lookup_at", "lookup_outcome")

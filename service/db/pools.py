@@ -21,10 +21,12 @@ class PoolSettingsRow(msgspec.Struct, frozen=True, kw_only=True):
     default_ttl_seconds: int | None = None
     default_max_calls: int | None = None
     headroom_alert: int = 2
+    recording_allowed: bool = True
+    recording_retention_days: int | None = None
 
 
 _COLUMNS = """pool, fallback_connect_to, fallback_flow, cooloff_seconds, default_ttl_seconds, default_max_calls,
-    headroom_alert"""
+    headroom_alert, recording_allowed, recording_retention_days"""
 
 
 def _row(row: Any) -> PoolSettingsRow:
@@ -52,13 +54,15 @@ async def upsert_settings(conn: Conn, tenant_id: int, s: PoolSettingsRow, now: d
     row = await conn.fetchrow(
         f"""
         INSERT INTO pool_settings (tenant_id, pool, fallback_connect_to, fallback_flow, cooloff_seconds,
-                                   default_ttl_seconds, default_max_calls, headroom_alert, updated_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                                   default_ttl_seconds, default_max_calls, headroom_alert, updated_at,
+                                   recording_allowed, recording_retention_days)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
         ON CONFLICT (tenant_id, pool) DO UPDATE SET
             fallback_connect_to = excluded.fallback_connect_to, fallback_flow = excluded.fallback_flow,
             cooloff_seconds = excluded.cooloff_seconds, default_ttl_seconds = excluded.default_ttl_seconds,
             default_max_calls = excluded.default_max_calls, headroom_alert = excluded.headroom_alert,
-            updated_at = excluded.updated_at
+            updated_at = excluded.updated_at, recording_allowed = excluded.recording_allowed,
+            recording_retention_days = excluded.recording_retention_days
         RETURNING {_COLUMNS}
         """,
         tenant_id,
@@ -70,6 +74,8 @@ async def upsert_settings(conn: Conn, tenant_id: int, s: PoolSettingsRow, now: d
         s.default_max_calls,
         s.headroom_alert,
         now,
+        s.recording_allowed,
+        s.recording_retention_days,
     )
     return _row(row)
 

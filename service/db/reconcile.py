@@ -64,15 +64,18 @@ async def select_due(
     return due
 
 
-async def defer(conn: Conn, call_ids: list[UUID], next_at: list[datetime]) -> None:
-    """Count one more lookup of these calls and set when each is next due."""
+async def defer(conn: Conn, call_ids: list[UUID], next_at: list[datetime], outcomes: list[str]) -> None:
+    """Count one more lookup of these calls, how each went (not_found, ambiguous, log_unavailable), and when each
+    is next due."""
     await conn.execute(
         """
-        UPDATE calls c SET lookups = c.lookups + 1, lookup_at = d.next_at
-        FROM unnest($1::uuid[], $2::timestamptz[]) AS d(id, next_at) WHERE c.id = d.id AND c.in_flight
+        UPDATE calls c SET lookups = c.lookups + 1, lookup_at = d.next_at, lookup_outcome = d.outcome
+        FROM unnest($1::uuid[], $2::timestamptz[], $3::text[]) AS d(id, next_at, outcome)
+        WHERE c.id = d.id AND c.in_flight
         """,
         call_ids,
         next_at,
+        outcomes,
     )
 
 

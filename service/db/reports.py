@@ -64,6 +64,8 @@ _INGEST_EVENTS = emit_ctes(
     "emitted",
     f"""
     SELECT a.tenant_id, 'call.' || a.status AS type, to_jsonb(a) - 'tenant_id' AS data FROM applied a
+    UNION ALL SELECT a.tenant_id, 'call.recording_ready', to_jsonb(a) - 'tenant_id' FROM applied a
+    WHERE a.recording IS NOT NULL
     UNION ALL SELECT c.tenant_id, 'session.closed', c.data FROM closed c
     UNION ALL SELECT r.tenant_id, 'report.unmatched', {report_json("r")}
     FROM stored r WHERE r.outcome = 'unmatched' """,

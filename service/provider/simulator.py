@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
 import random
+import re
 import uuid
 from collections import deque
 from datetime import date, datetime, timedelta
@@ -16,7 +18,8 @@ import httpx
 import msgspec
 import structlog
 from litestar import Litestar, Request, Response, get, post
-from litestar.params import JSONBody
+from litestar.params import FromPath, JSONBody
+from litestar.response import Stream
 from litestar.types import Receive, Scope, Send
 
 log = structlog.get_logger("service.simulator")
@@ -30,6 +33,12 @@ PULSE_CHARGE = Decimal("0.0150")
 _RANGE_DAY = "%b %d, %Y"
 DROP_HEADER = "x-simulator-drop"
 HANG_SECONDS = 120  # longer than any client timeout; bounded so a stuck test still ends
+# A recording's size: 2,000 bytes per second of conversation (16 kbit/s audio); served in chunks of this size.
+RECORDING_BYTES_PER_SECOND = 2000
+RECORDING_CHUNK = 16 * 1024
+C2C_PATH = "/api/v2/voice/c2c"
+_RECORDING_NAME = re.compile(r"[0-9a-f-]{1,64}-(\d{1,5})s\.mp3")
+_ONE_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 
 
 class Fault(msgspec.Struct, kw_only=True):
@@ -70,6 +79,15 @@ class Simulator:
         self.lose_callbacks = 0.0
         self.lost: list[dict[str, Any]] = []
         self.http: httpx.AsyncClient | None = None
+        # Recordings it keeps (name: size in bytes), served at <base_url>/recordings/<name>: its own address, set
+        # by the app that mounts it, else learnt from the first click (a mount hides its prefix from the request).
+        self.base_url = ""
+        self.recordings: dict[str, int] = {}
+        self.recording_type = "audio/mpeg"
+        self.recording_requests: list[dict[str, Any]] = []
+        # When set, a recording's body waits for this after its first chunk (to show a relay does not buffer).
+        self.recording_gate: asyncio.Event | None = None
+        self.recording_sends: list[int] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
     def inject(self, fault: Fault) -> None:
@@ -116,9 +134,7 @@ class Simulator:
             "status": statuses[0],
             "status1": statuses[1],
             "status2": statuses[2],
-            "recording_url": f"https://recordings.example/{click.get('mid', 'call')}.mp3"
-            if talked and str(click.get("record")) == "1"
-            else "",
+            "recording_url": self._record(click, billing) if talked and str(click.get("record")) == "1" else "",
             "hangup_by": random.choice(["caller", "agent"]) if talked else "",
         }
         if click.get("webhook_id"):
@@ -126,6 +142,51 @@ class Simulator:
         if self.send_mid and click.get("mid"):
             report["mid"] = click["mid"]
         return report
+
+    def _record(self, click: dict[str, Any], seconds: int) -> str:
+        """Keep a recording of this conversation; its URL (under the simulator's own address)."""
+        # Its length is in its name, so any process of a several-worker service serves it (no shared memory).
+        name = f"{click.get('mid') or uuid.uuid4()}-{seconds}s.mp3"
+        self.recordings[name] = seconds * RECORDING_BYTES_PER_SECOND
+        return f"{self.base_url}/recordings/{name}"
+
+    def serve_recording(self, name: str, headers: dict[str, str]) -> Response[Any]:
+        """GET recordings/<name>: the recording's bytes (recording_bytes), a single Range honoured (206 or 416)."""
+        byte_range = headers.get("range")
+        self.recording_requests.append(
+            {"name": name, "range": byte_range, "authorization": headers.get("authorization")}
+        )
+        known = _RECORDING_NAME.fullmatch(name)
+        size = int(known.group(1)) * RECORDING_BYTES_PER_SECOND if known else None
+        if not size:
+            return Response({"status": 404, "message": "Not found"}, status_code=404)
+        first, last, status = 0, size - 1, 200
+        if byte_range and (match := _ONE_RANGE.fullmatch(byte_range.strip())):
+            start, end = match.groups()
+            if start:
+                first, last = int(start), min(int(end), size - 1) if end else size - 1
+            elif end:
+                first = max(0, size - int(end))
+            if not (start or end) or first > last or first >= size:
+                return Response(b"", status_code=416, headers={"Content-Range": f"bytes */{size}"})
+            status = 206
+        out = {"Accept-Ranges": "bytes", "Content-Length": str(last - first + 1)}
+        if status == 206:
+            out["Content-Range"] = f"bytes {first}-{last}/{size}"
+
+        async def body() -> Any:
+            sent = 0
+            try:
+                for at in range(first, last + 1, RECORDING_CHUNK):
+                    if at > first and self.recording_gate is not None:
+                        await self.recording_gate.wait()
+                    chunk = recording_bytes(name, at, min(at + RECORDING_CHUNK, last + 1))
+                    yield chunk
+                    sent += len(chunk)
+            finally:
+                self.recording_sends.append(sent)  # bytes sent before the body ended (or the client left)
+
+        return Stream(body(), status_code=status, media_type=self.recording_type, headers=out)
 
     async def post_report(self, report: dict[str, Any]) -> None:
         """Deliver a report to the callback URL, as the provider does (retrying a few times on failure)."""
@@ -164,6 +225,9 @@ class Simulator:
         if str(click.get("record", "0")) not in ("0", "1"):
             return Response({"status": 422, "message": "record must be 0 or 1"}, status_code=422)
         placed = datetime.now(self.zone)
+        url = str(request.url).split("?", 1)[0]
+        if not self.base_url and url.endswith(C2C_PATH):  # standalone: recordings are served where clicks come in
+            self.base_url = url[: -len(C2C_PATH)]
         self.requests.append(click)
         self.headers.append(dict(request.headers))
         fault = self._next_fault()
@@ -229,6 +293,12 @@ class Simulator:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
+def recording_bytes(name: str, start: int, end: int) -> bytes:
+    """Bytes [start, end) of the simulator's recording of that name: the same every time, different per name."""
+    seed = hashlib.sha256(name.encode()).digest()[0]
+    return bytes((seed + i * 7 + i // 251) % 256 for i in range(start, end))
+
+
 def _day(local: str) -> date:
     return datetime.strptime(local, "%Y-%m-%d %H:%M:%S").date()
 
@@ -287,6 +357,10 @@ def simulator_app(sim: Simulator) -> Any:
         page["data"]["data"] = [{k: v for k, v in row.items() if k != "mid"} for row in page["data"]["data"]]
         return Response(page)
 
+    @get("/recordings/{name:str}")
+    async def recording(request: Request[Any, Any, Any], name: FromPath[str]) -> Response[Any]:
+        return sim.serve_recording(name, dict(request.headers))
+
     @get("/_sim/call-log")
     async def truth() -> list[dict[str, Any]]:
         return sim.call_log
@@ -315,7 +389,7 @@ def simulator_app(sim: Simulator) -> Any:
             await sim.http.aclose()
 
     app = Litestar(
-        [c2c, calls, truth, faults, settings, requests],
+        [c2c, calls, recording, truth, faults, settings, requests],
         on_startup=[lifespan_http],
         on_shutdown=[close_http],
         openapi_config=None,

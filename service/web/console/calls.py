@@ -9,7 +9,7 @@ from litestar import get
 from litestar.params import FromQuery
 
 from service.api.deps import Db, MaskingRequest
-from service.broker import console, reports
+from service.broker import calls, console, reports
 from service.provider.reports import parse_report
 from service.web.console.auth import signed_in
 from service.web.console.common import view
@@ -25,11 +25,22 @@ REPORT_REASONS = {
 }
 
 
+# How a call's last lookup in the provider's call log went, in words (calls.lookup_outcome).
+LOOKUP_OUTCOMES = {
+    None: "not looked up yet",
+    "not_found": "not found in the call log yet",
+    "ambiguous": "ambiguous: more than one log row could be this call, so none is taken",
+    "log_unavailable": "the call log could not be read",
+}
+
+
 @get("/calls", guards=[signed_in], include_in_schema=False)
 async def attention(request: MaskingRequest, conn: Db) -> Any:
-    """Calls of the last 24 hours that ended unknown or failed."""
-    found = await console.calls_needing_attention(conn, request.principal.tenant_id, request.runtime.clock())
-    return view(request, "console/calls.html", calls=found)
+    """Calls of the last 24 hours that ended unknown or failed, and calls still waiting on the provider's call log."""
+    runtime, tenant_id = request.runtime, request.principal.tenant_id
+    found = await console.calls_needing_attention(conn, tenant_id, runtime.clock())
+    waiting = await calls.calls_awaiting_log(conn, tenant_id, runtime.clock(), runtime.settings.reconcile_after_seconds)
+    return view(request, "console/calls.html", calls=found, waiting=waiting, outcomes=LOOKUP_OUTCOMES)
 
 
 @get("/reports", guards=[signed_in], include_in_schema=False)
