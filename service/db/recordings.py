@@ -11,7 +11,7 @@ from uuid import UUID
 
 import msgspec
 
-from service.db import Conn
+from service.db import Conn, sealed
 
 # The connection parameter the Call resource's recording URL is built from (db/calls.RECORDING_URL).
 PUBLIC_URL_SETTING = "masking.public_url"
@@ -38,7 +38,11 @@ async def select_reference(conn: Conn, tenant_id: int, call_id: UUID) -> Referen
         call_id,
         tenant_id,
     )
-    return None if row is None else msgspec.convert(row, Reference)
+    if row is None:
+        return None
+    # sealed for its tenant (ingest_report), or in clear when an older version stored it
+    reference = sealed.opened(tenant_id, sealed.RECORDING, row["reference"])
+    return Reference(call_id=row["call_id"], reference=reference, deleted_at=row["deleted_at"])
 
 
 async def live_key_prefix(conn: Conn, tenant_id: int, key_id: int) -> str | None:

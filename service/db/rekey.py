@@ -162,6 +162,39 @@ async def _events(conn: Conn, after: Any, batch: int, key_id: str) -> tuple[int,
     return len(rows), rows[-1]["id"]
 
 
+def _recordings_where(key_id: str) -> str:
+    """SQL: a call's recording reference is sealed text under another data key than key_id."""
+    prefix = "\\x" + _header(key_id).hex()
+    return f"(left(recording_url, 2) = '\\x' AND left(recording_url, {len(prefix)}) <> '{prefix}')"
+
+
+async def _recordings(conn: Conn, after: Any, batch: int, key_id: str) -> tuple[int, Any]:
+    rows = await conn.fetch(
+        f"""SELECT id, tenant_id, recording_url FROM calls WHERE id > $1 AND {_recordings_where(key_id)}
+            ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED""",
+        after or _FIRST_UUID,
+        batch,
+    )
+    if not rows:
+        return 0, None
+    again = [
+        sealed.as_text(
+            sealed.seal(
+                r["tenant_id"],
+                sealed.RECORDING,
+                sealed.opened(r["tenant_id"], sealed.RECORDING, r["recording_url"]) or "",
+            )
+        )
+        for r in rows
+    ]
+    await conn.execute(
+        "UPDATE calls c SET recording_url = v.url FROM unnest($1::uuid[], $2::text[]) AS v(id, url) WHERE c.id = v.id",
+        [r["id"] for r in rows],
+        again,
+    )
+    return len(rows), rows[-1]["id"]
+
+
 _sessions_where, _sessions = _party_step("sessions", ("customer", "agent"))
 _calls_where, _calls = _party_step("calls", ("from", "to"))
 
@@ -172,6 +205,7 @@ KINDS: dict[str, tuple[str, Callable[[str], str], Step]] = {
     "reports": ("provider_reports", _report_where, _reports),
     "idempotent": ("idempotency_keys", _report_where, _idempotent),
     "events": ("events", _events_where, _events),
+    "recordings": ("calls", _recordings_where, _recordings),
 }
 
 
@@ -203,6 +237,8 @@ async def key_ids_in_use(conn: Conn) -> set[str]:
             f"WHERE {column} IS NOT NULL AND length({column}) > 2"
         )
         found |= crypto.key_ids(bytes(r[0]) + bytes(crypto.NONCE_BYTES + 16) for r in rows)
+    for r in await conn.fetch("SELECT recording_url FROM calls WHERE left(recording_url, 2) = '\\x'"):
+        found |= crypto.key_ids([bytes.fromhex(r[0][2:])])
     for r in await conn.fetch("SELECT tenant_id, type, data::text FROM events"):
         data = msgspec.json.decode(r[2])
         if isinstance(data, dict):

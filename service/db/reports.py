@@ -150,6 +150,8 @@ async def ingest_report(conn: Conn, report: Ingest) -> Ingested:
     values["key"] = sealed.keyed_hash(None, report.key)
     values["body"] = sealed.seal(None, sealed.REPORT_BODY, report.body)
     values["body_text"] = _event_body(tenant_id, report.body_text)
+    if report.recording_url and tenant_id is not None:  # the provider's reference, sealed for the DID's tenant
+        values["recording_url"] = sealed.as_text(sealed.seal(tenant_id, sealed.RECORDING, report.recording_url))
     row = await conn.fetchrow(INGEST.sql, *INGEST.args(values))
     assert row is not None, "the statement always returns the stored report"
     call = calls.call(row) if row["id"] is not None else None

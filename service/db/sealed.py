@@ -18,6 +18,7 @@ PARTIES = ("customer", "agent")
 REPORT_BODY = "provider_reports.body"  # a stored raw report (its tenant is not known until it is parsed)
 EVENT_REPORT_BODY = "report.body"  # a report's body inside a report.unmatched event
 IDEMPOTENT_BODY = "idempotency_keys.body"
+RECORDING = "calls.recording_url"  # the provider's reference to a call's recording (may name the numbers)
 
 
 def label(party: str) -> str:
