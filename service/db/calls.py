@@ -252,7 +252,7 @@ async def select_awaiting_log(conn: Conn, tenant_id: int, placed_before: datetim
     )
     return [
         AwaitingLog(
-            call=msgspec.convert({k: v for k, v in r["call"].items() if k not in _LOOKUP}, Call, strict=False),
+            call=_call({k: v for k, v in r["call"].items() if k not in _LOOKUP}, strict=False),
             order_id=r["order_id"],
             lookups=r["lookups"],
             lookup_at=r["lookup_at"],
