@@ -15,7 +15,7 @@ from asgi_lifespan import LifespanManager
 
 from service.app import create_app, request_context
 from service.broker.tenants import create_key
-from tests.helpers import AGENT, CUSTOMER, FakeClock, did_numbers, make_settings
+from tests.helpers import FakeClock, add_dids, did_numbers, make_settings, session_body
 
 IST = ZoneInfo("Asia/Kolkata")
 Json = dict[str, Any]
@@ -43,18 +43,11 @@ async def pool(
     """A pool with these DIDs (a count: the first of did_numbers) and, when given, these settings; its DIDs."""
     numbers = did_numbers(dids) if isinstance(dids, int) else dids
     if numbers:
-        body = {"dids": [{"number": n, "pool": name} for n in numbers]}
-        r = await http.post("/v1/dids/bulk", json=body, headers=headers)
-        assert r.status_code == 200, r.text
+        await add_dids(http, headers, numbers, name)
     if settings:
         r = await http.put(f"/v1/pools/{name}", json=settings, headers=headers)
         assert r.status_code == 200, r.text
     return numbers
-
-
-def session_body(order: str = "ORD-1", customer: str = CUSTOMER, agent: str = AGENT, **extra: Any) -> Json:
-    """A create-session body (the contract's example pair unless told)."""
-    return {"order_id": order, "customer": customer, "agent": agent, **extra}
 
 
 async def create_session(http: httpx.AsyncClient, headers: dict[str, str], *pair: str, **body: Any) -> httpx.Response:

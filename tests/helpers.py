@@ -106,6 +106,7 @@ CUSTOMER, AGENT = "+919876543210", "+918765432109"
 
 
 def session_body(order: str = "ORD-1", customer: str = CUSTOMER, agent: str = AGENT, **extra: object) -> dict:
+    """A create-session body (the contract's example pair unless told)."""
     return {"order_id": order, "customer": customer, "agent": agent, **extra}
 
 
