@@ -15,7 +15,7 @@ from asgi_lifespan import LifespanManager
 
 from service.app import create_app, request_context
 from service.broker.tenants import create_key
-from tests.helpers import FakeClock, add_dids, did_numbers, make_settings, session_body
+from tests.helpers import FakeClock, add_dids, did_numbers, make_settings, mobile_numbers, session_body
 
 IST = ZoneInfo("Asia/Kolkata")
 Json = dict[str, Any]
@@ -35,6 +35,12 @@ async def tenant(db: asyncpg.Connection, name: str, scope: str = "ops") -> dict[
     """A tenant (made when new) and the Authorization header of a new key of this scope."""
     key = await create_key(db, name, [scope])  # type: ignore[list-item]
     return {"Authorization": f"Bearer {key.api_key}"}
+
+
+async def bare_tenant(db: asyncpg.Connection, name: str) -> int:
+    """A tenant with no key, for a test below the API: its id."""
+    made: int = await db.fetchval("INSERT INTO tenants (name) VALUES ($1) RETURNING id", name)
+    return made
 
 
 async def pool(
@@ -74,6 +80,23 @@ async def open_session(
     return result
 
 
+def pair(i: int) -> Json:
+    """The i-th of many distinct pairs of numbers, as a body's customer and agent."""
+    return {"customer": mobile_numbers(1, i, "+91987")[0], "agent": mobile_numbers(1, i, "+91876")[0]}
+
+
+async def open_sessions(
+    http: httpx.AsyncClient, headers: dict[str, str], count: int, start: int = 0, **body: Any
+) -> list[Json]:
+    """`count` new sessions of orders o{start}..., each with its own pair(i) of numbers: the session resources."""
+    return [await open_session(http, headers, order=f"o{i}", **pair(i), **body) for i in range(start, start + count)]
+
+
+async def make_sessions(http: httpx.AsyncClient, headers: dict[str, str], count: int, start: int = 0) -> list[str]:
+    """open_sessions' ids."""
+    return [s["id"] for s in await open_sessions(http, headers, count, start)]
+
+
 async def close_session(
     http: httpx.AsyncClient, headers: dict[str, str], session: Json, reason: str | None = None
 ) -> Json:
@@ -91,6 +114,16 @@ async def place_call(http: httpx.AsyncClient, headers: dict[str, str], session: 
     assert r.status_code == 202, r.text
     result: Json = r.json()
     return result
+
+
+async def calls_for_every_session(db: asyncpg.Connection) -> list[Json]:
+    """An in-flight call for each session, recorded without asking the provider: each call's bridge, from and to."""
+    rows = await db.fetch(
+        """INSERT INTO calls (id, tenant_id, session_id, first, from_number, to_number, bridge, created_at)
+           SELECT gen_random_uuid(), tenant_id, id, 'agent', agent, customer, did, now() FROM sessions
+           RETURNING bridge, from_number AS "from", to_number AS "to" """
+    )
+    return [dict(r) for r in rows]
 
 
 def report_for(

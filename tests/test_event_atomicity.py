@@ -57,6 +57,8 @@ async def test_a_click_and_its_report_each_write_their_call_event_in_their_own_t
         call = await place_call(live.http, keys.a, session)
         assert call["status"] == "initiated"
         await written_with(db, "calls", call["id"], "call.initiated")
-        assert (await live.http.post(live.callback, content=report_for(call, billing=15, seconds=20))).status_code == 200
+        assert (
+            await live.http.post(live.callback, content=report_for(call, billing=15, seconds=20))
+        ).status_code == 200
         assert (await live.http.get(f"/v1/calls/{call['id']}", headers=keys.a)).json()["status"] == "completed"
         await written_with(db, "calls", call["id"], "call.completed")

@@ -16,8 +16,8 @@ import pytest
 from service.broker import reports
 from service.broker.reports import PENDING_GRACE, rematch_pending
 from service.provider.simulator import Fault
-from tests.factories import IST, create_session, open_session, report_for
-from tests.helpers import Keys, assert_problem, session_body
+from tests.factories import IST, calls_for_every_session, create_session, open_session, pool, report_for
+from tests.helpers import Keys, assert_problem
 from tests.live import Live, live_service
 from tests.processes import ServeProcess, masking_env
 
@@ -187,20 +187,11 @@ async def test_two_copies_on_two_processes_at_once_complete_the_call_once(
     """The same report posted to two service processes at the same moment, for 20 calls: one match, one duplicate."""
     env = masking_env(MASKING_DATABASE_URL=dsn, MASKING_CALLBACK_TOKEN=TOKEN, MASKING_PROVIDER="simulator")
     with ServeProcess(env) as one, ServeProcess(env) as two:
-        async with httpx.AsyncClient(timeout=30) as http:
-            numbers = [f"+91806820{i:04d}" for i in range(20)]
-            r = await http.post(f"{one.url}/v1/dids/bulk", json={"dids": [{"number": n} for n in numbers]},
-                                headers=keys.a)  # fmt: skip
-            assert r.status_code == 200, r.text
+        async with httpx.AsyncClient(base_url=one.url, timeout=30) as http:
+            await pool(http, keys.a, dids=[f"+91806820{i:04d}" for i in range(20)])
             for i in range(20):
-                body = session_body(f"o{i}", customer=f"+9198700{i:05d}", agent=f"+9187600{i:05d}")
-                assert (await http.post(f"{one.url}/v1/sessions", json=body, headers=keys.a)).status_code == 201
-            rows = await db.fetch(
-                """INSERT INTO calls (id, tenant_id, session_id, first, from_number, to_number, bridge, created_at)
-                   SELECT gen_random_uuid(), tenant_id, id, 'agent', agent, customer, did, now() FROM sessions
-                   RETURNING bridge, from_number AS "from", to_number AS "to" """
-            )
-            bodies = [report_for(dict(r)) for r in rows]
+                await open_session(http, keys.a, order=f"o{i}", customer=f"+9198700{i:05d}", agent=f"+9187600{i:05d}")
+            bodies = [report_for(call) for call in await calls_for_every_session(db)]
 
             async def both(body: bytes) -> list[int]:
                 answers = await asyncio.gather(
@@ -238,8 +229,7 @@ async def test_slow_callback_bodies_hold_no_pooled_connection(dsn: str, keys: Ke
         try:
             await asyncio.sleep(0.5)
             started = time.monotonic()
-            r = await live.http.post("/v1/sessions", json=session_body(), headers=keys.a, timeout=15)
-            assert r.status_code == 201, r.text
+            await open_session(live.http, keys.a)
             assert time.monotonic() - started < 2.5, "answered before the stuck bodies timed out"
             answers = await asyncio.gather(*(asyncio.to_thread(_answer, s) for s in stuck))
         finally:

@@ -13,7 +13,7 @@ from asgi_lifespan import LifespanManager
 
 from service.app import create_app, request_context
 from service.db import pool as db_pool
-from tests.factories import pool, report_for, session_body
+from tests.factories import calls_for_every_session, create_session, pool, report_for
 from tests.helpers import FakeClock, Keys, make_settings
 
 # Today's statements per request, with the caches warm (the key and pool-settings caches, each
@@ -77,21 +77,16 @@ async def test_create_ingest_and_get_each_send_no_more_statements_than_today(
     auth = keys.auth(keys.a_sessions)
     sessions, sent = [], []
     for i in range(2):  # the first warms the caches, the second is counted
-        body = session_body(f"ORD-{i}", customer=f"+9198765{i:05d}", agent=f"+9187654{i:05d}")
-        response, created = await statements.during(http.post("/v1/sessions", json=body, headers=auth))
+        pair = f"+9198765{i:05d}", f"+9187654{i:05d}"
+        response, created = await statements.during(create_session(http, auth, f"ORD-{i}", *pair))
         assert response.status_code == 201, response.text
         sessions.append(response.json())
         sent.append(created)
     show("create", created)
     print("  (cold, caches empty:", *sent[0], sep="\n    ")
 
-    calls = await db.fetch(
-        """INSERT INTO calls (id, tenant_id, session_id, first, from_number, to_number, bridge, created_at)
-           SELECT gen_random_uuid(), tenant_id, id, 'agent', agent, customer, did, now() FROM sessions
-           RETURNING bridge, from_number AS "from", to_number AS "to" """
-    )
-    for call in calls:
-        response, ingested = await statements.during(http.post(callback, content=report_for(dict(call))))
+    for call in await calls_for_every_session(db):
+        response, ingested = await statements.during(http.post(callback, content=report_for(call)))
         assert response.status_code == 200, response.text
     show("ingest", ingested)
     assert await db.fetchval("SELECT count(*) FROM calls WHERE status = 'completed'") == 2

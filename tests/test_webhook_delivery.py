@@ -24,9 +24,10 @@ from service.broker.webhooks.guard import address_verdict
 from service.db import webhooks as webhooks_q
 from service.db.pool import create_pool
 from service.settings import Settings
+from tests.factories import bare_tenant, make_sessions
 from tests.helpers import FakeClock, Keys, add_dids, assert_problem, did_numbers, make_settings, wait_for
 from tests.receiver import Receiver
-from tests.test_webhooks import FAST, make_sessions, register, service
+from tests.test_webhooks import FAST, register, service
 
 # The contract's schedule: about 5 s, 5 min, 30 min, 2 h, 5 h, 10 h and 10 h (±20 %), then failed.
 CONTRACT_DELAYS = [5, 300, 1800, 7200, 18000, 36000, 36000]
@@ -124,7 +125,7 @@ async def test_each_retry_waits_the_contracts_delay_within_20_percent_with_jitte
     settings = make_settings(dsn, **{k: v for k, v in FAST.items() if k != "webhook_retry_seconds"})
     assert settings.webhook_retries == CONTRACT_DELAYS  # the default schedule is the contract's
     fixed = datetime(2030, 1, 1, tzinfo=UTC)
-    tenant = await db.fetchval("INSERT INTO tenants (name) VALUES ('schedule') RETURNING id")
+    tenant = await bare_tenant(db, "schedule")
     samples = 25
     async with Receiver(mode="500") as failing:
         endpoint = uuid.uuid4()
