@@ -9,37 +9,17 @@ from uuid import UUID
 
 import msgspec
 
-from service.db import Conn, Query, load
+from service.db import Conn, load
 from service.db.events import emit_ctes
 from service.db.sessions.end import end_sessions
 from service.db.sessions.row import SESSION, session, session_or_none
 from service.models import Session
 
-ALLOCATE = load(Path(__file__).with_name("allocate.sql"), session=SESSION)
-
+HERE = Path(__file__).parent
+RULES = (HERE / "rules.sql").read_text().strip()  # geo-match, no crossed lines and cool-off, in allocate and exhaustion
+ALLOCATE = load(HERE / "allocate.sql", rules=RULES, session=SESSION)
 # Why a pool has no DID for a pair, counted per rule (contract rules 1 to 3), for pool_exhausted's details.
-# Its geo and ruled CTEs must say what allocate.sql's say (tests/test_broker_rules.py checks the counts).
-EXHAUSTION = Query("""
-WITH geo AS (
-    SELECT EXISTS (SELECT 1 FROM dids
-                   WHERE tenant_id = :tenant_id AND pool = :pool AND status = 'active' AND country = :country) AS only),
-ruled AS (
-    SELECT did, bool_or(ends_at > :now) AS busy FROM bindings
-    WHERE number IN (:customer, :agent)
-      AND (ends_at > :now OR (ends_at > :now - :cooloff::interval AND peer NOT IN (:customer, :agent)))
-    GROUP BY did),
-d AS (
-    SELECT d.status, (geo.only AND d.country <> :country) AS foreign_country, r.busy
-    FROM dids d CROSS JOIN geo LEFT JOIN ruled r ON r.did = d.number
-    WHERE d.tenant_id = :tenant_id AND d.pool = :pool
-)
-SELECT count(*)::int AS pool_dids,
-       count(*) FILTER (WHERE status <> 'active')::int AS not_active,
-       count(*) FILTER (WHERE status = 'active' AND foreign_country)::int AS other_country,
-       count(*) FILTER (WHERE status = 'active' AND NOT foreign_country AND busy)::int AS party_busy,
-       count(*) FILTER (WHERE status = 'active' AND NOT foreign_country AND NOT busy)::int AS cooling_off
-FROM d
-""")
+EXHAUSTION = load(HERE / "exhaustion.sql", rules=RULES)
 
 # A repeat of a create finds the pair's active session for the order. An earlier one past its expiry
 # is ended (ttl) here and now, so that it frees the unique key for the new session, with its
