@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -124,6 +125,28 @@ async def calls_for_every_session(db: asyncpg.Connection) -> list[Json]:
            RETURNING bridge, from_number AS "from", to_number AS "to" """
     )
     return [dict(r) for r in rows]
+
+
+def served_session(http: httpx.Client, dids: list[str], **body: Any) -> Json:
+    """open_session for a served process over a blocking client that carries its key: adds the DIDs, then the session."""
+    r = http.post("/v1/dids/bulk", json={"dids": [{"number": n} for n in dids]})
+    assert r.status_code == 200, r.text
+    r = http.post("/v1/sessions", json=session_body(**body))
+    assert r.status_code == 201, r.text
+    result: Json = r.json()
+    return result
+
+
+def served_call_completed(http: httpx.Client, session: Json, within: float = 15) -> Json:
+    """place_call (agent first) for a served process over a blocking client, then wait for the call to complete."""
+    r = http.post(f"/v1/sessions/{session['id']}/calls", json={"first": "agent"})
+    assert r.status_code == 202, r.text
+    deadline = time.monotonic() + within
+    while (call := http.get(f"/v1/calls/{r.json()['id']}").json())["status"] != "completed":
+        assert time.monotonic() < deadline, "the simulated call did not complete"
+        time.sleep(0.1)
+    result: Json = call
+    return result
 
 
 def report_for(

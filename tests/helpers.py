@@ -110,6 +110,14 @@ def session_body(order: str = "ORD-1", customer: str = CUSTOMER, agent: str = AG
     return {"order_id": order, "customer": customer, "agent": agent, **extra}
 
 
+ROUTE_TOKEN = "route-token-0123456789abcdef"  # the callback token of apps that tests route callers through
+
+
+def route(client: httpx.AsyncClient, did: str, caller: str):  # type: ignore[no-untyped-def]
+    """GET the provider's routing question for a caller dialling a DID (the app's callback token: ROUTE_TOKEN)."""
+    return client.get(f"/v1/provider/thundersms/route/{ROUTE_TOKEN}", params={"did": did, "caller": caller})
+
+
 CROSSED_LINES = """
     SELECT count(*) FROM (
         SELECT did, number FROM (

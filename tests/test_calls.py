@@ -12,7 +12,7 @@ import pytest
 
 from service.broker.sweeps import time_out_calls
 from service.provider.simulator import Fault
-from tests.factories import create_session, open_session, pool
+from tests.factories import create_session, open_session, place_call, pool
 from tests.helpers import Keys, call_status, did_numbers, wait_for
 from tests.live import CALLBACK_TOKEN, Live, live_service
 from tests.processes import free_port, masking_env, run_cli
@@ -101,7 +101,7 @@ async def test_the_documents_example_report_completes_the_call(live: Live, keys:
     """The provider's example report, numbers unquoted, completes the call with its durations and times."""
     session = await open_session(live.http, keys.a, dids=[DID])
     live.sim.inject(Fault(report="none"))
-    call = (await live.http.post(f"/v1/sessions/{session['id']}/calls", headers=keys.a)).json()
+    call = await place_call(live.http, keys.a, session)
     report = doc_report()
     r = await live.http.post(live.callback, content=report.encode(), headers={"content-type": "application/json"})
     assert r.status_code == 200 and r.json() == {"received": True}
@@ -183,7 +183,7 @@ async def test_repeated_and_out_of_order_reports_have_one_effect(
     """Each report three times, and an earlier 'missed' after the final one: one effect, all answered 200."""
     session = await open_session(live.http, keys.a, dids=[DID])
     live.sim.inject(Fault(report="none"))
-    call = (await live.http.post(f"/v1/sessions/{session['id']}/calls", headers=keys.a)).json()
+    call = await place_call(live.http, keys.a, session)
     report = doc_report()
     answers = [await live.http.post(live.callback, content=report.encode()) for _ in range(3)]
     missed = report.replace('"billing": "23"', '"billing": "0"').replace('"COMPLETED"', '"NOANSWER"')
@@ -200,7 +200,7 @@ async def test_repeated_and_out_of_order_reports_have_one_effect(
 async def test_max_calls_closes_the_session(live: Live, keys: Keys) -> None:
     """When completed calls reach max_calls, the session closes with max_calls_reached."""
     session = await open_session(live.http, keys.a, dids=[DID], max_calls=1)
-    call = (await live.http.post(f"/v1/sessions/{session['id']}/calls", headers=keys.a)).json()
+    call = await place_call(live.http, keys.a, session)
     await call_status(live, keys, call["id"], "completed")
     read = (await live.http.get(f"/v1/sessions/{session['id']}", headers=keys.a)).json()
     assert (read["status"], read["close_reason"], read["calls_made"]) == ("closed", "max_calls_reached", 1)
@@ -212,7 +212,7 @@ async def test_a_missed_call_does_not_count_toward_max_calls(live: Live, keys: K
     """A report with no talk time marks the call missed and leaves the session open."""
     session = await open_session(live.http, keys.a, dids=[DID], max_calls=1)
     live.sim.inject(Fault(report="missed"))
-    call = (await live.http.post(f"/v1/sessions/{session['id']}/calls", headers=keys.a)).json()
+    call = await place_call(live.http, keys.a, session)
     missed = await call_status(live, keys, call["id"], "missed")
     assert missed["billing_seconds"] == 0
     assert (await live.http.get(f"/v1/sessions/{session['id']}", headers=keys.a)).json()["status"] == "active"
@@ -224,7 +224,7 @@ async def test_a_call_with_no_report_times_out_to_unknown_and_frees_the_session(
     """After the report timeout the call is unknown and the session may call again."""
     session = await open_session(live.http, keys.a, dids=[DID])
     live.sim.inject(Fault(report="none"))
-    call = (await live.http.post(f"/v1/sessions/{session['id']}/calls", headers=keys.a)).json()
+    call = await place_call(live.http, keys.a, session)
     blocked = await live.http.post(f"/v1/sessions/{session['id']}/calls", headers=keys.a)
     assert blocked.status_code == 409 and blocked.json()["code"] == "call_in_progress"
     now = await db.fetchval("SELECT now()")
@@ -301,7 +301,7 @@ async def test_inbound_routing_connects_a_party_to_the_other(live: Live, keys: K
 async def test_tenant_b_sees_none_of_tenant_as_calls(live: Live, keys: Keys) -> None:
     """Another tenant's call and session calls answer 404, and it cannot place a call in A's session."""
     session = await open_session(live.http, keys.a, dids=[DID])
-    call = (await live.http.post(f"/v1/sessions/{session['id']}/calls", headers=keys.a)).json()
+    call = await place_call(live.http, keys.a, session)
     for r in (
         await live.http.get(f"/v1/calls/{call['id']}", headers=keys.b),
         await live.http.get(f"/v1/sessions/{session['id']}/calls", headers=keys.b),

@@ -15,6 +15,7 @@ from tests.helpers import (
     AGENT,
     CROSSED_LINES,
     CUSTOMER,
+    ROUTE_TOKEN,
     FakeClock,
     Keys,
     add_dids,
@@ -22,21 +23,17 @@ from tests.helpers import (
     did_numbers,
     make_settings,
     mobile_numbers,
+    route,
     session_body,
 )
 from tests.processes import ServeProcess, masking_env, run_cli
 
-TOKEN = "reassign-token-0123456789abcdef"
 NEW_AGENT = "+918765432100"
 
 
 @pytest.fixture
 def settings(dsn: str):  # type: ignore[no-untyped-def]
-    return make_settings(dsn, callback_token=TOKEN)
-
-
-def route(client: httpx.AsyncClient, did: str, caller: str):  # type: ignore[no-untyped-def]
-    return client.get(f"/v1/provider/thundersms/route/{TOKEN}", params={"did": did, "caller": caller})
+    return make_settings(dsn, callback_token=ROUTE_TOKEN)
 
 
 async def test_a_new_agent_takes_over_and_the_customer_keeps_the_masked_number(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import socket
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -473,23 +472,11 @@ async def test_a_patch_to_a_forbidden_address_is_refused_and_the_url_is_unchange
 
 
 async def test_a_host_that_resolves_to_a_forbidden_address_after_registration_gets_failed_attempts(
-    client: httpx.AsyncClient, keys: Keys, monkeypatch: pytest.MonkeyPatch
+    client: httpx.AsyncClient, keys: Keys, answers: dict[str, str]
 ) -> None:
     """A name that resolved to loopback at registration now resolves to metadata (plain or disguised): no request."""
     host = "hooks.example.test"
-    answers = {host: "127.0.0.1"}
-    real = socket.getaddrinfo
-
-    def resolve(name: Any, port: Any, family: int = 0, type: int = 0, proto: int = 0, flags: int = 0) -> Any:
-        if name != host:
-            return real(name, port, family, type, proto, flags)
-        ip = ipaddress.ip_address(answers[host])
-        if ip.version == 6:
-            return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", (str(ip), port, 0, 0))]
-        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (str(ip), port))]
-
-    # The service resolves with the event loop's getaddrinfo, which calls socket.getaddrinfo (in-process only).
-    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    answers[host] = "127.0.0.1"
     async with Receiver() as receiver:
         endpoint = await register(client, keys.a, f"http://{host}:{receiver.port}/hooks")
         receiver.secrets = [endpoint["secret"]]
