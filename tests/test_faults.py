@@ -15,7 +15,7 @@ import pytest
 
 from service.broker import dids as dids_broker
 from service.embedded import EmbeddedPostgres
-from tests.factories import create_session
+from tests.factories import create_session, pool
 from tests.helpers import CROSSED_LINES, Keys, assert_problem, dsn_for, wait_for
 from tests.processes import ServeProcess, masking_env, run_cli
 
@@ -76,7 +76,7 @@ async def _outage(tmp_path: Path, seconds: float, workers: int) -> None:
     auth = {"Authorization": f"Bearer {key}"}
     try:
         async with httpx.AsyncClient(base_url=service.url, timeout=30) as http:
-            await http.post("/v1/dids", json={"number": "+918068281234"}, headers=auth)
+            await pool(http, auth, dids=["+918068281234"])
             during: list[tuple[int, float, str, str, bool]] = []
             outage, stopped = asyncio.Event(), asyncio.Event()
             stop = asyncio.Event()

@@ -15,7 +15,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 
 from service.app import create_app, request_context
-from tests.factories import open_session, place_call
+from tests.factories import open_session, place_call, pool
 from tests.helpers import FakeClock, Keys, add_dids, assert_problem, did_numbers, make_settings
 from tests.processes import ServeProcess, masking_env, run_cli
 
@@ -121,7 +121,7 @@ async def test_abusive_callbacks_change_nothing_they_should_not(
     with ServeProcess(env, log_path=tmp_path / "serve.log") as service:
         async with httpx.AsyncClient(base_url=service.url, timeout=30) as http:
             a = {"Authorization": f"Bearer {key_a}"}
-            await http.post("/v1/dids", json={"number": "+918068281234"}, headers=a)
+            await pool(http, a, dids=["+918068281234"])
             answers = [
                 await http.post("/v1/provider/thundersms/callback/" + "x" * 5000, content=b"{}"),
                 await http.post("/v1/provider/thundersms/callback/", content=b"{}"),
@@ -257,8 +257,8 @@ async def test_dids_come_a_page_at_a_time_with_a_cursor(client: httpx.AsyncClien
 
 async def test_stats_come_a_page_of_pools_at_a_time(client: httpx.AsyncClient, keys: Keys) -> None:
     """GET /v1/stats?limit=2 pages the pools by name with next_cursor; every pool once."""
-    for i, pool in enumerate(["e", "a", "d", "b", "c"]):
-        await add_dids(client, keys.a, did_numbers(1, start=i), pool=pool)
+    for i, name in enumerate(["e", "a", "d", "b", "c"]):
+        await add_dids(client, keys.a, did_numbers(1, start=i), pool=name)
     seen: list[str] = []
     cursor = None
     while True:

@@ -221,7 +221,7 @@ def _slow_body(port: int, path: str, auth: str = "") -> socket.socket:
 async def test_slow_callback_bodies_hold_no_pooled_connection(dsn: str, keys: Keys) -> None:
     """Callbacks and creates stuck mid-body on a two-connection pool: a session is still created; they end with 408."""
     async with live_service(dsn, db_pool_size=2, body_timeout_seconds=3) as live:
-        await live.http.post("/v1/dids", json={"number": DID}, headers=keys.a)
+        await pool(live.http, keys.a, dids=[DID])
         port = int(live.url.rsplit(":", 1)[1])
         auth = Keys.auth(keys.a_sessions)["Authorization"]
         stuck = [_slow_body(port, live.callback) for _ in range(6)]
@@ -253,7 +253,7 @@ def _answer(sock: socket.socket) -> bytes:
 async def test_a_request_that_cannot_get_a_connection_answers_503_quickly(dsn: str, keys: Keys) -> None:
     """Every pooled connection busy for longer than the acquire timeout: 503 database_unavailable, not a hang."""
     async with live_service(dsn, db_pool_size=1, db_acquire_timeout_seconds=1) as live:
-        await live.http.post("/v1/dids", json={"number": DID}, headers=keys.a)
+        await pool(live.http, keys.a, dids=[DID])
         holder = await asyncpg.connect(dsn)
         try:
             await holder.execute("BEGIN; LOCK TABLE dids IN ACCESS EXCLUSIVE MODE")
