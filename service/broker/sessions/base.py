@@ -1,4 +1,4 @@
-"""What every session job shares: the rules' settings, the bounded input types, and a session as of now."""
+"""What every session job shares: the rules' settings and a session as of now (its input types: broker/bodies.py)."""
 
 from __future__ import annotations
 
