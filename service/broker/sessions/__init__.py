@@ -3,7 +3,7 @@
 Their request bodies are in broker/bodies.py, named here too for the callers of the package.
 """
 
-from service.broker.bodies import CreateSession, ExpireFilter, OrderId, Pool, Ttl
+from service.broker.bodies import CreateSession, ExpireFilter, Ttl
 from service.broker.sessions.base import Clock, Rules, live_view
 from service.broker.sessions.change import Reassign, change_ttl, reassign
 from service.broker.sessions.create import create_session
@@ -14,9 +14,7 @@ __all__ = [
     "Clock",
     "CreateSession",
     "ExpireFilter",
-    "OrderId",
     "Page",
-    "Pool",
     "Reassign",
     "Rules",
     "Ttl",
