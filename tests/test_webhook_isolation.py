@@ -11,7 +11,7 @@ from collections import Counter
 import asyncpg
 import httpx
 
-from tests.factories import make_sessions, open_session
+from tests.factories import create_session, make_sessions, open_session
 from tests.helpers import Keys, add_dids, assert_problem, did_numbers, mobile_numbers, wait_for
 from tests.processes import ServeProcess
 from tests.receiver import Receiver
@@ -38,8 +38,7 @@ async def test_deleting_endpoints_while_sessions_are_created_breaks_no_create_an
             agents = mobile_numbers(5000, start=n * 5000, prefix="+91876")
             i = 0
             while not stop.is_set():
-                body = {"order_id": f"c{n}-{i}", "customer": customers[i], "agent": agents[i]}
-                r = await http.post("/v1/sessions", json=body, headers=keys.a)
+                r = await create_session(http, keys.a, f"c{n}-{i}", customers[i], agents[i])
                 statuses[r.status_code] += 1
                 assert r.status_code == 201, r.text
                 i += 1
