@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
+import socket
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import asyncpg
 import httpx
@@ -139,3 +142,21 @@ async def keys(db: asyncpg.Connection) -> Keys:
         for scope in ("sessions", "ops")
     ]
     return Keys(*(k.api_key for k in made))
+
+
+@pytest.fixture
+def answers(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """Names the service resolves to the addresses the test sets (in-process only: the loop's getaddrinfo)."""
+    table: dict[str, str] = {}
+    real = socket.getaddrinfo
+
+    def resolve(name: Any, port: Any, family: int = 0, type: int = 0, proto: int = 0, flags: int = 0) -> Any:
+        if name not in table:
+            return real(name, port, family, type, proto, flags)
+        ip = ipaddress.ip_address(table[name])
+        if ip.version == 6:
+            return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", (str(ip), port, 0, 0))]
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (str(ip), port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    yield table

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -15,7 +16,17 @@ from asgi_lifespan import LifespanManager
 
 from service.app import create_app, request_context
 from service.broker.tenants import create_key
-from tests.helpers import AGENT, CUSTOMER, FakeClock, did_numbers, make_settings
+from service.db import sealed
+from tests.helpers import (
+    AGENT_FIRST,
+    CALL_COLUMNS,
+    FakeClock,
+    add_dids,
+    did_numbers,
+    make_settings,
+    mobile_numbers,
+    session_body,
+)
 
 IST = ZoneInfo("Asia/Kolkata")
 Json = dict[str, Any]
@@ -37,24 +48,23 @@ async def tenant(db: asyncpg.Connection, name: str, scope: str = "ops") -> dict[
     return {"Authorization": f"Bearer {key.api_key}"}
 
 
+async def bare_tenant(db: asyncpg.Connection, name: str) -> int:
+    """A tenant with no key, for a test below the API: its id."""
+    made: int = await db.fetchval("INSERT INTO tenants (name) VALUES ($1) RETURNING id", name)
+    return made
+
+
 async def pool(
     http: httpx.AsyncClient, headers: dict[str, str], name: str = "default", dids: int | list[str] = 1, **settings: Any
 ) -> list[str]:
     """A pool with these DIDs (a count: the first of did_numbers) and, when given, these settings; its DIDs."""
     numbers = did_numbers(dids) if isinstance(dids, int) else dids
     if numbers:
-        body = {"dids": [{"number": n, "pool": name} for n in numbers]}
-        r = await http.post("/v1/dids/bulk", json=body, headers=headers)
-        assert r.status_code == 200, r.text
+        await add_dids(http, headers, numbers, name)
     if settings:
         r = await http.put(f"/v1/pools/{name}", json=settings, headers=headers)
         assert r.status_code == 200, r.text
     return numbers
-
-
-def session_body(order: str = "ORD-1", customer: str = CUSTOMER, agent: str = AGENT, **extra: Any) -> Json:
-    """A create-session body (the contract's example pair unless told)."""
-    return {"order_id": order, "customer": customer, "agent": agent, **extra}
 
 
 async def create_session(http: httpx.AsyncClient, headers: dict[str, str], *pair: str, **body: Any) -> httpx.Response:
@@ -81,6 +91,23 @@ async def open_session(
     return result
 
 
+def pair(i: int) -> Json:
+    """The i-th of many distinct pairs of numbers, as a body's customer and agent."""
+    return {"customer": mobile_numbers(1, i, "+91987")[0], "agent": mobile_numbers(1, i, "+91876")[0]}
+
+
+async def open_sessions(
+    http: httpx.AsyncClient, headers: dict[str, str], count: int, start: int = 0, **body: Any
+) -> list[Json]:
+    """`count` new sessions of orders o{start}..., each with its own pair(i) of numbers: the session resources."""
+    return [await open_session(http, headers, order=f"o{i}", **pair(i), **body) for i in range(start, start + count)]
+
+
+async def make_sessions(http: httpx.AsyncClient, headers: dict[str, str], count: int, start: int = 0) -> list[str]:
+    """open_sessions' ids."""
+    return [s["id"] for s in await open_sessions(http, headers, count, start)]
+
+
 async def close_session(
     http: httpx.AsyncClient, headers: dict[str, str], session: Json, reason: str | None = None
 ) -> Json:
@@ -97,6 +124,46 @@ async def place_call(http: httpx.AsyncClient, headers: dict[str, str], session: 
     r = await http.post(f"/v1/sessions/{session['id']}/calls", headers=headers)
     assert r.status_code == 202, r.text
     result: Json = r.json()
+    return result
+
+
+async def calls_for_every_session(db: asyncpg.Connection) -> list[Json]:
+    """An in-flight call for each session, recorded without asking the provider: each call's bridge, from and to."""
+    # its numbers copied sealed from its session, as a click copies them, and opened for the caller
+    rows = await db.fetch(
+        f"""INSERT INTO calls ({CALL_COLUMNS}, created_at) SELECT {AGENT_FIRST}, now() FROM sessions
+            RETURNING bridge, tenant_id, {sealed.sealed_text("from_ct", "from_mask")} AS "from",
+                      {sealed.sealed_text("to_ct", "to_mask")} AS "to" """
+    )
+    return [
+        {
+            "bridge": r["bridge"],
+            "from": sealed.opened(r["tenant_id"], sealed.label("agent"), r["from"]),
+            "to": sealed.opened(r["tenant_id"], sealed.label("customer"), r["to"]),
+        }
+        for r in rows
+    ]
+
+
+def served_session(http: httpx.Client, dids: list[str], **body: Any) -> Json:
+    """open_session for a served process over a blocking client that carries its key: adds the DIDs, then the session."""
+    r = http.post("/v1/dids/bulk", json={"dids": [{"number": n} for n in dids]})
+    assert r.status_code == 200, r.text
+    r = http.post("/v1/sessions", json=session_body(**body))
+    assert r.status_code == 201, r.text
+    result: Json = r.json()
+    return result
+
+
+def served_call_completed(http: httpx.Client, session: Json, within: float = 15) -> Json:
+    """place_call (agent first) for a served process over a blocking client, then wait for the call to complete."""
+    r = http.post(f"/v1/sessions/{session['id']}/calls", json={"first": "agent"})
+    assert r.status_code == 202, r.text
+    deadline = time.monotonic() + within
+    while (call := http.get(f"/v1/calls/{r.json()['id']}").json())["status"] != "completed":
+        assert time.monotonic() < deadline, "the simulated call did not complete"
+        time.sleep(0.1)
+    result: Json = call
     return result
 
 

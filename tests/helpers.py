@@ -106,6 +106,7 @@ CUSTOMER, AGENT = "+919876543210", "+918765432109"
 
 
 def session_body(order: str = "ORD-1", customer: str = CUSTOMER, agent: str = AGENT, **extra: object) -> dict:
+    """A create-session body (the contract's example pair unless told)."""
     return {"order_id": order, "customer": customer, "agent": agent, **extra}
 
 
@@ -113,6 +114,14 @@ def session_body(order: str = "ORD-1", customer: str = CUSTOMER, agent: str = AG
 # copies them: INSERT INTO calls ({CALL_COLUMNS}, created_at) SELECT {AGENT_FIRST}, <time> FROM sessions ...
 CALL_COLUMNS = "id, tenant_id, session_id, first, from_ct, from_ix, from_mask, to_ct, to_ix, to_mask, bridge"
 AGENT_FIRST = "gen_random_uuid(), tenant_id, id, 'agent', agent_ct, agent_ix, agent_mask, customer_ct, customer_ix, customer_mask, did"
+
+ROUTE_TOKEN = "route-token-0123456789abcdef"  # the callback token of apps that tests route callers through
+
+
+def route(client: httpx.AsyncClient, did: str, caller: str):  # type: ignore[no-untyped-def]
+    """GET the provider's routing question for a caller dialling a DID (the app's callback token: ROUTE_TOKEN)."""
+    return client.get(f"/v1/provider/thundersms/route/{ROUTE_TOKEN}", params={"did": did, "caller": caller})
+
 
 CROSSED_LINES = """
     SELECT count(*) FROM (

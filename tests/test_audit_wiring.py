@@ -14,7 +14,8 @@ import pytest
 
 from service.broker import audit
 from service.broker.audit import Actor, Target
-from tests.helpers import FakeClock, Keys, add_dids, session_body
+from tests.factories import open_session
+from tests.helpers import FakeClock, Keys, add_dids
 from tests.processes import masking_env, run_cli
 
 DID, SPARE, FOREIGN = "+918068281234", "+918068281235", "+918068281299"
@@ -78,9 +79,8 @@ async def test_a_refused_did_action_writes_no_audit_row(
     client: httpx.AsyncClient, keys: Keys, db: asyncpg.Connection
 ) -> None:
     """Retiring a DID in use (409), a bulk add with another tenant's number (409) and a foreign DID (404) leave no row."""
-    await add_dids(client, keys.a, [DID])
     await add_dids(client, keys.b, [FOREIGN])
-    assert (await client.post("/v1/sessions", json=session_body(), headers=keys.a)).status_code == 201
+    await open_session(client, keys.a, dids=[DID])
     before = await _actions(db)
     r = await client.patch(f"/v1/dids/{DID}", json={"status": "retired"}, headers=keys.a)
     assert r.status_code == 409, r.text
@@ -112,8 +112,7 @@ async def test_webhook_changes_redelivery_and_call_links_are_recorded(
 ) -> None:
     """webhook.create/update/rotate_secret/delete, event.redeliver and call_link.create each write one row; a
     foreign webhook or event (404) writes none; no secret reaches the log."""
-    await add_dids(client, keys.a, [DID])
-    session = (await client.post("/v1/sessions", json=session_body(), headers=keys.a)).json()
+    session = await open_session(client, keys.a, dids=[DID])
     event = (await client.get("/v1/events", headers=keys.a)).json()["items"][0]["id"]
     made = await client.post("/v1/webhooks", json={"url": "http://127.0.0.1:9/hook", "events": ["*"]}, headers=keys.a)
     assert made.status_code == 201, made.text
@@ -157,12 +156,9 @@ async def test_console_actions_are_recorded_as_the_console_session_of_the_key(
 ) -> None:
     """Sign-in, drain, retire, close, expire by order, redeliver and sign-out each write one row whose actor is the
     console session of the ops key; a wrong key at sign-in and a refused retire write none."""
-    await add_dids(client, keys.a, [DID])
-    closing = (await client.post("/v1/sessions", json=session_body("to-close"), headers=keys.a)).json()
-    expiring = session_body("to-expire", customer="+919876500001", agent="+918765400001")
-    staying = session_body("in-use", customer="+919876500002", agent="+918765400002")
-    for body in (expiring, staying):
-        assert (await client.post("/v1/sessions", json=body, headers=keys.a)).status_code == 201
+    closing = await open_session(client, keys.a, dids=[DID], order="to-close")
+    await open_session(client, keys.a, order="to-expire", customer="+919876500001", agent="+918765400001")
+    await open_session(client, keys.a, order="in-use", customer="+919876500002", agent="+918765400002")
     await add_dids(client, keys.a, [SPARE])
     event = (await client.get("/v1/events", headers=keys.a)).json()["items"][0]["id"]
     api_rows = len(await _rows(db))
@@ -284,13 +280,8 @@ async def test_api_closes_expiries_and_pool_changes_are_recorded_and_refused_one
     client: httpx.AsyncClient, keys: Keys, db: asyncpg.Connection
 ) -> None:
     """POST close, POST /v1/sessions/expire and PUT /v1/pools/{name} write one row each by their key; a foreign close none."""
-    await add_dids(client, keys.a, [DID])
-    session = (await client.post("/v1/sessions", json=session_body("ORD-A1"), headers=keys.a)).json()
-    other = (
-        await client.post(
-            "/v1/sessions", json=session_body("ORD-A2", customer="+919876500002", agent="+918765400002"), headers=keys.a
-        )
-    ).json()
+    session = await open_session(client, keys.a, dids=[DID], order="ORD-A1")
+    other = await open_session(client, keys.a, order="ORD-A2", customer="+919876500002", agent="+918765400002")
     before = len(await _rows(db))
     assert (await client.post(f"/v1/sessions/{session['id']}/close", headers=keys.b)).status_code == 404
     assert len(await _rows(db)) == before  # another tenant's close was refused: nothing on record

@@ -214,3 +214,14 @@ def test_broker_rules_hold_under_random_operations(harness: Harness) -> None:
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
         ),
     )
+
+
+def test_allocation_and_the_exhaustion_count_run_the_one_text_of_the_eligibility_rules() -> None:
+    """allocate.sql and exhaustion.sql each run rules.sql's geo and barred CTEs as written, so they cannot drift."""
+    from service.db import Query
+    from service.db.sessions.create import ALLOCATE, EXHAUSTION, RULES
+
+    rules = Query(RULES).sql  # both statements name the rules' parameters first, so their numbers agree
+    assert "geo AS (" in rules and "barred AS (" in rules
+    assert rules in ALLOCATE.sql and rules in EXHAUSTION.sql
+    assert ALLOCATE.sql.count("FROM bindings\n") == EXHAUSTION.sql.count("FROM bindings\n") == 1

@@ -7,7 +7,6 @@ import tempfile
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import httpx
@@ -15,6 +14,7 @@ import pytest
 from axe_playwright_python.async_playwright import Axe
 from playwright.async_api import Browser, Page, async_playwright, expect
 
+from tests.factories import create_session, open_session
 from tests.helpers import AGENT, CUSTOMER, Keys
 from tests.live import Live, live_service
 
@@ -58,19 +58,6 @@ async def live(dsn: str) -> AsyncIterator[Live]:
         yield service
 
 
-async def open_session(
-    live: Live, keys: Keys, order: str, pool: str = "default", dids: list[str] = DIDS
-) -> dict[str, Any]:
-    r = await live.http.post(
-        "/v1/dids/bulk", json={"dids": [{"number": n, "pool": pool} for n in dids]}, headers=keys.a
-    )
-    assert r.status_code == 200, r.text
-    body = {"order_id": order, "customer": CUSTOMER, "agent": AGENT, "pool": pool}
-    r = await live.http.post("/v1/sessions", json=body, headers=keys.a)
-    assert r.status_code in (200, 201), r.text
-    return r.json()
-
-
 async def no_axe_violations(page: Page) -> None:
     results = await Axe().run(page)
     assert results.violations_count == 0, results.generate_report()
@@ -86,7 +73,7 @@ async def test_ops_sign_in_find_an_order_and_expire_it_with_a_confirmation(
     browser: Browser, live: Live, keys: Keys
 ) -> None:
     """Sign in, search an order, open its session, expire the order after confirming, and see it expired."""
-    session = await open_session(live, keys, "ORD-BROWSER")
+    session = await open_session(live.http, keys.a, dids=DIDS, order="ORD-BROWSER")
     page = await browser.new_page(viewport={"width": 1280, "height": 800})
     await sign_in(page, live, keys.a_ops)
     await expect(page.get_by_role("heading", name="Pools")).to_be_visible()
@@ -147,8 +134,8 @@ async def test_the_pools_page_shows_stats_and_a_chart_and_passes_axe(
     browser: Browser, live: Live, keys: Keys, db: asyncpg.Connection
 ) -> None:
     """Pools with DIDs, sessions and headroom, the 24-hour chart, every number masked, no axe violation."""
-    await open_session(live, keys, "ORD-1042")
-    await open_session(live, keys, "ORD-77", pool="express", dids=["+918068290001", "+918068290002"])
+    await open_session(live.http, keys.a, dids=DIDS, order="ORD-1042")
+    await open_session(live.http, keys.a, dids=["+918068290001", "+918068290002"], pool_name="express", order="ORD-77")
     await seed_history(db, "tenant-a")
     page = await browser.new_page(viewport={"width": 1100, "height": 760})
     await sign_in(page, live, keys.a_ops)
@@ -178,13 +165,14 @@ async def test_the_pools_page_counts_the_last_hours_refusals_over_every_process(
     browser: Browser, live: Live, keys: Keys, db: asyncpg.Connection, dsn: str
 ) -> None:
     """Creates refused on two processes are summed per pool; an older count is not; a pool with no DIDs is named."""
-    await open_session(live, keys, "ORD-1", pool="tiny", dids=DIDS[:1])  # the pair now holds tiny's one DID
-    body = {"customer": CUSTOMER, "agent": AGENT, "pool": "tiny"}
+    await open_session(
+        live.http, keys.a, dids=DIDS[:1], pool_name="tiny", order="ORD-1"
+    )  # the pair now holds tiny's one DID
     async with live_service(dsn) as other:
         for service, order in [(live, "ORD-2"), (live, "ORD-3"), (other, "ORD-4"), (other, "ORD-5"), (other, "ORD-6")]:
-            r = await service.http.post("/v1/sessions", json={**body, "order_id": order}, headers=keys.a)
+            r = await create_session(service.http, keys.a, order, pool="tiny")
             assert r.json()["code"] == "pool_exhausted", r.text
-        r = await other.http.post("/v1/sessions", json={**body, "order_id": "ORD-7", "pool": "tinny"}, headers=keys.a)
+        r = await create_session(other.http, keys.a, "ORD-7", pool="tinny")
         assert r.json()["code"] == "pool_exhausted", r.text
     tenant_id = await db.fetchval("SELECT id FROM tenants WHERE name = 'tenant-a'")
     await db.execute(
@@ -204,7 +192,7 @@ async def test_the_agent_presses_the_button_and_sees_ringing_then_completed_with
     browser: Browser, live: Live, keys: Keys
 ) -> None:
     """The page updates in place: ringing, then completed after the simulator's report; no number on it."""
-    session = await open_session(live, keys, "ORD-1042")
+    session = await open_session(live.http, keys.a, dids=DIDS, order="ORD-1042")
     r = await live.http.post(f"/v1/sessions/{session['id']}/call-links", json={"party": "agent"}, headers=keys.a)
     path = "/c/" + r.json()["url"].rsplit("/c/", 1)[1]
     live.sim.delay = 2.0  # the report comes two seconds after the provider accepts the call
@@ -231,7 +219,7 @@ async def test_the_agent_page_shows_times_in_the_phones_zone_and_disables_the_bu
 ) -> None:
     """On a phone set to India's time the link's end is shown in IST; after its one press has completed the button
     is disabled, saying no calls are left, and a reload still shows the order and the last outcome."""
-    session = await open_session(live, keys, "ORD-ZONE")
+    session = await open_session(live.http, keys.a, dids=DIDS, order="ORD-ZONE")
     r = await live.http.post(
         f"/v1/sessions/{session['id']}/call-links", json={"party": "agent", "max_uses": 1}, headers=keys.a
     )
@@ -266,7 +254,7 @@ async def test_the_agent_page_shows_times_in_the_phones_zone_and_disables_the_bu
 
 async def test_an_expired_link_says_so_plainly(browser: Browser, live: Live, keys: Keys) -> None:
     """A link whose session closed shows a 410 page that says the link has expired."""
-    session = await open_session(live, keys, "ORD-GONE")
+    session = await open_session(live.http, keys.a, dids=DIDS, order="ORD-GONE")
     r = await live.http.post(f"/v1/sessions/{session['id']}/call-links", json={}, headers=keys.a)
     url = live.url + "/c/" + r.json()["url"].rsplit("/c/", 1)[1]
     await live.http.post(f"/v1/sessions/{session['id']}/close", headers=keys.a)
@@ -293,7 +281,7 @@ async def test_console_forms_need_the_csrf_token_and_the_cookie_is_strict(live: 
         assert "chosen-by-an-attacker" not in cookie and "masking_console=" in cookie  # a new id at sign-in
         assert "httponly" in cookie and "samesite=strict" in cookie and "path=/console" in cookie
         assert keys.a_ops not in signed.text and keys.a_ops not in str(signed.headers)
-        session = await open_session(live, keys, "ORD-CSRF")
+        session = await open_session(live.http, keys.a, dids=DIDS, order="ORD-CSRF")
         refused = await http.post(f"/console/sessions/{session['id']}/close", data={"x": "1"})
         assert refused.status_code == 403 and "Form refused" in refused.text
         assert (await live.http.get(f"/v1/sessions/{session['id']}", headers=keys.a)).json()["status"] == "active"

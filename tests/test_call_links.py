@@ -12,6 +12,7 @@ import pytest
 
 from service.api.addresses import client_address
 from service.db import links as links_q
+from tests.factories import open_session
 from tests.helpers import AGENT, CUSTOMER, Keys, assert_problem, call_status
 from tests.live import Live, live_service
 
@@ -26,15 +27,6 @@ async def live(dsn: str) -> Any:
         yield service
 
 
-async def open_session(live: Live, keys: Keys, order: str = "ORD-7", **extra: Any) -> dict[str, Any]:
-    r = await live.http.post("/v1/dids", json={"number": DID}, headers=keys.a)
-    assert r.status_code in (200, 201)
-    body = {"order_id": order, "customer": CUSTOMER, "agent": AGENT, **extra}
-    r = await live.http.post("/v1/sessions", json=body, headers=keys.a)
-    assert r.status_code == 201, r.text
-    return r.json()
-
-
 async def mint(live: Live, keys: Keys, session_id: str, **body: Any) -> tuple[str, dict[str, Any]]:
     r = await live.http.post(f"/v1/sessions/{session_id}/call-links", json=body, headers=keys.auth(keys.a_sessions))
     assert r.status_code == 201, r.text
@@ -47,7 +39,7 @@ async def test_a_link_is_a_public_url_with_a_long_random_token_stored_only_as_a_
 ) -> None:
     """The URL is MASKING_PUBLIC_URL/c/<token>, the token carries at least 128 bits, the database holds its hash."""
     async with live_service(dsn, public_url="https://masking.example/") as live:
-        session = await open_session(live, keys)
+        session = await open_session(live.http, keys.a, dids=[DID], order="ORD-7")
         path, link = await mint(live, keys, session["id"], party="agent", ttl_seconds=600, max_uses=3)
         cookie = (await live.http.get(path, headers=HTML)).headers["set-cookie"]
     assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie.replace("strict", "Strict")
@@ -62,14 +54,14 @@ async def test_a_link_is_a_public_url_with_a_long_random_token_stored_only_as_a_
 
 async def test_a_link_never_outlives_its_session(live: Live, keys: Keys) -> None:
     """A TTL longer than the session's life gives the session's end as the link's."""
-    session = await open_session(live, keys, ttl_seconds=300)
+    session = await open_session(live.http, keys.a, dids=[DID], order="ORD-7", ttl_seconds=300)
     _, link = await mint(live, keys, session["id"], ttl_seconds=86400)
     assert link["expires_at"] == session["expires_at"]
 
 
 async def test_links_only_for_the_tenants_live_sessions(live: Live, keys: Keys) -> None:
     """Another tenant's session is 404; a closed one 409 session_not_active; a bad body 422."""
-    session = await open_session(live, keys)
+    session = await open_session(live.http, keys.a, dids=[DID], order="ORD-7")
     r = await live.http.post(f"/v1/sessions/{session['id']}/call-links", json={}, headers=keys.b)
     assert_problem(r, 404, "not_found")
     r = await live.http.post(f"/v1/sessions/{session['id']}/call-links", json={"party": "boss"}, headers=keys.a)
@@ -81,7 +73,7 @@ async def test_links_only_for_the_tenants_live_sessions(live: Live, keys: Keys) 
 
 async def test_the_page_shows_the_order_and_the_button_and_no_real_number(live: Live, keys: Keys) -> None:
     """The agent's page names the order and whom it calls, carries strict headers, and no party's number."""
-    session = await open_session(live, keys, order="ORD-PAGE")
+    session = await open_session(live.http, keys.a, dids=[DID], order="ORD-PAGE")
     path, _ = await mint(live, keys, session["id"], party="agent")
     r = await live.http.get(path, headers=HTML)
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
@@ -103,7 +95,7 @@ async def test_pressing_places_the_call_as_the_calls_api_does_with_the_links_par
     live: Live, keys: Keys
 ) -> None:
     """A JSON press is 202 with the call (numbers masked); the provider rings the link's party first."""
-    session = await open_session(live, keys)
+    session = await open_session(live.http, keys.a, dids=[DID], order="ORD-7")
     path, _ = await mint(live, keys, session["id"], party="customer")
     r = await live.http.post(path, headers=JSON, content=b"{}")
     assert r.status_code == 202, r.text
@@ -121,7 +113,7 @@ async def test_pressing_places_the_call_as_the_calls_api_does_with_the_links_par
 async def test_a_used_up_link_is_gone_as_json_and_as_a_page(live: Live, keys: Keys) -> None:
     """After max_uses presses the link answers 410 link_expired: problem+json, or a page that says so and still
     shows the order and the last call's outcome, with the button disabled because no calls are left."""
-    session = await open_session(live, keys)
+    session = await open_session(live.http, keys.a, dids=[DID], order="ORD-7")
     path, _ = await mint(live, keys, session["id"], max_uses=1)
     r = await live.http.post(path, headers=JSON, content=b"{}")
     assert r.status_code == 202
@@ -143,7 +135,7 @@ async def test_a_used_up_link_is_gone_as_json_and_as_a_page(live: Live, keys: Ke
 
 async def test_a_link_dies_with_its_session(live: Live, keys: Keys) -> None:
     """Closing the session ends its links at once: 410."""
-    session = await open_session(live, keys)
+    session = await open_session(live.http, keys.a, dids=[DID], order="ORD-7")
     path, _ = await mint(live, keys, session["id"])
     await live.http.post(f"/v1/sessions/{session['id']}/close", headers=keys.a)
     assert_problem(await live.http.post(path, headers=JSON, content=b"{}"), 410, "link_expired")
@@ -158,7 +150,7 @@ async def test_an_unknown_token_is_not_found(live: Live) -> None:
 
 async def test_a_refused_press_is_not_counted_as_a_use(live: Live, keys: Keys, db: asyncpg.Connection) -> None:
     """A press refused before any call is recorded (call_in_progress) keeps the link's uses; the error is the API's."""
-    session = await open_session(live, keys)
+    session = await open_session(live.http, keys.a, dids=[DID], order="ORD-7")
     path, _ = await mint(live, keys, session["id"], max_uses=2)
     from service.provider.simulator import Fault
 
@@ -172,7 +164,7 @@ async def test_a_refused_press_is_not_counted_as_a_use(live: Live, keys: Keys, d
 
 async def test_a_form_press_needs_the_pages_csrf_token(live: Live, keys: Keys) -> None:
     """A form POST without the page's token is refused (403); with it, it rings and redirects to the page."""
-    session = await open_session(live, keys)
+    session = await open_session(live.http, keys.a, dids=[DID], order="ORD-7")
     path, _ = await mint(live, keys, session["id"])
     r = await live.http.post(path, data={"x": "1"}, headers=HTML)
     assert r.status_code == 403 and "reload the page" in r.text.lower()
@@ -188,7 +180,7 @@ async def test_a_form_press_needs_the_pages_csrf_token(live: Live, keys: Keys) -
 async def test_presses_of_one_link_are_limited_and_another_link_has_its_own_bucket(dsn: str, keys: Keys) -> None:
     """The 7th press of one link within a minute is 429; a second link of the same session is not limited by it."""
     async with live_service(dsn, session_calls_per_window=100, calls_per_minute=1000) as live:
-        session = await open_session(live, keys)
+        session = await open_session(live.http, keys.a, dids=[DID], order="ORD-7")
         path, _ = await mint(live, keys, session["id"], max_uses=100)
         answers = [(await live.http.post(path, headers=JSON)).status_code for _ in range(6)]
         assert 429 not in answers and answers[0] == 202, answers
@@ -204,7 +196,7 @@ async def test_requests_from_one_address_are_limited_and_a_forged_forwarded_for_
 ) -> None:
     """MASKING_LINK_REQUESTS_PER_MINUTE per address; the next is 429 (page or JSON); a client's X-Forwarded-For ignored."""
     async with live_service(dsn, link_requests_per_minute=10) as live:
-        session = await open_session(live, keys)
+        session = await open_session(live.http, keys.a, dids=[DID], order="ORD-7")
         path, _ = await mint(live, keys, session["id"])
         answers = await asyncio.gather(*(live.http.get(path + "/status", headers=JSON) for _ in range(10)))
         assert [r.status_code for r in answers] == [200] * 10
@@ -220,7 +212,7 @@ async def test_requests_from_one_address_are_limited_and_a_forged_forwarded_for_
 async def test_behind_a_trusted_proxy_each_agent_has_its_own_address_bucket(dsn: str, keys: Keys) -> None:
     """MASKING_TRUSTED_PROXIES: the proxy's X-Forwarded-For names the client, so one busy agent limits only itself."""
     async with live_service(dsn, trusted_proxies="127.0.0.0/8, ::1", link_requests_per_minute=10) as live:
-        session = await open_session(live, keys)
+        session = await open_session(live.http, keys.a, dids=[DID], order="ORD-7")
         path, _ = await mint(live, keys, session["id"])
         busy = {**JSON, "X-Forwarded-For": "203.0.113.5"}
         assert {(await live.http.get(path + "/status", headers=busy)).status_code for _ in range(10)} == {200}
@@ -245,7 +237,7 @@ def test_the_client_address_is_the_nearest_hop_no_trusted_proxy_added() -> None:
 
 async def test_concurrent_uses_never_exceed_max_uses(live: Live, keys: Keys, dsn: str) -> None:
     """Twenty processes' worth of simultaneous uses of a 3-use link: exactly three are counted."""
-    session = await open_session(live, keys)
+    session = await open_session(live.http, keys.a, dids=[DID], order="ORD-7")
     path, _ = await mint(live, keys, session["id"], max_uses=3)
     digest = hashlib.sha256(path.removeprefix("/c/").encode()).digest()
     pool = await asyncpg.create_pool(dsn, min_size=10, max_size=20)
@@ -265,7 +257,7 @@ async def test_concurrent_uses_never_exceed_max_uses(live: Live, keys: Keys, dsn
 async def test_a_replaced_partys_link_is_gone_and_never_rings_the_new_party(live: Live, keys: Keys) -> None:
     """After PATCH replaces the agent, the old agent's link is 410 link_expired on GET and POST and rings nobody;
     the customer's link (its party stays) rings the new agent, and a link minted for the new agent works."""
-    session = await open_session(live, keys)
+    session = await open_session(live.http, keys.a, dids=[DID], order="ORD-7")
     old_agent_link, _ = await mint(live, keys, session["id"], party="agent")
     customer_link, _ = await mint(live, keys, session["id"], party="customer")
     new_agent = "+918765432100"

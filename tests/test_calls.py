@@ -12,7 +12,7 @@ import pytest
 
 from service.broker.sweeps import time_out_calls
 from service.provider.simulator import Fault
-from tests.factories import open_session
+from tests.factories import create_session, open_session, place_call, pool
 from tests.helpers import Keys, call_status, did_numbers, opened_body, wait_for
 from tests.live import CALLBACK_TOKEN, Live, live_service
 from tests.processes import free_port, masking_env, run_cli
@@ -101,7 +101,7 @@ async def test_the_documents_example_report_completes_the_call(live: Live, keys:
     """The provider's example report, numbers unquoted, completes the call with its durations and times."""
     session = await open_session(live.http, keys.a, dids=[DID])
     live.sim.inject(Fault(report="none"))
-    call = (await live.http.post(f"/v1/sessions/{session['id']}/calls", headers=keys.a)).json()
+    call = await place_call(live.http, keys.a, session)
     report = doc_report()
     r = await live.http.post(live.callback, content=report.encode(), headers={"content-type": "application/json"})
     assert r.status_code == 200 and r.json() == {"received": True}
@@ -186,7 +186,7 @@ async def test_repeated_and_out_of_order_reports_have_one_effect(
     """Each report three times, and an earlier 'missed' after the final one: one effect, all answered 200."""
     session = await open_session(live.http, keys.a, dids=[DID])
     live.sim.inject(Fault(report="none"))
-    call = (await live.http.post(f"/v1/sessions/{session['id']}/calls", headers=keys.a)).json()
+    call = await place_call(live.http, keys.a, session)
     report = doc_report()
     answers = [await live.http.post(live.callback, content=report.encode()) for _ in range(3)]
     missed = report.replace('"billing": "23"', '"billing": "0"').replace('"COMPLETED"', '"NOANSWER"')
@@ -203,7 +203,7 @@ async def test_repeated_and_out_of_order_reports_have_one_effect(
 async def test_max_calls_closes_the_session(live: Live, keys: Keys) -> None:
     """When completed calls reach max_calls, the session closes with max_calls_reached."""
     session = await open_session(live.http, keys.a, dids=[DID], max_calls=1)
-    call = (await live.http.post(f"/v1/sessions/{session['id']}/calls", headers=keys.a)).json()
+    call = await place_call(live.http, keys.a, session)
     await call_status(live, keys, call["id"], "completed")
     read = (await live.http.get(f"/v1/sessions/{session['id']}", headers=keys.a)).json()
     assert (read["status"], read["close_reason"], read["calls_made"]) == ("closed", "max_calls_reached", 1)
@@ -215,7 +215,7 @@ async def test_a_missed_call_does_not_count_toward_max_calls(live: Live, keys: K
     """A report with no talk time marks the call missed and leaves the session open."""
     session = await open_session(live.http, keys.a, dids=[DID], max_calls=1)
     live.sim.inject(Fault(report="missed"))
-    call = (await live.http.post(f"/v1/sessions/{session['id']}/calls", headers=keys.a)).json()
+    call = await place_call(live.http, keys.a, session)
     missed = await call_status(live, keys, call["id"], "missed")
     assert missed["billing_seconds"] == 0
     assert (await live.http.get(f"/v1/sessions/{session['id']}", headers=keys.a)).json()["status"] == "active"
@@ -227,7 +227,7 @@ async def test_a_call_with_no_report_times_out_to_unknown_and_frees_the_session(
     """After the report timeout the call is unknown and the session may call again."""
     session = await open_session(live.http, keys.a, dids=[DID])
     live.sim.inject(Fault(report="none"))
-    call = (await live.http.post(f"/v1/sessions/{session['id']}/calls", headers=keys.a)).json()
+    call = await place_call(live.http, keys.a, session)
     blocked = await live.http.post(f"/v1/sessions/{session['id']}/calls", headers=keys.a)
     assert blocked.status_code == 409 and blocked.json()["code"] == "call_in_progress"
     now = await db.fetchval("SELECT now()")
@@ -304,7 +304,7 @@ async def test_inbound_routing_connects_a_party_to_the_other(live: Live, keys: K
 async def test_tenant_b_sees_none_of_tenant_as_calls(live: Live, keys: Keys) -> None:
     """Another tenant's call and session calls answer 404, and it cannot place a call in A's session."""
     session = await open_session(live.http, keys.a, dids=[DID])
-    call = (await live.http.post(f"/v1/sessions/{session['id']}/calls", headers=keys.a)).json()
+    call = await place_call(live.http, keys.a, session)
     for r in (
         await live.http.get(f"/v1/calls/{call['id']}", headers=keys.b),
         await live.http.get(f"/v1/sessions/{session['id']}/calls", headers=keys.b),
@@ -319,11 +319,11 @@ async def test_a_thousand_concurrent_reports_are_all_stored_and_each_call_comple
 ) -> None:
     """1,000 reports posted 50 at a time while calls are placed: every one stored; each matched call done once."""
     dids = did_numbers(20)
-    await live.http.post("/v1/dids/bulk", json={"dids": [{"number": n} for n in dids]}, headers=keys.a)
-    sessions = []
-    for i in range(20):
-        body = {"order_id": f"o{i}", "customer": f"+9198700{i:05d}", "agent": f"+9187600{i:05d}"}
-        sessions.append((await live.http.post("/v1/sessions", json=body, headers=keys.a)).json())
+    await pool(live.http, keys.a, dids=dids)
+    sessions = [
+        await open_session(live.http, keys.a, order=f"o{i}", customer=f"+9198700{i:05d}", agent=f"+9187600{i:05d}")
+        for i in range(20)
+    ]
     live.sim.inject(Fault(report="none", count=20))
     calls = await asyncio.gather(*(live.http.post(f"/v1/sessions/{s['id']}/calls", headers=keys.a) for s in sessions))
     reports = []
@@ -361,11 +361,11 @@ async def test_a_slow_answer_just_inside_the_timeout_is_one_accepted_dial(live: 
 
 async def test_other_endpoints_stay_fast_while_the_provider_hangs(live: Live, keys: Keys) -> None:
     """Ten clicks hanging on the provider do not slow reads and creates: their p99 stays under 300 ms."""
-    await live.http.post("/v1/dids/bulk", json={"dids": [{"number": n} for n in did_numbers(20)]}, headers=keys.a)
-    sessions = []
-    for i in range(10):
-        body = {"order_id": f"h{i}", "customer": f"+91987000{i:04d}", "agent": f"+91876000{i:04d}"}
-        sessions.append((await live.http.post("/v1/sessions", json=body, headers=keys.a)).json())
+    await pool(live.http, keys.a, dids=20)
+    sessions = [
+        await open_session(live.http, keys.a, order=f"h{i}", customer=f"+91987000{i:04d}", agent=f"+91876000{i:04d}")
+        for i in range(10)
+    ]
     live.sim.inject(Fault(answer="hang", report="none", count=10))
     clicks = [asyncio.create_task(live.http.post(f"/v1/sessions/{s['id']}/calls", headers=keys.a)) for s in sessions]
     await wait_for(lambda: asyncio.sleep(0, len(live.sim.requests) == 10))
@@ -375,8 +375,7 @@ async def test_other_endpoints_stay_fast_while_the_provider_hangs(live: Live, ke
         if i % 2:
             r = await live.http.get(f"/v1/sessions/{sessions[i % 10]['id']}", headers=keys.a)
         else:
-            body = {"order_id": f"x{i}", "customer": f"+91987100{i:04d}", "agent": f"+91876100{i:04d}"}
-            r = await live.http.post("/v1/sessions", json=body, headers=keys.a)
+            r = await create_session(live.http, keys.a, f"x{i}", f"+91987100{i:04d}", f"+91876100{i:04d}")
         assert r.status_code in (200, 201)
         timings.append(asyncio.get_running_loop().time() - started)
     hung = await asyncio.gather(*clicks)
@@ -390,10 +389,8 @@ async def test_a_did_carries_at_most_its_max_concurrent_calls(live: Live, keys: 
     """With max_concurrent_calls 1, a second session on the same DID cannot click while the first call is live."""
     r = await live.http.post("/v1/dids", json={"number": DID, "max_concurrent_calls": 1}, headers=keys.a)
     assert r.status_code == 201 and r.json()["max_concurrent_calls"] == 1
-    first = (await live.http.post("/v1/sessions", json={"order_id": "a", "customer": CUSTOMER, "agent": AGENT},
-                                  headers=keys.a)).json()  # fmt: skip
-    second = (await live.http.post("/v1/sessions", json={"order_id": "b", "customer": "+919800000001",
-                                   "agent": "+918700000001"}, headers=keys.a)).json()  # fmt: skip
+    first = await open_session(live.http, keys.a, order="a", customer=CUSTOMER, agent=AGENT)
+    second = await open_session(live.http, keys.a, order="b", customer="+919800000001", agent="+918700000001")
     assert first["masked_number"] == second["masked_number"] == DID
     live.sim.inject(Fault(report="none"))
     assert (await live.http.post(f"/v1/sessions/{first['id']}/calls", headers=keys.a)).status_code == 202

@@ -31,7 +31,10 @@ async def test_forty_concurrent_creates_for_one_customer_on_five_dids(
 ) -> None:
     """Exactly 5 of 40 simultaneous sessions for one customer succeed, on 5 distinct DIDs; 35 are exhausted."""
     await add_dids(client, keys.a, did_numbers(5))
-    responses = await asyncio.gather(*(client.post("/v1/sessions", json=b, headers=keys.a) for b in storm_bodies(40)))
+    agents = mobile_numbers(40, prefix="+91876")
+    responses = await asyncio.gather(
+        *(create_session(client, keys.a, f"storm-{i}", agent=a) for i, a in enumerate(agents))
+    )
     assert_storm_outcome(list(responses), dids=5, attempts=40)
     assert await db.fetchval(CROSSED_LINES) == 0
 
@@ -42,13 +45,11 @@ async def test_five_hundred_pairs_on_twenty_dids_spread_evenly(
     """500 distinct pairs, 50 at a time, all get sessions; the busiest DID carries at most 1.5x the mean."""
     await add_dids(client, keys.a, did_numbers(20))
     customers, agents = mobile_numbers(500, prefix="+91987"), mobile_numbers(500, prefix="+91876")
-    bodies = [
-        session_body(order=f"o{i}", customer=c, agent=a) for i, (c, a) in enumerate(zip(customers, agents, strict=True))
-    ]
+    pairs = list(enumerate(zip(customers, agents, strict=True)))
     results = []
     for i in range(0, 500, 50):
         results += await asyncio.gather(
-            *(client.post("/v1/sessions", json=b, headers=keys.a) for b in bodies[i : i + 50])
+            *(create_session(client, keys.a, f"o{n}", c, a) for n, (c, a) in pairs[i : i + 50])
         )
     assert Counter(r.status_code for r in results) == {201: 500}
     load = Counter(r.json()["masked_number"] for r in results)
@@ -75,13 +76,13 @@ async def test_idempotency_key_replays_the_first_response(
     """A keyed repeat gets the first response byte for byte, even after the session changed."""
     await add_dids(client, keys.a, did_numbers(2))
     headers = {**keys.a, "Idempotency-Key": "req-1"}
-    first = await client.post("/v1/sessions", json=session_body(), headers=headers)
+    first = await create_session(client, headers)
     await client.post(f"/v1/sessions/{first.json()['id']}/close", headers=keys.a)
-    again = await client.post("/v1/sessions", json=session_body(), headers=headers)
+    again = await create_session(client, headers)
     assert (again.status_code, again.content) == (201, first.content)
     # another tenant's identical key is its own
     await add_dids(client, keys.b, did_numbers(1, start=50))
-    other = await client.post("/v1/sessions", json=session_body(), headers={**keys.b, "Idempotency-Key": "req-1"})
+    other = await create_session(client, {**keys.b, "Idempotency-Key": "req-1"})
     assert other.status_code == 201 and other.json()["id"] != first.json()["id"]
 
 
@@ -89,8 +90,8 @@ async def test_idempotency_key_with_another_body_is_422(client: httpx.AsyncClien
     """Reusing a key for a different request is refused."""
     await add_dids(client, keys.a, did_numbers(2))
     headers = {**keys.a, "Idempotency-Key": "req-2"}
-    assert (await client.post("/v1/sessions", json=session_body(), headers=headers)).status_code == 201
-    r = await client.post("/v1/sessions", json=session_body(order="other"), headers=headers)
+    assert (await create_session(client, headers)).status_code == 201
+    r = await create_session(client, headers, "other")
     assert r.status_code == 422 and r.json()["code"] == "invalid_request" and r.json()["field"] == "Idempotency-Key"
 
 
@@ -119,9 +120,7 @@ async def test_twenty_concurrent_keyed_requests_create_exactly_one_session(
     """20 identical keyed requests at once: one session; the rest replay it or are told it is in flight."""
     await add_dids(client, keys.a, did_numbers(10))
     headers = {**keys.a, "Idempotency-Key": "storm"}
-    responses = await asyncio.gather(
-        *(client.post("/v1/sessions", json=session_body(), headers=headers) for _ in range(20))
-    )
+    responses = await asyncio.gather(*(create_session(client, headers) for _ in range(20)))
     assert await db.fetchval("SELECT count(*) FROM sessions") == 1
     assert {r.status_code for r in responses} <= {201, 409}
     created = [r for r in responses if r.status_code == 201]
@@ -156,9 +155,8 @@ async def test_retiring_a_did_never_strands_a_session_on_it(client: httpx.AsyncC
     for i in range(40):
         did = did_numbers(1, start=100 + i)[0]
         await add_dids(client, keys.a, [did], pool=f"race-{i}")
-        body = session_body(order=f"race-{i}", customer=f"+91987{i:07d}", pool=f"race-{i}")
         created, retired = await asyncio.gather(
-            client.post("/v1/sessions", json=body, headers=keys.a),
+            create_session(client, keys.a, f"race-{i}", f"+91987{i:07d}", pool=f"race-{i}"),
             client.patch(f"/v1/dids/{did}", json={"status": "retired"}, headers=keys.a),
         )
         outcomes[(created.status_code, retired.status_code)] += 1

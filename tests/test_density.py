@@ -14,6 +14,7 @@ import pytest
 
 from service.db import sessions as q
 from service.db.sessions.create import allocation_values
+from tests.factories import bare_tenant
 from tests.helpers import CROSSED_LINES, did_numbers, index_names
 from tests.processes import ServeProcess, masking_env, run_cli
 
@@ -93,7 +94,7 @@ def msgspec_values(a: q.Allocation) -> dict:
 
 async def test_an_allocation_touches_no_more_pages_at_100k_sessions_per_pool_than_at_1k(db: asyncpg.Connection) -> None:
     """Allocation on a 50-DID pool reads about the same pages with 100,000 active sessions as with 1,000."""
-    tenant_id = await db.fetchval("INSERT INTO tenants (name) VALUES ('dense') RETURNING id")
+    tenant_id = await bare_tenant(db, "dense")
     await db.executemany(
         "INSERT INTO dids (number, tenant_id, pool, country) VALUES ($1, $2, 'default', 'IN')",
         [(n, tenant_id) for n in did_numbers(POOL_DIDS)],

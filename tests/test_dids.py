@@ -5,6 +5,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 
+from tests.factories import close_session, create_session, open_session
 from tests.helpers import Keys, add_dids, assert_problem, did_numbers
 from tests.processes import masking_env, run_cli
 
@@ -65,8 +66,7 @@ async def test_list_shows_active_sessions_and_filters(client: httpx.AsyncClient,
     """Listing counts each DID's active sessions and filters by pool and status."""
     await add_dids(client, keys.a, did_numbers(1), pool="p1")
     await add_dids(client, keys.a, did_numbers(1, start=1), pool="p2")
-    body = {"order_id": "o", "customer": "+919870000001", "agent": "+919870000002", "pool": "p1"}
-    assert (await client.post("/v1/sessions", json=body, headers=keys.a)).status_code == 201
+    await open_session(client, keys.a, pool_name="p1", order="o", customer="+919870000001", agent="+919870000002")
     listed = (await client.get("/v1/dids", headers=keys.a)).json()["items"]
     assert {d["number"]: d["active_sessions"] for d in listed} == {did_numbers(1)[0]: 1, did_numbers(1, 1)[0]: 0}
     only_p2 = (await client.get("/v1/dids", params={"pool": "p2"}, headers=keys.a)).json()["items"]
@@ -79,23 +79,16 @@ async def test_a_draining_did_gets_no_new_sessions_but_keeps_its_current_ones(
 ) -> None:
     """Draining keeps current sessions going and gives no new ones; retiring waits until it is unused."""
     did = did_numbers(1)[0]
-    await add_dids(client, keys.a, [did])
-    session = (
-        await client.post(
-            "/v1/sessions",
-            json={"order_id": "o1", "customer": "+919870000001", "agent": "+919870000002"},
-            headers=keys.a,
-        )
-    ).json()
+    session = await open_session(
+        client, keys.a, dids=[did], order="o1", customer="+919870000001", agent="+919870000002"
+    )
     r = await client.patch(f"/v1/dids/{did}", json={"status": "draining"}, headers=keys.a)
     assert r.status_code == 200 and r.json()["status"] == "draining"
     assert (await client.get(f"/v1/sessions/{session['id']}", headers=keys.a)).json()["status"] == "active"
-    refused = await client.post(
-        "/v1/sessions", json={"order_id": "o2", "customer": "+919870000003", "agent": "+919870000004"}, headers=keys.a
-    )
+    refused = await create_session(client, keys.a, "o2", "+919870000003", "+919870000004")
     assert assert_problem(refused, 409, "pool_exhausted")["ruled_out"]["not_active"] == 1
     assert_problem(await client.patch(f"/v1/dids/{did}", json={"status": "retired"}, headers=keys.a), 409, "did_in_use")
-    await client.post(f"/v1/sessions/{session['id']}/close", headers=keys.a)
+    await close_session(client, keys.a, session)
     retired = await client.patch(f"/v1/dids/{did}", json={"status": "retired"}, headers=keys.a)
     assert retired.status_code == 200 and retired.json()["status"] == "retired"
 

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import json
-from datetime import UTC, datetime, timedelta
-from typing import Any
-from zoneinfo import ZoneInfo
-
 import asyncpg
 import httpx
 
 from service.provider.simulator import Fault
-from tests.helpers import Keys, add_dids, did_numbers, session_body
+from tests.factories import open_session, place_call, pool, report_for
+from tests.helpers import Keys
 from tests.live import live_service
-
-IST = ZoneInfo("Asia/Kolkata")
 
 # The event's writing transaction (xid8) next to the xmin (the last writing transaction, a 32-bit xid) of the
 # row it describes: the two are the same transaction exactly when the low 32 bits of txid equal xmin.
@@ -39,38 +33,18 @@ async def test_a_close_a_ttl_change_and_a_bulk_expiry_each_write_their_event_in_
     client: httpx.AsyncClient, keys: Keys, db: asyncpg.Connection
 ) -> None:
     """session.updated (PATCH TTL), session.closed (close, expire by order) share the change's transaction id."""
-    await add_dids(client, keys.a, did_numbers(3))
-    first = (await client.post("/v1/sessions", json=session_body("o1"), headers=keys.a)).json()
+    await pool(client, keys.a, dids=3)
+    first = await open_session(client, keys.a, order="o1")
     await written_with(db, "sessions", first["id"], "session.created")
     r = await client.patch(f"/v1/sessions/{first['id']}", json={"ttl_seconds": 600}, headers=keys.a)
     assert r.status_code == 200, r.text
     await written_with(db, "sessions", first["id"], "session.updated")
     assert (await client.post(f"/v1/sessions/{first['id']}/close", headers=keys.a)).status_code == 200
     await written_with(db, "sessions", first["id"], "session.closed")
-    second = (await client.post("/v1/sessions", json=session_body("o2"), headers=keys.a)).json()
+    second = await open_session(client, keys.a, order="o2")
     r = await client.post("/v1/sessions/expire", json={"order_id": "o2"}, headers=keys.a)
     assert r.json() == {"expired": 1}
     await written_with(db, "sessions", second["id"], "session.closed")
-
-
-def report_of(call: dict[str, Any]) -> bytes:
-    start = datetime.now(UTC)
-    fmt = "%Y-%m-%d %H:%M:%S"
-    return json.dumps(
-        {
-            "bridge": int(call["bridge"][1:]),
-            "from": int(call["from"][1:]),
-            "to": int(call["to"][1:]),
-            "source": "C2C",
-            "start_at": start.astimezone(IST).strftime(fmt),
-            "end_at": (start + timedelta(seconds=20)).astimezone(IST).strftime(fmt),
-            "duration": "20",
-            "billing": "15",
-            "status": "COMPLETED",
-            "status1": "RECEIVED",
-            "status2": "ANSWER",
-        }
-    ).encode()
 
 
 async def test_a_click_and_its_report_each_write_their_call_event_in_their_own_transaction(
@@ -78,12 +52,13 @@ async def test_a_click_and_its_report_each_write_their_call_event_in_their_own_t
 ) -> None:
     """call.initiated is written by the transaction that records the provider's answer; call.completed by the report's."""
     async with live_service(dsn) as live:
-        await live.http.post("/v1/dids", json={"number": "+918068281234"}, headers=keys.a)
-        session = (await live.http.post("/v1/sessions", json=session_body(), headers=keys.a)).json()
+        session = await open_session(live.http, keys.a, dids=["+918068281234"])
         live.sim.inject(Fault(report="none"))
-        call = (await live.http.post(f"/v1/sessions/{session['id']}/calls", headers=keys.a)).json()
+        call = await place_call(live.http, keys.a, session)
         assert call["status"] == "initiated"
         await written_with(db, "calls", call["id"], "call.initiated")
-        assert (await live.http.post(live.callback, content=report_of(call))).status_code == 200
+        assert (
+            await live.http.post(live.callback, content=report_for(call, billing=15, seconds=20))
+        ).status_code == 200
         assert (await live.http.get(f"/v1/calls/{call['id']}", headers=keys.a)).json()["status"] == "completed"
         await written_with(db, "calls", call["id"], "call.completed")

@@ -12,7 +12,7 @@ import httpx
 
 from service.broker import events, pools, sweeps
 from service.db import events as events_q
-from tests.factories import create_session
+from tests.factories import bare_tenant, create_session, open_session, place_call
 from tests.helpers import (
     CUSTOMER,
     FakeClock,
@@ -21,7 +21,6 @@ from tests.helpers import (
     assert_problem,
     did_numbers,
     index_names,
-    session_body,
     wait_for,
 )
 from tests.live import live_service
@@ -117,11 +116,9 @@ async def test_expiry_by_the_sweeper_and_by_ops_in_bulk_each_emit_session_closed
 ) -> None:
     """TTL expiry (sweeper) says close_reason ttl; a bulk expire says expired_by_ops, one event per session."""
     await add_dids(client, keys.a, did_numbers(4))
-    short = session_body(order="short", ttl_seconds=60)
-    await client.post("/v1/sessions", json=short, headers=keys.a)
+    await open_session(client, keys.a, order="short", ttl_seconds=60)
     for i in range(2):
-        body = session_body(order="bulk", agent=f"+9187654300{i:02d}")
-        assert (await client.post("/v1/sessions", json=body, headers=keys.a)).status_code == 201
+        await open_session(client, keys.a, order="bulk", agent=f"+9187654300{i:02d}")
     clock.advance(61)
     assert await sweeps.sweep_expired(db, clock()) == 1
     r = await client.post("/v1/sessions/expire", json={"order_id": "bulk"}, headers=keys.a)
@@ -141,8 +138,7 @@ async def test_a_pool_alerts_once_each_time_its_headroom_falls_to_the_alert_leve
     await add_dids(client, keys.a, did_numbers(4))
     assert await pools.check_headroom(db, clock()) == 0  # headroom 4
     for i in range(2):
-        body = session_body(order=f"h{i}", agent=f"+9187654300{i:02d}")
-        assert (await client.post("/v1/sessions", json=body, headers=keys.a)).status_code == 201
+        await open_session(client, keys.a, order=f"h{i}", agent=f"+9187654300{i:02d}")
     assert await pools.check_headroom(db, clock()) == 1
     assert await pools.check_headroom(db, clock()) == 0
     alerts = (await feed(client, keys, type="pool.low_headroom"))["items"]
@@ -150,8 +146,7 @@ async def test_a_pool_alerts_once_each_time_its_headroom_falls_to_the_alert_leve
     await client.post("/v1/sessions/expire", json={"customer": CUSTOMER}, headers=keys.a)
     assert await pools.check_headroom(db, clock()) == 0  # back above: re-armed
     for i in range(2):
-        body = session_body(order=f"j{i}", agent=f"+9187654310{i:02d}")
-        assert (await client.post("/v1/sessions", json=body, headers=keys.a)).status_code == 201
+        await open_session(client, keys.a, order=f"j{i}", agent=f"+9187654310{i:02d}")
     assert await pools.check_headroom(db, clock()) == 1
 
 
@@ -163,11 +158,9 @@ async def test_a_pools_own_alert_level_decides_when_it_alerts(
     r = await client.put("/v1/pools/default", json={"headroom_alert": 0}, headers=keys.a)
     assert r.status_code == 200, r.text
     for i in range(2):
-        body = session_body(order=f"h{i}", agent=f"+9187654300{i:02d}")
-        assert (await client.post("/v1/sessions", json=body, headers=keys.a)).status_code == 201
+        await open_session(client, keys.a, order=f"h{i}", agent=f"+9187654300{i:02d}")
     assert await pools.check_headroom(db, clock()) == 0  # headroom 1, level 0
-    body = session_body(order="h2", agent="+918765430002")
-    assert (await client.post("/v1/sessions", json=body, headers=keys.a)).status_code == 201
+    await open_session(client, keys.a, order="h2", agent="+918765430002")
     assert await pools.check_headroom(db, clock()) == 1  # headroom 4 - 3 - 1 = 0
     alerts = (await feed(client, keys, type="pool.low_headroom"))["items"]
     assert [(a["data"]["headroom"], a["data"]["alert_level"]) for a in alerts] == [(0, 0)]
@@ -178,9 +171,8 @@ async def test_calls_and_reports_emit_their_events_in_the_same_statement(
 ) -> None:
     """A call placed and reported: call.initiated then call.completed; a report naming no call: report.unmatched."""
     async with live_service(dsn) as live:
-        await live.http.post("/v1/dids", json={"number": "+918068281234"}, headers=keys.a)
-        s = (await create_session(live.http, keys.a, max_calls=1)).json()
-        call = (await live.http.post(f"/v1/sessions/{s['id']}/calls", headers=keys.a)).json()
+        s = await open_session(live.http, keys.a, dids=["+918068281234"], max_calls=1)
+        call = await place_call(live.http, keys.a, s)
 
         async def completed() -> list[dict[str, Any]] | None:
             page = (await live.http.get("/v1/events", headers=keys.a)).json()["items"]
@@ -223,8 +215,7 @@ async def test_events_and_attempts_past_the_retention_are_deleted_by_the_sweeper
 
     await add_dids(client, keys.a, did_numbers(3))
     for i in range(3):
-        body = session_body(order=f"r{i}", agent=f"+9187654320{i:02d}")
-        assert (await client.post("/v1/sessions", json=body, headers=keys.a)).status_code == 201
+        await open_session(client, keys.a, order=f"r{i}", agent=f"+9187654320{i:02d}")
     await db.execute("UPDATE events SET created_at = created_at - interval '31 days' WHERE data->>'order_id' <> 'r2'")
     settings = Settings(database_url="postgresql://unused", event_retention_days=30)
     done = await sweeps.tidy(db, settings, clock())
@@ -237,10 +228,8 @@ async def test_a_sessions_events_are_its_own_and_its_calls_newest_first(
 ) -> None:
     """events.of_session: the session's session.* and its calls' call.* events, newest first, no other session's."""
     async with live_service(dsn) as live:
-        await live.http.post("/v1/dids/bulk", json={"dids": [{"number": n} for n in did_numbers(2)]}, headers=keys.a)
-        s = (await create_session(live.http, keys.a, max_calls=1)).json()
-        other = await create_session(live.http, keys.a, order="o-2", agent="+918765432199")
-        assert other.status_code == 201, other.text
+        s = await open_session(live.http, keys.a, dids=2, max_calls=1)
+        other = await open_session(live.http, keys.a, order="o-2", agent="+918765432199")
         await live.http.post(f"/v1/sessions/{s['id']}/calls", headers=keys.a)
 
         async def ended() -> list[events.Event] | None:
@@ -254,7 +243,7 @@ async def test_a_sessions_events_are_its_own_and_its_calls_newest_first(
     assert [int(e.id[4:]) for e in found] == sorted((int(e.id[4:]) for e in found), reverse=True)
     assert all(getattr(e.data, "session_id", getattr(e.data, "id", None)) == UUID(s["id"]) for e in found)
     tenant_a = await db.fetchval("SELECT id FROM tenants WHERE name = 'tenant-a'")
-    assert [e.type for e in await events.of_session(db, tenant_a, other.json()["id"])] == ["session.created"]
+    assert [e.type for e in await events.of_session(db, tenant_a, other["id"])] == ["session.created"]
     tenant_b = await db.fetchval("SELECT id FROM tenants WHERE name = 'tenant-b'")
     assert await events.of_session(db, tenant_b, s["id"]) == []  # another tenant sees none of them
 
@@ -262,7 +251,7 @@ async def test_a_sessions_events_are_its_own_and_its_calls_newest_first(
 async def test_a_sessions_events_are_read_through_the_subject_index(db: asyncpg.Connection) -> None:
     """With 40,000 events of 4,000 sessions, the query for one session's events scans events_subject (in each
     partition), not the table."""
-    tenant_id = await db.fetchval("INSERT INTO tenants (name) VALUES ('many-events') RETURNING id")
+    tenant_id = await bare_tenant(db, "many-events")
     await db.execute(
         """
         INSERT INTO events (tenant_id, type, created_at, data)

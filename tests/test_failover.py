@@ -13,8 +13,9 @@ import yaml
 from service.cli import describe_database
 from service.db.pool import create_pool
 from service.settings import Settings
+from tests.factories import create_session, open_session, pool
 from tests.failover import Cluster, broken, run, why_not
-from tests.helpers import Keys, assert_problem, session_body
+from tests.helpers import Keys, assert_problem
 
 
 @contextlib.asynccontextmanager
@@ -36,14 +37,14 @@ async def test_a_write_refused_as_read_only_is_503_with_retry_after_and_readyz_s
 ) -> None:
     """On a node turned read-only (25006) a write answers 503 database_unavailable with Retry-After, never 500."""
     assert (await client.get("/readyz")).status_code == 200
-    await client.post("/v1/dids", json={"number": "+918068281234"}, headers=keys.a)
+    await pool(client, keys.a, dids=["+918068281234"])
     async with read_only(db):
-        r = await client.post("/v1/sessions", json=session_body(), headers=keys.a)
+        r = await create_session(client, keys.a)
         assert_problem(r, 503, "database_unavailable")
         assert int(r.headers["retry-after"]) >= 1
         assert (await client.get("/readyz")).status_code == 503
     assert (await client.get("/readyz")).status_code == 200
-    assert (await client.post("/v1/sessions", json=session_body(), headers=keys.a)).status_code == 201
+    await open_session(client, keys.a)
 
 
 async def test_a_connection_that_met_a_standby_is_replaced_with_all_its_siblings(

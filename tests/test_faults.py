@@ -15,6 +15,7 @@ import pytest
 
 from service.broker import dids as dids_broker
 from service.embedded import EmbeddedPostgres
+from tests.factories import create_session, pool
 from tests.helpers import CROSSED_LINES, Keys, assert_problem, dsn_for, opened_body, wait_for
 from tests.processes import ServeProcess, masking_env, run_cli
 
@@ -75,7 +76,7 @@ async def _outage(tmp_path: Path, seconds: float, workers: int) -> None:
     auth = {"Authorization": f"Bearer {key}"}
     try:
         async with httpx.AsyncClient(base_url=service.url, timeout=30) as http:
-            await http.post("/v1/dids", json={"number": "+918068281234"}, headers=auth)
+            await pool(http, auth, dids=["+918068281234"])
             during: list[tuple[int, float, str, str, bool]] = []
             outage, stopped = asyncio.Event(), asyncio.Event()
             stop = asyncio.Event()
@@ -131,8 +132,7 @@ async def _outage(tmp_path: Path, seconds: float, workers: int) -> None:
 
             await wait_for(recovered, within=10, interval=0.1)
             print(f"recovered {time.monotonic() - back:.2f}s after the database came back")
-            r = await http.post("/v1/sessions", json={"order_id": "o", "customer": "+919876543210",
-                                                      "agent": "+918765432109"}, headers=auth)  # fmt: skip
+            r = await create_session(http, auth, "o", "+919876543210", "+918765432109")
             assert r.status_code in (200, 201)
         assert "unhandled_error" not in (tmp_path / "serve.log").read_text()
     finally:

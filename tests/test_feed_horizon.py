@@ -18,6 +18,7 @@ from service.broker.sweeps import Sweeper
 from service.db.events import SELECT_FEED, insert_events
 from service.db.horizon import CLUSTER_HORIZON, DATABASE_HORIZON, FEED_HORIZON, read_horizon
 from service.settings import Settings
+from tests.factories import bare_tenant
 
 
 @asynccontextmanager
@@ -47,11 +48,6 @@ def names(rows: list) -> list[str]:
     return [json.loads(r["data"])["name"] if isinstance(r["data"], str) else r["data"]["name"] for r in rows]
 
 
-async def tenant(db: asyncpg.Connection) -> int:
-    tenant_id: int = await db.fetchval("INSERT INTO tenants (name) VALUES ('horizon') RETURNING id")
-    return tenant_id
-
-
 def test_the_gauge_measures_the_guard_the_feed_uses() -> None:
     """The feed's statement contains the horizon expression the gauge reads (switching one switches both)."""
     assert FEED_HORIZON in SELECT_FEED
@@ -62,7 +58,7 @@ async def test_a_transaction_open_in_another_database_holds_back_the_old_cluster
 ) -> None:
     """While a transaction with an id stays open in another database for 2 s, each event committed here meanwhile
     is at once on the feed under the proposed guard, and on none under the cluster-wide one."""
-    tenant_id = await tenant(db)
+    tenant_id = await bare_tenant(db, "horizon")
     seen_proposed: list[list[str]] = []
     seen_today: list[list[str]] = []
     async with transaction(server_dsn) as other:  # the server's own `postgres` database, not the test's
@@ -84,7 +80,7 @@ async def test_an_open_transaction_of_this_database_that_wrote_an_event_still_ho
     """With a transaction open in another database throughout: C takes its id, A writes and stays open, B and C write
     and commit; the reader under the proposed guard sees C's event but nothing of A's age or younger; A writes again and commits; reading on from
     the reader's position gives every event once (none skipped, as with the cluster-wide guard)."""
-    tenant_id = await tenant(db)
+    tenant_id = await bare_tenant(db, "horizon")
     async with (
         transaction(server_dsn) as other,
         transaction(dsn) as c,
@@ -115,7 +111,7 @@ async def test_only_a_transaction_with_an_id_holds_the_horizon_and_its_age_is_th
     """A read-only repeatable-read transaction holds nothing; one with an id in another database, once a younger one
     committed, holds the cluster horizon for at least as long as it has been open, and not the proposed one; one
     here holds both."""
-    tenant_id = await tenant(db)
+    tenant_id = await bare_tenant(db, "horizon")
     async with transaction(dsn, "repeatable read") as reader:
         await reader.fetchval("SELECT count(*) FROM events")  # a snapshot (backend_xmin), no transaction id
         await write(db, tenant_id, "while reading")
@@ -140,7 +136,7 @@ async def test_only_a_transaction_with_an_id_holds_the_horizon_and_its_age_is_th
 async def test_each_sweep_sets_the_horizon_lag_gauge(db: asyncpg.Connection, dsn: str, settings: Settings) -> None:
     """A transaction here that wrote an event stays open 1 s while a younger one's event waits behind it: the sweep's
     gauge reads at least 1 s; once it commits, the next sweep's reads 0."""
-    tenant_id = await tenant(db)
+    tenant_id = await bare_tenant(db, "horizon")
     sweeper = Sweeper(settings)
     async with transaction(dsn) as open_one:
         await write(open_one, tenant_id, "late")
@@ -159,7 +155,7 @@ async def test_without_rights_to_see_the_holders_start_the_lag_counts_from_first
 ) -> None:
     """Read by a role without pg_read_all_stats, another role's transaction holding the horizon has no start to see:
     the watch counts the lag from when it first saw that transaction hold it (0, then 30 s on a clock moved 30 s)."""
-    tenant_id = await tenant(db)
+    tenant_id = await bare_tenant(db, "horizon")
     role = "horizon_" + uuid.uuid4().hex[:8]
     await db.execute(f"CREATE ROLE {role} LOGIN")
     try:

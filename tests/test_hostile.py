@@ -15,7 +15,8 @@ import pytest
 from asgi_lifespan import LifespanManager
 
 from service.app import create_app, request_context
-from tests.helpers import FakeClock, Keys, add_dids, assert_problem, did_numbers, make_settings, session_body
+from tests.factories import open_session, place_call, pool
+from tests.helpers import FakeClock, Keys, add_dids, assert_problem, did_numbers, make_settings
 from tests.processes import ServeProcess, masking_env, run_cli
 
 # positive_data_acceptance: a schema-valid body can still be refused (phone numbers that phonenumbers
@@ -55,10 +56,8 @@ async def test_tenant_b_reaches_none_of_tenant_as_resources_on_any_route(dsn: st
         async with httpx.AsyncClient(base_url=service.url, timeout=30) as http:
             a = {"Authorization": f"Bearer {key_a}"}
             b = {"Authorization": f"Bearer {key_b}"}
-            assert (await http.post("/v1/dids", json={"number": "+918068281234"}, headers=a)).status_code == 201
-            body = {"order_id": "A-1", "customer": "+919876543210", "agent": "+918765432109"}
-            session = (await http.post("/v1/sessions", json=body, headers=a)).json()
-            call = (await http.post(f"/v1/sessions/{session['id']}/calls", headers=a)).json()
+            session = await open_session(http, a, dids=["+918068281234"], order="A-1")
+            call = await place_call(http, a, session)
             hook = {"url": "http://127.0.0.1:9/hooks", "events": ["*"]}
             webhook = (await http.post("/v1/webhooks", json=hook, headers=a)).json()
             event = (await http.get("/v1/events", headers=a)).json()["items"][0]
@@ -122,7 +121,7 @@ async def test_abusive_callbacks_change_nothing_they_should_not(
     with ServeProcess(env, log_path=tmp_path / "serve.log") as service:
         async with httpx.AsyncClient(base_url=service.url, timeout=30) as http:
             a = {"Authorization": f"Bearer {key_a}"}
-            await http.post("/v1/dids", json={"number": "+918068281234"}, headers=a)
+            await pool(http, a, dids=["+918068281234"])
             answers = [
                 await http.post("/v1/provider/thundersms/callback/" + "x" * 5000, content=b"{}"),
                 await http.post("/v1/provider/thundersms/callback/", content=b"{}"),
@@ -166,8 +165,7 @@ async def test_deeply_nested_json_is_400_on_every_json_route(
     client: httpx.AsyncClient, keys: Keys, method: str, path: str
 ) -> None:
     """A 2 KB body of 1,000 nested arrays answers 400 invalid_request, never 500, and changes nothing."""
-    await add_dids(client, keys.a, ["+918068281234"])
-    session = (await client.post("/v1/sessions", json=session_body(), headers=keys.a)).json()
+    session = await open_session(client, keys.a, dids=["+918068281234"])
     url = path.replace("{session}", session["id"])
     headers = {**keys.a, "content-type": "application/json"}
     body = assert_problem(await client.request(method, url, content=DEEP, headers=headers), 400, "invalid_request")
@@ -259,8 +257,8 @@ async def test_dids_come_a_page_at_a_time_with_a_cursor(client: httpx.AsyncClien
 
 async def test_stats_come_a_page_of_pools_at_a_time(client: httpx.AsyncClient, keys: Keys) -> None:
     """GET /v1/stats?limit=2 pages the pools by name with next_cursor; every pool once."""
-    for i, pool in enumerate(["e", "a", "d", "b", "c"]):
-        await add_dids(client, keys.a, did_numbers(1, start=i), pool=pool)
+    for i, name in enumerate(["e", "a", "d", "b", "c"]):
+        await add_dids(client, keys.a, did_numbers(1, start=i), pool=name)
     seen: list[str] = []
     cursor = None
     while True:

@@ -11,6 +11,7 @@ import service
 from service.api.problems import STATUS, problem_response
 from service.broker import dids as dids_broker
 from service.broker.errors import DomainError
+from tests.factories import create_session, open_session
 from tests.helpers import Keys, assert_problem
 
 # The status CONTRACT.md gives each code it names (recording_unavailable: 404 for a call without one).
@@ -139,16 +140,12 @@ async def test_health_and_openapi_answer(client: httpx.AsyncClient) -> None:
 
 async def test_error_bodies_never_echo_a_partys_number(client: httpx.AsyncClient, keys: Keys) -> None:
     """Refusals about a session name fields and rules, never the customer's or agent's number."""
-    from tests.helpers import add_dids, did_numbers
-
-    await add_dids(client, keys.a, did_numbers(1))
     customer, agent = "+919876543210", "+918765432109"
-    ok = {"order_id": "o", "customer": customer, "agent": agent}
-    assert (await client.post("/v1/sessions", json=ok, headers=keys.a)).status_code == 201
+    await open_session(client, keys.a, dids=1, order="o", customer=customer, agent=agent)
     refusals = [
-        await client.post("/v1/sessions", json={**ok, "order_id": "o2", "agent": "+918765432100"}, headers=keys.a),
-        await client.post("/v1/sessions", json={**ok, "agent": customer}, headers=keys.a),
-        await client.post("/v1/sessions", json={**ok, "agent": "+91876"}, headers=keys.a),
+        await create_session(client, keys.a, "o2", customer, "+918765432100"),
+        await create_session(client, keys.a, "o", customer, customer),
+        await create_session(client, keys.a, "o", customer, "+91876"),
         await client.post("/v1/sessions/expire", json={"customer": "+91987"}, headers=keys.a),
         await client.get("/v1/sessions", params={"customer": "98765"}, headers=keys.a),
     ]

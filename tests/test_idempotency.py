@@ -3,7 +3,8 @@
 import asyncpg
 import httpx
 
-from tests.helpers import Keys, add_dids, assert_problem, did_numbers, session_body
+from tests.factories import create_session
+from tests.helpers import Keys, add_dids, assert_problem, did_numbers
 
 
 async def test_a_key_that_is_never_held_nor_claimable_ends_in_409_after_a_bounded_retry(
@@ -19,7 +20,7 @@ async def test_a_key_that_is_never_held_nor_claimable_ends_in_409_after_a_bounde
         CREATE TRIGGER drop_claim BEFORE INSERT ON idempotency_keys FOR EACH ROW EXECUTE FUNCTION drop_claim();
         """
     )
-    response = await client.post("/v1/sessions", json=session_body(), headers={**keys.a, "Idempotency-Key": "k"})
+    response = await create_session(client, {**keys.a, "Idempotency-Key": "k"})
     problem = assert_problem(response, 409, "idempotency_in_flight")
     assert "retry" in problem["detail"]
     assert await db.fetchval("SELECT count(*) FROM sessions") == 0

@@ -6,18 +6,14 @@ from typing import Any
 import asyncpg
 
 from service.broker.sweeps import redact_old_sessions
-from tests.helpers import Keys, call_status, did_numbers, mobile_numbers, opened_body
+from tests.factories import create_session, open_session, open_sessions, pool
+from tests.helpers import Keys, call_status, did_numbers, opened_body
 from tests.live import live_service
 
 
 async def _sessions(live: Any, keys: Keys, count: int) -> list[dict[str, Any]]:
-    await live.http.post("/v1/dids/bulk", json={"dids": [{"number": n} for n in did_numbers(count)]}, headers=keys.a)
-    made = []
-    for i, (c, a) in enumerate(zip(mobile_numbers(count), mobile_numbers(count, prefix="+91876"), strict=True)):
-        r = await live.http.post("/v1/sessions", json={"order_id": f"o{i}", "customer": c, "agent": a}, headers=keys.a)
-        assert r.status_code == 201, r.text
-        made.append(r.json())
-    return made
+    await pool(live.http, keys.a, dids=count)
+    return await open_sessions(live.http, keys.a, count)
 
 
 async def test_a_session_may_place_only_so_many_calls_per_window(dsn: str, keys: Keys) -> None:
@@ -47,15 +43,14 @@ async def test_a_tenant_may_place_only_so_many_calls_per_minute(dsn: str, keys: 
 async def test_session_creation_is_rate_limited_per_tenant(dsn: str, keys: Keys) -> None:
     """Past the per-minute budget a create is 429; another tenant is unaffected."""
     async with live_service(dsn, sessions_per_minute=3) as live:
-        await live.http.post("/v1/dids/bulk", json={"dids": [{"number": n} for n in did_numbers(5)]}, headers=keys.a)
-        await live.http.post("/v1/dids", json={"number": did_numbers(1, start=90)[0]}, headers=keys.b)
+        await pool(live.http, keys.a, dids=5)
+        await pool(live.http, keys.b, dids=did_numbers(1, start=90))
         statuses = []
         for i in range(4):
-            body = {"order_id": f"o{i}", "customer": f"+9198700000{i:02d}", "agent": "+918760000000"}
-            statuses.append((await live.http.post("/v1/sessions", json=body, headers=keys.a)).status_code)
+            r = await create_session(live.http, keys.a, f"o{i}", f"+9198700000{i:02d}", "+918760000000")
+            statuses.append(r.status_code)
         assert statuses == [201, 201, 201, 429]
-        other = {"order_id": "b", "customer": "+919870000099", "agent": "+918760000099"}
-        assert (await live.http.post("/v1/sessions", json=other, headers=keys.b)).status_code == 201
+        await open_session(live.http, keys.b, order="b", customer="+919870000099", agent="+918760000099")
 
 
 async def test_retention_masks_numbers_and_drops_recordings_but_keeps_counts(

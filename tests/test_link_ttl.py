@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import httpx
 
-from tests.helpers import FakeClock, Keys, add_dids, assert_problem, did_numbers, session_body
+from tests.factories import open_session
+from tests.helpers import FakeClock, Keys, assert_problem
 
 HTML = {"Accept": "text/html"}
 JSON = {"Accept": "application/json", "Content-Type": "application/json"}
@@ -14,8 +15,7 @@ async def test_a_link_past_its_own_ttl_is_gone_as_a_page_and_as_a_press_while_it
     client: httpx.AsyncClient, keys: Keys, clock: FakeClock
 ) -> None:
     """A 60 s link to a one-hour session: its page is 200 before its end; 61 s later page and press are 410."""
-    await add_dids(client, keys.a, did_numbers(1))
-    session = (await client.post("/v1/sessions", json=session_body(ttl_seconds=3600), headers=keys.a)).json()
+    session = await open_session(client, keys.a, dids=1, ttl_seconds=3600)
     r = await client.post(f"/v1/sessions/{session['id']}/call-links", json={"ttl_seconds": 60}, headers=keys.a)
     assert r.status_code == 201, r.text
     path = "/c/" + r.json()["url"].rsplit("/c/", 1)[1]

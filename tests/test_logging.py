@@ -4,12 +4,12 @@ import json
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
 from service.logging import mask_number, scrub
+from tests.factories import served_call_completed, served_session
 from tests.processes import ServeProcess, masking_env, run_cli
 
 CUSTOMER, AGENT, DID = "+919870001234", "+919870005678", "+918068200042"
@@ -40,10 +40,9 @@ def test_a_whole_request_flow_logs_no_number_key_or_token(tmp_path: Path, dsn: s
     with ServeProcess(env, log_path=log_path) as service:
         auth = {"Authorization": f"Bearer {key}"}
         with httpx.Client(base_url=service.url, headers=auth) as http:
-            assert http.post("/v1/dids", json={"number": DID}).status_code == 201
-            body = {"order_id": "ORD-1", "customer": CUSTOMER, "agent": AGENT}
-            assert http.post("/v1/sessions", json=body).status_code == 201
-            assert http.post("/v1/sessions", json={**body, "agent": "+91123"}).status_code == 422
+            served_session(http, [DID], order="ORD-1", customer=CUSTOMER, agent=AGENT)
+            body = {"order_id": "ORD-1", "customer": CUSTOMER, "agent": "+91123"}
+            assert http.post("/v1/sessions", json=body).status_code == 422
             assert http.get(f"/v1/sessions?customer={CUSTOMER}").status_code == 200
             assert http.get(f"/v1/dids/{DID}").status_code in (404, 405)
             assert http.get("/v1/sessions", headers={"Authorization": "Bearer msk_wrong_key_000000"}).status_code == 401
@@ -71,9 +70,7 @@ def test_a_call_link_a_console_sign_in_and_a_webhook_secret_stay_out_of_the_log(
     log_path = tmp_path / "serve.log"
     with ServeProcess(env, log_path=log_path) as service:
         with httpx.Client(base_url=service.url, headers={"Authorization": f"Bearer {key}"}) as http:
-            assert http.post("/v1/dids", json={"number": DID}).status_code == 201
-            body = {"order_id": "ORD-1", "customer": CUSTOMER, "agent": AGENT}
-            session = http.post("/v1/sessions", json=body).json()
+            session = served_session(http, [DID], order="ORD-1", customer=CUSTOMER, agent=AGENT)
             link = http.post(f"/v1/sessions/{session['id']}/call-links", json={"party": "agent"}).json()
             hook = http.post("/v1/webhooks", json={"url": "http://127.0.0.1:9/hook", "events": ["*"]}).json()
         token = link["url"].rsplit("/c/", 1)[1]
@@ -101,15 +98,7 @@ def test_the_json_log_of_a_served_process_is_one_json_object_per_line(tmp_path: 
     log_path = tmp_path / "serve.log"
     with ServeProcess(env, log_path=log_path) as service:
         with httpx.Client(base_url=service.url, headers={"Authorization": f"Bearer {key}"}) as http:
-            assert http.post("/v1/dids", json={"number": DID}).status_code == 201
-            body = {"order_id": "ORD-1", "customer": CUSTOMER, "agent": AGENT}
-            session = http.post("/v1/sessions", json=body).json()
-            call = http.post(f"/v1/sessions/{session['id']}/calls", json={"first": "agent"})
-            assert call.status_code == 202, call.text
-            deadline = time.monotonic() + 15
-            while http.get(f"/v1/calls/{call.json()['id']}").json()["status"] != "completed":
-                assert time.monotonic() < deadline, "the simulated call did not complete"
-                time.sleep(0.2)
+            served_call_completed(http, served_session(http, [DID], order="ORD-1", customer=CUSTOMER, agent=AGENT))
             assert http.get("/nowhere").status_code == 404
     lines = log_path.read_text().splitlines()
     assert "" not in lines, f"{lines.count('')} blank lines in {len(lines)}"

@@ -5,8 +5,8 @@ from datetime import datetime, timedelta
 import asyncpg
 import httpx
 
-from tests.factories import app_client, create_session, pool
-from tests.helpers import AGENT, CUSTOMER, FakeClock, Keys, add_dids, assert_problem, did_numbers, session_body
+from tests.factories import app_client, close_session, create_session, open_session, pool
+from tests.helpers import AGENT, CUSTOMER, FakeClock, Keys, add_dids, assert_problem, did_numbers
 
 
 async def test_a_pool_exists_once_it_has_a_did_or_settings_and_a_tenant_sees_only_its_own(
@@ -92,12 +92,10 @@ async def test_a_pool_cooloff_overrides_the_service_wide_one(
     """With the pool's cool-off at 60 s (service-wide 3600 s) the DID serves a new partner after a minute."""
     await add_dids(client, keys.a, did_numbers(1))
     await client.put("/v1/pools/default", json={"cooloff_seconds": 60}, headers=keys.a)
-    first = (await create_session(client, keys.a)).json()
-    await client.post(f"/v1/sessions/{first['id']}/close", headers=keys.a)
-    other = session_body("o2", agent="+918765432100")
-    assert_problem(await client.post("/v1/sessions", json=other, headers=keys.a), 409, "pool_exhausted")
+    await close_session(client, keys.a, await open_session(client, keys.a))
+    assert_problem(await create_session(client, keys.a, "o2", agent="+918765432100"), 409, "pool_exhausted")
     clock.advance(61)
-    assert (await client.post("/v1/sessions", json=other, headers=keys.a)).status_code == 201
+    await open_session(client, keys.a, order="o2", agent="+918765432100")
     assert CUSTOMER != AGENT
 
 

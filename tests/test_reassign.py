@@ -10,11 +10,12 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.factories import create_session
+from tests.factories import calls_for_every_session, create_session, open_session
 from tests.helpers import (
     AGENT,
     CROSSED_LINES,
     CUSTOMER,
+    ROUTE_TOKEN,
     FakeClock,
     Keys,
     add_dids,
@@ -23,27 +24,17 @@ from tests.helpers import (
     index_in,
     make_settings,
     mobile_numbers,
+    route,
     session_body,
 )
 from tests.processes import ServeProcess, masking_env, run_cli
 
-TOKEN = "reassign-token-0123456789abcdef"
 NEW_AGENT = "+918765432100"
 
 
 @pytest.fixture
 def settings(dsn: str):  # type: ignore[no-untyped-def]
-    return make_settings(dsn, callback_token=TOKEN)
-
-
-def route(client: httpx.AsyncClient, did: str, caller: str):  # type: ignore[no-untyped-def]
-    return client.get(f"/v1/provider/thundersms/route/{TOKEN}", params={"did": did, "caller": caller})
-
-
-async def new_session(client: httpx.AsyncClient, keys: Keys, order: str = "ORD-1", **kw: str) -> dict:
-    r = await create_session(client, keys.a, order, **kw)
-    assert r.status_code == 201, r.text
-    return r.json()
+    return make_settings(dsn, callback_token=ROUTE_TOKEN)
 
 
 async def test_a_new_agent_takes_over_and_the_customer_keeps_the_masked_number(
@@ -51,7 +42,7 @@ async def test_a_new_agent_takes_over_and_the_customer_keeps_the_masked_number(
 ) -> None:
     """Same id, same DID; the customer now reaches the new agent, the old agent reaches nobody; history kept."""
     await add_dids(client, keys.a, did_numbers(3))
-    s = await new_session(client, keys)
+    s = await open_session(client, keys.a)
     r = await client.patch(f"/v1/sessions/{s['id']}", json={"agent": NEW_AGENT.lstrip("+")}, headers=keys.a)
     assert r.status_code == 200, r.text
     moved = r.json()
@@ -74,7 +65,7 @@ async def test_a_new_customer_can_take_over_too_and_ttl_changes_in_the_same_requ
 ) -> None:
     """PATCH with customer and ttl_seconds: the agent keeps the masked number, the session lives on from now."""
     await add_dids(client, keys.a, did_numbers(2))
-    s = await new_session(client, keys)
+    s = await open_session(client, keys.a)
     r = await client.patch(
         f"/v1/sessions/{s['id']}", json={"customer": "+919876543299", "ttl_seconds": 120}, headers=keys.a
     )
@@ -88,7 +79,7 @@ async def test_a_later_ttl_change_does_not_bring_back_the_replaced_agents_bindin
 ) -> None:
     """Agent replaced, then the TTL extended: the old agent's binding stays ended (else it blocks the DID for them)."""
     await add_dids(client, keys.a, did_numbers(3))
-    s = await new_session(client, keys)
+    s = await open_session(client, keys.a)
     r = await client.patch(f"/v1/sessions/{s['id']}", json={"agent": NEW_AGENT}, headers=keys.a)
     assert r.status_code == 200, r.text
     agent_ix = await index_in(db, s["id"], AGENT)
@@ -114,8 +105,8 @@ async def test_a_busy_new_agent_is_a_conflict_unless_a_new_number_is_allowed(
     session moves to another DID and the old masked number no longer connects the customer."""
     first = did_numbers(1)[0]
     await add_dids(client, keys.a, [first])
-    s = await new_session(client, keys)
-    await new_session(client, keys, "ORD-2", customer="+919876543211", agent=NEW_AGENT)
+    s = await open_session(client, keys.a)
+    await open_session(client, keys.a, order="ORD-2", customer="+919876543211", agent=NEW_AGENT)
     second = did_numbers(1, start=1)[0]
     await add_dids(client, keys.a, [second])
     problem = assert_problem(
@@ -146,9 +137,9 @@ async def test_a_new_agent_cooling_off_on_the_did_is_refused_and_the_old_agent_c
     """Rule 3 both ways: the new agent's recent session with someone else blocks the DID; the replaced agent
     may not get that DID with another customer until the cool-off passes."""
     await add_dids(client, keys.a, did_numbers(1))
-    old = await new_session(client, keys, "OLD", customer="+919876543222", agent=NEW_AGENT)
+    old = await open_session(client, keys.a, order="OLD", customer="+919876543222", agent=NEW_AGENT)
     await client.post(f"/v1/sessions/{old['id']}/close", headers=keys.a)
-    s = await new_session(client, keys)
+    s = await open_session(client, keys.a)
     problem = assert_problem(
         await client.patch(f"/v1/sessions/{s['id']}", json={"agent": NEW_AGENT}, headers=keys.a),
         409,
@@ -169,15 +160,8 @@ async def test_no_reassignment_with_a_call_in_flight_or_on_an_ended_session(
 ) -> None:
     """409 call_in_progress while a call awaits its report; 409 session_not_active once closed; 404 elsewhere."""
     await add_dids(client, keys.a, did_numbers(2))
-    s = await new_session(client, keys)
-    await db.execute(
-        """
-        INSERT INTO calls (id, tenant_id, session_id, first, from_ct, from_ix, from_mask, to_ct, to_ix, to_mask,
-                           bridge, created_at)
-        SELECT gen_random_uuid(), tenant_id, id, 'agent', agent_ct, agent_ix, agent_mask, customer_ct, customer_ix,
-               customer_mask, did, now() FROM sessions
-        """
-    )
+    s = await open_session(client, keys.a)
+    await calls_for_every_session(db)
     patch = {"agent": NEW_AGENT, "allow_new_number": True}
     assert_problem(await client.patch(f"/v1/sessions/{s['id']}", json=patch, headers=keys.a), 409, "call_in_progress")
     await db.execute("UPDATE calls SET in_flight = false, status = 'missed'")
@@ -189,7 +173,7 @@ async def test_no_reassignment_with_a_call_in_flight_or_on_an_ended_session(
 async def test_bad_reassignments_are_422_naming_the_field(client: httpx.AsyncClient, keys: Keys) -> None:
     """An invalid number, the other party's own number, or an empty body."""
     await add_dids(client, keys.a, did_numbers(1))
-    s = await new_session(client, keys)
+    s = await open_session(client, keys.a)
     url = f"/v1/sessions/{s['id']}"
     assert (
         assert_problem(await client.patch(url, json={"agent": "12"}, headers=keys.a), 422, "invalid_phone_number")[
@@ -280,7 +264,7 @@ async def test_a_draining_did_takes_no_new_pair_so_the_session_moves_only_when_a
     """Rule 2: a DID being drained keeps its sessions but takes no new party; allow_new_number moves the session."""
     first, second = did_numbers(2)
     await add_dids(client, keys.a, [first])
-    s = await new_session(client, keys)
+    s = await open_session(client, keys.a)
     await add_dids(client, keys.a, [second])
     await client.patch(f"/v1/dids/{first}", json={"status": "draining"}, headers=keys.a)
     url = f"/v1/sessions/{s['id']}"
@@ -299,8 +283,8 @@ async def test_an_order_never_gets_two_live_sessions_for_one_pair_by_reassignmen
     """The order already has a live session with the new pair: 409 reassign_conflict (duplicate_pair), even
     when a new number is allowed."""
     await add_dids(client, keys.a, did_numbers(3))
-    s = await new_session(client, keys)
-    await new_session(client, keys, agent=NEW_AGENT)
+    s = await open_session(client, keys.a)
+    await open_session(client, keys.a, agent=NEW_AGENT)
     for allow in (False, True):
         body = {"agent": NEW_AGENT, "allow_new_number": allow}
         r = await client.patch(f"/v1/sessions/{s['id']}", json=body, headers=keys.a)

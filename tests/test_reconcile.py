@@ -18,7 +18,7 @@ from service.db import reconcile as reconcile_q
 from service.db.pool import create_pool
 from service.provider.calllog import CallLog, date_range, hms, parse_row
 from service.provider.simulator import Fault
-from tests.factories import open_session
+from tests.factories import open_session, pool
 from tests.helpers import Keys, did_numbers, mobile_numbers, wait_for
 from tests.live import Live, live_service
 
@@ -199,12 +199,11 @@ async def test_with_a_fifth_of_reports_lost_every_call_reaches_the_simulators_ou
     async with live_service(dsn, background=True, calls_per_minute=10_000, **FAST) as live:
         dids = did_numbers(20)
         customers, agents = mobile_numbers(calls, 0, "+91987"), mobile_numbers(calls, 0, "+91876")
-        await live.http.post("/v1/dids/bulk", json={"dids": [{"number": n} for n in dids]}, headers=keys.a)
+        await pool(live.http, keys.a, dids=dids)
         live.sim.lose_callbacks = 0.2
         placed: list[dict[str, Any]] = []
         for i in range(calls):
-            body = {"order_id": f"O-{i}", "customer": customers[i], "agent": agents[i]}
-            session = (await live.http.post("/v1/sessions", json=body, headers=keys.a)).json()
+            session = await open_session(live.http, keys.a, order=f"O-{i}", customer=customers[i], agent=agents[i])
             live.sim.inject(Fault(report=["answered", "missed", "busy"][i % 3]))
             placed.append(await place(live, keys, session))
 

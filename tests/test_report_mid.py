@@ -3,32 +3,17 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
 
 import asyncpg
 import msgspec
 import pytest
 
 from service.provider.simulator import Fault
-from tests.helpers import Keys, call_status, session_body
-from tests.live import Live, live_service
+from tests.factories import open_session, place_call
+from tests.helpers import Keys, call_status
+from tests.live import live_service
 
 DID = "+918068281234"
-
-
-async def open_session(live: Live, keys: Keys, **extra: Any) -> dict[str, Any]:
-    await live.http.post("/v1/dids", json={"number": DID}, headers=keys.a)
-    r = await live.http.post("/v1/sessions", json=session_body(**extra), headers=keys.a)
-    assert r.status_code == 201, r.text
-    result: dict[str, Any] = r.json()
-    return result
-
-
-async def place(live: Live, keys: Keys, session: dict[str, Any]) -> dict[str, Any]:
-    r = await live.http.post(f"/v1/sessions/{session['id']}/calls", headers=keys.a)
-    assert r.status_code == 202, r.text
-    result: dict[str, Any] = r.json()
-    return result
 
 
 def parse(value: str) -> datetime:
@@ -43,7 +28,7 @@ async def test_the_simulators_report_completes_the_call_and_tells_it_from_its_pl
     async with live_service(dsn) as live:
         r = await live.http.post(live.sim_url + "/_sim/settings", json={"send_mid": send_mid})
         assert r.status_code == 204, r.text
-        call = await place(live, keys, await open_session(live, keys))
+        call = await place_call(live.http, keys.a, await open_session(live.http, keys.a, dids=[DID]))
         done = await call_status(live, keys, call["id"], "completed")
         report = live.sim.reports_sent[-1]
     assert (report.get("mid") == call["id"]) is send_mid and ("mid" in report) is send_mid
@@ -60,11 +45,11 @@ async def test_a_different_report_naming_a_finished_call_by_mid_leaves_the_call_
     """Call 1 reported (with its mid), call 2 in flight: another report naming call 1 by mid is not applied to call 2."""
     async with live_service(dsn) as live:
         live.sim.send_mid = True
-        session = await open_session(live, keys, max_calls=3)
-        first = await place(live, keys, session)
+        session = await open_session(live.http, keys.a, dids=[DID], max_calls=3)
+        first = await place_call(live.http, keys.a, session)
         await call_status(live, keys, first["id"], "completed")
         live.sim.inject(Fault(report="none"))
-        second = await place(live, keys, session)
+        second = await place_call(live.http, keys.a, session)
         other = {**live.sim.reports_sent[-1], "billing": "7", "duration": "9"}  # call 1 told again, differently
         assert other["mid"] == first["id"]
         assert (await live.http.post(live.callback, json=other)).status_code == 200

@@ -16,8 +16,8 @@ import pytest
 from service.broker import reports
 from service.broker.reports import PENDING_GRACE, rematch_pending
 from service.provider.simulator import Fault
-from tests.factories import IST, create_session, open_session, report_for
-from tests.helpers import Keys, assert_problem, opened_body, sealed_body, session_body
+from tests.factories import IST, calls_for_every_session, create_session, open_session, pool, report_for
+from tests.helpers import Keys, assert_problem, opened_body, sealed_body
 from tests.live import Live, live_service
 from tests.processes import ServeProcess, masking_env
 
@@ -189,28 +189,11 @@ async def test_two_copies_on_two_processes_at_once_complete_the_call_once(
     """The same report posted to two service processes at the same moment, for 20 calls: one match, one duplicate."""
     env = masking_env(MASKING_DATABASE_URL=dsn, MASKING_CALLBACK_TOKEN=TOKEN, MASKING_PROVIDER="simulator")
     with ServeProcess(env) as one, ServeProcess(env) as two:
-        async with httpx.AsyncClient(timeout=30) as http:
-            numbers = [f"+91806820{i:04d}" for i in range(20)]
-            r = await http.post(f"{one.url}/v1/dids/bulk", json={"dids": [{"number": n} for n in numbers]},
-                                headers=keys.a)  # fmt: skip
-            assert r.status_code == 200, r.text
-            pairs = {}
+        async with httpx.AsyncClient(base_url=one.url, timeout=30) as http:
+            await pool(http, keys.a, dids=[f"+91806820{i:04d}" for i in range(20)])
             for i in range(20):
-                body = session_body(f"o{i}", customer=f"+9198700{i:05d}", agent=f"+9187600{i:05d}")
-                pairs[f"o{i}"] = (body["agent"], body["customer"])
-                assert (await http.post(f"{one.url}/v1/sessions", json=body, headers=keys.a)).status_code == 201
-            # a call in flight on each session, its numbers copied sealed from the session as a click does
-            rows = await db.fetch(
-                """INSERT INTO calls (id, tenant_id, session_id, first, from_ct, from_ix, from_mask, to_ct, to_ix,
-                                      to_mask, bridge, created_at)
-                   SELECT gen_random_uuid(), tenant_id, id, 'agent', agent_ct, agent_ix, agent_mask, customer_ct,
-                          customer_ix, customer_mask, did, now() FROM sessions
-                   RETURNING bridge, (SELECT order_id FROM sessions s WHERE s.id = session_id) AS order_id"""
-            )
-            bodies = [
-                report_for({"bridge": r["bridge"], "from": pairs[r["order_id"]][0], "to": pairs[r["order_id"]][1]})
-                for r in rows
-            ]
+                await open_session(http, keys.a, order=f"o{i}", customer=f"+9198700{i:05d}", agent=f"+9187600{i:05d}")
+            bodies = [report_for(call) for call in await calls_for_every_session(db)]
 
             async def both(body: bytes) -> list[int]:
                 answers = await asyncio.gather(
@@ -240,7 +223,7 @@ def _slow_body(port: int, path: str, auth: str = "") -> socket.socket:
 async def test_slow_callback_bodies_hold_no_pooled_connection(dsn: str, keys: Keys) -> None:
     """Callbacks and creates stuck mid-body on a two-connection pool: a session is still created; they end with 408."""
     async with live_service(dsn, db_pool_size=2, body_timeout_seconds=3) as live:
-        await live.http.post("/v1/dids", json={"number": DID}, headers=keys.a)
+        await pool(live.http, keys.a, dids=[DID])
         port = int(live.url.rsplit(":", 1)[1])
         auth = Keys.auth(keys.a_sessions)["Authorization"]
         stuck = [_slow_body(port, live.callback) for _ in range(6)]
@@ -248,8 +231,7 @@ async def test_slow_callback_bodies_hold_no_pooled_connection(dsn: str, keys: Ke
         try:
             await asyncio.sleep(0.5)
             started = time.monotonic()
-            r = await live.http.post("/v1/sessions", json=session_body(), headers=keys.a, timeout=15)
-            assert r.status_code == 201, r.text
+            await open_session(live.http, keys.a)
             assert time.monotonic() - started < 2.5, "answered before the stuck bodies timed out"
             answers = await asyncio.gather(*(asyncio.to_thread(_answer, s) for s in stuck))
         finally:
@@ -273,7 +255,7 @@ def _answer(sock: socket.socket) -> bytes:
 async def test_a_request_that_cannot_get_a_connection_answers_503_quickly(dsn: str, keys: Keys) -> None:
     """Every pooled connection busy for longer than the acquire timeout: 503 database_unavailable, not a hang."""
     async with live_service(dsn, db_pool_size=1, db_acquire_timeout_seconds=1) as live:
-        await live.http.post("/v1/dids", json={"number": DID}, headers=keys.a)
+        await pool(live.http, keys.a, dids=[DID])
         holder = await asyncpg.connect(dsn)
         try:
             await holder.execute("BEGIN; LOCK TABLE dids IN ACCESS EXCLUSIVE MODE")

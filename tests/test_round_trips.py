@@ -13,8 +13,8 @@ from asgi_lifespan import LifespanManager
 
 from service.app import create_app, request_context
 from service.db import pool as db_pool
-from tests.factories import pool, report_for, session_body
-from tests.helpers import AGENT_FIRST, CALL_COLUMNS, FakeClock, Keys, make_settings
+from tests.factories import calls_for_every_session, create_session, pool, report_for
+from tests.helpers import FakeClock, Keys, make_settings
 
 # Today's statements per request, with the caches warm (the key, pool-settings and DID-tenant caches, each
 # connection's prepared statements). A change that adds a round trip fails here; one that removes
@@ -79,23 +79,16 @@ async def test_create_ingest_and_get_each_send_no_more_statements_than_today(
     auth = keys.auth(keys.a_sessions)
     sessions, sent = [], []
     for i in range(2):  # the first warms the caches, the second is counted
-        body = session_body(f"ORD-{i}", customer=f"+9198765{i:05d}", agent=f"+9187654{i:05d}")
-        response, created = await statements.during(http.post("/v1/sessions", json=body, headers=auth))
+        pair = f"+9198765{i:05d}", f"+9187654{i:05d}"
+        response, created = await statements.during(create_session(http, auth, f"ORD-{i}", *pair))
         assert response.status_code == 201, response.text
         sessions.append(response.json())
         sent.append(created)
     show("create", created)
     print("  (cold, caches empty:", *sent[0], sep="\n    ")
 
-    calls = await db.fetch(
-        f"INSERT INTO calls ({CALL_COLUMNS}, created_at) SELECT {AGENT_FIRST}, now() FROM sessions"
-        " RETURNING bridge, session_id"
-    )
-    by_id = {s["id"]: s for s in sessions}
-    for call in calls:
-        s = by_id[str(call["session_id"])]
-        route = {"bridge": call["bridge"], "from": s["agent"], "to": s["customer"]}
-        response, ingested = await statements.during(http.post(callback, content=report_for(route)))
+    for call in await calls_for_every_session(db):
+        response, ingested = await statements.during(http.post(callback, content=report_for(call)))
         assert response.status_code == 200, response.text
     show("ingest", ingested)
     assert await db.fetchval("SELECT count(*) FROM calls WHERE status = 'completed'") == 2

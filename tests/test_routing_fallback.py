@@ -4,20 +4,14 @@ import httpx
 import pytest
 
 from tests.factories import create_session
-from tests.helpers import AGENT, CUSTOMER, FakeClock, Keys, add_dids, assert_problem, did_numbers
-
-TOKEN = "route-token-0123456789abcdef"
+from tests.helpers import AGENT, CUSTOMER, ROUTE_TOKEN, FakeClock, Keys, add_dids, assert_problem, did_numbers, route
 
 
 @pytest.fixture
 def settings(dsn: str):  # type: ignore[no-untyped-def]
     from tests.helpers import make_settings
 
-    return make_settings(dsn, callback_token=TOKEN)
-
-
-def route(client: httpx.AsyncClient, did: str, caller: str):  # type: ignore[no-untyped-def]
-    return client.get(f"/v1/provider/thundersms/route/{TOKEN}", params={"did": did, "caller": caller})
+    return make_settings(dsn, callback_token=ROUTE_TOKEN)
 
 
 def fallback_count(text: str, reason: str, fallback: str) -> float:

@@ -4,12 +4,12 @@ import hashlib
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import psutil
 
+from tests.factories import served_call_completed, served_session
 from tests.processes import ServeProcess, masking_env, run_cli
 
 
@@ -90,16 +90,8 @@ def test_the_readme_demo_places_a_simulated_call_end_to_end(tmp_path: Path, dsn:
         ServeProcess(env, cwd=tmp_path) as service,
         httpx.Client(base_url=service.url, headers={"Authorization": f"Bearer {key}"}) as http,
     ):
-        assert http.post("/v1/dids/bulk", json={"dids": [{"number": "+918068281234"}]}).status_code == 200
-        session = http.post(
-            "/v1/sessions", json={"order_id": "ORD-1042", "customer": "+919876543210", "agent": "+918765432109"}
-        ).json()
-        call = http.post(f"/v1/sessions/{session['id']}/calls", json={"first": "agent"})
-        assert call.status_code == 202, call.text
-        deadline = time.monotonic() + 15
-        while http.get(f"/v1/calls/{call.json()['id']}").json()["status"] != "completed":
-            assert time.monotonic() < deadline, "the simulated call did not complete"
-            time.sleep(0.1)
+        session = served_session(http, ["+918068281234"], order="ORD-1042")
+        served_call_completed(http, session)
         urls = json.loads(run_cli("provider-urls", "--base-url", "https://masking.example.com", env=env).stdout)
         assert urls["callback_url"].startswith("https://masking.example.com/v1/provider/thundersms/callback/")
         token = urls["callback_url"].rsplit("/", 1)[1]

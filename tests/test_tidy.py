@@ -8,7 +8,8 @@ import httpx
 from service.broker import sweeps
 from service.broker.sweeps import Sweeper
 from service.settings import Settings
-from tests.helpers import AGENT, FakeClock, Keys, add_dids, did_numbers, sealed_body, session_body
+from tests.factories import close_session, create_session, open_session
+from tests.helpers import AGENT, FakeClock, Keys, add_dids, did_numbers, sealed_body
 
 DAY = 86_400
 
@@ -52,13 +53,12 @@ async def test_idempotency_keys_are_deleted_after_their_24_hours(
 ) -> None:
     """A keyed create's record is replayed within 24 h and deleted by the sweeper after; a newer key stays."""
     await add_dids(client, keys.a, did_numbers(2))
-    first = await client.post("/v1/sessions", json=session_body("o1"), headers={**keys.a, "Idempotency-Key": "k1"})
+    first = await create_session(client, {**keys.a, "Idempotency-Key": "k1"}, "o1")
     clock.advance(DAY - 60)
-    await client.post("/v1/sessions", json=session_body("o2", agent="+918765432100"),
-                      headers={**keys.a, "Idempotency-Key": "k2"})  # fmt: skip
+    await create_session(client, {**keys.a, "Idempotency-Key": "k2"}, "o2", agent="+918765432100")
     await _sweep(db, settings, clock)
     assert await db.fetchval("SELECT count(*) FROM idempotency_keys") == 2
-    replay = await client.post("/v1/sessions", json=session_body("o1"), headers={**keys.a, "Idempotency-Key": "k1"})
+    replay = await create_session(client, {**keys.a, "Idempotency-Key": "k1"}, "o1")
     assert replay.json()["id"] == first.json()["id"]
     clock.advance(61)
     await _sweep(db, settings, clock)
@@ -70,9 +70,9 @@ async def test_ended_bindings_go_after_the_cool_off_and_sticky_memory_but_not_be
 ) -> None:
     """A closed session's bindings stay (sticky, cool-off) until the longer window passes, then are deleted."""
     await add_dids(client, keys.a, did_numbers(3))
-    s = (await client.post("/v1/sessions", json=session_body("o1"), headers=keys.a)).json()
-    live = (await client.post("/v1/sessions", json=session_body("o2", customer="+919876500000"), headers=keys.a)).json()
-    await client.post(f"/v1/sessions/{s['id']}/close", headers=keys.a)
+    s = await open_session(client, keys.a, order="o1")
+    live = await open_session(client, keys.a, order="o2", customer="+919876500000")
+    await close_session(client, keys.a, s)
     assert settings.sticky_memory_seconds == 7 * DAY > settings.cooloff_seconds
     clock.advance(7 * DAY - 60)
     # the active one must outlive the window too: extend it
@@ -82,9 +82,9 @@ async def test_ended_bindings_go_after_the_cool_off_and_sticky_memory_but_not_be
     )
     await _sweep(db, settings, clock)
     assert await db.fetchval("SELECT count(*) FROM bindings WHERE session_id = $1::uuid", s["id"]) == 2
-    again = (await client.post("/v1/sessions", json=session_body("o3"), headers=keys.a)).json()
+    again = await open_session(client, keys.a, order="o3")
     assert again["masked_number"] == s["masked_number"]  # sticky: the pair gets its DID back
-    await client.post(f"/v1/sessions/{again['id']}/close", headers=keys.a)
+    await close_session(client, keys.a, again)
     clock.advance(7 * DAY + 1)
     await _sweep(db, settings, clock)
     assert await db.fetchval("SELECT count(*) FROM bindings WHERE session_id = $1::uuid", again["id"]) == 0
@@ -119,9 +119,9 @@ async def test_refusal_counts_are_kept_a_day(
 ) -> None:
     """A refused create is counted in its pool's minute; the sweeper deletes the count a day later, not before."""
     await add_dids(client, keys.a, did_numbers(1))
-    assert (await client.post("/v1/sessions", json=session_body("o1"), headers=keys.a)).status_code == 201
+    await open_session(client, keys.a, order="o1")
     for order in ("o2", "o3"):
-        refused = await client.post("/v1/sessions", json=session_body(order), headers=keys.a)
+        refused = await create_session(client, keys.a, order)
         assert refused.json()["code"] == "pool_exhausted"
     assert [tuple(r) for r in await db.fetch("SELECT pool, refused FROM pool_refusals")] == [("default", 2)]
     clock.advance(DAY - 60)
@@ -141,9 +141,10 @@ async def test_in_steady_state_every_table_stays_bounded(
     sizes, partitions = [], []
     for day in range(40):
         for i in range(5):
-            body = session_body(f"d{day}-{i}", customer=f"+91987{day:03d}{i:04d}", agent=AGENT)
-            r = await client.post("/v1/sessions", json=body, headers={**keys.a, "Idempotency-Key": f"{day}-{i}"})
-            assert r.status_code == 201, r.text
+            keyed = {**keys.a, "Idempotency-Key": f"{day}-{i}"}
+            session = await open_session(
+                client, keyed, order=f"d{day}-{i}", customer=f"+91987{day:03d}{i:04d}", agent=AGENT
+            )
             report_id = await db.fetchval(
                 "INSERT INTO provider_reports (received_at, body, outcome) VALUES ($1, $2, 'unmatched') RETURNING id",
                 clock(),
@@ -155,7 +156,7 @@ async def test_in_steady_state_every_table_stays_bounded(
                 report_id,
                 clock(),
             )
-            await client.post(f"/v1/sessions/{r.json()['id']}/close", headers=keys.a)
+            await close_session(client, keys.a, session)
         clock.advance(DAY)
         await _sweep(db, settings, clock)
         sizes.append(

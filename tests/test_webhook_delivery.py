@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import socket
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,9 +23,10 @@ from service.broker.webhooks.guard import address_verdict
 from service.db import webhooks as webhooks_q
 from service.db.pool import create_pool
 from service.settings import Settings
+from tests.factories import bare_tenant, make_sessions
 from tests.helpers import FakeClock, Keys, add_dids, assert_problem, did_numbers, make_settings, wait_for
 from tests.receiver import Receiver
-from tests.test_webhooks import FAST, make_sessions, register, service
+from tests.test_webhooks import FAST, register, service
 
 # The contract's schedule: about 5 s, 5 min, 30 min, 2 h, 5 h, 10 h and 10 h (±20 %), then failed.
 CONTRACT_DELAYS = [5, 300, 1800, 7200, 18000, 36000, 36000]
@@ -124,7 +124,7 @@ async def test_each_retry_waits_the_contracts_delay_within_20_percent_with_jitte
     settings = make_settings(dsn, **{k: v for k, v in FAST.items() if k != "webhook_retry_seconds"})
     assert settings.webhook_retries == CONTRACT_DELAYS  # the default schedule is the contract's
     fixed = datetime(2030, 1, 1, tzinfo=UTC)
-    tenant = await db.fetchval("INSERT INTO tenants (name) VALUES ('schedule') RETURNING id")
+    tenant = await bare_tenant(db, "schedule")
     samples = 25
     async with Receiver(mode="500") as failing:
         endpoint = uuid.uuid4()
@@ -472,23 +472,11 @@ async def test_a_patch_to_a_forbidden_address_is_refused_and_the_url_is_unchange
 
 
 async def test_a_host_that_resolves_to_a_forbidden_address_after_registration_gets_failed_attempts(
-    client: httpx.AsyncClient, keys: Keys, monkeypatch: pytest.MonkeyPatch
+    client: httpx.AsyncClient, keys: Keys, answers: dict[str, str]
 ) -> None:
     """A name that resolved to loopback at registration now resolves to metadata (plain or disguised): no request."""
     host = "hooks.example.test"
-    answers = {host: "127.0.0.1"}
-    real = socket.getaddrinfo
-
-    def resolve(name: Any, port: Any, family: int = 0, type: int = 0, proto: int = 0, flags: int = 0) -> Any:
-        if name != host:
-            return real(name, port, family, type, proto, flags)
-        ip = ipaddress.ip_address(answers[host])
-        if ip.version == 6:
-            return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", (str(ip), port, 0, 0))]
-        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (str(ip), port))]
-
-    # The service resolves with the event loop's getaddrinfo, which calls socket.getaddrinfo (in-process only).
-    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    answers[host] = "127.0.0.1"
     async with Receiver() as receiver:
         endpoint = await register(client, keys.a, f"http://{host}:{receiver.port}/hooks")
         receiver.secrets = [endpoint["secret"]]

@@ -20,7 +20,8 @@ import asyncpg
 
 from service.broker import events, pools, sweeps
 from service.provider.simulator import Fault
-from tests.helpers import Keys, call_status, did_numbers, mobile_numbers
+from tests.factories import open_session, pair, pool
+from tests.helpers import Keys, call_status, did_numbers
 from tests.live import Live, live_service
 from tests.receiver import Receiver
 
@@ -51,16 +52,8 @@ def shape(value: Any) -> Any:
 
 
 async def new_session(live: Live, keys: Keys, i: int, **extra: Any) -> dict[str, Any]:
-    body = {
-        "order_id": f"ORD-{i}",
-        "customer": mobile_numbers(1, start=i, prefix="+91987")[0],
-        "agent": mobile_numbers(1, start=i, prefix="+91876")[0],
-        **extra,
-    }
-    r = await live.http.post("/v1/sessions", json=body, headers=keys.a)
-    assert r.status_code == 201, r.text
-    result: dict[str, Any] = r.json()
-    return result
+    """Session i of the guide's walk-through: order ORD-{i}, pair(i)."""
+    return await open_session(live.http, keys.a, order=f"ORD-{i}", **pair(i), **extra)
 
 
 async def call(live: Live, keys: Keys, session: dict[str, Any], status: int) -> str:
@@ -96,8 +89,7 @@ async def every_event(dsn: str, keys: Keys, db: asyncpg.Connection) -> dict[str,
     ):
         http = live.http
         dids = did_numbers(3)
-        r = await http.post("/v1/dids/bulk", json={"dids": [{"number": n} for n in dids]}, headers=keys.a)
-        assert r.status_code == 200, r.text
+        await pool(http, keys.a, dids=dids)
 
         # session.created, session.updated (TTL, then a party), session.closed
         s = await new_session(live, keys, 0, metadata={"hub": "BLR-2"})

@@ -4,9 +4,6 @@ carries an IPv4 address, and site-local addresses are refused at registration an
 from __future__ import annotations
 
 import ipaddress
-import socket
-from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
@@ -92,24 +89,6 @@ async def test_a_registration_to_such_an_address_answers_422_forbidden_address(
     r = await client.post("/v1/webhooks", json={"url": url_of(address), "events": ["*"]}, headers=keys.a)
     assert_problem(r, 422, "forbidden_address")
     assert (await client.get("/v1/webhooks", headers=keys.a)).json()["items"] == []
-
-
-@pytest.fixture
-def answers(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
-    """Names the service resolves to the addresses the test sets (in-process only: the loop's getaddrinfo)."""
-    table: dict[str, str] = {}
-    real = socket.getaddrinfo
-
-    def resolve(name: Any, port: Any, family: int = 0, type: int = 0, proto: int = 0, flags: int = 0) -> Any:
-        if name not in table:
-            return real(name, port, family, type, proto, flags)
-        ip = ipaddress.ip_address(table[name])
-        if ip.version == 6:
-            return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", (str(ip), port, 0, 0))]
-        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (str(ip), port))]
-
-    monkeypatch.setattr(socket, "getaddrinfo", resolve)
-    yield table
 
 
 async def test_a_name_that_comes_to_resolve_to_carrier_grade_nat_or_a_wrapped_private_address_gets_no_request(

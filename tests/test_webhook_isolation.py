@@ -11,10 +11,11 @@ from collections import Counter
 import asyncpg
 import httpx
 
+from tests.factories import create_session, make_sessions, open_session
 from tests.helpers import Keys, add_dids, assert_problem, did_numbers, mobile_numbers, wait_for
 from tests.processes import ServeProcess
 from tests.receiver import Receiver
-from tests.test_webhooks import _env, _key, make_sessions, register, service
+from tests.test_webhooks import _env, _key, register, service
 
 
 async def _true(value: bool) -> bool:
@@ -37,8 +38,7 @@ async def test_deleting_endpoints_while_sessions_are_created_breaks_no_create_an
             agents = mobile_numbers(5000, start=n * 5000, prefix="+91876")
             i = 0
             while not stop.is_set():
-                body = {"order_id": f"c{n}-{i}", "customer": customers[i], "agent": agents[i]}
-                r = await http.post("/v1/sessions", json=body, headers=keys.a)
+                r = await create_session(http, keys.a, f"c{n}-{i}", customers[i], agents[i])
                 statuses[r.status_code] += 1
                 assert r.status_code == 201, r.text
                 i += 1
@@ -107,10 +107,8 @@ async def _delays(
     created: dict[str, float] = {}
     customers, agents = mobile_numbers(count, start, "+91987"), mobile_numbers(count, start, "+91876")
     for i in range(count):
-        body = {"order_id": f"b{start + i}", "customer": customers[i], "agent": agents[i]}
-        r = await http.post("/v1/sessions", json=body, headers=headers)
-        assert r.status_code == 201, r.text
-        created[r.json()["id"]] = time.monotonic()
+        session = await open_session(http, headers, order=f"b{start + i}", customer=customers[i], agent=agents[i])
+        created[session["id"]] = time.monotonic()
         await asyncio.sleep(0.5)
 
     def arrivals() -> dict[str, float]:
@@ -137,9 +135,8 @@ async def test_one_tenants_hanging_endpoints_delay_no_other_tenants_deliveries(d
 
         async def attack() -> None:
             for i in range(200):
-                body = {"order_id": f"a{i}", "customer": mobile_numbers(1, 50_000 + i)[0]}
-                body["agent"] = mobile_numbers(1, 50_000 + i, "+91876")[0]
-                assert (await http.post("/v1/sessions", json=body, headers=keys.a)).status_code == 201
+                pair = mobile_numbers(1, 50_000 + i)[0], mobile_numbers(1, 50_000 + i, "+91876")[0]
+                await open_session(http, keys.a, order=f"a{i}", customer=pair[0], agent=pair[1])
                 await asyncio.sleep(0.5)
 
         attacking = asyncio.create_task(attack())

@@ -23,6 +23,7 @@ from service.broker.webhooks.delivery import Deliverer
 from service.broker.webhooks.endpoints import new_secret
 from service.db import webhooks as webhooks_q
 from service.db.pool import create_pool
+from tests.factories import make_sessions
 from tests.helpers import Keys, add_dids, assert_problem, did_numbers, make_settings, mobile_numbers, wait_for
 from tests.live import serve
 from tests.processes import ServeProcess, masking_env, run_cli
@@ -51,18 +52,6 @@ async def register(http: httpx.AsyncClient, headers: dict[str, str], url: str, e
     body: dict = r.json()
     assert body["secret"].startswith("whsec_") and body["status"] == "enabled"
     return body
-
-
-async def make_sessions(http: httpx.AsyncClient, headers: dict[str, str], count: int, start: int = 0) -> list[str]:
-    customers = mobile_numbers(count, start=start, prefix="+91987")
-    agents = mobile_numbers(count, start=start, prefix="+91876")
-    ids = []
-    for i in range(count):
-        body = {"order_id": f"o{start + i}", "customer": customers[i], "agent": agents[i]}
-        r = await http.post("/v1/sessions", json=body, headers=headers)
-        assert r.status_code == 201, r.text
-        ids.append(r.json()["id"])
-    return ids
 
 
 async def event_ids(db: asyncpg.Connection, where: str = "true") -> set[str]:

@@ -13,6 +13,7 @@ from service.api.deps import Db, MaskingRequest
 from service.api.problems import API_RESPONSES, problem_responses
 from service.broker import calls as broker
 from service.broker import costs, reports
+from service.broker.bodies import StartCall
 from service.models import Call
 
 
@@ -35,7 +36,7 @@ class CallController(Controller):
         responses={**API_RESPONSES, **problem_responses(502, 504)},
     )
     async def start(
-        self, request: MaskingRequest, session_id: FromPath[str], data: JSONBody[broker.StartCall | None] = None
+        self, request: MaskingRequest, session_id: FromPath[str], data: JSONBody[StartCall | None] = None
     ) -> Call:
         runtime = request.runtime
         return await broker.place_call(
@@ -43,7 +44,7 @@ class CallController(Controller):
             runtime.provider,
             request.principal.tenant_id,
             session_id,
-            data or broker.StartCall(),
+            data or StartCall(),
             runtime.clock,
             runtime.call_limits,
         )

@@ -13,6 +13,7 @@ from service.api.deps import Db, MaskingRequest
 from service.api.problems import API_RESPONSES
 from service.broker import dids as broker
 from service.broker.audit import DID_STATUS_ACTIONS, Target
+from service.broker.bodies import AddDid, AddDids, ChangeDid
 from service.models import Did, DidStatus
 
 BULK_MAX_BODY = 1024 * 1024
@@ -41,7 +42,7 @@ class DidController(Controller):
     async def add(
         self,
         request: MaskingRequest,
-        data: JSONBody[broker.AddDid],
+        data: JSONBody[AddDid],
         conn: Db,
     ) -> Response[Did]:
         now = request.runtime.clock()
@@ -59,7 +60,7 @@ class DidController(Controller):
         summary="Add up to 10,000 DIDs",
         responses=API_RESPONSES,
     )
-    async def bulk(self, request: MaskingRequest, data: JSONBody[broker.AddDids], conn: Db) -> BulkResult:
+    async def bulk(self, request: MaskingRequest, data: JSONBody[AddDids], conn: Db) -> BulkResult:
         async with conn.transaction():
             created, existing = await broker.add_dids(
                 conn, request.principal.tenant_id, data.dids, max_pools=request.runtime.settings.max_pools_per_tenant
@@ -91,7 +92,7 @@ class DidController(Controller):
         self,
         request: MaskingRequest,
         number: FromPath[str],
-        data: JSONBody[broker.ChangeDid],
+        data: JSONBody[ChangeDid],
         conn: Db,
     ) -> Did:
         now = request.runtime.clock()

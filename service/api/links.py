@@ -10,6 +10,7 @@ from service.api.deps import Db, MaskingRequest
 from service.api.problems import API_RESPONSES
 from service.broker import links as broker
 from service.broker.audit import Target
+from service.broker.bodies import CreateLink
 
 
 class CallLinkController(Controller):
@@ -29,7 +30,7 @@ class CallLinkController(Controller):
         request: MaskingRequest,
         session_id: FromPath[str],
         conn: Db,
-        data: JSONBody[broker.CreateLink | None] = None,
+        data: JSONBody[CreateLink | None] = None,
     ) -> broker.NewLink:
         runtime, now = request.runtime, request.runtime.clock()
         async with conn.transaction():
@@ -37,7 +38,7 @@ class CallLinkController(Controller):
                 conn,
                 request.principal.tenant_id,
                 session_id,
-                data or broker.CreateLink(),
+                data or CreateLink(),
                 now,
                 runtime.settings.public_base,
             )

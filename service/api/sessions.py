@@ -14,25 +14,11 @@ from service.api.idempotency import run_once
 from service.api.problems import API_RESPONSES
 from service.broker import pools
 from service.broker import sessions as broker
+from service.broker.bodies import ChangeSession, CloseSession, CreateSession, ExpireFilter
 from service.broker.errors import InvalidRequest
 from service.models import Session
 
 JSON = "application/json"
-
-
-class ChangeSession(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """The body of PATCH /v1/sessions/{id}: a new TTL from now, and/or a new agent or customer."""
-
-    ttl_seconds: broker.Ttl | None = None
-    agent: str | None = None
-    customer: str | None = None
-    allow_new_number: bool = False
-
-
-class CloseSession(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """The body of POST /v1/sessions/{id}/close (optional): `reason`, the client's words, kept as `close_note`."""
-
-    reason: Annotated[str, msgspec.Meta(max_length=256)] | None = None
 
 
 class Expired(msgspec.Struct, frozen=True):
@@ -56,7 +42,7 @@ class SessionController(Controller):
     async def create(
         self,
         request: MaskingRequest,
-        data: JSONBody[broker.CreateSession],
+        data: JSONBody[CreateSession],
         conn: Db,
         idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key", required=False)] = None,
     ) -> Response[Session]:
@@ -173,7 +159,7 @@ class SessionController(Controller):
     async def expire(
         self,
         request: MaskingRequest,
-        data: JSONBody[broker.ExpireFilter],
+        data: JSONBody[ExpireFilter],
         conn: Db,
     ) -> Expired:
         now, tenant_id = request.runtime.clock(), request.principal.tenant_id

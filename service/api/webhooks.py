@@ -13,6 +13,7 @@ from service.api.deps import Db, MaskingRequest
 from service.api.problems import API_RESPONSES
 from service.broker import webhooks as broker
 from service.broker.audit import Target
+from service.broker.bodies import ChangeEndpoint, CreateEndpoint
 
 
 async def read_ignored_body(request: Request[Any, Any, Any]) -> None:
@@ -38,9 +39,7 @@ class WebhookController(Controller):
     opt = {"scope": "ops"}
 
     @post("/", status_code=201, summary="Register an endpoint; its secret is shown only here", responses=API_RESPONSES)
-    async def create(
-        self, request: MaskingRequest, data: JSONBody[broker.CreateEndpoint], conn: Db
-    ) -> broker.WebhookEndpoint:
+    async def create(self, request: MaskingRequest, data: JSONBody[CreateEndpoint], conn: Db) -> broker.WebhookEndpoint:
         runtime, now = request.runtime, request.runtime.clock()
         async with conn.transaction():
             made = await broker.create_endpoint(conn, runtime.settings, request.principal.tenant_id, data, now)
@@ -57,7 +56,7 @@ class WebhookController(Controller):
 
     @patch("/{webhook_id:str}", summary="Change url, events, description or status", responses=API_RESPONSES)
     async def change(
-        self, request: MaskingRequest, webhook_id: FromPath[str], data: JSONBody[broker.ChangeEndpoint], conn: Db
+        self, request: MaskingRequest, webhook_id: FromPath[str], data: JSONBody[ChangeEndpoint], conn: Db
     ) -> broker.WebhookEndpoint:
         runtime, now = request.runtime, request.runtime.clock()
         async with conn.transaction():

@@ -5,14 +5,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Annotated, Literal, Protocol
+from typing import Protocol
 
 import asyncpg
-import msgspec
 import structlog
 
 from service import metrics
 from service.broker import events
+from service.broker.bodies import StartCall
 from service.broker.errors import (
     CallInProgress,
     InvalidRequest,
@@ -35,17 +35,6 @@ from service.provider.thundersms import Answer, ClickToCall
 log = structlog.get_logger("service.calls")
 
 Clock = Callable[[], datetime]
-VariableName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_]{1,64}$")]
-
-
-class StartCall(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """The body of POST /v1/sessions/{id}/calls."""
-
-    first: Literal["agent", "customer"] = "agent"
-    record: bool | None = None
-    max_call_minutes: Annotated[int, msgspec.Meta(ge=1, le=240)] | None = None
-    flow: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")] | None = None
-    variables: dict[VariableName, Annotated[str, msgspec.Meta(max_length=512)]] = msgspec.field(default_factory=dict)
 
 
 class Dialler(Protocol):

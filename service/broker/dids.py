@@ -6,19 +6,17 @@ import base64
 import binascii
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Annotated
 
 import msgspec
 
+from service.broker.bodies import MAX_BULK, AddDid, NewDid
 from service.broker.errors import DidInUse, DidTaken, InvalidPhoneNumber, InvalidRequest, NotFound, TooManyPools
 from service.broker.phones import parse_with_region
-from service.broker.sessions import Pool
 from service.db import Conn
 from service.db import dids as q
 from service.db import pools as pools_q
 from service.models import Did, DidStatus
 
-MAX_BULK = 10_000
 # The default of MASKING_MAX_POOLS_PER_TENANT, for callers without settings (the CLI import).
 MAX_POOLS = 100
 
@@ -40,35 +38,6 @@ async def _check_pools(conn: Conn, tenant_id: int, pools: Sequence[str], max_poo
             "(MASKING_MAX_POOLS_PER_TENANT). Put these DIDs in an existing pool or retire a pool's DIDs first.",
             max_pools=max_pools,
         )
-
-
-class AddDid(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """One DID to add with its settings (the body of POST /v1/dids)."""
-
-    number: str
-    pool: Pool = "default"
-    max_concurrent_calls: Annotated[int, msgspec.Meta(ge=1)] | None = None
-
-
-class NewDid(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """One DID of a bulk add (an entry of POST /v1/dids/bulk, or a CSV line): its number and pool."""
-
-    number: str
-    # Checked by validate_entries, so that every bad entry is named at once rather than the first.
-    pool: str = "default"
-
-
-class AddDids(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Many DIDs to add at once, all or nothing (the body of POST /v1/dids/bulk)."""
-
-    dids: Annotated[list[NewDid], msgspec.Meta(max_length=MAX_BULK)]
-
-
-class ChangeDid(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """A DID's new status and/or pool (the body of PATCH /v1/dids/{number})."""
-
-    status: DidStatus | None = None
-    pool: Pool | None = None
 
 
 async def add_did(

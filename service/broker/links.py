@@ -6,13 +6,13 @@ import hashlib
 import secrets
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Annotated, Literal
 from uuid import UUID
 
 import asyncpg
 import msgspec
 
 from service.broker import calls
+from service.broker.bodies import CreateLink, StartCall
 from service.broker.errors import DomainError, LinkExpired, NotFound, RateLimited, SessionNotActive, parse_id
 from service.broker.limits import CallLimits, TokenBuckets, limited
 from service.db import Conn
@@ -27,14 +27,6 @@ TOKEN_BYTES = 24  # 192 bits of randomness; only the SHA-256 of the token is sto
 _GONE = (
     "This call link has expired, been used up, or its order has ended or passed to someone else; ask for a new link."
 )
-
-
-class CreateLink(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """The body of POST /v1/sessions/{id}/call-links."""
-
-    party: Literal["agent", "customer"] = "agent"
-    ttl_seconds: Annotated[int, msgspec.Meta(ge=60, le=2_592_000)] = 3600
-    max_uses: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5
 
 
 class NewLink(msgspec.Struct, frozen=True):
@@ -202,7 +194,7 @@ async def press(
             provider,
             link.tenant_id,
             str(link.session_id),
-            calls.StartCall(first=link.party),
+            StartCall(first=link.party),
             clock,
             limits,
             # A PATCH of the party between take_use and the call's insert must not ring the new party.

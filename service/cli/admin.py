@@ -77,7 +77,8 @@ def cmd_dids_import(settings: Settings, args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
     from service.broker.audit import Target
-    from service.broker.dids import NewDid, add_dids, validate_entries
+    from service.broker.bodies import NewDid
+    from service.broker.dids import add_dids, validate_entries
     from service.broker.errors import DomainError
 
     entries: list[NewDid] = []

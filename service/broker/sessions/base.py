@@ -1,10 +1,9 @@
-"""What every session job shares: the rules' settings, the bounded input types, and a session as of now."""
+"""What every session job shares: the rules' settings and a session as of now (its input types: broker/bodies.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated
 from uuid import UUID
 
 import msgspec
@@ -15,9 +14,6 @@ from service.db import sessions as q
 from service.models import Session
 
 Clock = Callable[[], datetime]
-OrderId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-Pool = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-Ttl = Annotated[int, msgspec.Meta(ge=60, le=2_592_000)]
 
 
 class Rules(msgspec.Struct, frozen=True):

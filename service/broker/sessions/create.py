@@ -5,14 +5,15 @@ from __future__ import annotations
 import random
 import uuid
 from datetime import datetime, timedelta
-from typing import Annotated, Any
+from typing import Any
 
 import msgspec
 
 from service import metrics
+from service.broker.bodies import CreateSession
 from service.broker.errors import ConflictingRepeat, InvalidRequest, PoolExhausted
 from service.broker.phones import normalize, parse_with_region
-from service.broker.sessions.base import Clock, OrderId, Pool, Rules, Ttl
+from service.broker.sessions.base import Clock, Rules
 from service.db import Conn
 from service.db import pools as pools_q
 from service.db import sessions as q
@@ -24,20 +25,6 @@ MAX_METADATA_BYTES = 4096
 CHOICES = 2
 # Eligible DIDs looked at after each draw: one alone favours DIDs after gaps in the pool's order.
 WINDOW = 4
-
-
-class CreateSession(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """The body of POST /v1/sessions."""
-
-    order_id: OrderId
-    customer: str
-    agent: str
-    pool: Pool = "default"
-    ttl_seconds: Ttl | None = None
-    record: bool = False
-    max_call_minutes: Annotated[int, msgspec.Meta(ge=1, le=240)] | None = None
-    max_calls: Annotated[int, msgspec.Meta(ge=1)] | None = None
-    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 class Placement(msgspec.Struct, frozen=True, kw_only=True):

@@ -8,9 +8,10 @@ import msgspec
 
 from service.broker import events
 from service.broker.audit import Context, Target
+from service.broker.bodies import ExpireFilter
 from service.broker.errors import InvalidRequest, parse_id
 from service.broker.phones import normalize
-from service.broker.sessions.base import OrderId, read_or_raise
+from service.broker.sessions.base import read_or_raise
 from service.db import Conn
 from service.db import sessions as q
 from service.models import Session
@@ -35,15 +36,6 @@ async def close_session(
     if closed is None:
         return await read_or_raise(conn, tenant_id, sid, now)
     return closed
-
-
-class ExpireFilter(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """The body of POST /v1/sessions/expire: at least one filter; all given must match."""
-
-    order_id: OrderId | None = None
-    customer: str | None = None
-    agent: str | None = None
-    masked_number: str | None = None
 
 
 async def expire_sessions(

@@ -4,8 +4,6 @@ delivery (the worker and its HTTP client). The names other layers use are re-exp
 from service.broker.webhooks.attempts import Attempt, AttemptPage, Redelivered, list_attempts, redeliver
 from service.broker.webhooks.delivery import Deliverer, send_test
 from service.broker.webhooks.endpoints import (
-    ChangeEndpoint,
-    CreateEndpoint,
     WebhookEndpoint,
     change_endpoint,
     create_endpoint,
@@ -20,8 +18,6 @@ from service.broker.webhooks.guard import address_verdict
 __all__ = [
     "Attempt",
     "AttemptPage",
-    "ChangeEndpoint",
-    "CreateEndpoint",
     "Deliverer",
     "Redelivered",
     "WebhookEndpoint",

@@ -6,39 +6,18 @@ import base64
 import secrets
 import uuid
 from datetime import datetime, timedelta
-from typing import Annotated, Literal
+from typing import Literal
 
 import msgspec
 
+from service.broker.bodies import ChangeEndpoint, CreateEndpoint
 from service.broker.errors import NotFound, TooManyWebhooks, parse_id
-from service.broker.events import TYPES
-from service.broker.events import EventType as Known
 from service.broker.webhooks.guard import resolve_target
 from service.db import Conn
 from service.db import webhooks as q
 from service.settings import Settings
 
 SECRET_OVERLAP = timedelta(hours=24)
-EventType = Literal["*"] | Known  # what an endpoint subscribes to: every type, or some
-Url = Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
-Description = Annotated[str, msgspec.Meta(max_length=256)]
-
-
-class CreateEndpoint(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """The body of POST /v1/webhooks."""
-
-    url: Url
-    events: Annotated[list[EventType], msgspec.Meta(min_length=1, max_length=len(TYPES) + 1)]
-    description: Description | None = None
-
-
-class ChangeEndpoint(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """The body of PATCH /v1/webhooks/{id}."""
-
-    url: Url | None = None
-    events: Annotated[list[EventType], msgspec.Meta(min_length=1, max_length=len(TYPES) + 1)] | None = None
-    description: Description | None = None
-    status: Literal["enabled", "disabled"] | None = None
 
 
 class WebhookEndpoint(msgspec.Struct, frozen=True, kw_only=True):

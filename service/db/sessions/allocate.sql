@@ -1,26 +1,17 @@
 -- ALLOCATE: one attempt to create a session on a DID of its pool, in one statement. Its cost does not
 -- depend on how many sessions the pool or its DIDs hold: a few index probes, two upserts, one insert.
--- Loaded twice by service/db/sessions/create.py, which fills in the Session resource's columns and, for a
--- create (CREATE), the repeat check before it, and the session.created event and the lost-race check after
--- it (the markers repeat, guard, returning and finish); a reassignment's move runs it bare (ALLOCATE).
+-- Loaded twice by service/db/sessions/create.py, which fills in the rules it shares with exhaustion.sql
+-- (rules.sql: the CTEs geo and barred), the Session resource's columns and, for a create (CREATE), the
+-- repeat check before it, and the session.created event and the lost-race check after it (the markers
+-- repeat, guard, returning and finish); a reassignment's move runs it bare (ALLOCATE).
 -- Party numbers come sealed (service/db/sealed.py): rule 1 compares their blind indexes (_ix).
 -- `bound` < 2 or no session row means the attempt lost a race and must roll back; no `picked` at all
 -- means no DID of the pool is eligible (the probes wrap the whole ring of slots).
 WITH
 {repeat}
--- Contract rule 2 (geo-match): when the pool has an active DID in the customer's country, only those qualify.
-geo AS (
-    SELECT EXISTS (SELECT 1 FROM dids
-                   WHERE tenant_id = :tenant_id AND pool = :pool AND status = 'active' AND country = :country) AS only
-),
--- Contract rules 1 (no crossed lines) and 3 (cool-off): DIDs where either number is bound now, or ended
--- a session with somebody else less than the cool-off ago; plus the DIDs earlier attempts lost.
-ruled AS (
-    SELECT did FROM bindings
-    WHERE number_ix IN (:customer_ix, :agent_ix)
-      AND (ends_at > :now OR (ends_at > :now - :cooloff::interval AND peer_ix NOT IN (:customer_ix, :agent_ix)))
-    UNION ALL SELECT unnest(:tried::text[])
-),
+{rules},
+-- The DIDs contract rules 1 and 3 bar (barred), plus the DIDs earlier attempts lost.
+ruled AS (SELECT did FROM barred UNION ALL SELECT unnest(:tried::text[])),
 -- Where on the ring of DID slots each random choice probes: the first at :slot, the rest drawn here.
 slots AS (SELECT CASE WHEN i = 1 THEN :slot::float8 ELSE random() END AS at FROM generate_series(1, :sample) AS i),
 -- Contract rule 2 (the tenant's pool, active DIDs) and rule 5 (spread): per slot, the first eligible DIDs at or after it (wrapping around), by an index probe;

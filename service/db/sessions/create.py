@@ -10,16 +10,19 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
-from service.db import Conn, Query, load, sealed
+from service.db import Conn, load, sealed
 from service.db.events import emit_ctes
 from service.db.sessions.end import end_sessions
 from service.db.sessions.row import FIELDS, SESSION, as_json, session, session_or_none
 from service.models import Session
 
-_ALLOCATE_SQL = Path(__file__).with_name("allocate.sql")
+HERE = Path(__file__).parent
+RULES = (HERE / "rules.sql").read_text().strip()  # geo-match, no crossed lines and cool-off, in allocate and exhaustion
+_ALLOCATE_SQL = HERE / "allocate.sql"
 # A reassignment's move: the allocation alone (its caller writes the events).
 ALLOCATE = load(
     _ALLOCATE_SQL,
+    rules=RULES,
     session=SESSION,
     repeat="",
     guard="true",
@@ -37,6 +40,7 @@ _FIELDS = ", ".join(("tenant_id", *FIELDS))
 # (`stale`) makes no allocation: the caller ends it (FIND_REPEAT) and tries again.
 CREATE = load(
     _ALLOCATE_SQL,
+    rules=RULES,
     session=SESSION,
     repeat=f"""-- A repeat (the same order and pair while its session is active) finds that session; none is allocated.
 repeat AS (
@@ -58,28 +62,7 @@ FROM (SELECT 1) AS one LEFT JOIN (
 )
 
 # Why a pool has no DID for a pair, counted per rule (contract rules 1 to 3), for pool_exhausted's details.
-# Its geo and ruled CTEs must say what allocate.sql's say (tests/test_broker_rules.py checks the counts).
-EXHAUSTION = Query("""
-WITH geo AS (
-    SELECT EXISTS (SELECT 1 FROM dids
-                   WHERE tenant_id = :tenant_id AND pool = :pool AND status = 'active' AND country = :country) AS only),
-ruled AS (
-    SELECT did, bool_or(ends_at > :now) AS busy FROM bindings
-    WHERE number_ix IN (:customer_ix, :agent_ix)
-      AND (ends_at > :now OR (ends_at > :now - :cooloff::interval AND peer_ix NOT IN (:customer_ix, :agent_ix)))
-    GROUP BY did),
-d AS (
-    SELECT d.status, (geo.only AND d.country <> :country) AS foreign_country, r.busy
-    FROM dids d CROSS JOIN geo LEFT JOIN ruled r ON r.did = d.number
-    WHERE d.tenant_id = :tenant_id AND d.pool = :pool
-)
-SELECT count(*)::int AS pool_dids,
-       count(*) FILTER (WHERE status <> 'active')::int AS not_active,
-       count(*) FILTER (WHERE status = 'active' AND foreign_country)::int AS other_country,
-       count(*) FILTER (WHERE status = 'active' AND NOT foreign_country AND busy)::int AS party_busy,
-       count(*) FILTER (WHERE status = 'active' AND NOT foreign_country AND NOT busy)::int AS cooling_off
-FROM d
-""")
+EXHAUSTION = load(HERE / "exhaustion.sql", rules=RULES)
 
 # A repeat of a create finds the pair's active session for the order. An earlier one past its expiry
 # is ended (ttl) here and now, so that it frees the unique key for the new session, with its
