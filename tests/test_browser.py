@@ -7,6 +7,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -14,7 +15,7 @@ import pytest
 from axe_playwright_python.async_playwright import Axe
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from tests.factories import create_session, open_session
+from tests.factories import create_session, open_session, pool
 from tests.helpers import AGENT, CUSTOMER, Keys
 from tests.live import Live, live_service
 
@@ -56,6 +57,17 @@ async def browser() -> AsyncIterator[Browser]:
 async def live(dsn: str) -> AsyncIterator[Live]:
     async with live_service(dsn) as service:
         yield service
+
+
+async def browser_session(
+    live: Live, keys: Keys, order: str, pool_name: str = "default", dids: list[str] = DIDS
+) -> dict[str, Any]:
+    """The contract's example pair's session of this order on a pool with these DIDs (a repeat answers it again)."""
+    await pool(live.http, keys.a, pool_name, dids)
+    r = await create_session(live.http, keys.a, order, pool=pool_name)
+    assert r.status_code in (200, 201), r.text
+    result: dict[str, Any] = r.json()
+    return result
 
 
 async def no_axe_violations(page: Page) -> None:

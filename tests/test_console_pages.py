@@ -21,7 +21,7 @@ from service.web.security import CONSOLE_COOKIE, CSRF_COOKIE
 from tests.helpers import AGENT, CUSTOMER, Keys, did_numbers, mobile_numbers, wait_for
 from tests.live import Live, live_service
 from tests.receiver import Receiver
-from tests.test_browser import REAL_NUMBERS, no_axe_violations, open_session, sign_in
+from tests.test_browser import REAL_NUMBERS, browser_session, no_axe_violations, sign_in
 from tests.test_browser import browser as browser  # the module's Chromium fixture
 from tests.test_browser import live as live  # the service on loopback with the simulator
 from tests.test_browser import pytestmark as pytestmark  # skipped without Debian's chromium
@@ -176,7 +176,7 @@ async def test_on_a_phone_no_console_page_is_wider_than_the_screen_and_the_navig
     live = hooked
     async with Receiver(mode="500") as failing:
         endpoint = await register(live.http, keys.a, failing.url + "/hooks/masking/a-rather-long-path-for-events")
-        session = await open_session(live, keys, "ORD-PHONE-1042")
+        session = await browser_session(live, keys, "ORD-PHONE-1042")
         r = await live.http.post(f"/v1/sessions/{session['id']}/calls", headers=keys.a)
         assert r.status_code == 202, r.text
 
@@ -222,7 +222,7 @@ async def test_on_a_phone_no_console_page_is_wider_than_the_screen_and_the_navig
 async def test_ops_sign_in_and_expire_an_order_by_keyboard_only(browser: Browser, live: Live, keys: Keys) -> None:
     """Tab to the key field, type, Enter; then Tab and Enter through the navigation, the search, the session and
     the confirmation page until the order is expired."""
-    session = await open_session(live, keys, "ORD-KEYS")
+    session = await browser_session(live, keys, "ORD-KEYS")
     page = await browser.new_page(viewport={"width": 1280, "height": 800})
     await page.goto(live.url + "/console")
     await tab_to(page, page.get_by_label("Ops key"))
@@ -256,7 +256,7 @@ async def test_the_agent_calls_by_keyboard_with_enter_and_again_with_space(
 ) -> None:
     """On the agent page the button is reached by Tab; Enter places the call (Ringing), and once it ended,
     Space places another."""
-    session = await open_session(live, keys, "ORD-AGENT-KEYS")
+    session = await browser_session(live, keys, "ORD-AGENT-KEYS")
     url = await call_link(live, keys, session)
     live.sim.delay = 1.0
     page = await browser.new_page(viewport=PHONE, is_mobile=True)
@@ -288,7 +288,7 @@ async def test_the_console_pages_with_rows_have_no_axe_violations(
 ) -> None:
     """Search results, the expire confirmation, the DIDs page after a search, calls needing attention and
     unmatched reports, each with rows: zero axe violations."""
-    await open_session(live, keys, "ORD-AXE")
+    await browser_session(live, keys, "ORD-AXE")
     await calls_that_need_attention(live, keys, db)
     r = await live.http.post(live.callback, content=unmatched_report("+918068281234", CUSTOMER, AGENT))
     assert r.status_code == 200, r.text
@@ -354,9 +354,9 @@ async def test_ops_find_a_did_drain_it_and_retire_it_only_once_no_session_uses_i
     """Search finds the DID; Drain makes it draining (the API agrees); Retire asks for a confirmation, is refused
     with the reason while a session holds it, and works once the session closed."""
     did = "+918068281299"
-    session = await open_session(live, keys, "ORD-DID", pool="solo", dids=[did])
+    session = await browser_session(live, keys, "ORD-DID", pool_name="solo", dids=[did])
     assert session["masked_number"] == did
-    await open_session(live, keys, "ORD-OTHER")  # other DIDs, which the search must leave out
+    await browser_session(live, keys, "ORD-OTHER")  # other DIDs, which the search must leave out
     page = await console_page(browser, live, keys, viewport={"width": 1280, "height": 900})
     await page.get_by_role("link", name="DIDs", exact=True).click()
     await page.get_by_label("Number contains").fill("8281299")
@@ -419,7 +419,7 @@ async def test_a_session_is_found_by_either_partys_number_or_its_masked_number_a
 ) -> None:
     """The customer's number (E.164), the agent's (digits only) and the DID each find the session; the list
     masks the parties (+91******3210), and so does the session's own page."""
-    session = await open_session(live, keys, "ORD-FIND")
+    session = await browser_session(live, keys, "ORD-FIND")
     page = await console_page(browser, live, keys, viewport={"width": 1280, "height": 900})
     for query in (CUSTOMER, AGENT[1:], session["masked_number"]):
         await page.goto(live.url + "/console/sessions")
@@ -475,7 +475,7 @@ async def test_unmatched_reports_show_a_report_that_matched_nothing_with_its_num
 ) -> None:
     """A report posted to the callback about one of the tenant's DIDs but no call it placed is listed, masked."""
     did = "+918068281234"
-    await open_session(live, keys, "ORD-REPORTS", dids=[did])
+    await browser_session(live, keys, "ORD-REPORTS", dids=[did])
     r = await live.http.post(live.callback, content=unmatched_report(did, CUSTOMER, AGENT))
     assert r.status_code == 200, r.text
     stored = (await live.http.get("/v1/reports", params={"matched": "false"}, headers=keys.a)).json()["items"]

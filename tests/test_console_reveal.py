@@ -14,7 +14,7 @@ from playwright.async_api import Browser, Page, expect
 from service.provider.simulator import Fault
 from tests.helpers import AGENT, CUSTOMER, Keys, wait_for
 from tests.live import Live
-from tests.test_browser import DIDS, no_axe_violations, open_session, sign_in
+from tests.test_browser import DIDS, browser_session, no_axe_violations, sign_in
 from tests.test_browser import browser as browser  # the module's Chromium fixture
 from tests.test_browser import live as live  # the service on loopback with the simulator
 from tests.test_browser import pytestmark as pytestmark  # skipped without Debian's chromium
@@ -35,7 +35,7 @@ async def busy_tenant(live: Live, keys: Keys, db: asyncpg.Connection) -> tuple[d
     """Through the real flows: a session with a completed call, its agent replaced and a call after that, a call
     link; a closed session; failed, unknown and completed calls of other orders; an unmatched report. The first
     session, and every party number used."""
-    session = await open_session(live, keys, "ORD-REVEAL")
+    session = await browser_session(live, keys, "ORD-REVEAL")
 
     async def completed_call() -> None:
         live.sim.inject(Fault(report="answered"))
@@ -154,7 +154,7 @@ async def test_reveal_needs_a_reason_and_its_form_token_then_shows_both_numbers_
     """Reveal with no reason is refused (by the browser, and by the service when the browser's check is skipped),
     with one over 500 characters, and without the form's token; with a reason the page shows both numbers, exactly one session.reveal row holds
     the reason, who, the tenant, the address and the request id; the session's page after it is masked again."""
-    session = await open_session(live, keys, "ORD-LOOK")
+    session = await browser_session(live, keys, "ORD-LOOK")
     page = await browser.new_page(viewport={"width": 1280, "height": 900})
     await sign_in(page, live, keys.a_ops)
     await expect(page.get_by_role("heading", name="Pools", level=1)).to_be_visible()
@@ -218,7 +218,7 @@ async def test_reveal_of_another_tenants_session_is_not_found_and_not_recorded(
     browser: Browser, live: Live, keys: Keys, db: asyncpg.Connection
 ) -> None:
     """Tenant B's ops console revealing tenant A's session (with a reason and its token) gets the 404 page; no row."""
-    session = await open_session(live, keys, "ORD-MINE")
+    session = await browser_session(live, keys, "ORD-MINE")
     page = await browser.new_page()
     await sign_in(page, live, keys.b_ops)
     await expect(page.get_by_role("heading", name="Pools", level=1)).to_be_visible()

@@ -12,7 +12,7 @@ from playwright.async_api import Browser, expect
 from tests.helpers import Keys, wait_for
 from tests.live import Live, live_service
 from tests.receiver import Receiver
-from tests.test_browser import DOCS, REAL_NUMBERS, no_axe_violations, open_session, sign_in
+from tests.test_browser import DOCS, REAL_NUMBERS, browser_session, no_axe_violations, sign_in
 from tests.test_browser import browser as browser  # the module's Chromium fixture
 from tests.test_browser import pytestmark as pytestmark  # skipped without Debian's chromium
 from tests.test_webhooks import FAST, register
@@ -54,7 +54,7 @@ async def test_ops_see_a_failing_endpoint_and_redeliver_its_event(
 ) -> None:
     """The webhooks page shows the endpoint and its failed event once, given up; Redeliver queues it again."""
     endpoint = await register(live.http, keys.a, failing.url, ["session.created"])
-    await open_session(live, keys, "ORD-HOOK")
+    await browser_session(live, keys, "ORD-HOOK")
     event_id = await first_event(live, keys, "session.created")
 
     async def given_up() -> list[dict[str, Any]] | None:
@@ -114,7 +114,7 @@ async def test_a_disabled_failing_endpoint_says_since_when(
 
 async def test_a_sessions_page_lists_its_events_with_its_calls(browser: Browser, live: Live, keys: Keys) -> None:
     """session.created, then call.initiated after the agent presses the button, newest first on the session page."""
-    session = await open_session(live, keys, "ORD-EVENTS")
+    session = await browser_session(live, keys, "ORD-EVENTS")
     r = await live.http.post(f"/v1/sessions/{session['id']}/call-links", json={"party": "agent"}, headers=keys.a)
     agent = await browser.new_page()
     await agent.goto(live.url + "/c/" + r.json()["url"].rsplit("/c/", 1)[1])
