@@ -72,6 +72,8 @@ async def test_retention_masks_numbers_and_drops_recordings_but_keeps_counts(
         assert masked["agent"].count("*") == 6 and masked["calls_made"] == 1
         call = (await live.http.get(f"/v1/sessions/{old['id']}/calls", headers=keys.a)).json()["items"][0]
         assert "*" in call["from"] and "*" in call["to"] and call["recording_url"] is None
+        # its recording reference went with the numbers, and the call says so (contract: deleted_at)
+        assert call["recording"]["available"] is False and call["recording"]["deleted_at"]
         assert call["status"] == "completed" and call["billing_seconds"] > 0
         body = opened_body(await db.fetchval("SELECT body FROM provider_reports WHERE call_id = $1::uuid", call["id"]))
         assert old["customer"][1:] not in body.decode() and old["agent"][1:] not in body.decode()

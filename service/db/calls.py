@@ -121,7 +121,7 @@ async def insert_call(
 ) -> Dialled | None:
     """Record a call in a live session; None when the session is not live, its DID is at its call limit, or
     (party_number given) its `first` party is no longer that number."""
-    party_ix = None if party_number is None else sealed.index(tenant_id, party_number)
+    party_ix = None if party_number is None else sealed.probe(tenant_id, party_number)
     row = await conn.fetchrow(
         INSERT_CALL, tenant_id, session_id, call_id, first, flow, record, max_call_minutes, now, party_ix
     )

@@ -21,7 +21,8 @@ s AS (
         redacted_at = $3
     FROM due WHERE sessions.id = due.id RETURNING sessions.id),
 c AS (
-    UPDATE calls SET from_ct = NULL, from_ix = NULL, to_ct = NULL, to_ix = NULL, recording_url = NULL
+    UPDATE calls SET from_ct = NULL, from_ix = NULL, to_ct = NULL, to_ix = NULL, recording_url = NULL,
+        recording_deleted_at = CASE WHEN recording_url IS NOT NULL THEN $3 ELSE recording_deleted_at END
     FROM s WHERE calls.session_id = s.id RETURNING calls.id),
 b AS (DELETE FROM bindings USING s WHERE bindings.session_id = s.id AND bindings.ends_at < $1)
 SELECT (SELECT count(*)::int FROM s) AS sessions,
