@@ -7,7 +7,6 @@ import contextlib
 import re
 import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -32,6 +31,7 @@ from service.api.deps import MaskingRequest, Runtime, provide_conn, require_key
 from service.api.dids import DidController
 from service.api.erasures import ErasureController
 from service.api.events import EventController
+from service.api.fast import hot_routes
 from service.api.links import CallLinkController
 from service.api.ops import MetricsController, StatsController, healthz, readyz
 from service.api.pools import PoolController
@@ -69,18 +69,20 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def request_context(app: ASGIApp) -> ASGIApp:
-    """ASGI wrapper: a request id on every log line of a request, and one access line at its end.
+def request_context(litestar: Litestar) -> ASGIApp:
+    """The app as served: the hot routes below Litestar (api/fast.py), and around every request a request id on
+    each of its log lines and one access line at its end.
 
     It wraps the whole app rather than being Litestar middleware, which never sees unrouted requests.
     """
+    app = hot_routes(litestar, lambda: litestar.state.runtime, MAX_BODY, _DB_DOWN)
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
             return
         given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"").decode("latin-1")
-        request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        request_id = given if _REQUEST_ID.fullmatch(given) else secrets.token_hex(16)
         scope.setdefault("state", {})["request_id"] = request_id
         structlog.contextvars.bind_contextvars(request_id=request_id)
         started = time.perf_counter()

@@ -160,17 +160,39 @@ def problem_response(request: Request[Any, Any, Any], exc: DomainError) -> Respo
     return _from_domain(exc).to_response(request)
 
 
-def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    """Log an unexpected exception with the request id and answer 500 with no internals."""
-    log.exception("unhandled_error", method=request.method, path=request.url.path, error=type(exc).__name__)
-    request_id = request.scope.get("state", {}).get("request_id")
+def _internal(scope: Mapping[str, Any], exc: Exception) -> ProblemDetailsException:
+    log.exception("unhandled_error", method=scope.get("method"), path=scope.get("path"), error=type(exc).__name__)
     return problem(
         500,
         "internal_error",
         "Internal error",
         "Something went wrong on our side; retry later and quote the request id if it persists.",
-        request_id=request_id,
-    ).to_response(request)
+        request_id=scope.get("state", {}).get("request_id"),
+    )
+
+
+def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """Log an unexpected exception with the request id and answer 500 with no internals."""
+    return _internal(request.scope, exc).to_response(request)
+
+
+def _message(p: ProblemDetailsException) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    # The body Litestar's ProblemDetailsException.to_response() builds, for the routes served below Litestar.
+    body = {"status": p.status_code, "type": p.type_, "title": p.title, "detail": p.detail}
+    body.update(p.extra if isinstance(p.extra, Mapping) else {})
+    headers = [(b"content-type", b"application/problem+json")]
+    headers += [(k.lower().encode(), v.encode()) for k, v in (p.headers or {}).items()]
+    return p.status_code, headers, msgspec.json.encode(body)
+
+
+def problem_message(exc: DomainError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """A domain error as (status, headers, problem+json body), for routes served below Litestar (api/fast.py)."""
+    return _message(_from_domain(exc))
+
+
+def internal_error(scope: Mapping[str, Any], exc: Exception) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """internal_error_handler's log line and 500 answer, for routes served below Litestar."""
+    return _message(_internal(scope, exc))
 
 
 def too_deep_handler(request: Request[Any, Any, Any], exc: RecursionError) -> Response[Any]:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import msgspec
 from litestar import Controller, Response, get, patch, post
 from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
 
 from service.api.audit import key_context
-from service.api.deps import Db, MaskingRequest
+from service.api.deps import Db, MaskingRequest, Runtime
 from service.api.idempotency import run_once
 from service.api.problems import API_RESPONSES
 from service.broker import pools
@@ -18,6 +18,9 @@ from service.broker.bodies import ChangeSession, CloseSession, CreateSession, Ex
 from service.broker.errors import InvalidRequest
 from service.models import Session
 
+if TYPE_CHECKING:
+    from service.db import Conn
+
 JSON = "application/json"
 
 
@@ -25,6 +28,14 @@ class Expired(msgspec.Struct, frozen=True):
     """How many sessions a bulk expiry ended."""
 
     expired: int
+
+
+async def produce_session(runtime: Runtime, conn: Conn, tenant_id: int, data: CreateSession) -> tuple[int, bytes]:
+    """Create (201) or find the live repeat (200) of a session, with its pool's settings; the answer's bytes."""
+    # The pool's own settings (default max_calls and TTL, cool-off) resolved before allocation.
+    body, rules = await pools.for_create(conn, runtime.pools, tenant_id, data, runtime.rules)
+    session, created = await broker.create_session(conn, tenant_id, body, rules, runtime.clock)
+    return (201 if created else 200), msgspec.json.encode(session)
 
 
 class SessionController(Controller):
@@ -49,14 +60,7 @@ class SessionController(Controller):
         request.runtime.session_buckets.take(request.principal.tenant_id, "sessions")
 
         async def produce() -> tuple[int, bytes]:
-            # The pool's own settings (default max_calls and TTL, cool-off) resolved before allocation.
-            body, rules = await pools.for_create(
-                conn, request.runtime.pools, request.principal.tenant_id, data, request.runtime.rules
-            )
-            session, created = await broker.create_session(
-                conn, request.principal.tenant_id, body, rules, request.runtime.clock
-            )
-            return (201 if created else 200), msgspec.json.encode(session)
+            return await produce_session(request.runtime, conn, request.principal.tenant_id, data)
 
         if idempotency_key is None:
             status, body = await produce()
