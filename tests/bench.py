@@ -542,8 +542,9 @@ def builtin_scenarios(ctx: Context) -> list[Result]:
         return result, load
 
     def reference(result: Result, script: str, what: str) -> None:
-        tps, p50, _ = run_pgbench(ctx.dsn, script, plan, ctx.work)
-        result.limit_rps, result.limit = tps, f"{what} ({p50:.2f} ms p50)"
+        tps, p50, p99 = run_pgbench(ctx.dsn, script, plan, ctx.work)
+        # The reference's own tail beside the service's: how much of a p99 the database alone makes.
+        result.limit_rps, result.limit = tps, f"{what} ({p50:.2f} ms p50, p99 {p99 / p50:.1f}x)"
         print(f"    reference: {tps:.0f}/s", flush=True)
 
     created, _ = measure(f"create-session ({plan.small_dids} DIDs, empty)", "create", "empty")
@@ -584,22 +585,23 @@ async def _exec(dsn: str, sql: str) -> None:
 
 
 def targets(results: list[Result]) -> list[dict[str, Any]]:
-    """The issue's targets, each with its measured figure and whether it is met."""
+    """Issue 23's targets, each with its measured figure and whether it is met."""
     creates = [r for r in results if r.name.startswith("create-session")]
     found: list[dict[str, Any]] = []
     if len(creates) == 3:
         empty, wide, dense = creates
         found += [
             _target("create-session, empty pool >= 0.5x reference create", empty.rps / (empty.limit_rps or 1), 0.5),
-            _target("create-session, empty pool p99 <= 2.5x its p50", empty.p99_ms / empty.p50_ms, 2.5, at_most=True),
-            _target("create-session, dense p50 within 1.5x of the empty pool", dense.p50_ms / empty.p50_ms, 1.5, True),
-            _target("create-session, wide p50 within 1.5x of the empty pool", wide.p50_ms / empty.p50_ms, 1.5, True),
+            _target("create-session, empty pool p99 <= 3x its p50", empty.p99_ms / empty.p50_ms, 3.0, at_most=True),
+            _target("create-session, dense p50 within 1.2x of the empty pool", dense.p50_ms / empty.p50_ms, 1.2, True),
+            _target("create-session, wide p50 within 1.2x of the empty pool", wide.p50_ms / empty.p50_ms, 1.2, True),
         ]
     for r in results:
         if r.name == "report ingest" and r.limit_rps:
-            found.append(_target("report ingest >= 0.5x reference ingest", r.rps / r.limit_rps, 0.5))
+            found.append(_target("report ingest >= 0.4x reference ingest", r.rps / r.limit_rps, 0.4))
         if r.name == "get-session" and r.limit_rps:
-            found.append(_target("get-session >= 0.5x framework floor", r.rps / r.limit_rps, 0.5))
+            found.append(_target("get-session >= 0.4x framework floor", r.rps / r.limit_rps, 0.4))
+            found.append(_target("get-session p99 <= 3x its p50", r.p99_ms / r.p50_ms, 3.0, at_most=True))
     return found
 
 
