@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -12,9 +13,13 @@ import msgspec
 import structlog
 
 _PHONE = re.compile(r"(?<![\w-])\+?(\d{2})(\d{4,9})(\d{4})(?![\w-])")
-_API_KEY = re.compile(r"msk_[A-Za-z0-9_-]{8,}")
-_SECRET_PATH = re.compile(r"(/(?:callback|route|c)/)[^/?\s\"']+")
-_BEARER = re.compile(r"(?i)bearer\s+\S+")
+# What scrub() removes, in one pass: an API key, a bearer token, a secret path part, a phone number.
+_SECRETS = re.compile(
+    r"(?P<key>msk_[A-Za-z0-9_-]{8,})"
+    r"|(?P<bearer>(?i:bearer)\s+\S+)"
+    r"|(?P<path>/(?:callback|route|c)/)[^/?\s\"']+"
+    r"|(?<![\w-])\+?(?P<cc>\d{2})(?P<mid>\d{4,9})(?P<last>\d{4})(?![\w-])"
+)
 _SECRET_NAMES = ("token", "key", "authorization", "secret", "password", "dsn", "database_url")
 
 
@@ -23,12 +28,19 @@ def mask_number(text: str) -> str:
     return _PHONE.sub(lambda m: f"+{m.group(1)}{'*' * len(m.group(2))}{m.group(3)}", text)
 
 
+def _scrubbed(m: re.Match[str]) -> str:
+    if m["key"]:
+        return "[redacted]"
+    if m["bearer"]:
+        return "Bearer [redacted]"
+    if m["path"]:
+        return m["path"] + "[redacted]"
+    return f"+{m['cc']}{'*' * len(m['mid'])}{m['last']}"
+
+
 def scrub(text: str) -> str:
     """Mask phone numbers and remove API keys, bearer tokens and secret path parts from text."""
-    text = _API_KEY.sub("[redacted]", text)
-    text = _BEARER.sub("Bearer [redacted]", text)
-    text = _SECRET_PATH.sub(r"\1[redacted]", text)
-    return mask_number(text)
+    return _SECRETS.sub(_scrubbed, text)
 
 
 def _scrub_value(value: Any) -> Any:
@@ -43,6 +55,7 @@ def _scrub_value(value: Any) -> Any:
     return value
 
 
+@functools.lru_cache(maxsize=4096)
 def _is_secret_name(name: object) -> bool:
     lowered = str(name).lower()
     return any(part in lowered for part in _SECRET_NAMES)
