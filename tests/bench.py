@@ -535,8 +535,11 @@ def builtin_scenarios(ctx: Context) -> list[Result]:
     plan, results = ctx.plan, []
 
     def measure(name: str, kind: str, pool: str = "empty") -> tuple[Result, Load]:
+        lag_before = loop_lag(ctx.url)
         load = run_wrk(ctx.url, ctx.lua(kind, pool), plan, ctx.work)
+        lag = loop_lag(ctx.url) - lag_before
         result = Result(name, load.rps, load.p50_ms, load.p99_ms, load.errors, note=f"wrk {load.wrk_cpu:.0%} of a core")
+        result.note += f"; event loop late >10 ms {lag.over_10ms}x, >100 ms {lag.over_100ms}x, worst {lag.worst}"
         results.append(result)
         print(f"  {name}: {load.rps:.0f}/s p50 {load.p50_ms:.1f} ms", flush=True)
         return result, load
@@ -565,6 +568,57 @@ def builtin_scenarios(ctx: Context) -> list[Result]:
     got.note += f"; primary-key read {tps:,.0f}/s"
     measure("click-to-call", "call")
     return results
+
+
+class Lag(msgspec.Struct):
+    """The service's event-loop lag histogram (masking_event_loop_lag_seconds), summed over its workers."""
+
+    buckets: dict[float, int]
+
+    def __sub__(self, before: Lag) -> Lag:
+        return Lag({le: n - before.buckets.get(le, 0) for le, n in self.buckets.items()})
+
+    def _over(self, bound: float) -> int:
+        total = self.buckets.get(float("inf"), 0)
+        return total - max((n for le, n in self.buckets.items() if le <= bound), default=0)
+
+    @property
+    def over_10ms(self) -> int:
+        """Wake-ups more than 10 ms late."""
+        return self._over(0.01)
+
+    @property
+    def over_100ms(self) -> int:
+        """Wake-ups more than 100 ms late (something blocked the loop)."""
+        return self._over(0.1)
+
+    @property
+    def worst(self) -> str:
+        """The smallest bucket holding every wake-up: the latest one was at most this late."""
+        total = self.buckets.get(float("inf"), 0)
+        bound = min((le for le, n in self.buckets.items() if n == total), default=float("inf"))
+        return f"<= {bound * 1000:g} ms" if bound != float("inf") else "> 10 s"
+
+
+_LAG = re.compile(r'^masking_event_loop_lag_seconds_bucket\{le="([^"]+)"\} ([\d.e+]+)$', re.M)
+_STARTED = re.compile(r"^process_start_time_seconds ([\d.e+]+)$", re.M)
+
+
+def loop_lag(url: str, scrapes: int = 12) -> Lag:
+    """The lag histogram of every worker: /metrics is one worker's, so scrape on new connections until each has
+    answered (told apart by their start times) and add up each worker's latest."""
+    import httpx
+
+    workers: dict[str, dict[float, int]] = {}
+    for _ in range(scrapes):
+        text = httpx.get(url + "/metrics", timeout=10).text
+        started = _STARTED.search(text)
+        workers[started[1] if started else "?"] = {float(le): int(float(n)) for le, n in _LAG.findall(text)}
+    total: dict[float, int] = {}
+    for buckets in workers.values():
+        for le, n in buckets.items():
+            total[le] = total.get(le, 0) + n
+    return Lag(total)
 
 
 async def _fetchval(dsn: str, sql: str) -> int:
