@@ -25,8 +25,8 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import crypto, loopwatch, metrics
 from service.api.audit import AuditController
-from service.api.bodies import body_deadline
 from service.api.calls import CallController, ReportController
+from service.api.deadline import body_deadline
 from service.api.deps import MaskingRequest, Runtime, provide_conn, require_key
 from service.api.dids import DidController
 from service.api.erasures import ErasureController

@@ -12,6 +12,7 @@ from service.api.deps import Db, MaskingRequest
 from service.api.problems import API_RESPONSES
 from service.broker import pools as broker
 from service.broker.audit import Target
+from service.broker.bodies import PoolSettings
 
 
 class PoolController(Controller):
@@ -48,12 +49,12 @@ class PoolController(Controller):
         responses=API_RESPONSES,
     )
     async def replace(
-        self, request: MaskingRequest, name: FromPath[str], data: JSONBody[broker.PoolSettings], conn: Db
+        self, request: MaskingRequest, name: FromPath[str], data: JSONBody[PoolSettings], conn: Db
     ) -> broker.Pool:
         runtime, now = request.runtime, request.runtime.clock()
         tenant_id = request.principal.tenant_id
         try:  # strictly, too: the body's lax decoding takes 0 and 1 for the booleans (recording_allowed)
-            msgspec.json.decode(await request.body(), type=broker.PoolSettings)
+            msgspec.json.decode(await request.body(), type=PoolSettings)
         except msgspec.ValidationError as exc:
             raise ValidationException(extra=[{"key": "data", "message": str(exc), "source": "body"}]) from None
         async with conn.transaction():  # the change and its audit row commit together (rule 12)

@@ -10,7 +10,7 @@ from service.broker.events import TYPES
 from service.broker.events import EventType as Known
 from service.models import DidStatus, Party
 
-# Bounded field types, shared by the bodies below (and by pool settings, broker/pools.py).
+# Bounded field types, shared by the bodies below.
 OrderId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 Pool = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 Ttl = Annotated[int, msgspec.Meta(ge=60, le=2_592_000)]
@@ -20,7 +20,10 @@ VariableName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_]{1,64}$")]
 Url = Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
 EventType = Literal["*"] | Known  # what an endpoint subscribes to: every type, or some
 Subscriptions = Annotated[list[EventType], msgspec.Meta(min_length=1, max_length=len(TYPES) + 1)]
+Seconds = Annotated[int, msgspec.Meta(ge=0, le=2_592_000)]
 MAX_BULK = 10_000
+# The contract's default alert level: a pool alerts when its headroom falls to this or below.
+DEFAULT_HEADROOM_ALERT = 2
 
 
 class CreateSession(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -123,3 +126,24 @@ class ChangeEndpoint(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     events: Subscriptions | None = None
     description: Note | None = None
     status: Literal["enabled", "disabled"] | None = None
+
+
+class Fallback(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """Where a caller with no active session on a DID goes: a number to connect, or an IVR flow."""
+
+    connect_to: str | None = None
+    flow: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] | None = None
+
+
+class PoolSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The body of PUT /v1/pools/{name}: every setting (null: the service-wide setting applies)."""
+
+    fallback: Fallback | None = None
+    cooloff_seconds: Seconds | None = None
+    default_ttl_seconds: Ttl | None = None
+    default_max_calls: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    headroom_alert: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = DEFAULT_HEADROOM_ALERT
+    # false: sessions and clicks asking for `record` are refused (422 recording_not_allowed)
+    recording_allowed: bool = True
+    # the provider's recording references are destroyed this many days after the call (null: kept)
+    recording_retention_days: Annotated[int, msgspec.Meta(ge=1, le=3650)] | None = None

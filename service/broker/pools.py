@@ -4,23 +4,20 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
-from typing import Annotated
 
 import msgspec
 
 from service.broker import events
+from service.broker.bodies import DEFAULT_HEADROOM_ALERT, CreateSession, Fallback, PoolSettings
+from service.broker.bodies import Pool as PoolName
 from service.broker.errors import InvalidRequest, NotFound, RecordingNotAllowed, TooManyPools
 from service.broker.phones import normalize
-from service.broker.sessions import CreateSession, Rules, Ttl
+from service.broker.sessions import Rules
 from service.db import Conn
 from service.db import dids as dids_q
 from service.db import events as events_q
 from service.db import pools as q
 
-PoolName = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-Seconds = Annotated[int, msgspec.Meta(ge=0, le=2_592_000)]
-# The contract's default alert level: a pool alerts when its headroom falls to this or below.
-DEFAULT_HEADROOM_ALERT = 2
 # How long a process trusts the settings it read for a pool before reading them again. A PUT is seen at
 # once by the process that served it and within this many seconds by every other process.
 CACHE_SECONDS = 5.0
@@ -103,27 +100,6 @@ def stats_of(row: q.PoolUse) -> PoolStats:
     )
 
 
-class Fallback(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
-    """Where a caller with no active session on a DID goes: a number to connect, or an IVR flow."""
-
-    connect_to: str | None = None
-    flow: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] | None = None
-
-
-class PoolSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """The body of PUT /v1/pools/{name}: every setting (null: the service-wide setting applies)."""
-
-    fallback: Fallback | None = None
-    cooloff_seconds: Seconds | None = None
-    default_ttl_seconds: Ttl | None = None
-    default_max_calls: Annotated[int, msgspec.Meta(ge=1)] | None = None
-    headroom_alert: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = DEFAULT_HEADROOM_ALERT
-    # false: sessions and clicks asking for `record` are refused (422 recording_not_allowed)
-    recording_allowed: bool = True
-    # the provider's recording references are destroyed this many days after the call (null: kept)
-    recording_retention_days: Annotated[int, msgspec.Meta(ge=1, le=3650)] | None = None
-
-
 class PoolUsage(msgspec.Struct, frozen=True, kw_only=True):
     """A pool's DIDs and live use; headroom = active DIDs - the two busiest parties' live sessions."""
 
@@ -157,9 +133,11 @@ class Pools(msgspec.Struct, frozen=True):
 
 
 def _name(name: str) -> str:
-    if not 1 <= len(name) <= 64:
-        raise InvalidRequest("A pool name is 1 to 64 characters.", field="name")
-    return name
+    """A pool name from a path, held to the bounds of a pool named in a body (broker/bodies.py's `Pool`)."""
+    try:
+        return msgspec.convert(name, PoolName)
+    except msgspec.ValidationError:
+        raise InvalidRequest("A pool name is 1 to 64 characters.", field="name") from None
 
 
 def _pool(name: str, s: q.PoolSettingsRow | None, stats: PoolStats | None) -> Pool:

@@ -10,24 +10,6 @@ from service.db import Conn, Query
 from service.db.horizon import FEED_HORIZON
 
 
-class AuditRow(msgspec.Struct, frozen=True, kw_only=True):
-    """One audit row as stored, with its feed position (txid, id)."""
-
-    id: int
-    at: datetime
-    tenant_id: int | None
-    actor_kind: str
-    actor_id: str
-    actor_name: str | None
-    action: str
-    target_type: str | None
-    target_id: str | None
-    reason: str | None
-    client_address: str | None
-    request_id: str | None
-    txid: str
-
-
 class NewAuditRow(msgspec.Struct, frozen=True, kw_only=True):
     """What an ops action writes to the audit log."""
 
@@ -42,6 +24,13 @@ class NewAuditRow(msgspec.Struct, frozen=True, kw_only=True):
     reason: str | None
     client_address: str | None
     request_id: str | None
+
+
+class AuditRow(NewAuditRow, frozen=True, kw_only=True):
+    """One audit row as stored: what was written, with its id and its feed position (txid, id)."""
+
+    id: int
+    txid: str
 
 
 INSERT = Query("""
@@ -59,16 +48,36 @@ async def insert(conn: Conn, row: NewAuditRow) -> int:
     return new_id
 
 
-# Oldest first after a feed position, as the events feed pages (the same horizon, and the order of the xid8
-# column, not of its text): a row whose transaction commits after a younger one's never lands behind a cursor.
-SELECT_PAGE = Query(f"""
-SELECT id, at, tenant_id, actor_kind, actor_id, actor_name, action, target_type, target_id, reason,
+# The head of every page query below: an AuditRow's columns, the tenant's rows, optionally of one action.
+_SELECT = """SELECT id, at, tenant_id, actor_kind, actor_id, actor_name, action, target_type, target_id, reason,
        client_address, request_id, txid::text AS txid
 FROM audit_log
 WHERE tenant_id = :tenant_id
-  AND (:action::text IS NULL OR action = :action)
+  AND (:action::text IS NULL OR action = :action)"""
+
+
+async def _rows(
+    conn: Conn,
+    query: Query,
+    tenant_id: int,
+    action: str | None,
+    start: tuple[str, int] | tuple[datetime, int] | None,
+    limit: int,
+    **more: str | None,
+) -> list[AuditRow]:
+    """The tenant's audit rows by one of the queries below, from a position (its `from_key`, `from_id`) or the start."""
+    from_key, from_id = start or (None, None)
+    values = {"tenant_id": tenant_id, "action": action, "from_key": from_key, "from_id": from_id, "limit": limit}
+    rows = await conn.fetch(query.sql, *query.args(values | more))
+    return [msgspec.convert(r, AuditRow) for r in rows]
+
+
+# Oldest first after a feed position, as the events feed pages (the same horizon, and the order of the xid8
+# column, not of its text): a row whose transaction commits after a younger one's never lands behind a cursor.
+SELECT_PAGE = Query(f"""
+{_SELECT}
   AND (:actor::text IS NULL OR actor_id = :actor)
-  AND (:after_txid::text IS NULL OR (txid, id) > (:after_txid::text::xid8, :after_id::bigint))
+  AND (:from_key::text IS NULL OR (txid, id) > (:from_key::text::xid8, :from_id::bigint))
   AND txid < {FEED_HORIZON}
 ORDER BY audit_log.txid, audit_log.id
 LIMIT :limit
@@ -79,27 +88,14 @@ async def select_page(
     conn: Conn, tenant_id: int, action: str | None, actor: str | None, after: tuple[str, int] | None, limit: int
 ) -> list[AuditRow]:
     """A page of the tenant's audit rows, oldest first, after a feed position, optionally of one action or actor."""
-    values = {
-        "tenant_id": tenant_id,
-        "action": action,
-        "actor": actor,
-        "after_txid": after[0] if after else None,
-        "after_id": after[1] if after else None,
-        "limit": limit,
-    }
-    rows = await conn.fetch(SELECT_PAGE.sql, *SELECT_PAGE.args(values))
-    return [msgspec.convert(r, AuditRow) for r in rows]
+    return await _rows(conn, SELECT_PAGE, tenant_id, action, after, limit, actor=actor)
 
 
 # Newest first before a position, for people reading (the console): the same (txid, id) order walked back, by
 # the xid8 column (the select list makes txid text, and as text 999 sorts after 1000).
-SELECT_NEWEST = Query("""
-SELECT id, at, tenant_id, actor_kind, actor_id, actor_name, action, target_type, target_id, reason,
-       client_address, request_id, txid::text AS txid
-FROM audit_log
-WHERE tenant_id = :tenant_id
-  AND (:action::text IS NULL OR action = :action)
-  AND (:before_txid::text IS NULL OR (txid, id) < (:before_txid::text::xid8, :before_id::bigint))
+SELECT_NEWEST = Query(f"""
+{_SELECT}
+  AND (:from_key::text IS NULL OR (txid, id) < (:from_key::text::xid8, :from_id::bigint))
 ORDER BY audit_log.txid DESC, audit_log.id DESC
 LIMIT :limit
 """)
@@ -109,25 +105,13 @@ async def select_newest(
     conn: Conn, tenant_id: int, action: str | None, before: tuple[str, int] | None, limit: int
 ) -> list[AuditRow]:
     """A page of the tenant's audit rows, newest first, before a feed position, optionally of one action."""
-    values = {
-        "tenant_id": tenant_id,
-        "action": action,
-        "before_txid": before[0] if before else None,
-        "before_id": before[1] if before else None,
-        "limit": limit,
-    }
-    rows = await conn.fetch(SELECT_NEWEST.sql, *SELECT_NEWEST.args(values))
-    return [msgspec.convert(r, AuditRow) for r in rows]
+    return await _rows(conn, SELECT_NEWEST, tenant_id, action, before, limit)
 
 
 # Oldest first since a time (the command line's `masking audit --since`), a batch at a time after (at, id).
-SELECT_SINCE = Query("""
-SELECT id, at, tenant_id, actor_kind, actor_id, actor_name, action, target_type, target_id, reason,
-       client_address, request_id, txid::text AS txid
-FROM audit_log
-WHERE tenant_id = :tenant_id
-  AND (:action::text IS NULL OR action = :action)
-  AND (at, id) > (:after_at, :after_id::bigint)
+SELECT_SINCE = Query(f"""
+{_SELECT}
+  AND (at, id) > (:from_key, :from_id::bigint)
 ORDER BY at, id
 LIMIT :limit
 """)
@@ -137,9 +121,7 @@ async def select_since(
     conn: Conn, tenant_id: int, action: str | None, after: tuple[datetime, int], limit: int
 ) -> list[AuditRow]:
     """A batch of the tenant's audit rows oldest first after (at, id), optionally of one action."""
-    values = {"tenant_id": tenant_id, "action": action, "after_at": after[0], "after_id": after[1], "limit": limit}
-    rows = await conn.fetch(SELECT_SINCE.sql, *SELECT_SINCE.args(values))
-    return [msgspec.convert(r, AuditRow) for r in rows]
+    return await _rows(conn, SELECT_SINCE, tenant_id, action, after, limit)
 
 
 # The trigger on audit_log lets a DELETE through only for rows older than the transaction's setting
