@@ -12,6 +12,11 @@ from litestar.types import ASGIApp, Receive, ReceiveMessage, Scope, Send
 from service.broker.errors import RequestTimeout
 
 
+def too_slow(seconds: float) -> RequestTimeout:
+    """The 408 of a body that did not arrive within the deadline."""
+    return RequestTimeout(f"The request body did not arrive within {seconds:g} seconds; send it at once and retry.")
+
+
 def body_deadline(seconds: float) -> Callable[[ASGIApp], ASGIApp]:
     """Litestar middleware: the whole body must arrive within `seconds` of the first read, else 408 request_timeout.
 
@@ -36,9 +41,7 @@ def body_deadline(seconds: float) -> Callable[[ASGIApp], ASGIApp]:
                 try:
                     message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.001))
                 except TimeoutError:
-                    raise RequestTimeout(
-                        f"The request body did not arrive within {seconds:g} seconds; send it at once and retry."
-                    ) from None
+                    raise too_slow(seconds) from None
                 if message["type"] != "http.request" or not message.get("more_body", False):
                     done = True
                 return message

@@ -29,13 +29,14 @@ from litestar.types import (
     Send,
 )
 
+from service.api.deadline import too_slow
 from service.api.deps import Runtime
 from service.api.problems import internal_error, problem_message
 from service.api.sessions import produce_session
 from service.broker import reports
 from service.broker import sessions as broker
 from service.broker.bodies import CreateSession
-from service.broker.errors import DatabaseUnavailable, DomainError, RequestTimeout
+from service.broker.errors import DatabaseUnavailable, DomainError
 from service.broker.tenants import Principal
 
 log = structlog.get_logger("service.api.fast")
@@ -131,9 +132,7 @@ class _Body:
                     if size > self._limit:
                         raise _Handover
         except TimeoutError:
-            raise RequestTimeout(
-                f"The request body did not arrive within {seconds:g} seconds; send it at once and retry."
-            ) from None
+            raise too_slow(seconds) from None
         return b"".join(self._chunks)
 
     async def replay(self) -> ReceiveMessage:
