@@ -535,17 +535,21 @@ def builtin_scenarios(ctx: Context) -> list[Result]:
     plan, results = ctx.plan, []
 
     def measure(name: str, kind: str, pool: str = "empty") -> tuple[Result, Load]:
-        lag_before = loop_lag(ctx.url)
+        lag_before, db_before = loop_lag(ctx.url), db_cpu(ctx.work)
         load = run_wrk(ctx.url, ctx.lua(kind, pool), plan, ctx.work)
+        db_ms = (db_cpu(ctx.work) - db_before) * 1000 / max(load.requests, 1)
         lag = loop_lag(ctx.url) - lag_before
         result = Result(name, load.rps, load.p50_ms, load.p99_ms, load.errors, note=f"wrk {load.wrk_cpu:.0%} of a core")
+        result.note += f"; database CPU {db_ms:.2f} ms per request"
         result.note += f"; event loop late >10 ms {lag.over_10ms}x, >100 ms {lag.over_100ms}x, worst {lag.worst}"
         results.append(result)
         print(f"  {name}: {load.rps:.0f}/s p50 {load.p50_ms:.1f} ms", flush=True)
         return result, load
 
     def reference(result: Result, script: str, what: str) -> None:
+        db_before = db_cpu(ctx.work)
         tps, p50, p99 = run_pgbench(ctx.dsn, script, plan, ctx.work)
+        result.note += f" (reference {(db_cpu(ctx.work) - db_before) * 1000 / max(tps * plan.seconds, 1):.2f} ms)"
         # The reference's own tail beside the service's: how much of a p99 the database alone makes.
         result.limit_rps, result.limit = tps, f"{what} ({p50:.2f} ms p50, p99 {p99 / p50:.1f}x)"
         print(f"    reference: {tps:.0f}/s", flush=True)
@@ -568,6 +572,26 @@ def builtin_scenarios(ctx: Context) -> list[Result]:
     got.note += f"; primary-key read {tps:,.0f}/s"
     measure("click-to-call", "call")
     return results
+
+
+def db_cpu(work: Path) -> float:
+    """CPU seconds the run's PostgreSQL has used so far: the postmaster, its live processes, and those it reaped."""
+    import psutil  # type: ignore[import-untyped]
+
+    root = str(work / "data")
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if any(root in part for part in cmdline) and "-D" in cmdline:
+            try:
+                own = proc.cpu_times()
+                total = own.user + own.system + own.children_user + own.children_system
+                for child in proc.children():
+                    times = child.cpu_times()
+                    total += times.user + times.system
+                return float(total)
+            except psutil.Error:
+                continue
+    return 0.0
 
 
 class Lag(msgspec.Struct):
