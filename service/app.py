@@ -143,6 +143,14 @@ def create_app(
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         # The pool's connections know the public URL: the Call resource names its recording by it.
         db = await create_pool(dsn, settings.db_pool_size, server_settings=server_settings(settings.public_base))
+        # The hot routes' own pool (api/fast.py): its connections plan each statement once and keep the plan
+        # (a create's statement costs more to plan than to run); elsewhere optional filters want custom plans.
+        hot = await create_pool(
+            dsn,
+            settings.db_pool_size,
+            server_settings={**server_settings(settings.public_base), "plan_cache_mode": "force_generic_plan"},
+        )
+        db.share_failovers(hot)
         metrics.cap_pool_labels(settings.metrics_pool_series)
         http = httpx.AsyncClient(timeout=settings.provider_timeout_seconds)
         token = await callback_token(db, settings.callback_token)
@@ -158,6 +166,7 @@ def create_app(
             clock=clock,
             rules=Rules(default_ttl_seconds=settings.default_ttl_seconds, cooloff_seconds=settings.cooloff_seconds),
             db=db,
+            hot=hot,
             http=http,
             provider=ThunderSMS(
                 http, provider_url, provider_token, settings.thundersms_webhook_id, settings.provider_timeout_seconds
@@ -197,6 +206,7 @@ def create_app(
             if simulator is not None:
                 await simulator.close()
             await http.aclose()
+            await hot.close()
             await db.close()
 
     secure = settings.public_base.startswith("https://")

@@ -63,6 +63,23 @@ async def test_a_connection_that_met_a_standby_is_replaced_with_all_its_siblings
         await pool.close()
 
 
+async def test_a_standby_met_by_the_hot_routes_pool_replaces_the_main_pools_connections_too(
+    dsn: str, db: asyncpg.Connection
+) -> None:
+    """Pools that share failovers (the app's main pool and its hot routes' pool): one meeting a 25006 renews both."""
+    main, hot = await create_pool(dsn, 2), await create_pool(dsn, 2)
+    main.share_failovers(hot)
+    try:
+        before = await main.fetchval("SELECT pg_backend_pid()")
+        async with read_only(db):
+            with pytest.raises(asyncpg.ReadOnlySQLTransactionError):
+                await hot.execute("CREATE TEMP TABLE t (x int)")
+        assert await main.fetchval("SELECT pg_backend_pid()") != before
+    finally:
+        await hot.close()
+        await main.close()
+
+
 def test_a_multi_host_dsn_is_described_by_all_its_hosts_without_credentials() -> None:
     """`masking migrate` and `serve` name every host of a multi-host DSN, and never its password."""
     dsn = "postgresql://app:s3cret@db1:5432,db2:5433/masking?target_session_attrs=read-write"

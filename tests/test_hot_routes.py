@@ -75,10 +75,10 @@ async def test_a_session_read_is_answered_below_litestar_with_litestars_bytes(bo
 
 
 async def test_a_create_is_answered_below_litestar_and_its_refusals_match(both: Both, keys: Keys) -> None:
-    """POST /v1/sessions: 201 then 200 on the repeat alike; bad bodies, keys and Idempotency-Key go to Litestar."""
+    """POST /v1/sessions: 201, 200 on a repeat, refusals and Idempotency-Key replays alike; bad bodies go to Litestar."""
     async with request_context_client(both.app) as http:
         await pool(http, keys.a, dids=1)
-    customer, agent, other = mobile_numbers(3)
+    customer, agent, other, fourth = mobile_numbers(4)
     made = await both.hot.post("/v1/sessions", json=session_body(customer=customer, agent=agent), headers=keys.a)
     assert made.status_code == 201 and both.handed == 0, made.text
     repeat = await both.same(
@@ -101,11 +101,13 @@ async def test_a_create_is_answered_below_litestar_and_its_refusals_match(both: 
     huge = json.dumps(session_body(metadata={"x": "y" * MAX_BODY})).encode()
     too_large = await both.same("POST", "/v1/sessions", handed=True, content=huge, headers=keys.a)
     assert too_large.status_code == 413
+    # An Idempotency-Key is served here too: Litestar's route then replays the stored answer, byte for byte.
     keyed = {**keys.a, "Idempotency-Key": "hot-routes-1"}
-    keyed_answer = await both.same(
-        "POST", "/v1/sessions", handed=True, json=session_body(customer=other, agent=agent), headers=keyed
-    )
-    assert keyed_answer.json()["code"] == "pool_exhausted"  # the agent is bound on the only DID
+    fresh = session_body(order_id="ORD-2", customer=other, agent=fourth)
+    kept = await both.same("POST", "/v1/sessions", handed=False, json=fresh, headers=keyed)
+    assert kept.status_code == 201
+    changed = await both.same("POST", "/v1/sessions", handed=False, json={**fresh, "order_id": "x"}, headers=keyed)
+    assert changed.json()["code"] == "invalid_request"  # the same key with another body
 
 
 async def test_a_report_is_stored_below_litestar_and_a_wrong_token_is_litestars_404(both: Both, keys: Keys) -> None:
@@ -136,3 +138,10 @@ async def test_a_body_slower_than_the_deadline_is_refused_with_408_below_litesta
 def request_context_client(app: Litestar) -> httpx.AsyncClient:
     """A client of the app as served (for setting up through routes that are not hot)."""
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=request_context(app)), base_url="http://masking.test")
+
+
+async def test_the_hot_routes_pool_keeps_generic_plans_and_the_main_pool_plans_per_call(both: Both) -> None:
+    """Hot statements are planned once per connection (a create costs more to plan than to run); lists keep custom plans."""
+    runtime = both.app.state.runtime
+    assert await runtime.hot.fetchval("SHOW plan_cache_mode") == "force_generic_plan"
+    assert await runtime.db.fetchval("SHOW plan_cache_mode") == "auto"

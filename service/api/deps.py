@@ -33,6 +33,7 @@ class Runtime(msgspec.Struct, kw_only=True, frozen=True):
     clock: Callable[[], datetime]
     rules: Rules
     db: asyncpg.Pool
+    hot: asyncpg.Pool  # the hot routes' pool: generic plans, planned once per connection (api/fast.py)
     http: httpx.AsyncClient
     provider: Dialler
     callback_token: str

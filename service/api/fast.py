@@ -2,7 +2,7 @@
 
 On these paths Litestar's request pipeline (routing, guard, dependency injection, response building) cost
 more than the database round trip (docs/performance.md), so their plain case is served here with the same
-broker calls and the same answers. Anything else — no or a bad key, an Idempotency-Key, a body that is not
+broker calls and the same answers. Anything else — no or a bad key, a body that is not
 JSON of the right shape or too large — is handed to Litestar before anything is written, with the body read
 so far, so that every refusal keeps its one rendering. Domain errors and a database that is away are
 rendered here by the same mapping (api/problems.py).
@@ -31,6 +31,7 @@ from litestar.types import (
 
 from service.api.deadline import too_slow
 from service.api.deps import Runtime
+from service.api.idempotency import run_once
 from service.api.problems import internal_error, problem_message
 from service.api.sessions import produce_session
 from service.broker import reports
@@ -165,7 +166,7 @@ async def _principal(rt: Runtime, scope: Scope) -> Principal:
 
 async def _get(rt: Runtime, scope: Scope, body: _Body, arg: str) -> tuple[int, bytes]:
     principal = await _principal(rt, scope)
-    async with rt.db.acquire(timeout=rt.settings.db_acquire_timeout_seconds) as conn:
+    async with rt.hot.acquire(timeout=rt.settings.db_acquire_timeout_seconds) as conn:
         session = await broker.get_session(conn, principal.tenant_id, arg, rt.clock())
     return 200, msgspec.json.encode(session)
 
@@ -175,14 +176,13 @@ async def _ingest(rt: Runtime, scope: Scope, body: _Body, arg: str) -> tuple[int
         raise _Handover
     # The body first: a slow body holds no pooled connection.
     raw = await body.read(rt.settings.body_timeout_seconds)
-    async with rt.db.acquire(timeout=rt.settings.db_acquire_timeout_seconds) as conn:
+    async with rt.hot.acquire(timeout=rt.settings.db_acquire_timeout_seconds) as conn:
         await reports.ingest(conn, raw, rt.report_matching, rt.clock())
     return 200, _RECEIVED
 
 
 async def _create(rt: Runtime, scope: Scope, body: _Body, arg: str) -> tuple[int, bytes]:
-    if _header(scope, b"idempotency-key") is not None:
-        raise _Handover
+    key = _header(scope, b"idempotency-key")
     principal = await _principal(rt, scope)
     raw = await body.read(rt.settings.body_timeout_seconds)
     try:
@@ -190,5 +190,11 @@ async def _create(rt: Runtime, scope: Scope, body: _Body, arg: str) -> tuple[int
     except msgspec.DecodeError:  # Litestar names the field in its 400/422
         raise _Handover from None
     rt.session_buckets.take(principal.tenant_id, "sessions")
-    async with rt.db.acquire(timeout=rt.settings.db_acquire_timeout_seconds) as conn:
-        return await produce_session(rt, conn, principal.tenant_id, data)
+    async with rt.hot.acquire(timeout=rt.settings.db_acquire_timeout_seconds) as conn:
+
+        async def produce() -> tuple[int, bytes]:
+            return await produce_session(rt, conn, principal.tenant_id, data)
+
+        if key is None:
+            return await produce()
+        return await run_once(conn, principal.tenant_id, key, raw, rt.clock(), produce)

@@ -111,11 +111,18 @@ class Pool(asyncpg.Pool):
         conn: PoolConnectionProxy = await super().acquire(timeout=wait)
         return conn
 
+    siblings: tuple[Pool, ...] = ()
+
+    def share_failovers(self, other: Pool) -> None:
+        """A failover either pool sees replaces the connections of both: they reach the same hosts."""
+        self.siblings, other.siblings = (*self.siblings, other), (*other.siblings, self)
+
     async def failed_over(self, exc: BaseException | None = None) -> None:
-        """Replace every connection: idle ones at their next acquire, busy ones when released."""
+        """Replace every connection (its siblings' too): idle ones at their next acquire, busy ones when released."""
         if exc is not None:
             log.warning("database_failover_suspected", error=type(exc).__name__, message=str(exc)[:200])
-        await self.expire_connections()
+        for pool in (self, *self.siblings):
+            await pool.expire_connections()
 
 
 async def ping(pool: asyncpg.Pool) -> None:
