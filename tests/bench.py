@@ -642,7 +642,7 @@ def loop_lag(url: str, scrapes: int = 12) -> Lag:
 
     workers: dict[str, dict[float, int]] = {}
     for _ in range(scrapes):
-        text = httpx.get(url + "/metrics", timeout=300)  # a first scrape counts 1M sessions.text
+        text = httpx.get(url + "/metrics", timeout=300).text  # a first scrape counts a million sessions
         started = _STARTED.search(text)
         workers[started[1] if started else "?"] = {float(le): int(float(n)) for le, n in _LAG.findall(text)}
     total: dict[float, int] = {}
