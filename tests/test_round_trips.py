@@ -58,6 +58,7 @@ async def counted(
     # One connection: each request finds its statements prepared by the warm-up request before it.
     app = create_app(make_settings(dsn, db_pool_size=1), dsn=dsn, clock=FakeClock(), background=False)
     async with LifespanManager(app):
+        app.state.runtime.keys.ttl = 3600  # warm means warm however slow the machine (revocation is not tested here)
         callback = f"/v1/provider/thundersms/callback/{app.state.runtime.callback_token}"
         transport = httpx.ASGITransport(app=request_context(app))
         async with httpx.AsyncClient(transport=transport, base_url="http://masking.test") as http:

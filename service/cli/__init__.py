@@ -58,7 +58,7 @@ def parser() -> argparse.ArgumentParser:
     ).set_defaults(run=cmd_tenant_list)
 
     key = sub.add_parser("key", help="API keys").add_subparsers(dest="action", required=True)
-    revoke = key.add_parser("revoke", help="revoke an API key by its id (`tenant list`); refused within 10 s")
+    revoke = key.add_parser("revoke", help="revoke an API key by its id (`tenant list`); refused within a second")
     revoke.add_argument("key_id", type=int, metavar="KEY_ID")
     revoke.set_defaults(run=cmd_key_revoke)
     add_keys_parser(sub)
