@@ -602,7 +602,7 @@ def tree_cpu(pid: int) -> float:
 
 def db_cpu(work: Path) -> float:
     """CPU seconds the run's PostgreSQL has used so far: the postmaster, its live processes, and those it reaped."""
-    import psutil  # type: ignore[import-untyped]
+    import psutil
 
     root = str(work / "data")
     for proc in psutil.process_iter(["cmdline"]):
