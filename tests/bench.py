@@ -238,10 +238,15 @@ def reference_create(tenant_id: int, pool: str) -> str:
 
 def reference_ingest() -> str:
     """One statement: claim the report's dedupe key, complete the in-flight call it names (random routes: none
-    match), store the report with its outcome and its DID's tenant, and write that tenant's event."""
+    match), store the report with its outcome and its DID's tenant, and write that tenant's event.
+
+    The report is stored whole, and its `report.unmatched` event carries the report with its body, as the
+    contract's event does (docs/webhooks.md): both the size of the sealed body of the scenario's reports
+    (368 bytes: the 330-byte report, AES-GCM's nonce and tag, the key id). Until this round the reference
+    stored an 80-byte body and an event without it."""
     bridge = "('+9180682' || lpad(:d::text, 5, '0'))"
     frm, to = "sha256(('+9187' || lpad(:f::text, 8, '0'))::bytea)", "sha256(('+9198' || lpad(:t::text, 8, '0'))::bytea)"
-    body = """convert_to('{"bridge": 918068200001, "from": 918700000000, "to": 919800000000}', 'UTF8')"""
+    body = "decode(repeat(md5(random()::text), 23), 'hex')"
     statement = f"""
     WITH claimed AS (
         INSERT INTO report_keys (key, report_id, received_at)
@@ -260,10 +265,11 @@ def reference_ingest() -> str:
                {bridge}, (SELECT id FROM done),
                coalesce((SELECT tenant_id FROM done), (SELECT tenant_id FROM dids WHERE number = {bridge}))
         FROM claimed c
-        RETURNING id, outcome, tenant_id, call_id)
+        RETURNING id, outcome, tenant_id, call_id, received_at, bridge, body)
     INSERT INTO events (tenant_id, type, created_at, data)
     SELECT tenant_id, CASE WHEN outcome = 'matched' THEN 'call.completed' ELSE 'report.unmatched' END, now(),
-           jsonb_build_object('id', id, 'outcome', outcome, 'call_id', call_id)
+           jsonb_build_object('id', id, 'received_at', received_at, 'bridge', bridge, 'outcome', outcome,
+                              'reason', 'no_call', 'call_id', call_id, 'body', encode(body, 'base64'))
     FROM stored WHERE tenant_id IS NOT NULL"""
     return "\n".join(
         [r"\set d random(0, 49)", r"\set f random(0, 99999999)", r"\set t random(0, 99999999)", _one_line(statement)]
