@@ -295,7 +295,8 @@ class Mix:
             assert token is not None, masked(form.text[:500])
             signed = await browser.post("/console/sign-in", data={"_csrf_token": token.group(1), "key": key})
             assert signed.status_code == 303, masked(signed.text[:500])
-            found = await browser.get("/console/sessions", params={"q": target["customer"]})
+            search = {"q": target["customer"], "_csrf_token": token.group(1)}  # posted: no number in a URL
+            found = await browser.post("/console/sessions", data=search)
             assert found.status_code == 200 and target["id"] in found.text, masked(found.text[:500])
             page = await browser.get(f"/console/sessions/{target['id']}")
             assert page.status_code == 200, masked(page.text[:500])

@@ -85,7 +85,7 @@ async def test_a_phone_number_search_offers_to_expire_the_orders_it_found_and_th
     following it expires the session."""
     session = await open_session(live, keys, "ORD-PHONE")
     async with signed_in(live, keys.a_ops) as (http, token):
-        found = await http.get("/console/sessions", params={"q": CUSTOMER})
+        found = await http.post("/console/sessions", data={"q": CUSTOMER, "_csrf_token": token})
         assert "ORD-PHONE" in found.text
         offers = re.findall(r'href="/console/expire\?order_id=([^"]+)"', found.text)
         assert offers == ["ORD-PHONE"], offers

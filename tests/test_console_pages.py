@@ -438,7 +438,9 @@ async def test_a_session_is_found_by_either_partys_number_or_its_masked_number_a
     await expect(facts).to_contain_text(MASKED_AGENT)
     html = await page.content()
     assert not any(n in html for n in REAL_NUMBERS)
-    await page.goto(live.url + "/console/sessions?q=%2B919999999999")
+    await page.goto(live.url + "/console/sessions")
+    await page.get_by_label("Order id, party number or masked number").fill("+919999999999")
+    await page.get_by_role("button", name="Search").click()
     await expect(page.get_by_text("No session matches")).to_be_visible()
     await page.close()
 

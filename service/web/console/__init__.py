@@ -59,6 +59,7 @@ def console_router(csrf: CSRFConfig, sessions_config: ConsoleSessionConfig) -> R
             dids.did_list,
             dids.did_change,
             sessions.session_search,
+            sessions.session_search_form,
             sessions.session_page,
             sessions.session_reveal,
             sessions.session_close,

@@ -1,5 +1,8 @@
 """The console's sessions pages: search, one session (numbers masked, or revealed on record), close, expire an order.
 
+The search form is posted, so a number an operator searches for is in no URL (which proxy logs and browser
+history keep); an order id may still be given in the address.
+
 Party numbers are masked here, before any template sees them, so no page can show one by forgetting a filter;
 only Reveal (a POST with a reason, written to the audit log first) renders a session with its numbers.
 """
@@ -44,15 +47,16 @@ def _echo(q: str, found: list[Session]) -> str:
     return q if q.strip().lstrip("+") in dids else mask_number(q)
 
 
-@get("/sessions", guards=[signed_in], include_in_schema=False)
-async def session_search(
-    request: MaskingRequest, conn: Db, q: FromQuery[str] = "", expired: FromQuery[int] = -1
-) -> Any:
-    """The newest sessions, or those of an order id (or its beginning), a party's or the masked number; the
-    parties masked, and a party's number searched for repeated masked; "Expire order" offered for each order
-    found live."""
+class Search(msgspec.Struct, kw_only=True):
+    """What the sessions search form posts: an order id (or its beginning), a party's or the masked number."""
+
+    q: str = ""
+
+
+async def _results(request: MaskingRequest, conn: Conn, q: str, expired: int = -1, number_in_url: bool = False) -> Any:
+    """The sessions page for a search: the parties masked, a party's number searched for repeated masked (and
+    left out of the search box); "Expire order" offered for each order found live."""
     found = await console.find_sessions(conn, request.principal.tenant_id, q[:128], request.runtime.clock())
-    orders = console.orders_to_expire(found)
     echo = _echo(q, found)
     return view(
         request,
@@ -60,9 +64,36 @@ async def session_search(
         q=echo,
         field=q if echo == q else "",
         sessions=[masked(s) for s in found],
-        orders=orders,
+        orders=console.orders_to_expire(found),
         expired=expired,
+        number_in_url=number_in_url,
     )
+
+
+@get("/sessions", guards=[signed_in], include_in_schema=False)
+async def session_search(
+    request: MaskingRequest,
+    conn: Db,
+    q: FromQuery[str] = "",
+    expired: FromQuery[int] = -1,
+    number_in_url: FromQuery[bool] = False,
+) -> Any:
+    """The newest sessions, or those of an order id given in the address (bookmarks, "back to the order" links).
+
+    A phone number in the address (an old bookmark, a typed URL) is not searched: the answer is a redirect to
+    this page without it, saying to use the form, so that the address bar, the history entry and the next
+    link carry no number. The test is the log masker's, so what the server log would mask never stays in a URL.
+    """
+    if mask_number(q) != q:
+        return Redirect("/console/sessions?number_in_url=1", status_code=303)
+    return await _results(request, conn, q, expired, number_in_url)
+
+
+@post("/sessions", guards=[signed_in], include_in_schema=False, status_code=200)
+async def session_search_form(request: MaskingRequest, conn: Db, data: Annotated[Search, Form]) -> Any:
+    """The search form's answer, rendered as the POST's page: the text searched for (a party's number, say)
+    travels in the body, with the form's CSRF token, and never in a URL a proxy log or the browser keeps."""
+    return await _results(request, conn, data.q)
 
 
 async def _session_view(
