@@ -85,3 +85,22 @@ def test_the_conversations_own_times_place_it_and_the_sending_time_only_without_
     assert bare is not None and bare.times() == [datetime.fromtimestamp(1795851623, UTC), bare.dated_at]
     assert bare.dated_at == datetime(2026, 11, 28, 4, 0, 23, tzinfo=UTC)
     assert report_key(parse_report(body(date="2027-01-01 00:00:00"), IST)) == report_key(parse_report(body(), IST))  # type: ignore[arg-type]
+
+
+def test_report_times_are_read_as_strptime_reads_the_providers_format() -> None:
+    """The time reader (a pattern, faster than strptime) accepts and refuses what strptime(%Y-%m-%d %H:%M:%S) does."""
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    from service.provider.reports import _time
+
+    zone = ZoneInfo("Asia/Kolkata")
+    texts = ["2026-11-26 16:27:39", "2026-1-5 1:2:3", "2026-11-26  16:27:39", "2026-11- 6 16:27:39",
+             "2026-11-26T16:27:39", "2026-13-01 00:00:00", "2026-02-30 00:00:00", "2026-11-26 16:27:60",
+             "2026-11-26 24:00:00", "26-11-26 16:27:39", "2026-11-26 16:27:39x", "2026-11-26", ""]  # fmt: skip
+    for text in texts:
+        try:
+            want = datetime.strptime(text, "%Y-%m-%d %H:%M:%S").replace(tzinfo=zone).astimezone(UTC)
+        except ValueError:
+            want = None
+        assert _time(text, zone) == want, text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -16,7 +17,11 @@ import msgspec
 _INT_MAX = 2**31 - 1
 # Report times outside these years are not a call this service placed (0001-01-01 is a null in disguise).
 _YEARS = range(2000, 9000)
-_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+# The provider's local times, "%Y-%m-%d %H:%M:%S" read as strptime reads it (its own patterns for each field).
+_TIME = re.compile(
+    r"(\d\d\d\d)-(1[0-2]|0[1-9]|[1-9])-(3[01]|[12]\d|0[1-9]|[1-9]| [1-9])"
+    r"\s+(2[0-3]|[0-1]\d|\d):([0-5]\d|\d):(6[0-1]|[0-5]\d|\d)"
+)
 
 
 class ParsedReport(msgspec.Struct, frozen=True, kw_only=True):
@@ -95,8 +100,14 @@ def _int(value: Any) -> int | None:
 
 def _time(value: Any, zone: ZoneInfo) -> datetime | None:
     text = _text(value)
+    # What strptime(text, "%Y-%m-%d %H:%M:%S") accepts, read without it: strptime was a third of a report's parsing.
+    fields = _TIME.fullmatch(text) if text else None
     try:
-        local = datetime.strptime(text, _TIME_FORMAT) if text else None
+        if fields is None:
+            local = None
+        else:
+            year, month, day, hour, minute, second = (int(f) for f in fields.groups())
+            local = datetime(year, month, day, hour, minute, second)
     except ValueError:
         return None
     if local is None or local.year not in _YEARS:
