@@ -4,7 +4,7 @@ import json
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from service.provider.reports import parse_report, report_key
+from service.provider.reports import _time, parse_report, report_key
 
 IST = ZoneInfo("Asia/Kolkata")
 BASE = {
@@ -89,11 +89,6 @@ def test_the_conversations_own_times_place_it_and_the_sending_time_only_without_
 
 def test_report_times_are_read_as_strptime_reads_the_providers_format() -> None:
     """The time reader (a pattern, faster than strptime) accepts and refuses what strptime(%Y-%m-%d %H:%M:%S) does."""
-    from datetime import UTC, datetime
-    from zoneinfo import ZoneInfo
-
-    from service.provider.reports import _time
-
     zone = ZoneInfo("Asia/Kolkata")
     texts = ["2026-11-26 16:27:39", "2026-1-5 1:2:3", "2026-11-26  16:27:39", "2026-11- 6 16:27:39",
              "2026-11-26T16:27:39", "2026-13-01 00:00:00", "2026-02-30 00:00:00", "2026-11-26 16:27:60",
