@@ -201,6 +201,7 @@ def create_app(
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await runtime.stats.close()
             await deliverer.close()
             await webhook_db.close()
             if simulator is not None:

@@ -51,7 +51,7 @@ async def test_headroom_above_zero_means_the_two_busiest_parties_can_still_pair(
 
 
 def test_a_slow_stats_computation_is_reused_briefly_and_a_fast_one_never() -> None:
-    """Big pools' stats (seconds to count) are reused for 20x their cost, at most 30 s; small pools stay fresh."""
+    """Big pools' stats (seconds to count) are reused for 20x their cost, at most 10 minutes; small ones stay fresh."""
     from service.broker.pools import PoolStats, StatsCache
 
     stats = [
@@ -63,5 +63,7 @@ def test_a_slow_stats_computation_is_reused_briefly_and_a_fast_one_never() -> No
     cache.put((1, None), started=100.0, took=0.5, stats=stats)
     assert cache.get((1, None), 110.0) == stats and cache.get((1, None), 110.6) is None
     cache.put((2, None), started=100.0, took=5.0, stats=stats)
-    assert cache.get((2, None), 134.0) == stats and cache.get((2, None), 135.1) is None
+    assert cache.get((2, None), 204.0) == stats and cache.get((2, None), 205.1) is None
+    cache.put((4, None), started=100.0, took=60.0, stats=stats)  # a minute to count: reused 10 minutes, not 20
+    assert cache.get((4, None), 759.0) == stats and cache.get((4, None), 760.1) is None
     assert cache.get((3, None), 100.0) is None

@@ -52,6 +52,10 @@ async def readyz(
     return Response(Health("ok"), status_code=200)
 
 
+# How long a /metrics scrape waits for pool statistics before answering with the last ones.
+SCRAPE_WAIT_SECONDS = 2.0
+
+
 class PoolReport(PoolStats, frozen=True, kw_only=True):
     """A pool's size and use, and the calls placed in it in the last 24 hours and the last 30 days."""
 
@@ -150,11 +154,15 @@ class MetricsController(Controller):
         self,
         request: MaskingRequest,
     ) -> Response[bytes]:
-        try:
-            async with request.runtime.db.acquire(timeout=2) as conn:
-                pools = await pool_stats(conn, None, request.runtime.clock(), cache=request.runtime.stats)
-        except Exception:
-            pools = []
+        runtime = request.runtime
+
+        async def count() -> list[PoolStats]:
+            async with runtime.db.acquire(timeout=2) as conn:
+                return await pool_stats(conn, None, runtime.clock(), cache=runtime.stats)
+
+        # A big pool takes long to count: the scrape answers within 2 s with the last counts (none at first),
+        # and the counting goes on in the background for the next scrape.
+        pools = await runtime.stats.within((None, "/metrics"), count, SCRAPE_WAIT_SECONDS)
         # Pools that are gone (or now summed) must not linger as series: rebuild the gauges each scrape.
         for gauge in (metrics.ACTIVE_SESSIONS, metrics.POOL_DIDS, metrics.POOL_HEADROOM):
             gauge.clear()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 import msgspec
+import structlog
 
 from service.broker import events
 from service.broker.bodies import DEFAULT_HEADROOM_ALERT, CreateSession, Fallback, PoolSettings
@@ -38,31 +41,71 @@ class PoolStats(msgspec.Struct, frozen=True, kw_only=True):
     headroom: int
 
 
+log = structlog.get_logger("service.broker.pools")
+
+
 def headroom(active_dids: int, busiest: int, second: int) -> int:
     """Active DIDs minus the two busiest parties' live sessions (negative: that many DIDs short)."""
     return active_dids - busiest - second
 
 
 # Counting the two busiest parties reads every live binding of a pool (one index range per DID, then a
-# hash count per number): ~2.5 s for a 50-DID pool with 300,000 live sessions on a shared 2-core machine.
-# A computation that took longer than STATS_SLOW_SECONDS is reused for 20x its duration (at most
-# STATS_MAX_AGE_SECONDS) by this process, so stats, pool routes and /metrics scrapes of a big pool cost
-# at most ~5% of a database core however often they are asked; small pools are always fresh.
+# hash count per number): ~2.5 s for a 50-DID pool with 300,000 live sessions on a shared 2-core machine,
+# minutes for every pool of a tenant holding 1,300,000 (the benchmark's). A computation that took longer
+# than STATS_SLOW_SECONDS is reused for 20x its duration (at most STATS_MAX_AGE_SECONDS) by this process,
+# so stats, pool routes and /metrics scrapes of a big pool cost at most ~5% of a database core however
+# often they are asked (up to 30 s computations; it was capped at 30 s of reuse, which let a minute-long
+# one run two thirds of the time); small pools are always fresh.
 STATS_SLOW_SECONDS = 0.1
-STATS_MAX_AGE_SECONDS = 30.0
+STATS_MAX_AGE_SECONDS = 600.0
+
+Key = tuple[int | None, str | None]
+Count = Callable[[], Awaitable[list[PoolStats]]]
 
 
 class StatsCache:
-    """Per process (one per app): slow pool statistics, reused for a while."""
+    """Per process (one per app): slow pool statistics, reused for a while; /metrics never waits long for them."""
 
     def __init__(self) -> None:
-        self._hits: dict[tuple[int | None, str | None], tuple[float, list[PoolStats]]] = {}
+        self._hits: dict[Key, tuple[float, list[PoolStats]]] = {}
+        self._last: dict[Key, list[PoolStats]] = {}
+        self._running: dict[Key, asyncio.Task[list[PoolStats]]] = {}
 
-    def get(self, key: tuple[int | None, str | None], at: float) -> list[PoolStats] | None:
+    async def within(
+        self, key: Key, compute: Callable[[], Awaitable[list[PoolStats]]], seconds: float
+    ) -> list[PoolStats]:
+        """compute()'s answer when it comes within `seconds`; else the last one known (none at first) while it
+        goes on in the background, at most one per key at a time (a scrape answers while a big pool is counted)."""
+        task = self._running.get(key)
+        if task is None:
+            task = asyncio.create_task(self._keep(key, compute))
+            self._running[key] = task
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), seconds)
+        except TimeoutError:
+            return self._last.get(key, [])
+
+    async def _keep(self, key: Key, compute: Count) -> list[PoolStats]:
+        try:
+            self._last[key] = stats = await compute()
+            return stats
+        except Exception:
+            log.warning("pool_stats_failed", exc_info=True)
+            return self._last.get(key, [])
+        finally:
+            self._running.pop(key, None)
+
+    async def close(self) -> None:
+        """Stop counting in the background (at shutdown: the pool's connections are wanted back)."""
+        for task in list(self._running.values()):
+            task.cancel()
+        await asyncio.gather(*self._running.values(), return_exceptions=True)
+
+    def get(self, key: Key, at: float) -> list[PoolStats] | None:
         hit = self._hits.get(key)
         return hit[1] if hit is not None and hit[0] > at else None
 
-    def put(self, key: tuple[int | None, str | None], started: float, took: float, stats: list[PoolStats]) -> None:
+    def put(self, key: Key, started: float, took: float, stats: list[PoolStats]) -> None:
         if took > STATS_SLOW_SECONDS:
             if len(self._hits) > 10_000:
                 self._hits.clear()
