@@ -436,9 +436,10 @@ CREATE OR REPLACE FUNCTION mask_number(number text) RETURNS text LANGUAGE sql IM
 CREATE TABLE audit_log (
     id              bigint GENERATED ALWAYS AS IDENTITY,
     at              timestamptz NOT NULL,
-    tenant_id       bigint,  -- NULL for a service-wide action (keys.rotate)
-    -- who: an API key (its id and name), the console session of a key (its id), or a command-line user
-    actor_kind      text NOT NULL CHECK (actor_kind IN ('api_key', 'console', 'command_line')),
+    tenant_id       bigint,  -- NULL for a service-wide action (keys.rotate) or an unknown one (failed sign-in)
+    -- who: an API key (its id and name), the console session of a key (its id), a command-line user, one of
+    -- the service's own jobs (system: retention), or an unidentified client (anonymous: a failed sign-in)
+    actor_kind      text NOT NULL CHECK (actor_kind IN ('api_key', 'console', 'command_line', 'system', 'anonymous')),
     actor_id        text NOT NULL CHECK (length(actor_id) BETWEEN 1 AND 128),
     actor_name      text CHECK (length(actor_name) <= 128),
     action          text NOT NULL CHECK (action ~ '^[a-z_]+(\.[a-z_]+)*$' AND length(action) <= 64),

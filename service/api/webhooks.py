@@ -98,7 +98,9 @@ class WebhookController(Controller):
         # No `conn: Db`: no pooled connection is held while the endpoint answers (up to its timeout).
         runtime = request.runtime
         deliverer: broker.Deliverer = request.app.state.webhooks
-        return await broker.send_test(runtime.db, deliverer, request.principal.tenant_id, webhook_id, runtime.clock())
+        return await broker.send_test(
+            runtime.db, deliverer, request.principal.tenant_id, webhook_id, runtime.clock(), key_context(request)
+        )
 
     @get("/{webhook_id:str}/deliveries", summary="Delivery attempts, newest first", responses=API_RESPONSES)
     async def deliveries(

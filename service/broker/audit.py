@@ -36,6 +36,10 @@ Action = Literal[
     "recording.delete",
     "erasure",
     "keys.rotate",
+    "keys.reindex",
+    "key.revoke",
+    "webhook.test",
+    "console.sign_in_failed",
 ]
 ACTIONS: tuple[str, ...] = get_args(Action)
 # Actions a person must say why they took (the console's Reveal asks for a short reason).
@@ -49,16 +53,21 @@ DID_STATUS_ACTIONS: dict[str, Action] = {"draining": "did.drain", "retired": "di
 
 
 class Actor(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """Who acted, exactly one of: an API key (id and name), the console session of a key, a command-line user.
+    """Who acted, exactly one of: an API key (id and name), the console session of a key, a command-line user, one
+    of the service's own jobs, an unidentified client.
 
     Rendered as the contract's `{"key_id", "key_name"}` or `{"console_session_of": key_id}`; a command-line
-    action (no key involved) as `{"command_line": "user@host"}`.
+    action (no key involved) as `{"command_line": "user@host"}`; what the service does by itself (the recording
+    retention sweep) as `{"system": "retention"}`; a client nobody could identify (a failed console sign-in:
+    the key it tried is no identity, and nothing of it is kept) as `{"anonymous": "console"}`.
     """
 
     key_id: str | None = None
     key_name: str | None = None
     console_session_of: str | None = None
     command_line: str | None = None
+    system: str | None = None
+    anonymous: str | None = None
 
     @classmethod
     def api_key(cls, key_id: str, key_name: str) -> Actor:
@@ -75,15 +84,35 @@ class Actor(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         """A `masking` command run by this operating-system user (user@host)."""
         return cls(command_line=who)
 
+    @classmethod
+    def service(cls, job: str) -> Actor:
+        """The service itself, acting on a setting through one of its background jobs (e.g. retention)."""
+        return cls(system=job)
+
+    @classmethod
+    def unidentified(cls, where: str) -> Actor:
+        """A client that did not say who it is, through this door (console)."""
+        return cls(anonymous=where)
+
     def stored(self) -> tuple[str, str, str | None]:
         """(kind, id, name) as the audit_log columns hold them."""
-        if self.key_id is not None and self.console_session_of is None and self.command_line is None:
-            return "api_key", self.key_id, self.key_name
-        if self.console_session_of is not None and self.key_id is None and self.command_line is None:
-            return "console", self.console_session_of, None
-        if self.command_line is not None and self.key_id is None and self.console_session_of is None:
-            return "command_line", self.command_line, None
-        raise ValueError("an Actor is exactly one of: an API key, a console session, a command-line user")
+        given: list[tuple[str, str]] = []
+        for kind, value in (
+            ("api_key", self.key_id),
+            ("console", self.console_session_of),
+            ("command_line", self.command_line),
+            ("system", self.system),
+            ("anonymous", self.anonymous),
+        ):
+            if value is not None:
+                given.append((kind, value))
+        if len(given) != 1 or (self.key_name is not None and given[0][0] != "api_key"):
+            raise ValueError(
+                "an Actor is exactly one of: an API key, a console session, a command-line user, a service job, "
+                "an unidentified client"
+            )
+        kind, actor_id = given[0]
+        return kind, actor_id, self.key_name if kind == "api_key" else None
 
 
 class Target(msgspec.Struct, frozen=True):
@@ -144,7 +173,8 @@ async def record(
 ) -> int:
     """Write one audit row in the caller's transaction (it commits or rolls back with the action); its id.
 
-    tenant_id is the tenant acted for (None only for a service-wide action such as keys.rotate).
+    tenant_id is the tenant acted for (None only for a service-wide action such as keys.rotate, or when it is not
+    known: a failed console sign-in).
     """
     if action not in ACTIONS:
         raise ValueError(f"unknown audit action {action!r}")
@@ -189,6 +219,10 @@ def render(row: q.AuditRow) -> AuditEntry:
             actor = Actor.api_key(row.actor_id, row.actor_name or "")
         case "console":
             actor = Actor.console(row.actor_id)
+        case "system":
+            actor = Actor.service(row.actor_id)
+        case "anonymous":
+            actor = Actor.unidentified(row.actor_id)
         case _:
             actor = Actor.cli(row.actor_id)
     target = Target(row.target_type, row.target_id or "") if row.target_type else None
@@ -224,7 +258,8 @@ async def page(
         raise InvalidRequest(f"`action` must be one of: {', '.join(ACTIONS)}.", field="action")
     if actor is not None and not 1 <= len(actor) <= 128:
         raise InvalidRequest(
-            "`actor` is a key id (as an entry's actor shows it) or a command-line user, up to 128 characters.",
+            "`actor` is a key id (as an entry's actor shows it), a command-line user or a service job (retention), "
+            "up to 128 characters.",
             field="actor",
         )
     if not 1 <= limit <= MAX_LIMIT:

@@ -15,7 +15,7 @@ import asyncpg
 import msgspec
 import structlog
 
-from service.broker.audit import Actor, Context, Target
+from service.broker.audit import Actor, Context, Target, record
 from service.broker.errors import (
     LinkExpired,
     NotFound,
@@ -199,8 +199,17 @@ async def delete_recording(conn: Conn, call_id: str, audit: Context, now: dateti
     log.info("recording_deleted", call_id=str(cid))
 
 
+# The actor of what the retention sweep destroys: the service itself, acting on the pool's setting.
+RETENTION = Actor.service("retention")
+
+
 async def end_retention(conn: Conn, now: datetime, limit: int) -> list[uuid.UUID]:
     """Destroy one batch of references older than their pool's recording_retention_days (in the caller's
-    transaction); the calls whose reference it destroyed."""
-    due = await q.select_past_retention(conn, now, limit)
-    return await q.clear_references(conn, due, now) if due else []
+    transaction), each on record as a recording.delete by the service; the calls whose reference it destroyed."""
+    due = {d.call_id: d for d in await q.select_past_retention(conn, now, limit)}
+    cleared = await q.clear_references(conn, list(due), now) if due else []
+    for cid in cleared:
+        d = due[cid]
+        why = f"older than pool {d.pool}'s recording_retention_days ({d.days})"
+        await record(conn, d.tenant_id, RETENTION, "recording.delete", Target("call", str(cid)), why, None, None, now)
+    return cleared

@@ -7,18 +7,14 @@ import csv
 import json
 import sys
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
+from service.cli.common import CliError, cli_context, describe_database, record_action, run_with_db
 from service.db import Conn
 from service.db.schema import SchemaTooNew
 from service.settings import Settings
-
-if TYPE_CHECKING:
-    pass
-
-from service.cli.common import CliError, cli_context, describe_database, record_action, run_with_db
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
@@ -50,9 +46,20 @@ def cmd_tenant_list(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_key_revoke(settings: Settings, args: argparse.Namespace) -> int:
-    from service.broker.tenants import revoke_key
+    from service.broker.audit import Target
+    from service.broker.tenants import RevokedKey, revoke_key
+    from service.db import tenants as q
 
-    revoked = run_with_db(settings, lambda conn: revoke_key(conn, args.key_id))
+    async def work(conn: Conn) -> RevokedKey | None:
+        async with conn.transaction():
+            # The row stays locked to the end: of two revokes at once, only the one that revoked is on record.
+            before = await q.lock_api_key(conn, args.key_id)
+            revoked = await revoke_key(conn, args.key_id)
+            if before is not None and before["revoked_at"] is None:
+                await record_action(conn, before["tenant_id"], "key.revoke", Target("api_key", str(args.key_id)))
+            return revoked
+
+    revoked = run_with_db(settings, work)
     if revoked is None:
         raise CliError(f"no API key with id {args.key_id}; `masking tenant list` shows every key's id", code=1)
     sys.stdout.write(msgspec.json.encode(revoked).decode() + "\n")

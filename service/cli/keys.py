@@ -117,7 +117,9 @@ def cmd_keys_rotate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_keys_reindex(settings: Settings, args: argparse.Namespace) -> int:
+    from service.app import utc_now
     from service.broker import keys
+    from service.broker.audit import Actor, Target, record
 
     ring, path = load_ring(settings)
     crypto.install(ring)
@@ -134,6 +136,10 @@ def cmd_keys_reindex(settings: Settings, args: argparse.Namespace) -> int:
         else:
             crypto.write_key_file(path, new, replace=True)
         crypto.install(new)
+        # On record (service-wide: no tenant) once the new key is made, before the rebuild, as keys.rotate is.
+        async with conn.transaction():
+            target = Target("index_key", new_id)
+            await record(conn, None, Actor.cli(cli_user()), "keys.reindex", target, None, None, None, utc_now())
         bar = TextBar()
         try:
             done = await keys.reindex(conn, bar)

@@ -66,11 +66,20 @@ async def clear_references(conn: Conn, call_ids: list[UUID], now: datetime) -> l
     return [r["id"] for r in rows]
 
 
-async def select_past_retention(conn: Conn, now: datetime, limit: int) -> list[UUID]:
+class PastRetention(msgspec.Struct, frozen=True, kw_only=True):
+    """A call whose recording its pool keeps no longer: the call, its tenant, the pool and how many days it keeps."""
+
+    call_id: UUID
+    tenant_id: int
+    pool: str
+    days: int
+
+
+async def select_past_retention(conn: Conn, now: datetime, limit: int) -> list[PastRetention]:
     """One batch of calls whose recording is older than their session's pool keeps recordings, locked."""
     rows = await conn.fetch(
         """
-        SELECT c.id FROM calls c
+        SELECT c.id AS call_id, c.tenant_id, s.pool, p.recording_retention_days AS days FROM calls c
         JOIN sessions s ON s.id = c.session_id
         JOIN pool_settings p ON p.tenant_id = s.tenant_id AND p.pool = s.pool
         WHERE c.recording_url IS NOT NULL AND p.recording_retention_days IS NOT NULL
@@ -81,4 +90,4 @@ async def select_past_retention(conn: Conn, now: datetime, limit: int) -> list[U
         now,
         limit,
     )
-    return [r["id"] for r in rows]
+    return [msgspec.convert(r, PastRetention) for r in rows]

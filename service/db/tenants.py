@@ -84,6 +84,14 @@ async def select_tenants_with_keys(conn: Conn) -> list[asyncpg.Record]:
     return rows
 
 
+async def lock_api_key(conn: Conn, key_id: int) -> asyncpg.Record | None:
+    """Lock a key's row for a change in the caller's transaction; its tenant_id and revoked_at (None: no such key)."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "SELECT tenant_id, revoked_at FROM api_keys WHERE id = $1 FOR UPDATE", key_id
+    )
+    return row
+
+
 async def revoke_api_key(conn: Conn, key_id: int) -> asyncpg.Record | None:
     """Mark a key revoked (once: a revoked key keeps its first revocation time); its id, tenant and revoked_at."""
     row: asyncpg.Record | None = await conn.fetchrow(

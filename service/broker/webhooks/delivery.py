@@ -24,6 +24,7 @@ import structlog
 from standardwebhooks import Webhook
 
 from service import metrics
+from service.broker.audit import Context, Target
 from service.broker.errors import ForbiddenAddress, InvalidRequest, NotFound, parse_id
 from service.broker.events import render
 from service.broker.webhooks.attempts import Attempt, attempt_of
@@ -229,14 +230,17 @@ class Deliverer:
         metrics.WEBHOOK_DISABLED.set(disabled)
 
 
-async def send_test(db: asyncpg.Pool, deliverer: Deliverer, tenant_id: int, endpoint_id: str, now: datetime) -> Attempt:
-    """Write a webhook.test event for one endpoint and make its first attempt now; the attempt."""
+async def send_test(
+    db: asyncpg.Pool, deliverer: Deliverer, tenant_id: int, endpoint_id: str, now: datetime, audit: Context
+) -> Attempt:
+    """Write a webhook.test event for one endpoint, on record (rule 12), and make its first attempt now; the attempt."""
     eid = parse_id(endpoint_id, "webhook")
     data = msgspec.json.encode({"message": "A test event from the masking service.", "webhook_id": str(eid)})
-    async with db.acquire() as conn:
+    async with db.acquire() as conn, conn.transaction():
         claimed = await q.insert_test_delivery(conn, tenant_id, eid, data, now, now + deliverer.lease)
-    if claimed is None:
-        raise NotFound("No webhook with that id.")
+        if claimed is None:
+            raise NotFound("No webhook with that id.")
+        await audit.record(conn, "webhook.test", Target("webhook", str(eid)), now)
     outcome = await deliverer.attempt(claimed)
     async with db.acquire() as conn:
         await q.record(conn, [outcome], timedelta(seconds=deliverer.settings.webhook_disable_after_seconds))

@@ -14,6 +14,7 @@ from litestar.response import Redirect
 from service.api.audit import console_context
 from service.api.deps import Db, MaskingRequest, Runtime
 from service.broker import console, links
+from service.broker.audit import Actor, Context
 from service.broker.errors import DomainError, RateLimited
 from service.web.console.common import Form
 from service.web.pages import address_of, error_page, page, status_of
@@ -55,6 +56,7 @@ async def sign_in(request: MaskingRequest, data: Annotated[SignIn, Form]) -> Any
     """Exchange an ops key for a console session; the key itself is never stored, shown or logged.
 
     Attempts are limited per client address (a plain 429 page with Retry-After), so keys cannot be guessed fast.
+    A refused key is on record (console.sign_in_failed, from its address); a throttled attempt is not.
     """
     buckets: links.Buckets = request.route_handler.opt["sign_in_limit"]
     try:
@@ -65,12 +67,22 @@ async def sign_in(request: MaskingRequest, data: Annotated[SignIn, Form]) -> Any
     try:
         principal, key_hash = await console.sign_in(request.runtime.db, data.key[:256])
     except DomainError as exc:
+        async with request.runtime.db.acquire() as conn:
+            await _unidentified(request).record(conn, "console.sign_in_failed", None, request.runtime.clock(), exc.code)
         return page("console/sign_in.html", status_of(exc.code), error=exc.detail)
     async with request.runtime.db.acquire() as conn:
         await console_context(request, principal).record(conn, "console.sign_in", None, request.runtime.clock())
     request.scope.setdefault("state", {})[ROTATE] = True
     request.set_session({"key": key_hash, "tenant": principal.tenant})
     return Redirect("/console/pools", status_code=303)
+
+
+def _unidentified(request: MaskingRequest) -> Context:
+    """The audit context of a sign-in with a key that opened nothing: no tenant, and nothing of the key (a key
+    tried is no identity), only where it came from."""
+    request_id: str | None = request.scope.get("state", {}).get("request_id")
+    actor = Actor.unidentified("console")
+    return Context(tenant_id=None, actor=actor, client_address=address_of(request), request_id=request_id)
 
 
 @post("/sign-out", guards=[signed_in], include_in_schema=False, status_code=303)

@@ -51,13 +51,15 @@ async def webhook_list(
 
 @post("/webhooks/{endpoint_id:str}/test", guards=[signed_in], include_in_schema=False, status_code=303)
 async def webhook_test(request: MaskingRequest, endpoint_id: FromPath[str]) -> Any:
-    """Send a webhook.test event to one endpoint now (POST /v1/webhooks/{id}/test) and say how it went.
+    """Send a webhook.test event to one endpoint now (POST /v1/webhooks/{id}/test, on record) and say how it went.
 
     No pooled connection is held while the endpoint answers: send_test takes its own, before and after.
     """
     runtime = request.runtime
     deliverer: webhooks.Deliverer = request.app.state.webhooks
-    attempt = await webhooks.send_test(runtime.db, deliverer, request.principal.tenant_id, endpoint_id, runtime.clock())
+    attempt = await webhooks.send_test(
+        runtime.db, deliverer, request.principal.tenant_id, endpoint_id, runtime.clock(), console_context(request)
+    )
     query = urlencode({"tested": endpoint_id, "outcome": attempt.status, "code": attempt.status_code or 0})
     return Redirect(f"/console/webhooks?{query}", status_code=303)
 
