@@ -35,12 +35,18 @@ from service.api.fast import hot_routes
 from service.api.links import CallLinkController
 from service.api.ops import MetricsController, StatsController, healthz, readyz
 from service.api.pools import PoolController
-from service.api.problems import internal_error_handler, problem_details_plugin, problem_response, too_deep_handler
+from service.api.problems import (
+    internal_error_handler,
+    problem_details_plugin,
+    problem_response,
+    too_deep_handler,
+    unstorable,
+)
 from service.api.provider import ProviderController
 from service.api.recordings import RecordingController, play_link
 from service.api.sessions import SessionController
 from service.api.webhooks import WebhookController
-from service.broker.errors import DatabaseUnavailable, InvalidRequest
+from service.broker.errors import DatabaseUnavailable
 from service.broker.limits import CallLimits, TokenBuckets
 from service.broker.links import LinkLimits
 from service.broker.sessions import Rules
@@ -75,7 +81,7 @@ def request_context(litestar: Litestar) -> ASGIApp:
 
     It wraps the whole app rather than being Litestar middleware, which never sees unrouted requests.
     """
-    app = hot_routes(litestar, lambda: litestar.state.runtime, MAX_BODY, _DB_DOWN)
+    app = hot_routes(litestar, lambda: litestar.state.runtime, MAX_BODY, _DB_DOWN, (asyncpg.DataError,))
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
@@ -303,9 +309,7 @@ def _mount_simulator(simulator: Simulator) -> Any:
 
 def _bad_text(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     # PostgreSQL refuses some text outright (a NUL character, say): the input is at fault, not the service.
-    return problem_response(
-        request, InvalidRequest("A value in the request cannot be stored (it contains a NUL or invalid character).")
-    )
+    return problem_response(request, unstorable())
 
 
 def _database_down(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:

@@ -7,6 +7,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
@@ -33,7 +34,7 @@ class Both:
         def client(asgi: Any) -> httpx.AsyncClient:
             return httpx.AsyncClient(transport=httpx.ASGITransport(app=asgi), base_url="http://masking.test")
 
-        self.hot = client(hot_routes(litestar, lambda: app.state.runtime, MAX_BODY, _DB_DOWN))
+        self.hot = client(hot_routes(litestar, lambda: app.state.runtime, MAX_BODY, _DB_DOWN, (asyncpg.DataError,)))
         self.plain = client(app)
 
     async def same(self, method: str, url: str, *, handed: bool, **kwargs: Any) -> httpx.Response:
@@ -90,6 +91,15 @@ async def test_a_create_is_answered_below_litestar_and_its_refusals_match(both: 
         "POST", "/v1/sessions", handed=False, json=session_body(customer=customer, agent=other), headers=keys.a
     )
     assert exhausted.json()["code"] == "pool_exhausted"
+    # A NUL PostgreSQL refuses: 422 both ways (the hot route answered 500 before).
+    nul = await both.same(
+        "POST",
+        "/v1/sessions",
+        handed=False,
+        json=session_body(order_id="a\u0000b", customer=other, agent=fourth),
+        headers=keys.a,
+    )
+    assert nul.status_code == 422 and nul.json()["code"] == "invalid_request"
     bad_number = await both.same(
         "POST", "/v1/sessions", handed=False, json=session_body(customer="+1", agent=other), headers=keys.a
     )

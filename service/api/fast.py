@@ -32,7 +32,7 @@ from litestar.types import (
 from service.api.deadline import too_slow
 from service.api.deps import Runtime
 from service.api.idempotency import run_once
-from service.api.problems import internal_error, problem_message
+from service.api.problems import internal_error, problem_message, unstorable
 from service.api.sessions import produce_session
 from service.broker import reports
 from service.broker import sessions as broker
@@ -55,7 +55,11 @@ class _Handover(Exception):
 
 
 def hot_routes(
-    app: ASGIApp, runtime: Callable[[], Runtime], max_body: int, db_down: tuple[type[BaseException], ...]
+    app: ASGIApp,
+    runtime: Callable[[], Runtime],
+    max_body: int,
+    db_down: tuple[type[BaseException], ...],
+    bad_text: tuple[type[BaseException], ...],
 ) -> ASGIApp:
     """ASGI wrapper: serve the plain case of the three hot routes, pass every other request to `app`."""
 
@@ -84,6 +88,8 @@ def hot_routes(
             return
         except DomainError as exc:
             status, headers, answer = problem_message(exc)
+        except bad_text:  # a value PostgreSQL refuses outright (a NUL): 422, as Litestar's handler answers
+            status, headers, answer = problem_message(unstorable())
         except db_down as exc:
             log.warning("database_unavailable", error=type(exc).__name__, message=str(exc)[:200])
             down = DatabaseUnavailable("The database is unavailable right now; retry in a few seconds.", retry_after=2)

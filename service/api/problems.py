@@ -13,7 +13,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import ResponseSpec
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsException, ProblemDetailsPlugin
 
-from service.broker.errors import DomainError
+from service.broker.errors import DomainError, InvalidRequest
 
 log = structlog.get_logger("service.api.problems")
 
@@ -153,6 +153,11 @@ def _from_http(exc: HTTPException) -> ProblemDetailsException:
         # uvicorn, would otherwise close it silently and fail the client's next request on it).
         result.headers = {**(result.headers or {}), "connection": "close"}
     return result
+
+
+def unstorable() -> InvalidRequest:
+    """The 422 of a value PostgreSQL refuses outright (a NUL or invalid character): the input's fault."""
+    return InvalidRequest("A value in the request cannot be stored (it contains a NUL or invalid character).")
 
 
 def problem_response(request: Request[Any, Any, Any], exc: DomainError) -> Response[Any]:
