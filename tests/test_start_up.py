@@ -37,6 +37,33 @@ def test_workers_die_with_a_killed_serve_and_nothing_answers_on_its_port(dsn: st
         assert not answers(service.url), "something still answers on the killed service's port"
 
 
+def test_a_worker_that_starts_after_its_serve_was_killed_exits_at_once(dsn: str) -> None:
+    """A worker still importing when `masking serve` was killed finds its parent already gone: it must not take
+    its new parent (init, or a subreaper) for `masking serve` and serve on (seen in CI: uvicorn workers alive
+    10 s after kill -9)."""
+    import subprocess
+    import sys
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a process id that named a `masking serve` that is no more
+    env = masking_env(MASKING_DATABASE_URL=dsn, _MASKING_SERVE_PID=str(gone.pid))
+    worker = subprocess.Popen(
+        [sys.executable, "-c", "from service.cli.serve import worker_app; worker_app(); import time; time.sleep(60)"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        code = worker.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        worker.wait()
+        raise AssertionError("a worker whose `masking serve` is gone kept running") from None
+    assert code == 1
+    assert "parent_gone" in (worker.stdout.read() if worker.stdout else "")
+
+
 def test_a_second_serve_on_a_taken_port_exits_2_with_one_line_naming_the_port(dsn: str) -> None:
     """A port another `masking serve` already listens on is a start-up error, not a silently shared port."""
     env = masking_env(MASKING_DATABASE_URL=dsn)

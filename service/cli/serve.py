@@ -81,6 +81,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         # embedded PostgreSQL is stopped on the way out instead of the process dying on the spot.
         signal.signal(signal.SIGTERM, _exit_quietly)
         signal.signal(signal.SIGINT, _exit_quietly)
+        os.environ[SERVE_PID] = str(os.getpid())  # the parent each worker watches (worker_app)
         with contextlib.suppress(SystemExit):
             if settings.server == "granian":
                 _serve_granian(settings, dsn)
@@ -153,18 +154,24 @@ def refuse_taken_port(host: str, port: int) -> None:
             raise CliError(f"MASKING_HOST, MASKING_PORT: cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
+# The environment variable naming `masking serve`'s process id to its workers (not a setting: no MASKING_ prefix).
+SERVE_PID = "_MASKING_SERVE_PID"
+
+
 def worker_app() -> Any:
     """The app of one worker process of `masking serve`; the worker exits as soon as `masking serve` is gone."""
     from service.app import app_from_env
 
-    _exit_with_parent(os.getppid())
+    _exit_with_parent(int(os.environ.get(SERVE_PID) or os.getppid()))
     return app_from_env()
 
 
 def _exit_with_parent(parent: int, interval: float = 0.5) -> None:
     # A worker whose parent was killed (SIGKILL, OOM) is re-parented and would go on serving the port beside
     # a restarted service. Polling getppid() is portable and, unlike PR_SET_PDEATHSIG, is not fooled by the
-    # parent's spawning thread ending before the parent does.
+    # parent's spawning thread ending before the parent does. The parent is named by `masking serve` itself,
+    # not read from getppid() here: a worker still starting when its parent was killed would otherwise take
+    # its new parent (init) for `masking serve` and serve on forever (seen in CI with uvicorn).
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(interval)
