@@ -89,6 +89,10 @@ async def create_day(conn: Conn, table: str, day: date) -> bool:
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK)
         if await conn.fetchval(_EXISTS, name):
             return False
+        # The lock the CREATE takes anyway, taken before the look for strays: a row of the day written to the
+        # default partition between the look and the CREATE made PostgreSQL refuse the partition (CheckViolation).
+        # The parent first, as every insert locks it before its partition.
+        await conn.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
         in_range = f"{key} >= $1 AND {key} < $2"
         stray = await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {table}_default WHERE {in_range})", start, end)
         if stray:
