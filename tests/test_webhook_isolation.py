@@ -79,7 +79,14 @@ async def test_a_body_sent_to_a_route_that_takes_none_breaks_no_later_request_on
                 await add_dids(http, auth, did_numbers(2))
                 endpoint = await register(http, auth, receiver.url, ["*"])
                 await make_sessions(http, auth, 1)
-                event = (await http.get("/v1/events")).json()["items"][0]["id"]
+
+                # The feed shows an event once no older transaction can still commit one (the service's start
+                # is busy making its partitions): wait for it, as a feed reader would.
+                async def first_event() -> str | None:
+                    items = (await http.get("/v1/events")).json()["items"]
+                    return str(items[0]["id"]) if items else None
+
+                event = await wait_for(first_event, within=20)
                 routes = [f"/v1/events/{event}/redeliver", f"/v1/webhooks/{endpoint['id']}/rotate-secret"]
                 routes.append(f"/v1/webhooks/{endpoint['id']}/test")
                 for i in range(200):

@@ -276,7 +276,10 @@ async def test_events_arrive_after_the_receiver_comes_back_and_an_always_failing
     dsn: str, db: asyncpg.Connection
 ) -> None:
     """Receiver down, then up: all arrive after retries. An endpoint answering 500 ends disabled_failing."""
-    env = _env(dsn, MASKING_WEBHOOK_RETRY_SECONDS="0.3,0.6,1,1,1,1,1", MASKING_WEBHOOK_DISABLE_AFTER_SECONDS="2")
+    # The down receiver is down for 1.5 s from the first create (0.5 s past the last), and the next retry (at most 1 s on) reaches it,
+    # well inside the 5 s after which an endpoint failing all along is disabled; the failing one's retries go on
+    # past those 5 s. (With 2 s, a slow machine's creates alone used up the down receiver's window: CI.)
+    env = _env(dsn, MASKING_WEBHOOK_RETRY_SECONDS="0.3,0.6,1,1,1,1,1,1,1,1", MASKING_WEBHOOK_DISABLE_AFTER_SECONDS="5")
     auth = _key(env)
     down = Receiver()
     failing = Receiver(mode="500")
@@ -288,8 +291,10 @@ async def test_events_arrive_after_the_receiver_comes_back_and_an_always_failing
                 down.secrets = [(await register(http, auth, down.url))["secret"]]
                 failed_endpoint = await register(http, auth, failing.url)
                 failing.secrets = [failed_endpoint["secret"]]
+                first = time.monotonic()
                 await make_sessions(http, auth, 10)
-                await asyncio.sleep(1.5)  # every first attempt meets a closed port
+                # every first attempt meets a closed port (the last create's too)
+                await asyncio.sleep(max(0.5, first + 1.5 - time.monotonic()))
                 await down.start()
                 expected = await event_ids(db)
                 await wait_for(lambda: _true(set(down.delivered) == expected), within=20)
