@@ -379,6 +379,11 @@ CREATE TABLE pool_alerts (
     alerted_at  timestamptz NOT NULL,
     PRIMARY KEY (tenant_id, pool)
 );
+-- Background jobs run once per period for the whole service (not per process): when each is next due.
+CREATE TABLE job_turns (
+    job     text PRIMARY KEY,
+    due_at  timestamptz NOT NULL
+);
 -- Pools as first-class settings: a pool exists once it has a DID or a row here.
 CREATE TABLE pool_settings (
     tenant_id            bigint NOT NULL REFERENCES tenants ON DELETE CASCADE,

@@ -1,9 +1,15 @@
 """Honest headroom: a pair needs a DID free for both, so headroom counts the pool's two busiest parties."""
 
-import httpx
+import asyncio
+from datetime import timedelta
 
+import asyncpg
+import httpx
+from structlog.testing import capture_logs
+
+from service.broker import sweeps
 from tests.factories import create_session
-from tests.helpers import Keys, add_dids, assert_problem, did_numbers
+from tests.helpers import FakeClock, Keys, add_dids, assert_problem, did_numbers, make_settings
 
 
 async def test_the_old_headroom_said_fine_and_the_pair_was_refused(client: httpx.AsyncClient, keys: Keys) -> None:
@@ -67,3 +73,31 @@ def test_a_slow_stats_computation_is_reused_briefly_and_a_fast_one_never() -> No
     cache.put((4, None), started=100.0, took=60.0, stats=stats)  # a minute to count: reused 10 minutes, not 20
     assert cache.get((4, None), 759.0) == stats and cache.get((4, None), 760.1) is None
     assert cache.get((3, None), 100.0) is None
+
+
+async def test_the_headroom_check_runs_once_per_period_for_all_processes_and_later_when_slow(
+    dsn: str, clock: FakeClock
+) -> None:
+    """The check counts every live binding (seconds at a million sessions): two processes sweeping at the same
+    moment run it once between them, nobody again within the minute; a check that took 3.5 s (its table locked)
+    puts the next one 20 x 3.5 s = 70 s on, not 60."""
+    conns = [await asyncpg.connect(dsn) for _ in range(3)]
+    try:
+        sweepers = [sweeps.Sweeper(make_settings(dsn)) for _ in range(2)]
+        with capture_logs() as logs:
+            await asyncio.gather(*(s.sweep_once(c, clock()) for s, c in zip(sweepers, conns, strict=False)))
+        assert [e["event"] for e in logs].count("pool_headroom_checked") == 1
+        start = clock()
+        assert not await sweeps.headroom_turn(conns[0], start + timedelta(seconds=59))
+        blocker = conns[2]
+        async with blocker.transaction():
+            await blocker.execute("LOCK TABLE dids IN ACCESS EXCLUSIVE MODE")
+            slow = asyncio.create_task(sweeps.headroom_turn(conns[1], start + timedelta(seconds=60)))
+            await asyncio.sleep(3.5)
+        assert await slow
+        later = start + timedelta(seconds=60)
+        assert not await sweeps.headroom_turn(conns[0], later + timedelta(seconds=61))
+        assert await sweeps.headroom_turn(conns[0], later + timedelta(seconds=71))
+    finally:
+        for c in conns:
+            await c.close()

@@ -9,6 +9,7 @@ of service processes can run it at once and none holds a lock for long.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -32,6 +33,7 @@ from service.db import partitions as partitions_q
 from service.db import pools as pools_q
 from service.db import retention as retention_q
 from service.db import sessions as sessions_q
+from service.db import turns as turns_q
 from service.provider.calllog import CallLog
 from service.provider.thundersms import ThunderSMS
 from service.settings import Settings
@@ -102,8 +104,13 @@ REFUSALS_KEPT = timedelta(days=1)
 # less than the days ahead never lets a day's rows fall into a default partition.
 PARTITION_DAYS_AHEAD = 3
 PARTITIONS_EVERY = timedelta(hours=1)
-# pool.low_headroom is checked this often per process (the pool statistics read every active binding).
+# pool.low_headroom is checked at most this often, by one process of the service at a time (db/turns.py). The
+# check counts every live binding (about 5 s of a core at 1.3M sessions: docs/performance.md), so the next one
+# waits at least HEADROOM_COST_FACTOR times as long as the last took: at most 1/20 of a core goes to it,
+# however big the pools. A process that dies while checking holds the turn for HEADROOM_HOLD.
 HEADROOM_EVERY = timedelta(minutes=1)
+HEADROOM_COST_FACTOR = 20
+HEADROOM_HOLD = timedelta(minutes=10)
 
 
 async def tidy(conn: Conn, settings: Settings, now: datetime) -> dict[str, int]:
@@ -245,7 +252,7 @@ class Sweeper:
         if self.costs is not None:
             await self.costs.run(conn, now)
         if self.headroom.due(now):
-            await pools.check_headroom(conn, now)
+            await headroom_turn(conn, now)
         if self.settings.retention_days:
             await redact_old_sessions(conn, now, self.settings.retention_days)
         if self.partitioning.due(now):
@@ -253,6 +260,19 @@ class Sweeper:
         if self.tidying.due(now):
             await tidy(conn, self.settings, now)
         await tidy_web(conn, now)
+
+
+async def headroom_turn(conn: Conn, now: datetime) -> bool:
+    """Check every pool's headroom (pool.low_headroom) if it is due and this process takes the turn; whether it did."""
+    if not await turns_q.take_turn(conn, "pool_headroom", now, now + HEADROOM_HOLD):
+        return False
+    started = time.monotonic()
+    await pools.check_headroom(conn, now)
+    took = time.monotonic() - started
+    wait = max(HEADROOM_EVERY, HEADROOM_COST_FACTOR * timedelta(seconds=took))
+    await turns_q.set_due(conn, "pool_headroom", now + wait)
+    log.info("pool_headroom_checked", seconds=round(took, 3))
+    return True
 
 
 async def tidy_web(conn: Conn, now: datetime) -> int:
