@@ -34,6 +34,9 @@ def test_the_quick_benchmark_writes_its_figures_and_chart(tmp_path: Path) -> Non
     # every scenario but click-to-call stands beside its reference (or the framework floor)
     assert all(f["limit_rps"] > 0 for f in figures[:5])
     assert figures[0]["errors"] == 0
+    # get's reference is the complete one (issue 23): the floor with its primary-key read; the constant alone beside it
+    got = figures[4]
+    assert "primary-key read" in got["limit"] and "constant route alone" in got["note"], got
     assert {t["target"].split(" ")[0] for t in run["targets"]} == {"create-session,", "report", "get-session"}
     assert chart.read_bytes().startswith(b"\x89PNG")
     assert "ratio" in result.stdout
