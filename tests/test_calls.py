@@ -8,6 +8,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import asyncpg
+import httpx
 import pytest
 
 from service.broker.sweeps import time_out_calls
@@ -325,7 +326,18 @@ async def test_a_thousand_concurrent_reports_are_all_stored_and_each_call_comple
         for i in range(20)
     ]
     live.sim.inject(Fault(report="none", count=20))
-    calls = await asyncio.gather(*(live.http.post(f"/v1/sessions/{s['id']}/calls", headers=keys.a) for s in sessions))
+
+    async def click(session: dict[str, str]) -> httpx.Response:
+        # The reports are under test here, not the clicks: a click the provider could not be reached for
+        # (503, nothing dialled: seen once in CI on a machine loaded by another run) is made again.
+        for _ in range(3):
+            r = await live.http.post(f"/v1/sessions/{session['id']}/calls", headers=keys.a)
+            if r.status_code != 503:
+                break
+        assert r.status_code == 202, r.text
+        return r
+
+    calls = await asyncio.gather(*(click(s) for s in sessions))
     reports = []
     for c in calls:
         call = c.json()
