@@ -125,20 +125,3 @@ async def test_a_value_the_driver_cannot_encode_keeps_the_pool(dsn: str) -> None
         assert await pool.fetchval("SELECT pg_backend_pid()") == before
     finally:
         await pool.close()
-
-
-async def test_waiting_too_long_for_a_busy_pools_connection_keeps_the_pool(dsn: str) -> None:
-    """A request that times out waiting for a connection of a pool whose connections are all busy (overload)
-    met no failover: the pool keeps its connections. Before, Python's TimeoutError (an OSError) was taken for a
-    failed connect, and every connection of both pools was renewed at each such wait: under overload, a storm
-    of new connections, each planning its statements again."""
-    pool = await create_pool(dsn, 1)
-    try:
-        async with pool.acquire() as busy:
-            before = await busy.fetchval("SELECT pg_backend_pid()")
-            with pytest.raises(TimeoutError):
-                async with pool.acquire(timeout=0.3):
-                    pass
-        assert await pool.fetchval("SELECT pg_backend_pid()") == before
-    finally:
-        await pool.close()

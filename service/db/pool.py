@@ -79,11 +79,7 @@ class _Acquire:
             try:
                 self.conn = await self.pool.acquire_raw(self.timeout)
                 return self.conn
-            except CONNECT_ERRORS as exc:
-                # Python's TimeoutError is an OSError, but a wait for a connection of a pool whose every
-                # connection is busy is overload, not a failover: renewing them all would make it worse.
-                if isinstance(exc, TimeoutError) and self.pool.get_size() >= self.pool.get_max_size():
-                    raise
+            except CONNECT_ERRORS:
                 await self.pool.failed_over()
                 if time.monotonic() + pause > deadline:
                     raise
