@@ -12,9 +12,8 @@ from litestar.response import Stream
 
 from service.provider.simulator.state import Simulator
 
-# A recording's size: 2,000 bytes per second of conversation (16 kbit/s audio); served in chunks of this size.
+# A recording's size: 2,000 bytes per second of conversation (16 kbit/s audio).
 RECORDING_BYTES_PER_SECOND = 2000
-RECORDING_CHUNK = 16 * 1024
 _RECORDING_NAME = re.compile(r"[0-9a-f-]{1,64}-(\d{1,5})s\.mp3")
 _ONE_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 
@@ -58,10 +57,10 @@ def serve(sim: Simulator, name: str, headers: dict[str, str]) -> Response[Any]:
     async def body() -> Any:
         sent = 0
         try:
-            for at in range(first, last + 1, RECORDING_CHUNK):
+            for at in range(first, last + 1, sim.recording_chunk):
                 if at > first and sim.recording_gate is not None:
                     await sim.recording_gate.wait()
-                chunk = recording_bytes(name, at, min(at + RECORDING_CHUNK, last + 1))
+                chunk = recording_bytes(name, at, min(at + sim.recording_chunk, last + 1))
                 yield chunk
                 sent += len(chunk)
         finally:

@@ -61,6 +61,7 @@ class Simulator:
         self.recording_requests: list[dict[str, Any]] = []
         # When set, a recording's body waits for this after its first chunk (to show a relay does not buffer).
         self.recording_gate: asyncio.Event | None = None
+        self.recording_chunk = 16 * 1024  # bytes per chunk of a recording's body (a test makes it smaller)
         self.recording_sends: list[int] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
