@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -404,9 +405,12 @@ async def _load_sessions(
 
 
 @contextmanager
-def process(args: list[str], env: dict[str, str], ready_url: str | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    """A child process, stopped on exit; waits until ready_url answers."""
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def process(
+    args: list[str], env: dict[str, str], ready_url: str | None = None, log: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A child process, stopped on exit; waits until ready_url answers; its output to `log` (else dropped)."""
+    out = log.open("ab") if log else subprocess.DEVNULL
+    proc = subprocess.Popen(args, env=env, stdout=out, stderr=out)
     try:
         if ready_url:
             import httpx
@@ -428,6 +432,8 @@ def process(args: list[str], env: dict[str, str], ready_url: str | None = None) 
             proc.wait(20)
         except subprocess.TimeoutExpired:
             proc.kill()
+        if log:
+            out.close()  # type: ignore[union-attr]
 
 
 def floor_command(server: str, port: int, workers: int) -> list[str]:
@@ -531,7 +537,10 @@ def run(plan: Plan, out: Path, chart: Path | None, server: str) -> list[Result]:
         ctx = Context(plan, url, dsn, info["key"], info["tenant_id"], info["ids"], work, lua)
         print(f"loaded {plan.big_sessions + plan.dense_sessions} sessions in {info['load_seconds']:.1f}s", flush=True)
         results: list[Result] = []
-        with process(sim_cmd, env), process([sys.executable, "-m", "service", "serve"], env, url + "/readyz") as served:
+        with (
+            process(sim_cmd, env),
+            process([sys.executable, "-m", "service", "serve"], env, url + "/readyz", work / "service.log") as served,
+        ):
             ctx.service_pid = served.pid
             results += builtin_scenarios(ctx)
             for scenario in EXTRA_SCENARIOS:
@@ -557,6 +566,7 @@ def run(plan: Plan, out: Path, chart: Path | None, server: str) -> list[Result]:
                 )
         write(results, plan, out, chart, server)
         slow_statements(work)
+        service_warnings(work / "service.log")
         return results
     finally:
         pg.stop()
@@ -743,6 +753,19 @@ def slow_statements(work: Path) -> None:
     print(f"\nstatements slower than {SLOW_MS} ms during the run (the load is loaded before the log starts):")
     for text, times in sorted(found.items(), key=lambda kv: -sum(kv[1]))[:10]:
         print(f"  {len(times):4d}x  total {sum(times) / 1000:7.1f} s  max {max(times) / 1000:5.1f} s  {text}")
+
+
+def service_warnings(log: Path) -> None:
+    """Print how often the service logged each warning or error during the run (a failover suspected, say)."""
+    counts: Counter[str] = Counter()
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("level") in ("warning", "error", "critical"):
+            counts[f"{record['level']} {record.get('event')}"] += 1
+    print("\nthe service's warnings and errors during the run:", dict(counts.most_common()) or "none")
 
 
 async def _exec(dsn: str, sql: str) -> None:
