@@ -40,3 +40,5 @@ def test_the_quick_benchmark_writes_its_figures_and_chart(tmp_path: Path) -> Non
     assert {t["target"].split(" ")[0] for t in run["targets"]} == {"create-session,", "report", "get-session"}
     assert chart.read_bytes().startswith(b"\x89PNG")
     assert "ratio" in result.stdout
+    # the service's own warnings are counted (a suspected failover, say), not thrown away
+    assert "the service's warnings and errors during the run:" in result.stdout
