@@ -143,6 +143,29 @@ async def test_a_refused_console_sign_in_is_recorded_with_its_address_and_nothin
     assert len(await _rows(db, "console.sign_in_failed")) == 2 + 12 - throttled
 
 
+async def test_masking_audit_service_wide_prints_the_entries_of_no_tenant(
+    client: httpx.AsyncClient, keys: Keys, dsn: str
+) -> None:
+    """Refused console sign-ins have no tenant, so no tenant's log shows them; `masking audit --service-wide` prints
+    them (and only rows of no tenant); `masking audit` needs --tenant or --service-wide, not both."""
+    token = await _form_token(client)
+    assert (await client.post("/console/sign-in", data={"_csrf_token": token, "key": "msk_NotOurs"})).status_code == 401
+    env = masking_env(MASKING_DATABASE_URL=dsn)
+    assert run_cli("tenant", "create", "acme", "--scope", "ops", env=env).returncode == 0
+    printed = run_cli("audit", "--service-wide", "--since", "1h", env=env)
+    assert printed.returncode == 0, printed.stderr
+    entries = [json.loads(line) for line in printed.stdout.splitlines()]
+    assert [(e["action"], e["tenant_id"], e["actor"], e["reason"]) for e in entries] == [
+        ("console.sign_in_failed", None, {"anonymous": "console"}, "unauthorized")
+    ]
+    only = run_cli("audit", "--service-wide", "--since", "1h", "--action", "keys.rotate", env=env)
+    assert only.returncode == 0 and only.stdout == ""
+    assert "console.sign_in_failed" not in run_cli("audit", "--tenant", "acme", "--since", "1h", env=env).stdout
+    for wrong in ([], ["--tenant", "acme", "--service-wide"]):
+        refused = run_cli("audit", *wrong, "--since", "1h", env=env)
+        assert refused.returncode == 2 and "--service-wide" in refused.stderr, refused.stderr
+
+
 async def test_recordings_the_served_retention_sweep_destroys_are_recorded_as_the_service(
     dsn: str, keys: Keys, db: asyncpg.Connection
 ) -> None:

@@ -278,9 +278,9 @@ async def newest(conn: Conn, tenant_id: int, action: str | None, before: str | N
 
 
 async def since(
-    conn: Conn, tenant_id: int, start: datetime, action: str | None, batch: int = MAX_LIMIT
+    conn: Conn, tenant_id: int | None, start: datetime, action: str | None, batch: int = MAX_LIMIT
 ) -> AsyncIterator[AuditEntry]:
-    """The tenant's audit entries at or after `start`, oldest first, read a batch at a time."""
+    """The tenant's audit entries (None: those of no tenant) at or after `start`, oldest first, a batch at a time."""
     if action is not None and action not in ACTIONS:
         raise InvalidRequest(f"`action` must be one of: {', '.join(ACTIONS)}.", field="action")
     after = (start, 0)  # ids start at 1: (at, id) > (start, 0) keeps every row at start or later

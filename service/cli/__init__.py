@@ -77,7 +77,13 @@ def parser() -> argparse.ArgumentParser:
     exp.set_defaults(run=cmd_sessions_expire)
 
     audit = sub.add_parser("audit", help="a tenant's audit log as JSON lines, oldest first (newest last)")
-    audit.add_argument("--tenant", required=True, help="the tenant whose audit log to print")
+    whose = audit.add_mutually_exclusive_group(required=True)
+    whose.add_argument("--tenant", help="the tenant whose audit log to print")
+    whose.add_argument(
+        "--service-wide",
+        action="store_true",
+        help="the entries of no tenant instead: keys.rotate, keys.reindex and failed console sign-ins",
+    )
     audit.add_argument("--since", default="24h", help="how far back: 30m, 24h, 7d or an ISO time (default 24h)")
     audit.add_argument("--action", help="only this action's entries (session.reveal, did.drain...)")
     audit.set_defaults(run=cmd_audit)

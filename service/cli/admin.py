@@ -164,7 +164,7 @@ def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
     start = parse_since(args.since, utc_now())
 
     async def work(conn: Conn) -> int:
-        tenant_id = await _tenant_id(conn, args.tenant)
+        tenant_id = None if args.service_wide else await _tenant_id(conn, args.tenant)
         count = 0
         async for entry in since(conn, tenant_id, start, args.action):
             sys.stdout.write(msgspec.json.encode(entry).decode() + "\n")

@@ -49,17 +49,19 @@ async def insert(conn: Conn, row: NewAuditRow) -> int:
 
 
 # The head of every page query below: an AuditRow's columns, the tenant's rows, optionally of one action.
-_SELECT = """SELECT id, at, tenant_id, actor_kind, actor_id, actor_name, action, target_type, target_id, reason,
+_COLUMNS = """SELECT id, at, tenant_id, actor_kind, actor_id, actor_name, action, target_type, target_id, reason,
        client_address, request_id, txid::text AS txid
-FROM audit_log
+FROM audit_log"""
+_OF_ACTION = "(:action::text IS NULL OR action = :action)"
+_SELECT = f"""{_COLUMNS}
 WHERE tenant_id = :tenant_id
-  AND (:action::text IS NULL OR action = :action)"""
+  AND {_OF_ACTION}"""
 
 
 async def _rows(
     conn: Conn,
     query: Query,
-    tenant_id: int,
+    tenant_id: int | None,
     action: str | None,
     start: tuple[str, int] | tuple[datetime, int] | None,
     limit: int,
@@ -109,19 +111,25 @@ async def select_newest(
 
 
 # Oldest first since a time (the command line's `masking audit --since`), a batch at a time after (at, id).
-SELECT_SINCE = Query(f"""
-{_SELECT}
+_SINCE = """
   AND (at, id) > (:from_key, :from_id::bigint)
 ORDER BY at, id
 LIMIT :limit
-""")
+"""
+SELECT_SINCE = Query(_SELECT + _SINCE)
+# The same of the rows of no tenant (`masking audit --service-wide`): service-wide actions (keys.rotate,
+# keys.reindex) and failed console sign-ins, where no tenant is known. No API or page shows them: both are a
+# tenant's.
+SELECT_SINCE_NO_TENANT = Query(f"{_COLUMNS}\nWHERE tenant_id IS NULL\n  AND {_OF_ACTION}" + _SINCE)
 
 
 async def select_since(
-    conn: Conn, tenant_id: int, action: str | None, after: tuple[datetime, int], limit: int
+    conn: Conn, tenant_id: int | None, action: str | None, after: tuple[datetime, int], limit: int
 ) -> list[AuditRow]:
-    """A batch of the tenant's audit rows oldest first after (at, id), optionally of one action."""
-    return await _rows(conn, SELECT_SINCE, tenant_id, action, after, limit)
+    """A batch of the tenant's audit rows (no tenant: the service-wide ones) oldest first after (at, id),
+    optionally of one action."""
+    query = SELECT_SINCE if tenant_id is not None else SELECT_SINCE_NO_TENANT
+    return await _rows(conn, query, tenant_id, action, after, limit)
 
 
 # The trigger on audit_log lets a DELETE through only for rows older than the transaction's setting
