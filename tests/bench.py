@@ -758,14 +758,27 @@ def slow_statements(work: Path) -> None:
 def service_warnings(log: Path) -> None:
     """Print how often the service logged each warning or error during the run (a failover suspected, say)."""
     counts: Counter[str] = Counter()
+    first: dict[str, str] = {}
     for line in log.read_text(errors="replace").splitlines():
         try:
             record = json.loads(line)
         except ValueError:
             continue
         if isinstance(record, dict) and record.get("level") in ("warning", "error", "critical"):
-            counts[f"{record['level']} {record.get('event')}"] += 1
+            kind = f"{record['level']} {record.get('event')}"
+            counts[kind] += 1
+            # the first of each kind, as the service logged it (its log lines hold no number: logging.py scrubs them)
+            first.setdefault(
+                kind,
+                " ".join(  # a traceback's end names the error
+                    f"{k}={str(record[k])[-400:]}"
+                    for k in ("timestamp", "error", "message", "exception")
+                    if k in record
+                ),
+            )
     print("\nthe service's warnings and errors during the run:", dict(counts.most_common()) or "none")
+    for kind, text in first.items():
+        print(f"  first {kind}: {text}")
 
 
 async def _exec(dsn: str, sql: str) -> None:
