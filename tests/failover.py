@@ -324,6 +324,7 @@ class Load:
         self.auth = {"Authorization": f"Bearer {key}"}
         self.statuses: Counter[tuple[str, int]] = Counter()
         self.no_retry_after = 0
+        self.failures: list[str] = []  # the first answers 500 (or 502, 504): route, status, body
         self.created: set[str] = set()
         self.clicks: set[str] = set()
         self.acked: Counter[str] = Counter()
@@ -337,6 +338,8 @@ class Load:
         except httpx.HTTPError:
             return None
         self.statuses[(_route(method, path), r.status_code)] += 1
+        if r.status_code >= 500 and r.status_code != 503 and len(self.failures) < 5:
+            self.failures.append(f"{_route(method, path)} {r.status_code} {r.text[:300]}")
         if r.status_code == 503 and "retry-after" not in r.headers:
             self.no_retry_after += 1
         if method != "GET" and r.is_success:
@@ -588,6 +591,7 @@ async def _count(
         "crossed lines (after each switch, and at the end)": sum(s["crossed lines"] for s in switches) + crossed,
         "calls still in flight after draining (report timeout stuck)": in_flight,
         "answers 500": sum(n for s, n in statuses.items() if s >= 500 and s != 503),
+        "the first answers 500": load.failures,
         "answers 503 without Retry-After": load.no_retry_after,
         "answers by status": dict(sorted(statuses.items())),
         "seconds from promotion to the first successful write": [
@@ -620,6 +624,8 @@ def broken(figures: dict[str, Any]) -> list[str]:
         "unhandled errors in the service logs",
     ]
     out = [f"{name}: {figures[name]}" for name in zero if figures[name]]
+    if figures["answers 500"]:
+        out.append(f"the first answers 500: {figures['the first answers 500']}")
     for s in figures["switches"]:
         if s["promotion to first service write s"] is None or s["promotion to first service write s"] > 5:
             out.append(f"slow recovery: {s}")
