@@ -76,7 +76,9 @@ def parser() -> argparse.ArgumentParser:
     exp.add_argument("--tenant", required=True, help="the tenant whose sessions to expire")
     exp.set_defaults(run=cmd_sessions_expire)
 
-    audit = sub.add_parser("audit", help="a tenant's audit log as JSON lines, oldest first (newest last)")
+    audit = sub.add_parser(
+        "audit", help="a tenant's audit log (or the entries of no tenant) as JSON lines, oldest first (newest last)"
+    )
     whose = audit.add_mutually_exclusive_group(required=True)
     whose.add_argument("--tenant", help="the tenant whose audit log to print")
     whose.add_argument(
