@@ -409,8 +409,8 @@ def process(
     args: list[str], env: dict[str, str], ready_url: str | None = None, log: Path | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A child process, stopped on exit; waits until ready_url answers; its output to `log` (else dropped)."""
-    out = log.open("ab") if log else subprocess.DEVNULL
-    proc = subprocess.Popen(args, env=env, stdout=out, stderr=out)
+    out = log.open("ab") if log else None
+    proc = subprocess.Popen(args, env=env, stdout=out or subprocess.DEVNULL, stderr=out or subprocess.DEVNULL)
     try:
         if ready_url:
             import httpx
@@ -432,8 +432,8 @@ def process(
             proc.wait(20)
         except subprocess.TimeoutExpired:
             proc.kill()
-        if log:
-            out.close()  # type: ignore[union-attr]
+        if out:
+            out.close()
 
 
 def floor_command(server: str, port: int, workers: int) -> list[str]:

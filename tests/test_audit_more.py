@@ -144,14 +144,18 @@ async def test_a_refused_console_sign_in_is_recorded_with_its_address_and_nothin
 
 
 async def test_masking_audit_service_wide_prints_the_entries_of_no_tenant(
-    client: httpx.AsyncClient, keys: Keys, dsn: str
+    client: httpx.AsyncClient, keys: Keys, dsn: str, db: asyncpg.Connection
 ) -> None:
     """Refused console sign-ins have no tenant, so no tenant's log shows them; `masking audit --service-wide` prints
     them (and only rows of no tenant); `masking audit` needs --tenant or --service-wide, not both."""
     token = await _form_token(client)
     assert (await client.post("/console/sign-in", data={"_csrf_token": token, "key": "msk_NotOurs"})).status_code == 401
     env = masking_env(MASKING_DATABASE_URL=dsn)
-    assert run_cli("tenant", "create", "acme", "--scope", "ops", env=env).returncode == 0
+    made = run_cli("tenant", "create", "acme", "--scope", "ops", env=env)
+    key_id = await db.fetchval("SELECT id FROM api_keys WHERE prefix = $1", json.loads(made.stdout)["api_key"][:12])
+    # a row of a tenant in the same hour, which --service-wide must leave out
+    assert run_cli("key", "revoke", str(key_id), env=env).returncode == 0
+    assert "key.revoke" in run_cli("audit", "--tenant", "acme", "--since", "1h", env=env).stdout
     printed = run_cli("audit", "--service-wide", "--since", "1h", env=env)
     assert printed.returncode == 0, printed.stderr
     entries = [json.loads(line) for line in printed.stdout.splitlines()]
